@@ -1,0 +1,11 @@
+//! Tenantry's domain: identifiers, the decide/evolve kernel and the aggregates.
+//!
+//! Architecture invariant: this crate does no IO, has no async, and never reads a clock or a random
+//! source. Time and identifiers come in as arguments.
+
+pub mod aggregate;
+pub mod ids;
+pub mod tenant;
+
+pub use aggregate::{Aggregate, DomainEvent, EventDecodeError};
+pub use ids::{TenantId, UserId};

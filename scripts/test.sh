@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run every test: the whole workspace, both store backends.
+# Uses DATABASE_URL when it is set and reachable; otherwise starts a throwaway PostgreSQL cluster.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+reachable() {
+  python3 - "$1" <<'PY'
+import socket, sys, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+try:
+    socket.create_connection((u.hostname or "127.0.0.1", u.port or 5432), timeout=2).close()
+except OSError:
+    sys.exit(1)
+PY
+}
+
+if [ -n "${DATABASE_URL:-}" ] && reachable "$DATABASE_URL"; then
+  echo "using PostgreSQL at DATABASE_URL" >&2
+else
+  # shellcheck source=scripts/pg-throwaway.sh
+  source scripts/pg-throwaway.sh
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
+cargo nextest run --workspace --no-fail-fast "$@"

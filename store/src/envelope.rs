@@ -1,0 +1,239 @@
+//! The stored event (envelope), the event a caller appends, and the append's expectations.
+
+use domain::TenantId;
+use serde::{Serialize, Serializer};
+use std::fmt;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A JSON document kept as the exact bytes it was written with.
+///
+/// The bytes hashed for audit are the bytes stored, so the store never re-serializes a payload:
+/// it validates once when the event is built and then moves the bytes around untouched.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RawJson(Arc<str>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("payload is not valid JSON: {0}")]
+pub struct InvalidJson(#[from] serde_json::Error);
+
+impl RawJson {
+    /// Validate `text` as one JSON value and keep it byte for byte.
+    pub fn parse(text: impl Into<String>) -> Result<Self, InvalidJson> {
+        let text = text.into();
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
+        Ok(Self(text.into()))
+    }
+
+    /// Serialize a value compactly.
+    pub fn from_value<T: Serialize + ?Sized>(value: &T) -> Self {
+        let text = serde_json::to_string(value).expect("serializing to a string cannot fail");
+        Self(text.into())
+    }
+
+    /// Bytes read back from the store: they were validated when they were appended.
+    pub(crate) fn from_stored(text: String) -> Self {
+        Self(text.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).expect("stored payloads are valid JSON")
+    }
+}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw: Box<serde_json::value::RawValue> =
+            serde_json::value::RawValue::from_string(self.0.to_string())
+                .map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+/// The version a stream must be at for an append to go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must have at least one event.
+    Exists,
+    /// The stream's last event must have exactly this version (1-based).
+    Exact(u64),
+}
+
+impl Expected {
+    /// Whether a stream currently at `current` (0 = no stream) satisfies this expectation.
+    pub fn admits(self, current: u64) -> bool {
+        match self {
+            Expected::Any => true,
+            Expected::NoStream => current == 0,
+            Expected::Exists => current > 0,
+            Expected::Exact(v) => current == v,
+        }
+    }
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expected::Any => f.write_str("any"),
+            Expected::NoStream => f.write_str("no stream"),
+            Expected::Exists => f.write_str("an existing stream"),
+            Expected::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// An event to append. Its id makes the append idempotent: re-appending the same id with the
+/// same content returns the original positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u16,
+    pub payload: RawJson,
+}
+
+impl NewEvent {
+    /// A new event with a fresh (time-ordered) id and schema version 1.
+    pub fn new(event_type: impl Into<String>, payload: RawJson) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload,
+        }
+    }
+
+    pub fn with_id(mut self, event_id: Uuid) -> Self {
+        self.event_id = event_id;
+        self
+    }
+
+    pub fn with_schema_version(mut self, v: u16) -> Self {
+        self.schema_version = v;
+        self
+    }
+}
+
+/// Who and what caused an append; copied into every envelope it writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// A user id, an operator id, or `system`.
+    pub actor: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub trace_id: Option<String>,
+}
+
+impl Metadata {
+    pub fn system() -> Self {
+        Self::actor("system")
+    }
+
+    pub fn actor(actor: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            correlation_id: Uuid::now_v7(),
+            causation_id: None,
+            trace_id: None,
+        }
+    }
+}
+
+/// One append call: atomic, all events or none.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    pub tenant_id: TenantId,
+    pub stream_id: String,
+    pub expected: Expected,
+    pub events: Vec<NewEvent>,
+    pub metadata: Metadata,
+}
+
+/// What an append wrote (or, for an idempotent re-append, what the original wrote).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The global position of each event, in order.
+    pub positions: Vec<u64>,
+    /// The stream's version after the append's last event.
+    pub stream_version: u64,
+    /// True when every event was already stored and nothing was written.
+    pub replayed: bool,
+}
+
+impl Appended {
+    pub fn last_position(&self) -> u64 {
+        *self.positions.last().expect("an append has at least one event")
+    }
+}
+
+/// A stored event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Envelope {
+    pub global_position: u64,
+    pub tenant_id: TenantId,
+    pub stream_id: String,
+    pub stream_version: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u16,
+    #[serde(serialize_with = "rfc3339_micros")]
+    pub recorded_at: OffsetDateTime,
+    pub actor: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub trace_id: Option<String>,
+    pub payload: RawJson,
+}
+
+/// RFC 3339 in UTC with exactly microsecond precision, e.g. `2026-02-16T09:30:00.000001Z`.
+pub fn format_rfc3339_micros(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+fn rfc3339_micros<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_rfc3339_micros(*t))
+}
+
+/// Microseconds since the Unix epoch, the stored form of `recorded_at`.
+pub(crate) fn to_micros(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000) as i64
+}
+
+pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .expect("stored timestamps are in range")
+}
+
+/// Now, truncated to the microsecond precision the store keeps.
+pub(crate) fn now_micros() -> OffsetDateTime {
+    from_micros(to_micros(OffsetDateTime::now_utc()))
+}

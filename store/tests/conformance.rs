@@ -1,0 +1,573 @@
+//! One conformance suite, run against every backend: the embedded store and PostgreSQL.
+//!
+//! Each test is written once against `Harness`; the macro at the bottom instantiates it per
+//! backend. PostgreSQL tests need `DATABASE_URL` (scripts/test.sh provides one).
+
+use domain::TenantId;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use store::{
+    AppendRequest, Envelope, Expected, Location, Metadata, NewEvent, RawJson, Snapshot, Store,
+    StoreError, Upcasters,
+};
+use uuid::Uuid;
+
+struct Harness {
+    location: Location,
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    async fn embedded() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::Embedded(PathBuf::from(dir.path()));
+        let store = Store::open(&location).await.unwrap();
+        Self {
+            location,
+            store,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Self {
+        let url = store::testing::fresh_postgres_url().await;
+        let location = Location::Postgres(url);
+        let store = Store::open(&location).await.unwrap();
+        Self {
+            location,
+            store,
+            _dir: None,
+        }
+    }
+
+    /// A second, independent handle on the same store (its own writer), as a second process
+    /// or a second API instance would have.
+    async fn another_handle(&self) -> Store {
+        Store::open(&self.location).await.unwrap()
+    }
+
+    async fn reopen(&mut self) {
+        self.store.close().await;
+        self.store = Store::open(&self.location).await.unwrap();
+    }
+}
+
+fn tenant() -> TenantId {
+    TenantId::from_uuid(Uuid::new_v4())
+}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::new(
+        "test.happened",
+        RawJson::parse(format!(r#"{{"n":{n}}}"#)).unwrap(),
+    )
+}
+
+fn request(t: TenantId, stream: &str, expected: Expected, events: Vec<NewEvent>) -> AppendRequest {
+    AppendRequest {
+        tenant_id: t,
+        stream_id: stream.to_owned(),
+        expected,
+        events,
+        metadata: Metadata::actor("tester"),
+    }
+}
+
+async fn all(store: &Store) -> Vec<Envelope> {
+    store.read_all(1, usize::MAX).await.unwrap()
+}
+
+async fn expected_version_modes_admit_and_refuse(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    // NoStream on a new stream: admitted; again: conflict.
+    let a = s
+        .append(request(t, "s", Expected::NoStream, vec![event(1)]))
+        .await
+        .unwrap();
+    assert_eq!(a.stream_version, 1);
+    let err = s
+        .append(request(t, "s", Expected::NoStream, vec![event(2)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { actual: 1, .. }), "{err:?}");
+    // Exists: refused on a new stream, admitted on an existing one.
+    let err = s
+        .append(request(t, "other", Expected::Exists, vec![event(3)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { actual: 0, .. }), "{err:?}");
+    let a = s
+        .append(request(t, "s", Expected::Exists, vec![event(4), event(5)]))
+        .await
+        .unwrap();
+    assert_eq!(a.stream_version, 3);
+    // Exact: only the current version.
+    let err = s
+        .append(request(t, "s", Expected::Exact(2), vec![event(6)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { actual: 3, .. }), "{err:?}");
+    let a = s
+        .append(request(t, "s", Expected::Exact(3), vec![event(7)]))
+        .await
+        .unwrap();
+    assert_eq!(a.stream_version, 4);
+    let err = s
+        .append(request(t, "new", Expected::Exact(1), vec![event(8)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { actual: 0, .. }), "{err:?}");
+    // Any: always.
+    s.append(request(t, "s", Expected::Any, vec![event(9)]))
+        .await
+        .unwrap();
+    s.append(request(t, "fresh", Expected::Any, vec![event(10)]))
+        .await
+        .unwrap();
+    assert_eq!(s.stream_version(t, "s").await.unwrap(), 5);
+    assert_eq!(s.stream_version(t, "fresh").await.unwrap(), 1);
+    assert_eq!(s.stream_version(t, "other").await.unwrap(), 0);
+}
+
+async fn a_conflict_writes_nothing(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    s.append(request(t, "s", Expected::NoStream, vec![event(1)]))
+        .await
+        .unwrap();
+    let before = all(s).await;
+    let err = s
+        .append(request(t, "s", Expected::Exact(0), vec![event(2), event(3)]))
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict());
+    assert_eq!(all(s).await, before);
+    assert_eq!(s.head().await.unwrap(), 1);
+
+    // Many racing appends that all expect version 1: exactly one wins, losers write nothing,
+    // and the winner's position follows directly (no position wasted by the losers).
+    let racers: Vec<_> = (0..32)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.append(request(t, "s", Expected::Exact(1), vec![event(100 + i)]))
+                    .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(a) => {
+                wins += 1;
+                assert_eq!(a.positions, vec![2]);
+            }
+            Err(e) => assert!(e.is_conflict(), "{e:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(all(s).await.len(), 2);
+}
+
+async fn idempotent_reappend_returns_original_positions(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    s.append(request(t, "x", Expected::Any, vec![event(0)]))
+        .await
+        .unwrap();
+    let events = vec![event(1), event(2), event(3)];
+    let first = s
+        .append(request(t, "s", Expected::NoStream, events.clone()))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    assert_eq!(first.positions, vec![2, 3, 4]);
+    s.append(request(t, "s", Expected::Exact(3), vec![event(4)]))
+        .await
+        .unwrap();
+    let head = s.head().await.unwrap();
+    // The retry carries the original expectation, which no longer holds: still a replay.
+    let again = s
+        .append(request(t, "s", Expected::NoStream, events))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.positions, first.positions);
+    assert_eq!(again.stream_version, 3);
+    assert_eq!(s.head().await.unwrap(), head, "a replay writes nothing");
+
+    // Concurrent duplicates of one append: one write, every caller the same positions.
+    let dup = vec![event(50)];
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let (s, dup) = (s.clone(), dup.clone());
+            tokio::spawn(async move { s.append(request(t, "d", Expected::Any, dup)).await })
+        })
+        .collect();
+    let mut positions = HashSet::new();
+    for r in racers {
+        positions.insert(r.await.unwrap().unwrap().positions);
+    }
+    assert_eq!(positions.len(), 1);
+    assert_eq!(s.stream_version(t, "d").await.unwrap(), 1);
+}
+
+async fn same_event_id_with_other_content_is_rejected(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    let e = event(1);
+    s.append(request(t, "s", Expected::Any, vec![e.clone()]))
+        .await
+        .unwrap();
+    let head = s.head().await.unwrap();
+
+    let mut changed = e.clone();
+    changed.payload = RawJson::parse(r#"{"n":2}"#).unwrap();
+    let err = s
+        .append(request(t, "s", Expected::Any, vec![changed]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::DuplicateEventId { event_id } if event_id == e.event_id),
+        "{err:?}"
+    );
+    // Same content in another stream is another event, not a retry.
+    let err = s
+        .append(request(t, "elsewhere", Expected::Any, vec![e.clone()]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateEventId { .. }), "{err:?}");
+    // A partial retry (one old id, one new) is rejected whole.
+    let err = s
+        .append(request(t, "s", Expected::Any, vec![e.clone(), event(3)]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateEventId { .. }), "{err:?}");
+    // Two ids twice in one append, and an empty append, are malformed.
+    let err = s
+        .append(request(t, "s", Expected::Any, vec![event(4).with_id(e.event_id), e]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidAppend(_)), "{err:?}");
+    let err = s
+        .append(request(t, "s", Expected::Any, vec![]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidAppend(_)), "{err:?}");
+    assert_eq!(s.head().await.unwrap(), head);
+
+    // Event ids are unique per tenant, not globally.
+    let other = tenant();
+    let first = all(s).await.remove(0);
+    let mut same_id = event(1);
+    same_id.event_id = first.event_id;
+    s.append(request(other, "s", Expected::Any, vec![same_id]))
+        .await
+        .unwrap();
+}
+
+async fn streams_and_the_global_log_keep_their_order(h: &Harness) {
+    let s = &h.store;
+    let (t1, t2) = (tenant(), tenant());
+    for i in 0..10u64 {
+        let (t, stream) = if i % 3 == 0 { (t2, "b") } else { (t1, "a") };
+        s.append(request(t, stream, Expected::Any, vec![event(i), event(i + 100)]))
+            .await
+            .unwrap();
+    }
+    let log = all(s).await;
+    assert_eq!(log.len(), 20);
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e.global_position, i as u64 + 1, "positions are dense");
+    }
+    let a = s.read_stream(t1, "a", 1, usize::MAX).await.unwrap();
+    assert_eq!(
+        a.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>()
+    );
+    assert!(a.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    assert!(a.iter().all(|e| e.tenant_id == t1));
+    // Same stream name, other tenant: another stream.
+    assert!(s.read_stream(t2, "a", 1, 10).await.unwrap().is_empty());
+    let page = s.read_stream(t1, "a", 5, 3).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        vec![5, 6, 7]
+    );
+    let page = s.read_all(7, 4).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        vec![7, 8, 9, 10]
+    );
+    let only_t2 = s.read_tenant(t2, 1, usize::MAX).await.unwrap();
+    assert_eq!(only_t2.len(), 8);
+    assert!(only_t2.iter().all(|e| e.tenant_id == t2));
+}
+
+async fn everything_survives_close_and_reopen(h: &mut Harness) {
+    let t = tenant();
+    // Odd spacing, key order and Unicode: the stored bytes are the appended bytes.
+    let payload = RawJson::parse("{ \"b\" : 1,\n \"a\": \"é\\u00e9 🚀\" }").unwrap();
+    let mut metadata = Metadata::actor("user-1");
+    metadata.causation_id = Some(Uuid::new_v4());
+    metadata.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+    h.store
+        .append(AppendRequest {
+            tenant_id: t,
+            stream_id: "s".into(),
+            expected: Expected::NoStream,
+            events: vec![NewEvent::new("odd.payload", payload.clone()).with_schema_version(3)],
+            metadata,
+        })
+        .await
+        .unwrap();
+    h.store
+        .append(request(t, "s", Expected::Exact(1), vec![event(2)]))
+        .await
+        .unwrap();
+    let before = all(&h.store).await;
+    h.reopen().await;
+    let after = all(&h.store).await;
+    assert_eq!(after, before);
+    assert_eq!(after[0].payload.as_str(), payload.as_str());
+    assert_eq!(after[0].schema_version, 3);
+    // And the reopened store carries on from where it was.
+    let a = h
+        .store
+        .append(request(t, "s", Expected::Exact(2), vec![event(3)]))
+        .await
+        .unwrap();
+    assert_eq!(a.positions, vec![3]);
+}
+
+async fn subscribers_get_live_events_in_order(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    s.append(request(t, "s", Expected::Any, vec![event(1)]))
+        .await
+        .unwrap();
+    let mut sub = s.subscribe(1);
+    assert_eq!(sub.next().await.unwrap().global_position, 1);
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 2..=50 {
+                s.append(request(t, "s", Expected::Any, vec![event(i)]))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    for expected in 2..=50 {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+            .await
+            .expect("a live event arrives")
+            .unwrap();
+        assert_eq!(e.global_position, expected);
+    }
+    writer.await.unwrap();
+    // An append by another handle (another process) is seen too, without its notification.
+    let other = h.another_handle().await;
+    other
+        .append(request(t, "s", Expected::Any, vec![event(51)]))
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+        .await
+        .expect("an event from another handle arrives")
+        .unwrap();
+    assert_eq!(e.global_position, 51);
+    other.close().await;
+}
+
+async fn payloads_are_upcast_on_read_and_never_rewritten(h: &Harness) {
+    let t = tenant();
+    let old = RawJson::parse(r#"{"fullname":"Ada Lovelace"}"#).unwrap();
+    h.store
+        .append(request(
+            t,
+            "u",
+            Expected::Any,
+            vec![NewEvent::new("user.named", old.clone())],
+        ))
+        .await
+        .unwrap();
+    let upcasting = h.another_handle().await.with_upcasters(
+        Upcasters::default()
+            .register("user.named", 1, |mut v| {
+                let name = v["fullname"].take();
+                Ok(serde_json::json!({ "name": name }))
+            })
+            .register("user.named", 2, |mut v| {
+                v["locale"] = "en".into();
+                Ok(v)
+            }),
+    );
+    let read = upcasting.read_stream(t, "u", 1, 10).await.unwrap();
+    assert_eq!(read[0].schema_version, 3);
+    assert_eq!(
+        read[0].payload.to_value(),
+        serde_json::json!({"name": "Ada Lovelace", "locale": "en"})
+    );
+    let raw = h.store.read_stream(t, "u", 1, 10).await.unwrap();
+    assert_eq!(raw[0].schema_version, 1);
+    assert_eq!(raw[0].payload.as_str(), old.as_str());
+    upcasting.close().await;
+}
+
+async fn snapshots_are_kept_and_never_go_backwards(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    let snap = |version: u64, state: &[u8]| Snapshot {
+        tenant_id: t,
+        stream_id: "s".into(),
+        kind: "test/v1".into(),
+        version,
+        state: state.to_vec(),
+    };
+    assert_eq!(s.load_snapshot(t, "s", "test/v1").await.unwrap(), None);
+    s.save_snapshot(snap(10, b"ten")).await.unwrap();
+    s.save_snapshot(snap(5, b"five")).await.unwrap();
+    assert_eq!(
+        s.load_snapshot(t, "s", "test/v1").await.unwrap(),
+        Some(snap(10, b"ten"))
+    );
+    s.save_snapshot(snap(11, b"eleven")).await.unwrap();
+    assert_eq!(
+        s.load_snapshot(t, "s", "test/v1").await.unwrap().unwrap().state,
+        b"eleven"
+    );
+}
+
+/// 16 concurrent writers × 2,000 appends over overlapping streams, through two independent
+/// handles, while a reader tails the log, checkpoints and resumes: the reader sees every event
+/// exactly once, in the final commit order.
+async fn a_tailing_reader_sees_every_event_once_in_commit_order(h: &Harness) {
+    const WRITERS: u64 = 16;
+    const APPENDS: u64 = 2_000;
+    let second = h.another_handle().await;
+    let t = tenant();
+    let done = Arc::new(AtomicBool::new(false));
+
+    let reader = {
+        let store = h.store.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(u64, Uuid)> = Vec::new();
+            let mut checkpoint = 0u64;
+            let mut sub = store.subscribe(1);
+            let mut round = 0u64;
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let batch = sub.poll_batch().await.unwrap();
+                for e in &batch {
+                    seen.push((e.global_position, e.event_id));
+                    checkpoint = e.global_position;
+                }
+                if batch.is_empty() {
+                    if finished {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                round += 1;
+                // Resume from the checkpoint now and then, as a restarted projection would.
+                if round % 7 == 0 {
+                    sub = store.subscribe(checkpoint + 1);
+                }
+            }
+            seen
+        })
+    };
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = if w % 2 == 0 {
+                h.store.clone()
+            } else {
+                second.clone()
+            };
+            tokio::spawn(async move {
+                for i in 0..APPENDS {
+                    // Overlapping streams: every writer visits all 24 of them.
+                    let stream = format!("s{}", (w * 7 + i) % 24);
+                    let n = if i % 10 == 0 { 2 } else { 1 };
+                    let events = (0..n).map(|k| event(w * 1_000_000 + i * 10 + k)).collect();
+                    store
+                        .append(request(t, &stream, Expected::Any, events))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+
+    let log = all(&h.store).await;
+    let expected_events = (WRITERS * APPENDS + WRITERS * APPENDS / 10) as usize;
+    assert_eq!(log.len(), expected_events);
+    let final_order: Vec<(u64, Uuid)> = log.iter().map(|e| (e.global_position, e.event_id)).collect();
+    assert_eq!(seen.len(), final_order.len(), "the reader saw every event exactly once");
+    assert!(seen == final_order, "the reader saw the final commit order");
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for e in &log {
+        let v = versions.entry(e.stream_id.as_str()).or_default();
+        *v += 1;
+        assert_eq!(e.stream_version, *v, "stream versions are dense and ordered");
+    }
+    second.close().await;
+}
+
+macro_rules! conformance {
+    ($($name:ident),* ; mut $($mname:ident),*) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(&super::Harness::embedded().await).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $mname() {
+                    super::$mname(&mut super::Harness::embedded().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(&super::Harness::postgres().await).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $mname() {
+                    super::$mname(&mut super::Harness::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    expected_version_modes_admit_and_refuse,
+    a_conflict_writes_nothing,
+    idempotent_reappend_returns_original_positions,
+    same_event_id_with_other_content_is_rejected,
+    streams_and_the_global_log_keep_their_order,
+    subscribers_get_live_events_in_order,
+    payloads_are_upcast_on_read_and_never_rewritten,
+    snapshots_are_kept_and_never_go_backwards,
+    a_tailing_reader_sees_every_event_once_in_commit_order;
+    mut everything_survives_close_and_reopen
+);
