@@ -1,14 +1,11 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The command side: an executor that keeps aggregate state hot in memory, decides, and appends
+//! with the expected version, retrying a bounded number of times when another writer got there
+//! first.
+//!
+//! Architecture invariant: the hot state and snapshots are caches. The store's expected-version
+//! check guards every append, so a stale cache (another process wrote) costs one retry, never a
+//! wrong decision.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod executor;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use executor::{ExecuteError, Executed, Executor, ExecutorConfig};

@@ -1,9 +1,54 @@
-//! Test support: a fresh, empty PostgreSQL database per test.
+//! Test support: a fresh, empty store per test, embedded (a temp folder) or PostgreSQL (a new
+//! database).
 //!
 //! `DATABASE_URL` (set by `scripts/test.sh`, which starts a throwaway cluster when none is given)
 //! names a server the tests may create databases on.
 
+use crate::{Location, Store};
 use std::str::FromStr;
+
+/// A store made for one test, removed (embedded) or abandoned (PostgreSQL) after it.
+#[derive(Debug)]
+pub struct TestStore {
+    pub location: Location,
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestStore {
+    pub async fn embedded() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let location = Location::Embedded(dir.path().to_path_buf());
+        let store = Store::open(&location).await.expect("open embedded store");
+        Self {
+            location,
+            store,
+            _dir: Some(dir),
+        }
+    }
+
+    pub async fn postgres() -> Self {
+        let location = Location::Postgres(fresh_postgres_url().await);
+        let store = Store::open(&location).await.expect("connect to PostgreSQL");
+        Self {
+            location,
+            store,
+            _dir: None,
+        }
+    }
+
+    /// A second, independent handle on the same store (its own writer), as a second process or
+    /// a second API instance would have.
+    pub async fn another_handle(&self) -> Store {
+        Store::open(&self.location).await.expect("open another handle")
+    }
+
+    /// Close the store and open it again.
+    pub async fn reopen(&mut self) {
+        self.store.close().await;
+        self.store = self.another_handle().await;
+    }
+}
 
 /// Create an empty database and return its URL. Panics with a clear message when
 /// `DATABASE_URL` is not set: the PostgreSQL half of the suite must run, never silently skip.

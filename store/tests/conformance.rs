@@ -5,55 +5,15 @@
 
 use domain::TenantId;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use store::{
-    AppendRequest, Envelope, Expected, Location, Metadata, NewEvent, RawJson, Snapshot, Store,
+    AppendRequest, Envelope, Expected, Metadata, NewEvent, RawJson, Snapshot, Store,
     StoreError, Upcasters,
 };
 use uuid::Uuid;
 
-struct Harness {
-    location: Location,
-    store: Store,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Harness {
-    async fn embedded() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let location = Location::Embedded(PathBuf::from(dir.path()));
-        let store = Store::open(&location).await.unwrap();
-        Self {
-            location,
-            store,
-            _dir: Some(dir),
-        }
-    }
-
-    async fn postgres() -> Self {
-        let url = store::testing::fresh_postgres_url().await;
-        let location = Location::Postgres(url);
-        let store = Store::open(&location).await.unwrap();
-        Self {
-            location,
-            store,
-            _dir: None,
-        }
-    }
-
-    /// A second, independent handle on the same store (its own writer), as a second process
-    /// or a second API instance would have.
-    async fn another_handle(&self) -> Store {
-        Store::open(&self.location).await.unwrap()
-    }
-
-    async fn reopen(&mut self) {
-        self.store.close().await;
-        self.store = Store::open(&self.location).await.unwrap();
-    }
-}
+use store::testing::TestStore as Harness;
 
 fn tenant() -> TenantId {
     TenantId::from_uuid(Uuid::new_v4())

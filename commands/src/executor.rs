@@ -1,0 +1,273 @@
+//! The command executor for one aggregate type.
+
+use domain::{Aggregate, DomainEvent, EventDecodeError, TenantId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use store::{AppendRequest, Appended, Expected, Metadata, NewEvent, RawJson, Snapshot, Store, StoreError};
+use time::OffsetDateTime;
+
+/// How an executor caches and retries.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// The snapshot kind; bump it when the state's layout changes so old snapshots are ignored.
+    pub kind: &'static str,
+    /// How many times a command is decided again after a version conflict.
+    pub max_retries: u32,
+    /// Save a snapshot each time a stream's version crosses a multiple of this.
+    pub snapshot_every: u64,
+    /// The most streams kept hot; idle ones are dropped past it (they reload from a snapshot).
+    pub max_hot_streams: usize,
+}
+
+impl ExecutorConfig {
+    pub fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            max_retries: 8,
+            snapshot_every: 1_000,
+            max_hot_streams: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<E: std::error::Error + 'static> {
+    /// The command was refused by the aggregate. HTTP 4xx, by the domain error.
+    #[error(transparent)]
+    Domain(E),
+    /// The store failed. HTTP 503, or 409 for an event id reused with other content.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored event cannot be read back. HTTP 500: a bug or a missing upcaster.
+    #[error(transparent)]
+    Decode(#[from] EventDecodeError),
+    /// Other writers kept winning. HTTP 409; the client may retry.
+    #[error("gave up after {attempts} attempts: the stream kept changing")]
+    TooManyConflicts { attempts: u32 },
+}
+
+/// The outcome of a command.
+#[derive(Debug)]
+pub struct Executed<A: Aggregate> {
+    /// The state after the command.
+    pub state: A,
+    /// The stream version after the command.
+    pub version: u64,
+    /// What was appended; `None` when the decision produced no events.
+    pub appended: Option<Appended>,
+    /// The events the decision produced.
+    pub events: Vec<A::Event>,
+}
+
+#[derive(Debug)]
+struct Hot<A> {
+    version: u64,
+    state: A,
+    /// False until the state has been loaded from the store.
+    loaded: bool,
+}
+
+type Slot<A> = Arc<tokio::sync::Mutex<Hot<A>>>;
+
+/// Executes commands for one aggregate type against one store.
+#[derive(Debug)]
+pub struct Executor<A: Aggregate> {
+    store: Store,
+    config: ExecutorConfig,
+    hot: Mutex<HashMap<(TenantId, String), Slot<A>>>,
+}
+
+const PAGE: usize = 10_000;
+
+/// Up to 2^attempt × 100 µs (capped at 50 ms), uniformly jittered.
+fn backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let ceiling_us = (100u64 << attempt.min(9)).min(50_000);
+    std::time::Duration::from_micros(random % ceiling_us + 1)
+}
+
+impl<A: Aggregate> Executor<A>
+where
+    A::Event: Clone,
+{
+    pub fn new(store: Store, config: ExecutorConfig) -> Self {
+        Self {
+            store,
+            config,
+            hot: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, tenant: TenantId, stream: &str) -> Slot<A> {
+        let mut hot = self.hot.lock().expect("hot lock");
+        if let Some(slot) = hot.get(&(tenant, stream.to_owned())) {
+            return slot.clone();
+        }
+        if hot.len() >= self.config.max_hot_streams {
+            // Drop idle streams; they come back from their snapshot and tail when next used.
+            hot.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        hot.entry((tenant, stream.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Hot {
+                    version: 0,
+                    state: A::default(),
+                    loaded: false,
+                }))
+            })
+            .clone()
+    }
+
+    /// The current state of a stream, as far as this store has it.
+    pub async fn load(&self, tenant: TenantId, stream: &str) -> Result<(A, u64), ExecuteError<A::Error>> {
+        let slot = self.slot(tenant, stream);
+        let mut hot = slot.lock().await;
+        self.catch_up(tenant, stream, &mut hot).await?;
+        Ok((hot.state.clone(), hot.version))
+    }
+
+    /// Decide `command` against the stream's state and append the result with the expected
+    /// version; on a conflict, catch up and decide again.
+    pub async fn execute(
+        &self,
+        tenant: TenantId,
+        stream: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+        now: OffsetDateTime,
+    ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        let slot = self.slot(tenant, stream);
+        let mut hot = slot.lock().await;
+        if !hot.loaded {
+            self.catch_up(tenant, stream, &mut hot).await?;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let events = hot.state.decide(command, now).map_err(ExecuteError::Domain)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    state: hot.state.clone(),
+                    version: hot.version,
+                    appended: None,
+                    events,
+                });
+            }
+            let expected = if hot.version == 0 {
+                Expected::NoStream
+            } else {
+                Expected::Exact(hot.version)
+            };
+            let request = AppendRequest {
+                tenant_id: tenant,
+                stream_id: stream.to_owned(),
+                expected,
+                events: events
+                    .iter()
+                    .map(|e| {
+                        NewEvent::new(e.event_type(), RawJson::from_value(&e.to_payload()))
+                            .with_schema_version(e.schema_version())
+                    })
+                    .collect(),
+                metadata: metadata.clone(),
+            };
+            match self.store.append(request).await {
+                Ok(appended) => {
+                    let before = hot.version;
+                    for e in &events {
+                        hot.state.evolve(e);
+                    }
+                    hot.version = appended.stream_version;
+                    self.maybe_snapshot(tenant, stream, before, &hot);
+                    return Ok(Executed {
+                        state: hot.state.clone(),
+                        version: hot.version,
+                        appended: Some(appended),
+                        events,
+                    });
+                }
+                Err(e) if e.is_conflict() && attempt <= self.config.max_retries => {
+                    tracing::debug!(stream, attempt, "version conflict; catching up and deciding again");
+                    // A short, jittered pause so that two busy writers do not starve each other.
+                    tokio::time::sleep(backoff(attempt)).await;
+                    self.catch_up(tenant, stream, &mut hot).await?;
+                }
+                Err(e) if e.is_conflict() => {
+                    return Err(ExecuteError::TooManyConflicts { attempts: attempt });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Bring the hot state up to the stream's last event: from a snapshot on first use, then
+    /// only the events after the version already held.
+    async fn catch_up(
+        &self,
+        tenant: TenantId,
+        stream: &str,
+        hot: &mut Hot<A>,
+    ) -> Result<(), ExecuteError<A::Error>> {
+        if !hot.loaded {
+            if let Some(snapshot) = self
+                .store
+                .load_snapshot(tenant, stream, self.config.kind)
+                .await?
+            {
+                match serde_json::from_slice::<A>(&snapshot.state) {
+                    Ok(state) => {
+                        hot.state = state;
+                        hot.version = snapshot.version;
+                    }
+                    Err(e) => tracing::warn!(stream, error = %e, "unreadable snapshot ignored"),
+                }
+            }
+            hot.loaded = true;
+        }
+        loop {
+            let page = self
+                .store
+                .read_stream(tenant, stream, hot.version + 1, PAGE)
+                .await?;
+            for envelope in &page {
+                let event = A::Event::from_stored(
+                    &envelope.event_type,
+                    envelope.schema_version,
+                    envelope.payload.as_bytes(),
+                )?;
+                hot.state.evolve(&event);
+                hot.version = envelope.stream_version;
+            }
+            if page.len() < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    fn maybe_snapshot(&self, tenant: TenantId, stream: &str, before: u64, hot: &Hot<A>) {
+        let every = self.config.snapshot_every.max(1);
+        if before / every == hot.version / every {
+            return;
+        }
+        let Ok(state) = serde_json::to_vec(&hot.state) else {
+            return;
+        };
+        let snapshot = Snapshot {
+            tenant_id: tenant,
+            stream_id: stream.to_owned(),
+            kind: self.config.kind.to_owned(),
+            version: hot.version,
+            state,
+        };
+        let store = self.store.clone();
+        // A snapshot is only a cache: saving it off the command's path is safe.
+        tokio::spawn(async move {
+            if let Err(e) = store.save_snapshot(snapshot).await {
+                tracing::warn!(error = %e, "snapshot not saved");
+            }
+        });
+    }
+}
