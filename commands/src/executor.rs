@@ -3,7 +3,9 @@
 use domain::{Aggregate, DomainEvent, EventDecodeError, TenantId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use store::{AppendRequest, Appended, Expected, Metadata, NewEvent, RawJson, Snapshot, Store, StoreError};
+use store::{
+    AppendRequest, Appended, Expected, Metadata, NewEvent, RawJson, Snapshot, Store, StoreError,
+};
 use time::OffsetDateTime;
 
 /// How an executor caches and retries.
@@ -122,7 +124,11 @@ where
     }
 
     /// The current state of a stream, as far as this store has it.
-    pub async fn load(&self, tenant: TenantId, stream: &str) -> Result<(A, u64), ExecuteError<A::Error>> {
+    pub async fn load(
+        &self,
+        tenant: TenantId,
+        stream: &str,
+    ) -> Result<(A, u64), ExecuteError<A::Error>> {
         let slot = self.slot(tenant, stream);
         let mut hot = slot.lock().await;
         self.catch_up(tenant, stream, &mut hot).await?;
@@ -147,7 +153,10 @@ where
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let events = hot.state.decide(command, now).map_err(ExecuteError::Domain)?;
+            let events = hot
+                .state
+                .decide(command, now)
+                .map_err(ExecuteError::Domain)?;
             if events.is_empty() {
                 return Ok(Executed {
                     state: hot.state.clone(),
@@ -190,7 +199,11 @@ where
                     });
                 }
                 Err(e) if e.is_conflict() && attempt <= self.config.max_retries => {
-                    tracing::debug!(stream, attempt, "version conflict; catching up and deciding again");
+                    tracing::debug!(
+                        stream,
+                        attempt,
+                        "version conflict; catching up and deciding again"
+                    );
                     // A short, jittered pause so that two busy writers do not starve each other.
                     tokio::time::sleep(backoff(attempt)).await;
                     self.catch_up(tenant, stream, &mut hot).await?;

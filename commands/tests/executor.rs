@@ -36,14 +36,26 @@ async fn commands_are_decided_and_appended(h: TestStore) {
     let done = ex.execute(t, &stream, &signup, &meta, now()).await.unwrap();
     assert_eq!(done.version, 1);
     assert_eq!(done.appended.as_ref().unwrap().positions.len(), 1);
-    let err = ex.execute(t, &stream, &signup, &meta, now()).await.unwrap_err();
-    assert!(matches!(err, ExecuteError::Domain(TenantError::AlreadySignedUp)));
+    let err = ex
+        .execute(t, &stream, &signup, &meta, now())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ExecuteError::Domain(TenantError::AlreadySignedUp)
+    ));
     let upgrade = TenantCommand::ChangePlan { plan: Plan::Pro };
-    let done = ex.execute(t, &stream, &upgrade, &meta, now()).await.unwrap();
+    let done = ex
+        .execute(t, &stream, &upgrade, &meta, now())
+        .await
+        .unwrap();
     assert_eq!(done.state.plan, Plan::Pro);
     let stored = h.store.read_stream(t, &stream, 1, 10).await.unwrap();
     assert_eq!(
-        stored.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(),
+        stored
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
         ["tenant.signed_up", "plan.changed"]
     );
     assert!(stored.iter().all(|e| e.actor == "user-1"));
@@ -61,14 +73,22 @@ async fn a_stale_executor_retries_on_fresh_state(h: TestStore) {
     a.execute(t, &stream, &signup, &meta, now()).await.unwrap();
     // b loads now, then a moves on: b's state is stale.
     assert_eq!(b.load(t, &stream).await.unwrap().1, 1);
-    a.execute(t, &stream, &rename("Two"), &meta, now()).await.unwrap();
+    a.execute(t, &stream, &rename("Two"), &meta, now())
+        .await
+        .unwrap();
     // b decides on fresh state after the conflict: renaming to "Two" is now refused.
     let err = b
         .execute(t, &stream, &rename("Two"), &meta, now())
         .await
         .unwrap_err();
-    assert!(matches!(err, ExecuteError::Domain(TenantError::SameName)), "{err:?}");
-    let done = b.execute(t, &stream, &rename("Three"), &meta, now()).await.unwrap();
+    assert!(
+        matches!(err, ExecuteError::Domain(TenantError::SameName)),
+        "{err:?}"
+    );
+    let done = b
+        .execute(t, &stream, &rename("Three"), &meta, now())
+        .await
+        .unwrap();
     assert_eq!(done.version, 3);
 
     // Many concurrent renames through both executors: every one lands exactly once.
@@ -108,7 +128,11 @@ async fn snapshots_bound_the_replay_on_a_cold_start(h: TestStore) {
     // Snapshots are written off the command path; wait for the one at version 20.
     let mut snapshot = None;
     for _ in 0..500 {
-        snapshot = h.store.load_snapshot(t, &stream, "tenant/v1").await.unwrap();
+        snapshot = h
+            .store
+            .load_snapshot(t, &stream, "tenant/v1")
+            .await
+            .unwrap();
         if snapshot.as_ref().is_some_and(|s| s.version == 20) {
             break;
         }
@@ -129,9 +153,16 @@ async fn snapshots_bound_the_replay_on_a_cold_start(h: TestStore) {
     let (state, version) = cold.load(t, &stream).await.unwrap();
     assert_eq!(version, 25);
     assert_eq!(state.plan, Plan::Enterprise, "started from the snapshot");
-    assert_eq!(state.name, Some(name("N24")), "events after the snapshot are applied");
+    assert_eq!(
+        state.name,
+        Some(name("N24")),
+        "events after the snapshot are applied"
+    );
     // The expected-version check still guards appends made from cached state.
-    let done = cold.execute(t, &stream, &rename("Last"), &meta, now()).await.unwrap();
+    let done = cold
+        .execute(t, &stream, &rename("Last"), &meta, now())
+        .await
+        .unwrap();
     assert_eq!(done.version, 26);
 }
 

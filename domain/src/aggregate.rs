@@ -48,7 +48,9 @@ impl EventDecodeError {
 }
 
 /// An event-sourced aggregate. `Default` is the state before its first event.
-pub trait Aggregate: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Aggregate:
+    Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     type Command;
     type Event: DomainEvent + Send;
     type Error: std::error::Error + PartialEq + Send + Sync + 'static;

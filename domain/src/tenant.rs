@@ -291,14 +291,18 @@ mod tests {
     #[test]
     fn signing_up_twice_is_refused() {
         given::<Tenant>([signed_up("Acme")])
-            .when(TenantCommand::SignUp { name: name("Acme 2") })
+            .when(TenantCommand::SignUp {
+                name: name("Acme 2"),
+            })
             .then_err(TenantError::AlreadySignedUp);
     }
 
     #[test]
     fn rename_records_old_and_new_name() {
         let state = given::<Tenant>([signed_up("Acme")])
-            .when(TenantCommand::Rename { name: name("Acme Corp") })
+            .when(TenantCommand::Rename {
+                name: name("Acme Corp"),
+            })
             .then([TenantEvent::Renamed {
                 from: name("Acme"),
                 to: name("Acme Corp"),
@@ -351,7 +355,12 @@ mod tests {
             Err(TenantNameError::TooLong { max: 100 })
         );
         assert!(TenantName::parse(&"é".repeat(100)).is_ok());
-        for hostile in ["a\u{0000}b", "a\nb", "evil\u{202E}gpj.exe", "zero\u{200B}width"] {
+        for hostile in [
+            "a\u{0000}b",
+            "a\nb",
+            "evil\u{202E}gpj.exe",
+            "zero\u{200B}width",
+        ] {
             assert_eq!(
                 TenantName::parse(hostile),
                 Err(TenantNameError::ForbiddenCharacter),
@@ -377,7 +386,8 @@ mod tests {
         ];
         for e in events {
             let bytes = serde_json::to_vec(&e.to_payload()).unwrap();
-            let back = TenantEvent::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
+            let back =
+                TenantEvent::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
             assert_eq!(back, e);
         }
         assert!(matches!(
@@ -388,12 +398,8 @@ mod tests {
 
     #[test]
     fn a_stored_name_that_fails_validation_is_not_read_back_silently() {
-        let err = TenantEvent::from_stored(
-            "tenant.renamed",
-            1,
-            br#"{"from":"a","to":""}"#,
-        )
-        .unwrap_err();
+        let err =
+            TenantEvent::from_stored("tenant.renamed", 1, br#"{"from":"a","to":""}"#).unwrap_err();
         assert!(matches!(err, EventDecodeError::Malformed { .. }));
     }
 }

@@ -1,14 +1,2 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+//! Read models derived from the event log. Empty until the service issue builds the projections
+//! runtime (subscriptions, checkpoints, rebuild, read-your-writes); nothing here pretends to work.

@@ -5,19 +5,25 @@
 //! IMMEDIATE`) before reading the head position, so even a second process writing to the same
 //! file (the operator CLI beside a running server) cannot interleave positions.
 
-use crate::envelope::{AppendRequest, Appended, Envelope, RawJson, from_micros, now_micros, to_micros};
+use crate::Snapshot;
+use crate::envelope::{
+    AppendRequest, Appended, Envelope, RawJson, from_micros, now_micros, to_micros,
+};
 use crate::error::{Result, StoreError};
 use crate::planner::{Plan, StoredId};
-use crate::Snapshot;
 use domain::TenantId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
+
+const PAGE_SIZE: i64 = 4096;
 
 /// The most appends one group commit takes from the queue.
 const MAX_GROUP: usize = 4096;
@@ -40,8 +46,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         payload TEXT NOT NULL
     );
     CREATE UNIQUE INDEX events_stream ON events (tenant_id, stream_id, stream_version);
-    CREATE UNIQUE INDEX events_event_id ON events (tenant_id, event_id);
-    CREATE INDEX events_tenant_position ON events (tenant_id, global_position);
+    CREATE UNIQUE INDEX events_event_id ON events (event_id, tenant_id);
     CREATE TABLE snapshots (
         tenant_id BLOB NOT NULL,
         stream_id TEXT NOT NULL,
@@ -61,6 +66,8 @@ enum WriteOp {
 pub(crate) struct Embedded {
     queue: Mutex<Option<mpsc::Sender<WriteOp>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    stop_checkpointer: Arc<(Mutex<bool>, std::sync::Condvar)>,
     readers: Arc<ReaderPool>,
     head: watch::Receiver<u64>,
 }
@@ -76,13 +83,27 @@ impl Embedded {
         let head = head_position(&conn)?;
         let (head_tx, head_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel();
-        let writer = std::thread::Builder::new()
-            .name("tenantry-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, head_tx))
-            .map_err(StoreError::backend)?;
+        let wal_frames = Arc::new(AtomicI64::new(0));
+        let stop_checkpointer = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let writer = {
+            let wal_frames = wal_frames.clone();
+            std::thread::Builder::new()
+                .name("tenantry-store-writer".into())
+                .spawn(move || writer_loop(conn, rx, head_tx, wal_frames))
+                .map_err(StoreError::backend)?
+        };
+        let checkpointer = {
+            let (path, stop) = (path.clone(), stop_checkpointer.clone());
+            std::thread::Builder::new()
+                .name("tenantry-store-checkpointer".into())
+                .spawn(move || checkpointer(path, wal_frames, stop))
+                .map_err(StoreError::backend)?
+        };
         Ok(Self {
             queue: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
+            checkpointer: Mutex::new(Some(checkpointer)),
+            stop_checkpointer,
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -144,9 +165,10 @@ impl Embedded {
                     ))?;
                     collect(stmt.query(params![from, limit])?)
                 }
+                // No per-tenant index on the log (ADR 003): this scans in position order.
                 Some(t) => {
                     let mut stmt = conn.prepare_cached(&format!(
-                        "{SELECT} WHERE tenant_id = ?1 AND global_position >= ?2 \
+                        "{SELECT} WHERE global_position >= ?2 AND tenant_id = ?1 \
                          ORDER BY global_position LIMIT ?3"
                     ))?;
                     collect(stmt.query(params![t.as_uuid().as_bytes(), from, limit])?)
@@ -224,6 +246,27 @@ impl Embedded {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        {
+            let (lock, signal) = &*self.stop_checkpointer;
+            *lock.lock().expect("stop lock") = true;
+            signal.notify_all();
+        }
+        let handle = self.checkpointer.lock().expect("checkpointer lock").take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+impl Drop for Embedded {
+    /// A store dropped without `close` still stops its background threads: the writer ends when
+    /// its queue closes (after committing what it holds), the checkpointer when told.
+    fn drop(&mut self) {
+        let (lock, signal) = &*self.stop_checkpointer;
+        if let Ok(mut stopped) = lock.lock() {
+            *stopped = true;
+        }
+        signal.notify_all();
     }
 }
 
@@ -264,9 +307,54 @@ fn uuid_col(r: &rusqlite::Row<'_>, i: usize) -> Result<Uuid> {
 
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
+    // Only takes effect when the file is created. Small pages keep each commit's WAL frames
+    // small: a group commit touches one leaf page per stream and per tenant it writes to.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    // Checkpoints run on their own thread (see `checkpointer`), not inside the writer's commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(())
+}
+
+/// How many WAL frames past which the writer finishes a checkpoint itself, so that its next
+/// transaction starts the WAL file over instead of growing it.
+const WAL_RESTART_FRAMES: i64 = 4_096;
+
+/// Copy the WAL back into the database file beside the writer, so commits rarely wait for it.
+/// PASSIVE checkpoints never block the writer. They cannot finish while the writer keeps
+/// appending, so the checkpointer publishes the WAL's length and the writer, between two groups,
+/// runs the last (short) PASSIVE checkpoint itself once the WAL is long (see `writer_loop`).
+fn checkpointer(
+    path: PathBuf,
+    wal_frames: Arc<AtomicI64>,
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+) {
+    let conn = match Connection::open(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "checkpointer cannot open the store");
+            return;
+        }
+    };
+    let _ = conn.busy_timeout(Duration::from_millis(100));
+    let (lock, signal) = &*stop;
+    loop {
+        let stopped = lock.lock().expect("stop lock");
+        let (stopped, _) = signal
+            .wait_timeout(stopped, Duration::from_millis(50))
+            .expect("stop lock");
+        if *stopped {
+            break;
+        }
+        drop(stopped);
+        if let Ok(frames) =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+        {
+            wal_frames.store(frames, Ordering::Relaxed);
+        }
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -310,9 +398,45 @@ fn stream_version(conn: &Connection, tenant: TenantId, stream: &str) -> Result<u
     Ok(v as u64)
 }
 
+/// What the writer remembers between groups. Valid only while no other connection has written,
+/// which `PRAGMA data_version` tells exactly: when it moves, the cache is dropped.
+#[derive(Debug, Default)]
+struct WriterCache {
+    data_version: Option<i64>,
+    head: u64,
+    streams: HashMap<(TenantId, String), u64>,
+}
+
+const MAX_CACHED_STREAMS: usize = 200_000;
+
+/// How a group treats event ids. Duplicates are rare (they are retries), so the first try
+/// lets the unique index find them; only a group that hits it is planned again, carefully.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ids {
+    TrustUniqueIndex,
+    LookUp,
+}
+
 /// The writer: wait for work, take everything queued, commit it as one transaction, answer.
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteOp>, head: watch::Sender<u64>) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<WriteOp>,
+    head: watch::Sender<u64>,
+    wal_frames: Arc<AtomicI64>,
+) {
+    conn.set_prepared_statement_cache_capacity(64);
+    let mut cache = WriterCache::default();
     while let Ok(first) = rx.recv() {
+        if wal_frames.load(Ordering::Relaxed) > WAL_RESTART_FRAMES {
+            // The checkpointer has copied most of the WAL; finishing here, between two groups,
+            // lets the next transaction restart the WAL file from its beginning.
+            if let Ok(frames) =
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+            {
+                tracing::trace!(frames, "writer finished a checkpoint");
+            }
+            wal_frames.store(0, Ordering::Relaxed);
+        }
         let mut appends = Vec::new();
         let mut snapshots = Vec::new();
         let mut next = Some(first);
@@ -327,11 +451,22 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<WriteOp>, head: watch::S
                 next = rx.try_recv().ok();
             }
         }
-        match commit_group(&mut conn, &appends, &snapshots) {
-            Ok((results, new_head)) => {
+        let outcome = commit_group(
+            &mut conn,
+            &mut cache,
+            &appends,
+            &snapshots,
+            Ids::TrustUniqueIndex,
+        )
+        .or_else(|e| {
+            tracing::debug!(error = %e, "group failed; planning it again with id look-ups");
+            commit_group(&mut conn, &mut cache, &appends, &snapshots, Ids::LookUp)
+        });
+        match outcome {
+            Ok(results) => {
                 head.send_if_modified(|h| {
-                    let moved = new_head > *h;
-                    *h = (*h).max(new_head);
+                    let moved = cache.head > *h;
+                    *h = (*h).max(cache.head);
                     moved
                 });
                 for ((_, reply), result) in appends.into_iter().zip(results) {
@@ -359,15 +494,24 @@ type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
 type SnapshotReply = (Snapshot, oneshot::Sender<Result<()>>);
 
 /// One transaction for the whole group: either it all commits (and every `Ok` answer is
-/// durable) or none of it does.
+/// durable) or none of it does. The cache changes only after a commit.
 fn commit_group(
     conn: &mut Connection,
+    cache: &mut WriterCache,
     appends: &[AppendReply],
     snapshots: &[SnapshotReply],
-) -> Result<(Vec<Result<Appended>>, u64)> {
+    ids: Ids,
+) -> Result<Vec<Result<Appended>>> {
     let now = now_micros();
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut plan = Plan::new(head_position(&tx)?);
+    let data_version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+    if cache.data_version != Some(data_version) || cache.streams.len() > MAX_CACHED_STREAMS {
+        cache.streams.clear();
+        cache.head = head_position(&tx)?;
+        cache.data_version = Some(data_version);
+    }
+    let mut plan = Plan::new(cache.head);
+    let mut loaded = Vec::new();
     let mut results = Vec::with_capacity(appends.len());
     {
         let mut by_id = tx.prepare_cached(
@@ -377,52 +521,29 @@ fn commit_group(
         for (req, _) in appends {
             let tenant = req.tenant_id;
             if !plan.has_stream(tenant, &req.stream_id) {
-                plan.load_stream(tenant, &req.stream_id, stream_version(&tx, tenant, &req.stream_id)?);
+                let key = (tenant, req.stream_id.clone());
+                let version = match cache.streams.get(&key) {
+                    Some(v) => *v,
+                    None => {
+                        let v = stream_version(&tx, tenant, &req.stream_id)?;
+                        loaded.push((key, v));
+                        v
+                    }
+                };
+                plan.load_stream(tenant, &req.stream_id, version);
             }
-            for e in &req.events {
-                let stored = by_id
-                    .query_row(
-                        params![tenant.as_uuid().as_bytes(), e.event_id.as_bytes()],
-                        |r| {
-                            Ok(StoredId {
-                                global_position: r.get::<_, i64>(0)? as u64,
-                                stream_id: r.get(1)?,
-                                stream_version: r.get::<_, i64>(2)? as u64,
-                                event_type: r.get(3)?,
-                                schema_version: r.get(4)?,
-                                payload: r.get(5)?,
-                            })
-                        },
-                    )
-                    .optional()?;
-                if let Some(stored) = stored {
-                    plan.load_id(tenant, e.event_id, stored);
-                }
+            if ids == Ids::LookUp {
+                load_ids(&mut by_id, &mut plan, req)?;
             }
-            results.push(plan.decide(req, now));
+            let mut result = plan.decide(req, now);
+            if ids == Ids::TrustUniqueIndex && matches!(result, Err(StoreError::Conflict { .. })) {
+                // A conflict may be a retry of an append that went through: look before refusing.
+                load_ids(&mut by_id, &mut plan, req)?;
+                result = plan.decide(req, now);
+            }
+            results.push(result);
         }
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO events (global_position, tenant_id, stream_id, stream_version, event_id, \
-             event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, \
-             payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?;
-        for e in plan.rows() {
-            insert.execute(params![
-                e.global_position as i64,
-                e.tenant_id.as_uuid().as_bytes(),
-                e.stream_id,
-                e.stream_version as i64,
-                e.event_id.as_bytes(),
-                e.event_type,
-                e.schema_version,
-                to_micros(e.recorded_at),
-                e.actor,
-                e.correlation_id.as_bytes(),
-                e.causation_id.as_ref().map(|u| u.as_bytes().to_vec()),
-                e.trace_id,
-                e.payload.as_str(),
-            ])?;
-        }
+        insert_rows(&tx, plan.rows())?;
         let mut snap = tx.prepare_cached(
             "INSERT INTO snapshots (tenant_id, stream_id, kind, version, state) \
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant_id, stream_id, kind) \
@@ -440,7 +561,95 @@ fn commit_group(
         }
     }
     tx.commit()?;
-    Ok((results, plan.head()))
+    cache.head = plan.head();
+    cache.streams.extend(loaded);
+    for (tenant, stream, _, after) in plan.stream_updates() {
+        cache.streams.insert((tenant, stream.to_owned()), after);
+    }
+    Ok(results)
+}
+
+/// Tell the plan which of the request's event ids are already stored.
+fn load_ids(
+    by_id: &mut rusqlite::CachedStatement<'_>,
+    plan: &mut Plan,
+    req: &AppendRequest,
+) -> Result<()> {
+    let tenant = req.tenant_id;
+    for e in &req.events {
+        let stored = by_id
+            .query_row(
+                params![tenant.as_uuid().as_bytes(), e.event_id.as_bytes()],
+                |r| {
+                    Ok(StoredId {
+                        global_position: r.get::<_, i64>(0)? as u64,
+                        stream_id: r.get(1)?,
+                        stream_version: r.get::<_, i64>(2)? as u64,
+                        event_type: r.get(3)?,
+                        schema_version: r.get(4)?,
+                        payload: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(stored) = stored {
+            plan.load_id(tenant, e.event_id, stored);
+        }
+    }
+    Ok(())
+}
+
+/// Rows per multi-row INSERT: 13 columns each, well under SQLite's parameter limit.
+const ROWS_PER_INSERT: usize = 32;
+const COLUMNS: usize = 13;
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT OR ROLLBACK INTO events (global_position, tenant_id, stream_id, stream_version, event_id, \
+         event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, \
+         payload) VALUES ",
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..COLUMNS {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push('?');
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+fn insert_rows(tx: &rusqlite::Transaction<'_>, rows: &[Envelope]) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut stmt = tx.prepare_cached(&insert_sql(chunk.len()))?;
+        for (r, e) in chunk.iter().enumerate() {
+            let base = r * COLUMNS;
+            stmt.raw_bind_parameter(base + 1, e.global_position as i64)?;
+            stmt.raw_bind_parameter(base + 2, &e.tenant_id.as_uuid().as_bytes()[..])?;
+            stmt.raw_bind_parameter(base + 3, e.stream_id.as_str())?;
+            stmt.raw_bind_parameter(base + 4, e.stream_version as i64)?;
+            stmt.raw_bind_parameter(base + 5, &e.event_id.as_bytes()[..])?;
+            stmt.raw_bind_parameter(base + 6, e.event_type.as_str())?;
+            stmt.raw_bind_parameter(base + 7, e.schema_version)?;
+            stmt.raw_bind_parameter(base + 8, to_micros(e.recorded_at))?;
+            stmt.raw_bind_parameter(base + 9, e.actor.as_str())?;
+            stmt.raw_bind_parameter(base + 10, &e.correlation_id.as_bytes()[..])?;
+            stmt.raw_bind_parameter(
+                base + 11,
+                e.causation_id.as_ref().map(|u| &u.as_bytes()[..]),
+            )?;
+            stmt.raw_bind_parameter(base + 12, e.trace_id.as_deref())?;
+            stmt.raw_bind_parameter(base + 13, e.payload.as_str())?;
+        }
+        stmt.raw_execute()?;
+    }
+    Ok(())
 }
 
 /// Reader connections, reused across reads.

@@ -115,7 +115,7 @@ impl NewEvent {
     /// A new event with a fresh (time-ordered) id and schema version 1.
     pub fn new(event_type: impl Into<String>, payload: RawJson) -> Self {
         Self {
-            event_id: Uuid::now_v7(),
+            event_id: new_event_id(),
             event_type: event_type.into(),
             schema_version: 1,
             payload,
@@ -131,6 +131,41 @@ impl NewEvent {
         self.schema_version = v;
         self
     }
+}
+
+/// A fresh, time-ordered (version 7) UUID for an event.
+///
+/// Its 74 random bits come from a per-thread xorshift generator seeded from the operating
+/// system's randomness, not from a system call per id: ids must be unique, not secret, and the
+/// append path makes millions of them. Time-ordered ids also keep the store's id index appending
+/// at its right edge.
+pub fn new_event_id() -> Uuid {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+            seed | 1
+        });
+    }
+    let next = || {
+        STATE.with(|s| {
+            // xorshift64*
+            let mut x = s.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            s.set(x);
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        })
+    };
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&next().to_le_bytes());
+    random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
 /// Who and what caused an append; copied into every envelope it writes.
@@ -151,7 +186,7 @@ impl Metadata {
     pub fn actor(actor: impl Into<String>) -> Self {
         Self {
             actor: actor.into(),
-            correlation_id: Uuid::now_v7(),
+            correlation_id: new_event_id(),
             causation_id: None,
             trace_id: None,
         }
@@ -181,7 +216,10 @@ pub struct Appended {
 
 impl Appended {
     pub fn last_position(&self) -> u64 {
-        *self.positions.last().expect("an append has at least one event")
+        *self
+            .positions
+            .last()
+            .expect("an append has at least one event")
     }
 }
 

@@ -16,7 +16,7 @@ mod upcast;
 
 pub use envelope::{
     AppendRequest, Appended, Envelope, Expected, InvalidJson, Metadata, NewEvent, RawJson,
-    format_rfc3339_micros,
+    format_rfc3339_micros, new_event_id,
 };
 pub use error::{Result, StoreError};
 pub use planner::MAX_EVENTS_PER_APPEND;

@@ -27,12 +27,51 @@ pub struct StoredId {
     pub payload: String,
 }
 
+/// The fields of a stored or planned event that a retry is compared on.
+#[derive(Clone, Copy, Debug)]
+struct IdView<'a> {
+    global_position: u64,
+    stream_id: &'a str,
+    stream_version: u64,
+    event_type: &'a str,
+    schema_version: u16,
+    payload: &'a str,
+}
+
+impl StoredId {
+    fn view(&self) -> IdView<'_> {
+        IdView {
+            global_position: self.global_position,
+            stream_id: &self.stream_id,
+            stream_version: self.stream_version,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            payload: &self.payload,
+        }
+    }
+}
+
+impl<'a> IdView<'a> {
+    fn of(e: &'a Envelope) -> Self {
+        IdView {
+            global_position: e.global_position,
+            stream_id: &e.stream_id,
+            stream_version: e.stream_version,
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            payload: e.payload.as_str(),
+        }
+    }
+}
+
 /// What the planner needs loaded before deciding a batch.
 #[derive(Debug, Default)]
 pub struct Plan {
     head: u64,
     streams: HashMap<(TenantId, String), u64>,
     ids: HashMap<(TenantId, Uuid), StoredId>,
+    /// Event ids planned in this batch, by their index in `rows`.
+    planned: HashMap<(TenantId, Uuid), usize>,
     /// Streams whose version changed in this batch, with the version they were loaded at.
     touched: HashMap<(TenantId, String), u64>,
     rows: Vec<Envelope>,
@@ -41,7 +80,9 @@ pub struct Plan {
 /// Reject malformed appends before anything is loaded.
 pub fn validate(request: &AppendRequest) -> Result<()> {
     if request.events.is_empty() {
-        return Err(StoreError::InvalidAppend("an append needs at least one event".into()));
+        return Err(StoreError::InvalidAppend(
+            "an append needs at least one event".into(),
+        ));
     }
     if request.events.len() > MAX_EVENTS_PER_APPEND {
         return Err(StoreError::InvalidAppend(format!(
@@ -49,7 +90,9 @@ pub fn validate(request: &AppendRequest) -> Result<()> {
         )));
     }
     if request.stream_id.is_empty() || request.stream_id.len() > 200 {
-        return Err(StoreError::InvalidAppend("stream id must be 1 to 200 bytes".into()));
+        return Err(StoreError::InvalidAppend(
+            "stream id must be 1 to 200 bytes".into(),
+        ));
     }
     let mut seen = HashSet::with_capacity(request.events.len());
     for e in &request.events {
@@ -60,7 +103,9 @@ pub fn validate(request: &AppendRequest) -> Result<()> {
             )));
         }
         if e.event_type.is_empty() || e.event_type.len() > 100 {
-            return Err(StoreError::InvalidAppend("event type must be 1 to 100 bytes".into()));
+            return Err(StoreError::InvalidAppend(
+                "event type must be 1 to 100 bytes".into(),
+            ));
         }
     }
     Ok(())
@@ -114,17 +159,7 @@ impl Plan {
             self.head += 1;
             version += 1;
             positions.push(self.head);
-            self.ids.insert(
-                (tenant, e.event_id),
-                StoredId {
-                    global_position: self.head,
-                    stream_id: request.stream_id.clone(),
-                    stream_version: version,
-                    event_type: e.event_type.clone(),
-                    schema_version: e.schema_version,
-                    payload: e.payload.as_str().to_owned(),
-                },
-            );
+            self.planned.insert((tenant, e.event_id), self.rows.len());
             self.rows.push(Envelope {
                 global_position: self.head,
                 tenant_id: tenant,
@@ -156,8 +191,11 @@ impl Plan {
         let mut found = Vec::new();
         let mut first_stored = None;
         for e in &request.events {
-            let Some(stored) = self.ids.get(&(tenant, e.event_id)) else {
-                continue;
+            let key = (tenant, e.event_id);
+            let stored = match (self.ids.get(&key), self.planned.get(&key)) {
+                (Some(stored), _) => stored.view(),
+                (None, Some(&row)) => IdView::of(&self.rows[row]),
+                (None, None) => continue,
             };
             let same = stored.stream_id == request.stream_id
                 && stored.event_type == e.event_type

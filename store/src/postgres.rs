@@ -16,13 +16,12 @@ use crate::planner::{Plan, StoredId};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use domain::TenantId;
 use futures_util::StreamExt;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use uuid::Uuid;
 
@@ -51,9 +50,8 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         trace_id text,
         payload text NOT NULL,
         UNIQUE (tenant_id, stream_id, stream_version),
-        UNIQUE (tenant_id, event_id)
+        UNIQUE (event_id, tenant_id)
     );
-    CREATE INDEX events_tenant_position ON events (tenant_id, global_position);
     CREATE TABLE streams (
         tenant_id uuid NOT NULL,
         stream_id text NOT NULL,
@@ -264,6 +262,17 @@ impl Postgres {
     }
 }
 
+impl Drop for Postgres {
+    /// The writer ends when its queue closes; the listener must be told.
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            for t in tasks.iter().skip(1) {
+                t.abort();
+            }
+        }
+    }
+}
+
 const SELECT: &str = "SELECT global_position, tenant_id, stream_id, stream_version, event_id, \
     event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, payload \
     FROM events";
@@ -317,6 +326,30 @@ async fn migrate(pool: &Pool) -> Result<()> {
     Ok(())
 }
 
+/// What the writer remembers between groups: the head position and stream versions it last
+/// committed. Another instance may have moved on since; the database catches every stale value
+/// (the primary key on positions, the compare-and-swap on stream versions), and the group is
+/// then planned again from fresh reads.
+#[derive(Debug, Default)]
+struct WriterCache {
+    head: Option<u64>,
+    streams: HashMap<(TenantId, String), u64>,
+}
+
+const MAX_CACHED_STREAMS: usize = 200_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Plan from the cache and let constraints catch staleness and duplicate ids.
+    Optimistic,
+    /// Read everything the group touches under the write lock, then plan.
+    Careful,
+}
+
+/// A sign that the optimistic plan may be wrong; the group is planned again carefully.
+#[derive(Debug)]
+struct Replan;
+
 /// The batching writer: take everything queued, commit it in one transaction, answer each.
 async fn writer_loop(
     pool: Pool,
@@ -324,10 +357,28 @@ async fn writer_loop(
     head: watch::Sender<u64>,
 ) {
     let mut batch = Vec::new();
+    let mut cache = WriterCache::default();
     while rx.recv_many(&mut batch, MAX_GROUP).await > 0 {
         let requests: Vec<&AppendRequest> = batch.iter().map(|(r, _)| r).collect();
-        match commit_group(&pool, &requests).await {
-            Ok((results, new_head)) => {
+        let outcome = match commit_group(&pool, &mut cache, &requests, Mode::Optimistic).await {
+            Ok(Ok(results)) => Ok(results),
+            Ok(Err(Replan)) => {
+                cache = WriterCache::default();
+                commit_group(&pool, &mut cache, &requests, Mode::Careful)
+                    .await
+                    .and_then(|r| r.map_err(|Replan| StoreError::Backend("replan failed".into())))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "optimistic group failed; planning it again carefully");
+                cache = WriterCache::default();
+                commit_group(&pool, &mut cache, &requests, Mode::Careful)
+                    .await
+                    .and_then(|r| r.map_err(|Replan| StoreError::Backend("replan failed".into())))
+            }
+        };
+        match outcome {
+            Ok(results) => {
+                let new_head = cache.head.unwrap_or(0);
                 head.send_if_modified(|h| {
                     let moved = new_head > *h;
                     *h = (*h).max(new_head);
@@ -338,7 +389,8 @@ async fn writer_loop(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "group commit failed");
+                tracing::error!(error = %e, "group commit failed; nothing of it was written");
+                cache = WriterCache::default();
                 let message = e.to_string();
                 for (_, reply) in batch.drain(..) {
                     let _ = reply.send(Err(StoreError::Backend(message.clone())));
@@ -350,75 +402,109 @@ async fn writer_loop(
 
 async fn commit_group(
     pool: &Pool,
+    cache: &mut WriterCache,
     requests: &[&AppendRequest],
-) -> Result<(Vec<Result<Appended>>, u64)> {
+    mode: Mode,
+) -> Result<std::result::Result<Vec<Result<Appended>>, Replan>> {
     let now = crate::envelope::now_micros();
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+    let lock_stmt = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
         .await?;
+    if mode == Mode::Careful {
+        // Careful reads must see everything committed before us: take the lock first.
+        tx.execute(&lock_stmt, &[&WRITE_LOCK]).await?;
+    }
 
-    // Everything the batch touches, loaded in three pipelined queries.
-    let mut stream_keys = HashSet::new();
+    // What the plan needs and the cache does not have (in careful mode: everything).
+    let mut unknown = HashSet::new();
     let (mut st_tenants, mut st_ids) = (Vec::new(), Vec::new());
     let (mut id_tenants, mut id_ids) = (Vec::new(), Vec::new());
     for r in requests {
-        if stream_keys.insert((r.tenant_id, r.stream_id.as_str())) {
+        let key = (r.tenant_id, r.stream_id.clone());
+        let cached = mode == Mode::Optimistic && cache.streams.contains_key(&key);
+        if !cached && unknown.insert(key) {
             st_tenants.push(*r.tenant_id.as_uuid());
             st_ids.push(r.stream_id.as_str());
         }
-        for e in &r.events {
-            id_tenants.push(*r.tenant_id.as_uuid());
-            id_ids.push(e.event_id);
+        if mode == Mode::Careful {
+            for e in &r.events {
+                id_tenants.push(*r.tenant_id.as_uuid());
+                id_ids.push(e.event_id);
+            }
         }
     }
-    let head_q = tx.prepare_cached("SELECT coalesce(max(global_position), 0) FROM events");
-    let streams_q = tx.prepare_cached(
-        "SELECT s.tenant_id, s.stream_id, s.version \
-         FROM unnest($1::uuid[], $2::text[]) AS k (tenant_id, stream_id) \
-         JOIN streams s ON s.tenant_id = k.tenant_id AND s.stream_id = k.stream_id",
-    );
-    let ids_q = tx.prepare_cached(
-        "SELECT e.tenant_id, e.event_id, e.global_position, e.stream_id, e.stream_version, \
-         e.event_type, e.schema_version, e.payload \
-         FROM unnest($1::uuid[], $2::uuid[]) AS k (tenant_id, event_id) \
-         JOIN events e ON e.tenant_id = k.tenant_id AND e.event_id = k.event_id",
-    );
-    let (head_q, streams_q, ids_q) = tokio::try_join!(head_q, streams_q, ids_q)?;
-    let streams_params: [&(dyn ToSql + Sync); 2] = [&st_tenants, &st_ids];
-    let ids_params: [&(dyn ToSql + Sync); 2] = [&id_tenants, &id_ids];
-    let (head_row, stream_rows, id_rows) = tokio::try_join!(
-        tx.query_one(&head_q, &[]),
-        tx.query(&streams_q, &streams_params),
-        tx.query(&ids_q, &ids_params),
-    )?;
+    let need_head = mode == Mode::Careful || cache.head.is_none();
+    let head_q = async {
+        if need_head {
+            let row = tx
+                .query_one("SELECT coalesce(max(global_position), 0) FROM events", &[])
+                .await?;
+            Ok::<_, tokio_postgres::Error>(Some(row.get::<_, i64>(0) as u64))
+        } else {
+            Ok(None)
+        }
+    };
+    let streams_q = async {
+        if st_tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stmt = tx.prepare_cached(STREAMS_BY_KEY).await?;
+        tx.query(&stmt, &[&st_tenants, &st_ids]).await
+    };
+    let ids_q = async {
+        if id_tenants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stmt = tx.prepare_cached(EVENTS_BY_ID).await?;
+        tx.query(&stmt, &[&id_tenants, &id_ids]).await
+    };
+    // Optimistic reads are pipelined with the lock: whatever they return, the constraints
+    // check it again under the lock when the group writes.
+    let lock = async {
+        if mode == Mode::Optimistic {
+            tx.execute(&lock_stmt, &[&WRITE_LOCK]).await?;
+        }
+        Ok(())
+    };
+    let ((), head_row, stream_rows, id_rows) = tokio::try_join!(lock, head_q, streams_q, ids_q)?;
 
-    let mut plan = Plan::new(head_row.get::<_, i64>(0) as u64);
-    for (tenant, stream) in &stream_keys {
+    let head = head_row.or(cache.head).unwrap_or(0);
+    let mut plan = Plan::new(head);
+    let mut loaded = Vec::new();
+    for (tenant, stream) in &unknown {
         plan.load_stream(*tenant, stream, 0);
     }
     for r in &stream_rows {
         let tenant = TenantId::from_uuid(r.get(0));
-        plan.load_stream(tenant, r.get(1), r.get::<_, i64>(2) as u64);
+        let stream: &str = r.get(1);
+        let version = r.get::<_, i64>(2) as u64;
+        plan.load_stream(tenant, stream, version);
+        loaded.push(((tenant, stream.to_owned()), version));
+    }
+    for r in requests {
+        if !plan.has_stream(r.tenant_id, &r.stream_id) {
+            let version = cache.streams[&(r.tenant_id, r.stream_id.clone())];
+            plan.load_stream(r.tenant_id, &r.stream_id, version);
+        }
     }
     for r in &id_rows {
-        plan.load_id(
-            TenantId::from_uuid(r.get(0)),
-            r.get(1),
-            StoredId {
-                global_position: r.get::<_, i64>(2) as u64,
-                stream_id: r.get(3),
-                stream_version: r.get::<_, i64>(4) as u64,
-                event_type: r.get(5),
-                schema_version: r.get::<_, i32>(6) as u16,
-                payload: r.get(7),
-            },
-        );
+        plan.load_id(TenantId::from_uuid(r.get(0)), r.get(1), stored_id(r));
     }
-    let results: Vec<_> = requests.iter().map(|r| plan.decide(r, now)).collect();
+    let mut results = Vec::with_capacity(requests.len());
+    for r in requests {
+        let result = plan.decide(r, now);
+        if mode == Mode::Optimistic && matches!(result, Err(StoreError::Conflict { .. })) {
+            // The cache may be stale, or this may be a retry of an append that went through.
+            return Ok(Err(Replan));
+        }
+        results.push(result);
+    }
     if plan.rows().is_empty() {
         tx.commit().await?;
-        return Ok((results, plan.head()));
+        cache.head = Some(plan.head());
+        return Ok(Ok(results));
     }
 
     // The compare-and-swap on each stream's version, then one multi-row insert.
@@ -451,30 +537,29 @@ async fn commit_group(
     let traces: Vec<Option<&str>> = rows.iter().map(|e| e.trace_id.as_deref()).collect();
     let payloads: Vec<&str> = rows.iter().map(|e| e.payload.as_str()).collect();
 
-    let update_q = tx.prepare_cached(
-        "UPDATE streams s SET version = k.after \
-         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[]) \
-              AS k (tenant_id, stream_id, before, after) \
-         WHERE s.tenant_id = k.tenant_id AND s.stream_id = k.stream_id AND s.version = k.before",
-    );
-    let insert_streams_q = tx.prepare_cached(
-        "INSERT INTO streams (tenant_id, stream_id, version) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])",
-    );
-    let insert_events_q = tx.prepare_cached(
-        "INSERT INTO events (global_position, tenant_id, stream_id, stream_version, event_id, \
-         event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, \
-         payload) SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], \
-         $5::uuid[], $6::text[], $7::integer[], $8::timestamptz[], $9::text[], $10::uuid[], \
-         $11::uuid[], $12::text[], $13::text[])",
-    );
-    let (update_q, insert_streams_q, insert_events_q) =
-        tokio::try_join!(update_q, insert_streams_q, insert_events_q)?;
-    let notify = plan.head().to_string();
-    let update_params: [&(dyn ToSql + Sync); 4] = [&up_t, &up_s, &up_before, &up_after];
-    let insert_streams_params: [&(dyn ToSql + Sync); 3] = [&new_t, &new_s, &new_v];
-    let notify_params: [&(dyn ToSql + Sync); 2] = [&CHANNEL, &notify];
-    let insert_events_params: [&(dyn ToSql + Sync); 13] = [
+    let update_q = async {
+        if up_t.is_empty() {
+            return Ok(0);
+        }
+        let stmt = tx.prepare_cached(UPDATE_STREAMS).await?;
+        tx.execute(&stmt, &[&up_t, &up_s, &up_before, &up_after])
+            .await
+    };
+    let insert_streams_q = async {
+        if new_t.is_empty() {
+            return Ok(0);
+        }
+        let stmt = tx.prepare_cached(INSERT_STREAMS).await?;
+        tx.execute(&stmt, &[&new_t, &new_s, &new_v]).await
+    };
+    let insert_events_q = async {
+        if rows.len() > COPY_THRESHOLD {
+            return copy_events(&tx, rows).await;
+        }
+        let stmt = tx.prepare_cached(INSERT_EVENTS).await?;
+        tx.execute(
+            &stmt,
+            &[
                 &positions,
                 &tenants,
                 &streams,
@@ -488,22 +573,126 @@ async fn commit_group(
                 &causations,
                 &traces,
                 &payloads,
-    ];
-    let (updated, _, _, _) = tokio::try_join!(
-        tx.execute(&update_q, &update_params),
-        tx.execute(&insert_streams_q, &insert_streams_params),
-        tx.execute(&insert_events_q, &insert_events_params),
-        tx.execute("SELECT pg_notify($1, $2)", &notify_params),
-    )?;
+            ],
+        )
+        .await
+    };
+    let notify = plan.head().to_string();
+    let notify_q = async {
+        let stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        tx.execute(&stmt, &[&CHANNEL, &notify]).await
+    };
+    let (updated, _, _, _) =
+        tokio::try_join!(update_q, insert_streams_q, insert_events_q, notify_q)?;
     if updated as usize != up_t.len() {
-        // Only a writer that bypasses the write lock could cause this; refuse the whole group.
-        return Err(StoreError::Backend(
-            "a stream version changed under the write lock; group rolled back".into(),
-        ));
+        // A stream moved since it was cached (another instance wrote to it).
+        return Ok(Err(Replan));
     }
     tx.commit().await?;
-    Ok((results, plan.head()))
+
+    cache.head = Some(plan.head());
+    if cache.streams.len() > MAX_CACHED_STREAMS {
+        cache.streams.clear();
+    }
+    cache.streams.extend(loaded);
+    for (tenant, stream, _, after) in plan.stream_updates() {
+        cache.streams.insert((tenant, stream.to_owned()), after);
+    }
+    Ok(Ok(results))
 }
+
+/// Above this many rows a group is written with binary COPY, which PostgreSQL ingests faster
+/// than an INSERT of unnested arrays; below it the INSERT saves a round trip.
+const COPY_THRESHOLD: usize = 256;
+
+async fn copy_events(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[Envelope],
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let sink = tx
+        .copy_in(
+            "COPY events (global_position, tenant_id, stream_id, stream_version, event_id, \
+             event_type, schema_version, recorded_at, actor, correlation_id, causation_id, \
+             trace_id, payload) FROM STDIN BINARY",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::UUID,
+            Type::TEXT,
+            Type::INT8,
+            Type::UUID,
+            Type::TEXT,
+            Type::INT4,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::UUID,
+            Type::UUID,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+    );
+    futures_util::pin_mut!(writer);
+    for e in rows {
+        writer
+            .as_mut()
+            .write(&[
+                &(e.global_position as i64),
+                e.tenant_id.as_uuid(),
+                &e.stream_id,
+                &(e.stream_version as i64),
+                &e.event_id,
+                &e.event_type,
+                &i32::from(e.schema_version),
+                &e.recorded_at,
+                &e.actor,
+                &e.correlation_id,
+                &e.causation_id,
+                &e.trace_id,
+                &e.payload.as_str(),
+            ])
+            .await?;
+    }
+    writer.finish().await
+}
+
+fn stored_id(r: &Row) -> StoredId {
+    StoredId {
+        global_position: r.get::<_, i64>(2) as u64,
+        stream_id: r.get(3),
+        stream_version: r.get::<_, i64>(4) as u64,
+        event_type: r.get(5),
+        schema_version: r.get::<_, i32>(6) as u16,
+        payload: r.get(7),
+    }
+}
+
+// The LIMIT 1 inside each LATERAL keeps PostgreSQL from flattening the look-up into a hash join
+// over the whole table: each key is one index probe.
+const STREAMS_BY_KEY: &str = "SELECT k.tenant_id, k.stream_id, s.version \
+    FROM unnest($1::uuid[], $2::text[]) AS k (tenant_id, stream_id) \
+    CROSS JOIN LATERAL (SELECT version FROM streams s \
+        WHERE s.tenant_id = k.tenant_id AND s.stream_id = k.stream_id LIMIT 1) s";
+const EVENTS_BY_ID: &str = "SELECT k.tenant_id, k.event_id, e.global_position, e.stream_id, \
+    e.stream_version, e.event_type, e.schema_version, e.payload \
+    FROM unnest($1::uuid[], $2::uuid[]) AS k (tenant_id, event_id) \
+    CROSS JOIN LATERAL (SELECT * FROM events e \
+        WHERE e.event_id = k.event_id AND e.tenant_id = k.tenant_id LIMIT 1) e";
+const UPDATE_STREAMS: &str = "UPDATE streams s SET version = k.after \
+    FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[]) \
+         AS k (tenant_id, stream_id, before, after) \
+    WHERE s.tenant_id = k.tenant_id AND s.stream_id = k.stream_id AND s.version = k.before";
+const INSERT_STREAMS: &str = "INSERT INTO streams (tenant_id, stream_id, version) \
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])";
+const INSERT_EVENTS: &str = "INSERT INTO events (global_position, tenant_id, stream_id, \
+    stream_version, event_id, event_type, schema_version, recorded_at, actor, correlation_id, \
+    causation_id, trace_id, payload) SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], \
+    $4::bigint[], $5::uuid[], $6::text[], $7::integer[], $8::timestamptz[], $9::text[], \
+    $10::uuid[], $11::uuid[], $12::text[], $13::text[])";
 
 /// Keep a LISTEN connection open and move the head watch forward on every notification.
 /// Notifications only wake readers: readers always re-read the table, and also poll.
@@ -521,7 +710,11 @@ async fn listen_loop(config: tokio_postgres::Config, head: watch::Sender<u64>) {
                         }
                     }
                 });
-                if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok() {
+                if client
+                    .batch_execute(&format!("LISTEN {CHANNEL}"))
+                    .await
+                    .is_ok()
+                {
                     while let Some(position) = rx.recv().await {
                         head.send_if_modified(|h| {
                             let moved = position > *h;

@@ -48,7 +48,8 @@ impl Subscription {
     /// Every event available now (possibly none), without waiting.
     pub async fn poll_batch(&mut self) -> Result<Vec<Envelope>> {
         if self.buffer.is_empty() {
-            self.buffer.extend(self.store.read_all(self.next, PAGE).await?);
+            self.buffer
+                .extend(self.store.read_all(self.next, PAGE).await?);
         }
         let batch: Vec<_> = self.buffer.drain(..).collect();
         if let Some(last) = batch.last() {

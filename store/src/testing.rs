@@ -40,7 +40,9 @@ impl TestStore {
     /// A second, independent handle on the same store (its own writer), as a second process or
     /// a second API instance would have.
     pub async fn another_handle(&self) -> Store {
-        Store::open(&self.location).await.expect("open another handle")
+        Store::open(&self.location)
+            .await
+            .expect("open another handle")
     }
 
     /// Close the store and open it again.
@@ -54,7 +56,9 @@ impl TestStore {
 /// `DATABASE_URL` is not set: the PostgreSQL half of the suite must run, never silently skip.
 pub async fn fresh_postgres_url() -> String {
     let base = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!("DATABASE_URL is not set: run the suite with scripts/test.sh, which starts PostgreSQL")
+        panic!(
+            "DATABASE_URL is not set: run the suite with scripts/test.sh, which starts PostgreSQL"
+        )
     });
     let config = tokio_postgres::Config::from_str(&base).expect("DATABASE_URL is a valid URL");
     let (client, connection) = config

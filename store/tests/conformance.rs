@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use store::{
-    AppendRequest, Envelope, Expected, Metadata, NewEvent, RawJson, Snapshot, Store,
-    StoreError, Upcasters,
+    AppendRequest, Envelope, Expected, Metadata, NewEvent, RawJson, Snapshot, Store, StoreError,
+    Upcasters,
 };
 use uuid::Uuid;
 
@@ -53,13 +53,19 @@ async fn expected_version_modes_admit_and_refuse(h: &Harness) {
         .append(request(t, "s", Expected::NoStream, vec![event(2)]))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { actual: 1, .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Conflict { actual: 1, .. }),
+        "{err:?}"
+    );
     // Exists: refused on a new stream, admitted on an existing one.
     let err = s
         .append(request(t, "other", Expected::Exists, vec![event(3)]))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { actual: 0, .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Conflict { actual: 0, .. }),
+        "{err:?}"
+    );
     let a = s
         .append(request(t, "s", Expected::Exists, vec![event(4), event(5)]))
         .await
@@ -70,7 +76,10 @@ async fn expected_version_modes_admit_and_refuse(h: &Harness) {
         .append(request(t, "s", Expected::Exact(2), vec![event(6)]))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { actual: 3, .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Conflict { actual: 3, .. }),
+        "{err:?}"
+    );
     let a = s
         .append(request(t, "s", Expected::Exact(3), vec![event(7)]))
         .await
@@ -80,7 +89,10 @@ async fn expected_version_modes_admit_and_refuse(h: &Harness) {
         .append(request(t, "new", Expected::Exact(1), vec![event(8)]))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { actual: 0, .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Conflict { actual: 0, .. }),
+        "{err:?}"
+    );
     // Any: always.
     s.append(request(t, "s", Expected::Any, vec![event(9)]))
         .await
@@ -101,7 +113,12 @@ async fn a_conflict_writes_nothing(h: &Harness) {
         .unwrap();
     let before = all(s).await;
     let err = s
-        .append(request(t, "s", Expected::Exact(0), vec![event(2), event(3)]))
+        .append(request(
+            t,
+            "s",
+            Expected::Exact(0),
+            vec![event(2), event(3)],
+        ))
         .await
         .unwrap_err();
     assert!(err.is_conflict());
@@ -200,16 +217,27 @@ async fn same_event_id_with_other_content_is_rejected(h: &Harness) {
         .append(request(t, "elsewhere", Expected::Any, vec![e.clone()]))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::DuplicateEventId { .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::DuplicateEventId { .. }),
+        "{err:?}"
+    );
     // A partial retry (one old id, one new) is rejected whole.
     let err = s
         .append(request(t, "s", Expected::Any, vec![e.clone(), event(3)]))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::DuplicateEventId { .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::DuplicateEventId { .. }),
+        "{err:?}"
+    );
     // Two ids twice in one append, and an empty append, are malformed.
     let err = s
-        .append(request(t, "s", Expected::Any, vec![event(4).with_id(e.event_id), e]))
+        .append(request(
+            t,
+            "s",
+            Expected::Any,
+            vec![event(4).with_id(e.event_id), e],
+        ))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidAppend(_)), "{err:?}");
@@ -235,9 +263,14 @@ async fn streams_and_the_global_log_keep_their_order(h: &Harness) {
     let (t1, t2) = (tenant(), tenant());
     for i in 0..10u64 {
         let (t, stream) = if i % 3 == 0 { (t2, "b") } else { (t1, "a") };
-        s.append(request(t, stream, Expected::Any, vec![event(i), event(i + 100)]))
-            .await
-            .unwrap();
+        s.append(request(
+            t,
+            stream,
+            Expected::Any,
+            vec![event(i), event(i + 100)],
+        ))
+        .await
+        .unwrap();
     }
     let log = all(s).await;
     assert_eq!(log.len(), 20);
@@ -249,7 +282,10 @@ async fn streams_and_the_global_log_keep_their_order(h: &Harness) {
         a.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
         (1..=12).collect::<Vec<_>>()
     );
-    assert!(a.windows(2).all(|w| w[0].global_position < w[1].global_position));
+    assert!(
+        a.windows(2)
+            .all(|w| w[0].global_position < w[1].global_position)
+    );
     assert!(a.iter().all(|e| e.tenant_id == t1));
     // Same stream name, other tenant: another stream.
     assert!(s.read_stream(t2, "a", 1, 10).await.unwrap().is_empty());
@@ -398,7 +434,11 @@ async fn snapshots_are_kept_and_never_go_backwards(h: &Harness) {
     );
     s.save_snapshot(snap(11, b"eleven")).await.unwrap();
     assert_eq!(
-        s.load_snapshot(t, "s", "test/v1").await.unwrap().unwrap().state,
+        s.load_snapshot(t, "s", "test/v1")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         b"eleven"
     );
 }
@@ -436,7 +476,7 @@ async fn a_tailing_reader_sees_every_event_once_in_commit_order(h: &Harness) {
                 }
                 round += 1;
                 // Resume from the checkpoint now and then, as a restarted projection would.
-                if round % 7 == 0 {
+                if round.is_multiple_of(7) {
                     sub = store.subscribe(checkpoint + 1);
                 }
             }
@@ -474,14 +514,24 @@ async fn a_tailing_reader_sees_every_event_once_in_commit_order(h: &Harness) {
     let log = all(&h.store).await;
     let expected_events = (WRITERS * APPENDS + WRITERS * APPENDS / 10) as usize;
     assert_eq!(log.len(), expected_events);
-    let final_order: Vec<(u64, Uuid)> = log.iter().map(|e| (e.global_position, e.event_id)).collect();
-    assert_eq!(seen.len(), final_order.len(), "the reader saw every event exactly once");
+    let final_order: Vec<(u64, Uuid)> = log
+        .iter()
+        .map(|e| (e.global_position, e.event_id))
+        .collect();
+    assert_eq!(
+        seen.len(),
+        final_order.len(),
+        "the reader saw every event exactly once"
+    );
     assert!(seen == final_order, "the reader saw the final commit order");
     let mut versions: HashMap<&str, u64> = HashMap::new();
     for e in &log {
         let v = versions.entry(e.stream_id.as_str()).or_default();
         *v += 1;
-        assert_eq!(e.stream_version, *v, "stream versions are dense and ordered");
+        assert_eq!(
+            e.stream_version, *v,
+            "stream versions are dense and ordered"
+        );
     }
     second.close().await;
 }

@@ -1,0 +1,212 @@
+//! The `tenantry` binary, run for real in a temp folder. On failure each assertion prints the
+//! command, its stdout and its stderr.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use store::{AppendRequest, Expected, Location, Metadata, NewEvent, RawJson, Store};
+use uuid::Uuid;
+
+fn tenantry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args(args)
+        .output()
+        .expect("run tenantry")
+}
+
+#[track_caller]
+fn ok(args: &[&str]) -> String {
+    let out = tenantry(args);
+    assert!(
+        out.status.success(),
+        "tenantry {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Two tenants, interleaved, five events in all.
+async fn seed(location: &Location) -> (domain::TenantId, domain::TenantId) {
+    let store = Store::open(location).await.unwrap();
+    let (a, b) = (
+        domain::TenantId::from_uuid(Uuid::new_v4()),
+        domain::TenantId::from_uuid(Uuid::new_v4()),
+    );
+    for (i, t) in [a, b, a, a, b].into_iter().enumerate() {
+        store
+            .append(AppendRequest {
+                tenant_id: t,
+                stream_id: "s".into(),
+                expected: Expected::Any,
+                events: vec![NewEvent::new(
+                    "test.exported",
+                    RawJson::parse(format!("{{\"i\": {i}, \"text\": \"é\\n\\\"q\\\"\"}}")).unwrap(),
+                )],
+                metadata: Metadata::actor("user-7"),
+            })
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    (a, b)
+}
+
+fn check_export(target: &[&str], a: domain::TenantId) {
+    let all = ok(&[&["events", "export"], target].concat());
+    let lines: Vec<serde_json::Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON envelope"))
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for (i, e) in lines.iter().enumerate() {
+        assert_eq!(e["global_position"], i as u64 + 1);
+        assert_eq!(e["payload"]["i"], i as u64);
+        assert_eq!(e["payload"]["text"], "é\n\"q\"");
+        assert_eq!(e["actor"], "user-7");
+        assert_eq!(e["event_type"], "test.exported");
+        let at = e["recorded_at"].as_str().unwrap();
+        assert!(
+            at.ends_with('Z') && at.len() == 27,
+            "RFC 3339 with microseconds: {at}"
+        );
+        for field in [
+            "tenant_id",
+            "stream_id",
+            "stream_version",
+            "event_id",
+            "schema_version",
+            "correlation_id",
+            "causation_id",
+            "trace_id",
+        ] {
+            assert!(e.get(field).is_some(), "envelope has {field}");
+        }
+    }
+    let tenant = a.to_string();
+    let only_a = ok(&[&["events", "export", "--tenant", &tenant], target].concat());
+    let positions: Vec<u64> = only_a
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["global_position"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(positions, vec![1, 3, 4]);
+    let from = ok(&[&["events", "export", "--from", "4"], target].concat());
+    assert_eq!(from.lines().count(), 2);
+}
+
+#[tokio::test]
+async fn export_writes_the_log_as_json_lines_in_commit_order_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = seed(&Location::Embedded(dir.path().to_path_buf())).await;
+    check_export(&["--data", dir.path().to_str().unwrap()], a);
+}
+
+#[tokio::test]
+async fn export_writes_the_log_as_json_lines_in_commit_order_postgres() {
+    let url = store::testing::fresh_postgres_url().await;
+    let (a, _) = seed(&Location::Postgres(url.clone())).await;
+    check_export(&["--store", &url], a);
+}
+
+#[test]
+fn export_refuses_a_bad_tenant_id_and_an_unreachable_store_with_a_clear_error() {
+    let out = tenantry(&["events", "export", "--tenant", "not-a-uuid"]);
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    let out = tenantry(&[
+        "events",
+        "export",
+        "--store",
+        "postgres://nobody@127.0.0.1:1/none",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open the store"), "{err}");
+}
+
+#[test]
+fn bench_store_prints_one_json_report() {
+    let out = ok(&[
+        "bench",
+        "store",
+        "--backend",
+        "embedded",
+        "--writers",
+        "4",
+        "--events",
+        "200",
+        "--batch",
+        "2",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(report["events"], 200);
+    assert_eq!(report["appends"], 100);
+    assert_eq!(report["read_all_events"], 200);
+    for key in [
+        "appends_per_sec",
+        "events_per_sec",
+        "read_all_events_per_sec",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert!(
+        report["append_latency_ms"]["p99"].as_f64().unwrap()
+            >= report["append_latency_ms"]["p50"].as_f64().unwrap()
+    );
+}
+
+#[test]
+fn serve_answers_healthz_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = Some(rest.split_whitespace().next().unwrap().to_owned());
+            break;
+        }
+        line.clear();
+    }
+    let addr = addr.expect("the server says where it listens");
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"status\":\"ok\""), "{response}");
+    assert!(
+        Path::new(&data).join("events.db").exists(),
+        "the embedded store was created"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+}
