@@ -88,14 +88,14 @@ impl Embedded {
         let writer = {
             let wal_frames = wal_frames.clone();
             std::thread::Builder::new()
-                .name("tenantry-store-writer".into())
+                .name("store-writer".into())
                 .spawn(move || writer_loop(conn, rx, head_tx, wal_frames))
                 .map_err(StoreError::backend)?
         };
         let checkpointer = {
             let (path, stop) = (path.clone(), stop_checkpointer.clone());
             std::thread::Builder::new()
-                .name("tenantry-store-checkpointer".into())
+                .name("store-checkpoint".into())
                 .spawn(move || checkpointer(path, wal_frames, stop))
                 .map_err(StoreError::backend)?
         };
@@ -320,7 +320,7 @@ fn configure(conn: &Connection) -> Result<()> {
 
 /// How many WAL frames past which the writer finishes a checkpoint itself, so that its next
 /// transaction starts the WAL file over instead of growing it.
-const WAL_RESTART_FRAMES: i64 = 4_096;
+const WAL_RESTART_FRAMES: i64 = 32_768;
 
 /// Copy the WAL back into the database file beside the writer, so commits rarely wait for it.
 /// PASSIVE checkpoints never block the writer. They cannot finish while the writer keeps
@@ -343,7 +343,7 @@ fn checkpointer(
     loop {
         let stopped = lock.lock().expect("stop lock");
         let (stopped, _) = signal
-            .wait_timeout(stopped, Duration::from_millis(50))
+            .wait_timeout(stopped, Duration::from_millis(250))
             .expect("stop lock");
         if *stopped {
             break;
