@@ -2,8 +2,9 @@
 //! on conflict, and snapshots that are only a cache.
 
 use commands::{ExecuteError, Executor, ExecutorConfig};
-use domain::TenantId;
-use domain::tenant::{self, Plan, Tenant, TenantCommand, TenantError, TenantName};
+use domain::identity::IssuedToken;
+use domain::tenant::{self, NewMember, Plan, Tenant, TenantCommand, TenantError, TenantName};
+use domain::{Email, PersonName, TenantId, TenantRole, UserId};
 use store::testing::TestStore;
 use store::{Metadata, Store};
 use time::OffsetDateTime;
@@ -23,6 +24,23 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+fn signup(tenant_name: &str) -> TenantCommand {
+    TenantCommand::SignUp {
+        name: name(tenant_name),
+        owner: NewMember {
+            user_id: UserId::from_uuid(Uuid::new_v4()),
+            email: Email::parse("owner@example.com").unwrap(),
+            name: PersonName::parse("Owner").unwrap(),
+            role: TenantRole::Owner,
+            token: IssuedToken {
+                token_id: Uuid::new_v4(),
+                token_sha256: "00".repeat(32),
+                expires_at: now(),
+            },
+        },
+    }
+}
+
 fn rename(s: &str) -> TenantCommand {
     TenantCommand::Rename { name: name(s) }
 }
@@ -32,10 +50,10 @@ async fn commands_are_decided_and_appended(h: TestStore) {
     let t = TenantId::from_uuid(Uuid::new_v4());
     let stream = tenant::stream_id(t);
     let meta = Metadata::actor("user-1");
-    let signup = TenantCommand::SignUp { name: name("Acme") };
+    let signup = signup("Acme");
     let done = ex.execute(t, &stream, &signup, &meta, now()).await.unwrap();
-    assert_eq!(done.version, 1);
-    assert_eq!(done.appended.as_ref().unwrap().positions.len(), 1);
+    assert_eq!(done.version, 3);
+    assert_eq!(done.appended.as_ref().unwrap().positions.len(), 3);
     let err = ex
         .execute(t, &stream, &signup, &meta, now())
         .await
@@ -56,7 +74,7 @@ async fn commands_are_decided_and_appended(h: TestStore) {
             .iter()
             .map(|e| e.event_type.as_str())
             .collect::<Vec<_>>(),
-        ["tenant.signed_up", "plan.changed"]
+        ["tenant.signed_up", "member.added", "token.issued", "plan.changed"]
     );
     assert!(stored.iter().all(|e| e.actor == "user-1"));
 }
@@ -69,10 +87,10 @@ async fn a_stale_executor_retries_on_fresh_state(h: TestStore) {
     let t = TenantId::from_uuid(Uuid::new_v4());
     let stream = tenant::stream_id(t);
     let meta = Metadata::system();
-    let signup = TenantCommand::SignUp { name: name("One") };
+    let signup = signup("One");
     a.execute(t, &stream, &signup, &meta, now()).await.unwrap();
     // b loads now, then a moves on: b's state is stale.
-    assert_eq!(b.load(t, &stream).await.unwrap().1, 1);
+    assert_eq!(b.load(t, &stream).await.unwrap().1, 3);
     a.execute(t, &stream, &rename("Two"), &meta, now())
         .await
         .unwrap();
@@ -89,7 +107,7 @@ async fn a_stale_executor_retries_on_fresh_state(h: TestStore) {
         .execute(t, &stream, &rename("Three"), &meta, now())
         .await
         .unwrap();
-    assert_eq!(done.version, 3);
+    assert_eq!(done.version, 5);
 
     // Many concurrent renames through both executors: every one lands exactly once.
     let a = std::sync::Arc::new(a);
@@ -108,7 +126,7 @@ async fn a_stale_executor_retries_on_fresh_state(h: TestStore) {
     for task in tasks {
         task.await.unwrap().unwrap();
     }
-    assert_eq!(h.store.stream_version(t, &stream).await.unwrap(), 43);
+    assert_eq!(h.store.stream_version(t, &stream).await.unwrap(), 45);
     other.close().await;
 }
 
@@ -118,7 +136,7 @@ async fn snapshots_bound_the_replay_on_a_cold_start(h: TestStore) {
     let t = TenantId::from_uuid(Uuid::new_v4());
     let stream = tenant::stream_id(t);
     let meta = Metadata::system();
-    let signup = TenantCommand::SignUp { name: name("N0") };
+    let signup = signup("N0");
     ex.execute(t, &stream, &signup, &meta, now()).await.unwrap();
     for i in 1..25 {
         ex.execute(t, &stream, &rename(&format!("N{i}")), &meta, now())
@@ -151,7 +169,7 @@ async fn snapshots_bound_the_replay_on_a_cold_start(h: TestStore) {
     h.store.save_snapshot(doctored).await.unwrap();
     let cold = executor(&h.store, 10);
     let (state, version) = cold.load(t, &stream).await.unwrap();
-    assert_eq!(version, 25);
+    assert_eq!(version, 27);
     assert_eq!(state.plan, Plan::Enterprise, "started from the snapshot");
     assert_eq!(
         state.name,
@@ -163,7 +181,7 @@ async fn snapshots_bound_the_replay_on_a_cold_start(h: TestStore) {
         .execute(t, &stream, &rename("Last"), &meta, now())
         .await
         .unwrap();
-    assert_eq!(done.version, 26);
+    assert_eq!(done.version, 28);
 }
 
 macro_rules! on_both_stores {

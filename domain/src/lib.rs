@@ -4,8 +4,11 @@
 //! source. Time and identifiers come in as arguments.
 
 pub mod aggregate;
+pub mod identity;
 pub mod ids;
+pub mod platform;
 pub mod tenant;
 
 pub use aggregate::{Aggregate, DomainEvent, EventDecodeError};
+pub use identity::{Email, Flag, PersonName, PlatformRole, TenantRole};
 pub use ids::{TenantId, UserId};

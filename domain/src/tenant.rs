@@ -1,9 +1,14 @@
-//! The `Tenant` aggregate: sign-up with a validated name, rename, and the current plan.
+//! The `Tenant` aggregate: sign-up with a validated name, rename, the current plan, members and
+//! their tokens, and per-tenant feature-flag overrides.
 
+use crate::UserId;
 use crate::aggregate::{Aggregate, DomainEvent, EventDecodeError};
+use crate::identity::{Email, Flag, IssuedToken, PersonName, TenantRole};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 /// The stream that holds one tenant's lifecycle events.
 pub fn stream_id(tenant: crate::TenantId) -> String {
@@ -18,11 +23,11 @@ pub struct TenantName(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenantNameError {
-    #[error("tenant name is empty")]
+    #[error("is empty")]
     Empty,
-    #[error("tenant name is longer than {max} characters")]
+    #[error("is longer than {max} characters")]
     TooLong { max: usize },
-    #[error("tenant name contains a control or invisible formatting character")]
+    #[error("contains a control or invisible formatting character")]
     ForbiddenCharacter,
 }
 
@@ -30,24 +35,27 @@ impl TenantName {
     pub const MAX_CHARS: usize = 100;
 
     pub fn parse(raw: &str) -> Result<Self, TenantNameError> {
-        let name = raw.trim();
-        if name.is_empty() {
-            return Err(TenantNameError::Empty);
-        }
-        if name.chars().count() > Self::MAX_CHARS {
-            return Err(TenantNameError::TooLong {
-                max: Self::MAX_CHARS,
-            });
-        }
-        if name.chars().any(is_forbidden) {
-            return Err(TenantNameError::ForbiddenCharacter);
-        }
-        Ok(Self(name.to_owned()))
+        parse_display_text(raw, Self::MAX_CHARS).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Trimmed display text of 1 to `max` characters, free of control and spoofing characters.
+pub(crate) fn parse_display_text(raw: &str, max: usize) -> Result<String, TenantNameError> {
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err(TenantNameError::Empty);
+    }
+    if text.chars().count() > max {
+        return Err(TenantNameError::TooLong { max });
+    }
+    if text.chars().any(is_forbidden) {
+        return Err(TenantNameError::ForbiddenCharacter);
+    }
+    Ok(text.to_owned())
 }
 
 /// Control characters, and the Unicode format characters used for spoofing: bidi embeddings and
@@ -96,45 +104,113 @@ impl Plan {
     }
 }
 
+/// A member to add: who they are and the token they start with.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TenantCommand {
-    SignUp { name: TenantName },
-    Rename { name: TenantName },
-    ChangePlan { plan: Plan },
+pub struct NewMember {
+    pub user_id: UserId,
+    pub email: Email,
+    pub name: PersonName,
+    pub role: TenantRole,
+    pub token: IssuedToken,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TenantCommand {
+    /// Create the tenant on the Free plan with its first user as `owner`.
+    SignUp { name: TenantName, owner: NewMember },
+    Rename { name: TenantName },
+    ChangePlan { plan: Plan },
+    /// Add a member; `by` is the role of who asks (an admin cannot make owners).
+    AddMember { member: NewMember, by: TenantRole },
+    /// Revoke one token of the tenant's members.
+    RevokeToken { token_id: Uuid },
+    /// Override a feature flag for this tenant (platform ops).
+    SetFlag { flag: Flag, enabled: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedUp {
+    pub name: TenantName,
+    pub plan: Plan,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renamed {
+    pub from: TenantName,
+    pub to: TenantName,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanChanged {
+    pub from: Plan,
+    pub to: Plan,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAdded {
+    pub user_id: UserId,
+    pub email: Email,
+    pub name: PersonName,
+    pub role: TenantRole,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenIssued {
+    pub user_id: UserId,
+    #[serde(flatten)]
+    pub token: IssuedToken,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub token_id: Uuid,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlagSet {
+    pub flag: Flag,
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TenantEvent {
-    SignedUp {
-        name: TenantName,
-        plan: Plan,
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
-    Renamed {
-        from: TenantName,
-        to: TenantName,
-    },
-    PlanChanged {
-        from: Plan,
-        to: Plan,
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
+    SignedUp(SignedUp),
+    Renamed(Renamed),
+    PlanChanged(PlanChanged),
+    MemberAdded(MemberAdded),
+    TokenIssued(TokenIssued),
+    TokenRevoked(TokenRevoked),
+    FlagSet(FlagSet),
 }
 
 impl DomainEvent for TenantEvent {
     fn event_type(&self) -> &'static str {
         match self {
-            TenantEvent::SignedUp { .. } => "tenant.signed_up",
-            TenantEvent::Renamed { .. } => "tenant.renamed",
-            TenantEvent::PlanChanged { .. } => "plan.changed",
+            TenantEvent::SignedUp(_) => "tenant.signed_up",
+            TenantEvent::Renamed(_) => "tenant.renamed",
+            TenantEvent::PlanChanged(_) => "plan.changed",
+            TenantEvent::MemberAdded(_) => "member.added",
+            TenantEvent::TokenIssued(_) => "token.issued",
+            TenantEvent::TokenRevoked(_) => "token.revoked",
+            TenantEvent::FlagSet(_) => "flag.set",
         }
     }
 
     fn to_payload(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("tenant events always serialize")
+        let value = match self {
+            TenantEvent::SignedUp(e) => serde_json::to_value(e),
+            TenantEvent::Renamed(e) => serde_json::to_value(e),
+            TenantEvent::PlanChanged(e) => serde_json::to_value(e),
+            TenantEvent::MemberAdded(e) => serde_json::to_value(e),
+            TenantEvent::TokenIssued(e) => serde_json::to_value(e),
+            TenantEvent::TokenRevoked(e) => serde_json::to_value(e),
+            TenantEvent::FlagSet(e) => serde_json::to_value(e),
+        };
+        value.expect("tenant events always serialize")
     }
 
     fn from_stored(
@@ -142,54 +218,33 @@ impl DomainEvent for TenantEvent {
         schema_version: u16,
         payload: &[u8],
     ) -> Result<Self, EventDecodeError> {
-        #[derive(Deserialize)]
-        struct SignedUp {
-            name: TenantName,
-            plan: Plan,
-            #[serde(with = "time::serde::rfc3339")]
-            at: OffsetDateTime,
-        }
-        #[derive(Deserialize)]
-        struct Renamed {
-            from: TenantName,
-            to: TenantName,
-        }
-        #[derive(Deserialize)]
-        struct PlanChanged {
-            from: Plan,
-            to: Plan,
-            #[serde(with = "time::serde::rfc3339")]
-            at: OffsetDateTime,
-        }
-        match (event_type, schema_version) {
+        Ok(match (event_type, schema_version) {
             ("tenant.signed_up", 1) => {
-                let p: SignedUp = EventDecodeError::parse(event_type, payload)?;
-                Ok(TenantEvent::SignedUp {
-                    name: p.name,
-                    plan: p.plan,
-                    at: p.at,
-                })
+                TenantEvent::SignedUp(EventDecodeError::parse(event_type, payload)?)
             }
             ("tenant.renamed", 1) => {
-                let p: Renamed = EventDecodeError::parse(event_type, payload)?;
-                Ok(TenantEvent::Renamed {
-                    from: p.from,
-                    to: p.to,
-                })
+                TenantEvent::Renamed(EventDecodeError::parse(event_type, payload)?)
             }
             ("plan.changed", 1) => {
-                let p: PlanChanged = EventDecodeError::parse(event_type, payload)?;
-                Ok(TenantEvent::PlanChanged {
-                    from: p.from,
-                    to: p.to,
-                    at: p.at,
-                })
+                TenantEvent::PlanChanged(EventDecodeError::parse(event_type, payload)?)
             }
-            _ => Err(EventDecodeError::UnknownType {
-                event_type: event_type.to_owned(),
-                schema_version,
-            }),
-        }
+            ("member.added", 1) => {
+                TenantEvent::MemberAdded(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("token.issued", 1) => {
+                TenantEvent::TokenIssued(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("token.revoked", 1) => {
+                TenantEvent::TokenRevoked(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("flag.set", 1) => TenantEvent::FlagSet(EventDecodeError::parse(event_type, payload)?),
+            _ => {
+                return Err(EventDecodeError::UnknownType {
+                    event_type: event_type.to_owned(),
+                    schema_version,
+                });
+            }
+        })
     }
 }
 
@@ -203,6 +258,23 @@ pub enum TenantError {
     SameName,
     #[error("the tenant is already on the {0} plan")]
     SamePlan(&'static str),
+    #[error("{0} is already a member of this tenant")]
+    EmailTaken(String),
+    #[error("this user id is already a member of this tenant")]
+    UserIdTaken,
+    #[error("only an owner can add an owner")]
+    OnlyOwnersAddOwners,
+    #[error("no such token")]
+    UnknownToken,
+    #[error("the token is already revoked")]
+    AlreadyRevoked,
+}
+
+/// A member as the aggregate keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub email: Email,
+    pub role: TenantRole,
 }
 
 /// What the executor keeps hot for one tenant.
@@ -212,6 +284,37 @@ pub struct Tenant {
     pub plan: Plan,
     #[serde(with = "time::serde::rfc3339::option")]
     pub signed_up_at: Option<OffsetDateTime>,
+    pub members: BTreeMap<UserId, Member>,
+    /// Token id → revoked?
+    pub tokens: BTreeMap<Uuid, bool>,
+    pub flags: BTreeMap<Flag, bool>,
+}
+
+impl Tenant {
+    fn check_new_member(&self, m: &NewMember) -> Result<(), TenantError> {
+        if self.members.contains_key(&m.user_id) {
+            return Err(TenantError::UserIdTaken);
+        }
+        if self.members.values().any(|x| x.email == m.email) {
+            return Err(TenantError::EmailTaken(m.email.to_string()));
+        }
+        Ok(())
+    }
+}
+
+fn member_events(m: &NewMember) -> [TenantEvent; 2] {
+    [
+        TenantEvent::MemberAdded(MemberAdded {
+            user_id: m.user_id,
+            email: m.email.clone(),
+            name: m.name.clone(),
+            role: m.role,
+        }),
+        TenantEvent::TokenIssued(TokenIssued {
+            user_id: m.user_id,
+            token: m.token.clone(),
+        }),
+    ]
 }
 
 impl Aggregate for Tenant {
@@ -224,41 +327,86 @@ impl Aggregate for Tenant {
         command: &TenantCommand,
         now: OffsetDateTime,
     ) -> Result<Vec<TenantEvent>, TenantError> {
-        match (command, &self.name) {
-            (TenantCommand::SignUp { .. }, Some(_)) => Err(TenantError::AlreadySignedUp),
-            (TenantCommand::SignUp { name }, None) => Ok(vec![TenantEvent::SignedUp {
-                name: name.clone(),
-                plan: Plan::Free,
-                at: now,
-            }]),
-            (_, None) => Err(TenantError::NotFound),
-            (TenantCommand::Rename { name }, Some(current)) if name == current => {
-                Err(TenantError::SameName)
+        use TenantCommand as C;
+        if self.name.is_none() && !matches!(command, C::SignUp { .. }) {
+            return Err(TenantError::NotFound);
+        }
+        match command {
+            C::SignUp { .. } if self.name.is_some() => Err(TenantError::AlreadySignedUp),
+            C::SignUp { name, owner } => {
+                let mut events = vec![TenantEvent::SignedUp(SignedUp {
+                    name: name.clone(),
+                    plan: Plan::Free,
+                    at: now,
+                })];
+                let owner = NewMember {
+                    role: TenantRole::Owner,
+                    ..owner.clone()
+                };
+                events.extend(member_events(&owner));
+                Ok(events)
             }
-            (TenantCommand::Rename { name }, Some(current)) => Ok(vec![TenantEvent::Renamed {
-                from: current.clone(),
+            C::Rename { name } if Some(name) == self.name.as_ref() => Err(TenantError::SameName),
+            C::Rename { name } => Ok(vec![TenantEvent::Renamed(Renamed {
+                from: self.name.clone().expect("checked above"),
                 to: name.clone(),
-            }]),
-            (TenantCommand::ChangePlan { plan }, Some(_)) if *plan == self.plan => {
+            })]),
+            C::ChangePlan { plan } if *plan == self.plan => {
                 Err(TenantError::SamePlan(plan.as_str()))
             }
-            (TenantCommand::ChangePlan { plan }, Some(_)) => Ok(vec![TenantEvent::PlanChanged {
+            C::ChangePlan { plan } => Ok(vec![TenantEvent::PlanChanged(PlanChanged {
                 from: self.plan,
                 to: *plan,
                 at: now,
-            }]),
+            })]),
+            C::AddMember { member, by } => {
+                if member.role == TenantRole::Owner && *by != TenantRole::Owner {
+                    return Err(TenantError::OnlyOwnersAddOwners);
+                }
+                self.check_new_member(member)?;
+                Ok(member_events(member).into())
+            }
+            C::RevokeToken { token_id } => match self.tokens.get(token_id) {
+                None => Err(TenantError::UnknownToken),
+                Some(true) => Err(TenantError::AlreadyRevoked),
+                Some(false) => Ok(vec![TenantEvent::TokenRevoked(TokenRevoked {
+                    token_id: *token_id,
+                })]),
+            },
+            C::SetFlag { flag, enabled } => Ok(vec![TenantEvent::FlagSet(FlagSet {
+                flag: *flag,
+                enabled: *enabled,
+            })]),
         }
     }
 
     fn evolve(&mut self, event: &TenantEvent) {
         match event {
-            TenantEvent::SignedUp { name, plan, at } => {
-                self.name = Some(name.clone());
-                self.plan = *plan;
-                self.signed_up_at = Some(*at);
+            TenantEvent::SignedUp(e) => {
+                self.name = Some(e.name.clone());
+                self.plan = e.plan;
+                self.signed_up_at = Some(e.at);
             }
-            TenantEvent::Renamed { to, .. } => self.name = Some(to.clone()),
-            TenantEvent::PlanChanged { to, .. } => self.plan = *to,
+            TenantEvent::Renamed(e) => self.name = Some(e.to.clone()),
+            TenantEvent::PlanChanged(e) => self.plan = e.to,
+            TenantEvent::MemberAdded(e) => {
+                self.members.insert(
+                    e.user_id,
+                    Member {
+                        email: e.email.clone(),
+                        role: e.role,
+                    },
+                );
+            }
+            TenantEvent::TokenIssued(e) => {
+                self.tokens.insert(e.token.token_id, false);
+            }
+            TenantEvent::TokenRevoked(e) => {
+                self.tokens.insert(e.token_id, true);
+            }
+            TenantEvent::FlagSet(e) => {
+                self.flags.insert(e.flag, e.enabled);
+            }
         }
     }
 }
@@ -272,47 +420,71 @@ mod tests {
         TenantName::parse(s).unwrap()
     }
 
-    fn signed_up(n: &str) -> TenantEvent {
-        TenantEvent::SignedUp {
-            name: name(n),
-            plan: Plan::Free,
-            at: test_now(),
+    fn user(n: u128) -> UserId {
+        UserId::from_uuid(Uuid::from_u128(n))
+    }
+
+    fn new_member(n: u128, email: &str, role: TenantRole) -> NewMember {
+        NewMember {
+            user_id: user(n),
+            email: Email::parse(email).unwrap(),
+            name: PersonName::parse("Ada Lovelace").unwrap(),
+            role,
+            token: IssuedToken {
+                token_id: Uuid::from_u128(1000 + n),
+                token_sha256: format!("{n:064x}"),
+                expires_at: test_now() + time::Duration::days(30),
+            },
         }
     }
 
+    fn signed_up(n: &str) -> Vec<TenantEvent> {
+        let owner = new_member(1, "owner@example.com", TenantRole::Owner);
+        let mut events = vec![TenantEvent::SignedUp(SignedUp {
+            name: name(n),
+            plan: Plan::Free,
+            at: test_now(),
+        })];
+        events.extend(member_events(&owner));
+        events
+    }
+
     #[test]
-    fn sign_up_starts_on_the_free_plan() {
+    fn sign_up_starts_on_the_free_plan_with_its_first_user_as_owner() {
+        // Whatever role the command carries, the first member is the owner.
+        let owner = new_member(1, "owner@example.com", TenantRole::Viewer);
         let state = given::<Tenant>([])
-            .when(TenantCommand::SignUp { name: name("Acme") })
-            .then([signed_up("Acme")]);
+            .when(TenantCommand::SignUp { name: name("Acme"), owner })
+            .then(signed_up("Acme"));
         assert_eq!(state.plan, Plan::Free);
+        assert_eq!(state.members[&user(1)].role, TenantRole::Owner);
+        assert_eq!(state.tokens.len(), 1);
     }
 
     #[test]
     fn signing_up_twice_is_refused() {
-        given::<Tenant>([signed_up("Acme")])
+        given::<Tenant>(signed_up("Acme"))
             .when(TenantCommand::SignUp {
                 name: name("Acme 2"),
+                owner: new_member(2, "b@example.com", TenantRole::Owner),
             })
             .then_err(TenantError::AlreadySignedUp);
     }
 
     #[test]
     fn rename_records_old_and_new_name() {
-        let state = given::<Tenant>([signed_up("Acme")])
-            .when(TenantCommand::Rename {
-                name: name("Acme Corp"),
-            })
-            .then([TenantEvent::Renamed {
+        let state = given::<Tenant>(signed_up("Acme"))
+            .when(TenantCommand::Rename { name: name("Acme Corp") })
+            .then([TenantEvent::Renamed(Renamed {
                 from: name("Acme"),
                 to: name("Acme Corp"),
-            }]);
+            })]);
         assert_eq!(state.name, Some(name("Acme Corp")));
     }
 
     #[test]
     fn rename_to_the_same_name_is_refused() {
-        given::<Tenant>([signed_up("Acme")])
+        given::<Tenant>(signed_up("Acme"))
             .when(TenantCommand::Rename { name: name("Acme") })
             .then_err(TenantError::SameName);
     }
@@ -325,25 +497,80 @@ mod tests {
         given::<Tenant>([])
             .when(TenantCommand::ChangePlan { plan: Plan::Pro })
             .then_err(TenantError::NotFound);
+        given::<Tenant>([])
+            .when(TenantCommand::RevokeToken { token_id: Uuid::nil() })
+            .then_err(TenantError::NotFound);
     }
 
     #[test]
     fn change_plan_moves_the_current_plan() {
-        let state = given::<Tenant>([signed_up("Acme")])
+        let state = given::<Tenant>(signed_up("Acme"))
             .when(TenantCommand::ChangePlan { plan: Plan::Pro })
-            .then([TenantEvent::PlanChanged {
+            .then([TenantEvent::PlanChanged(PlanChanged {
                 from: Plan::Free,
                 to: Plan::Pro,
                 at: test_now(),
-            }]);
+            })]);
         assert_eq!(state.plan, Plan::Pro);
     }
 
     #[test]
     fn changing_to_the_current_plan_is_refused() {
-        given::<Tenant>([signed_up("Acme")])
+        given::<Tenant>(signed_up("Acme"))
             .when(TenantCommand::ChangePlan { plan: Plan::Free })
             .then_err(TenantError::SamePlan("free"));
+    }
+
+    #[test]
+    fn members_are_added_with_their_first_token() {
+        let m = new_member(2, "ana@example.com", TenantRole::Analyst);
+        let state = given::<Tenant>(signed_up("Acme"))
+            .when(TenantCommand::AddMember { member: m.clone(), by: TenantRole::Admin })
+            .then(member_events(&m));
+        assert_eq!(state.members.len(), 2);
+    }
+
+    #[test]
+    fn an_email_is_a_member_once_whatever_its_case() {
+        let m = new_member(2, "OWNER@example.com", TenantRole::Viewer);
+        given::<Tenant>(signed_up("Acme"))
+            .when(TenantCommand::AddMember { member: m, by: TenantRole::Owner })
+            .then_err(TenantError::EmailTaken("owner@example.com".into()));
+    }
+
+    #[test]
+    fn only_an_owner_can_add_an_owner() {
+        let m = new_member(2, "second@example.com", TenantRole::Owner);
+        given::<Tenant>(signed_up("Acme"))
+            .when(TenantCommand::AddMember { member: m.clone(), by: TenantRole::Admin })
+            .then_err(TenantError::OnlyOwnersAddOwners);
+        given::<Tenant>(signed_up("Acme"))
+            .when(TenantCommand::AddMember { member: m.clone(), by: TenantRole::Owner })
+            .then(member_events(&m));
+    }
+
+    #[test]
+    fn a_token_is_revoked_once() {
+        let token_id = Uuid::from_u128(1001);
+        let mut history = signed_up("Acme");
+        history.push(TenantEvent::TokenRevoked(TokenRevoked { token_id }));
+        given::<Tenant>(signed_up("Acme"))
+            .when(TenantCommand::RevokeToken { token_id })
+            .then([TenantEvent::TokenRevoked(TokenRevoked { token_id })]);
+        given::<Tenant>(history)
+            .when(TenantCommand::RevokeToken { token_id })
+            .then_err(TenantError::AlreadyRevoked);
+        given::<Tenant>(signed_up("Acme"))
+            .when(TenantCommand::RevokeToken { token_id: Uuid::nil() })
+            .then_err(TenantError::UnknownToken);
+    }
+
+    #[test]
+    fn flag_overrides_are_recorded() {
+        let state = given::<Tenant>(signed_up("Acme"))
+            .when(TenantCommand::SetFlag { flag: Flag::AuditV12, enabled: false })
+            .then([TenantEvent::FlagSet(FlagSet { flag: Flag::AuditV12, enabled: false })]);
+        assert_eq!(state.flags.get(&Flag::AuditV12), Some(&false));
     }
 
     #[test]
@@ -355,12 +582,7 @@ mod tests {
             Err(TenantNameError::TooLong { max: 100 })
         );
         assert!(TenantName::parse(&"é".repeat(100)).is_ok());
-        for hostile in [
-            "a\u{0000}b",
-            "a\nb",
-            "evil\u{202E}gpj.exe",
-            "zero\u{200B}width",
-        ] {
+        for hostile in ["a\u{0000}b", "a\nb", "evil\u{202E}gpj.exe", "zero\u{200B}width"] {
             assert_eq!(
                 TenantName::parse(hostile),
                 Err(TenantNameError::ForbiddenCharacter),
@@ -372,22 +594,20 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_their_stored_form() {
-        let events = [
-            signed_up("Acme"),
-            TenantEvent::Renamed {
-                from: name("Acme"),
-                to: name("B"),
-            },
-            TenantEvent::PlanChanged {
+        let mut events = signed_up("Acme");
+        events.extend([
+            TenantEvent::Renamed(Renamed { from: name("Acme"), to: name("B") }),
+            TenantEvent::PlanChanged(PlanChanged {
                 from: Plan::Free,
                 to: Plan::Enterprise,
                 at: test_now(),
-            },
-        ];
+            }),
+            TenantEvent::TokenRevoked(TokenRevoked { token_id: Uuid::from_u128(7) }),
+            TenantEvent::FlagSet(FlagSet { flag: Flag::InsightsV11, enabled: true }),
+        ]);
         for e in events {
             let bytes = serde_json::to_vec(&e.to_payload()).unwrap();
-            let back =
-                TenantEvent::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
+            let back = TenantEvent::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
             assert_eq!(back, e);
         }
         assert!(matches!(
@@ -398,8 +618,8 @@ mod tests {
 
     #[test]
     fn a_stored_name_that_fails_validation_is_not_read_back_silently() {
-        let err =
-            TenantEvent::from_stored("tenant.renamed", 1, br#"{"from":"a","to":""}"#).unwrap_err();
+        let err = TenantEvent::from_stored("tenant.renamed", 1, br#"{"from":"a","to":""}"#)
+            .unwrap_err();
         assert!(matches!(err, EventDecodeError::Malformed { .. }));
     }
 }
