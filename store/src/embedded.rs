@@ -6,6 +6,7 @@
 //! file (the operator CLI beside a running server) cannot interleave positions.
 
 use crate::Snapshot;
+use crate::idempotency;
 use crate::envelope::{
     AppendRequest, Appended, Envelope, RawJson, from_micros, now_micros, to_micros,
 };
@@ -47,6 +48,17 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     );
     CREATE UNIQUE INDEX events_stream ON events (tenant_id, stream_id, stream_version);
     CREATE UNIQUE INDEX events_event_id ON events (event_id, tenant_id);
+    CREATE TABLE idempotency (
+        tenant_id BLOB NOT NULL,
+        key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        completed INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        status INTEGER,
+        content_type TEXT,
+        body BLOB,
+        PRIMARY KEY (tenant_id, key)
+    );
     CREATE TABLE snapshots (
         tenant_id BLOB NOT NULL,
         stream_id TEXT NOT NULL,
@@ -60,6 +72,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(
 enum WriteOp {
     Append(AppendRequest, oneshot::Sender<Result<Appended>>),
     Snapshot(Snapshot, oneshot::Sender<Result<()>>),
+    Idempotency(idempotency::Op, oneshot::Sender<Result<idempotency::OpResult>>),
 }
 
 #[derive(Debug)]
@@ -122,6 +135,28 @@ impl Embedded {
         let (tx, rx) = oneshot::channel();
         self.submit(WriteOp::Append(request, tx))?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(crate) async fn idempotency(&self, op: idempotency::Op) -> Result<idempotency::OpResult> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(WriteOp::Idempotency(op, tx))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(crate) async fn read_positions(&self, positions: Vec<u64>) -> Result<Vec<Envelope>> {
+        self.read(move |conn| {
+            let mut out = Vec::with_capacity(positions.len());
+            for chunk in positions.chunks(256) {
+                let placeholders = vec!["?"; chunk.len()].join(",");
+                let mut stmt = conn.prepare_cached(&format!(
+                    "{SELECT} WHERE global_position IN ({placeholders}) ORDER BY global_position"
+                ))?;
+                let params = rusqlite::params_from_iter(chunk.iter().map(|p| *p as i64));
+                out.extend(collect(stmt.query(params)?)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     pub(crate) async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
@@ -439,31 +474,32 @@ fn writer_loop(
         }
         let mut appends = Vec::new();
         let mut snapshots = Vec::new();
+        let mut keyed = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(op) = next.take() {
             match op {
                 WriteOp::Append(req, reply) => appends.push((req, reply)),
                 WriteOp::Snapshot(s, reply) => snapshots.push((s, reply)),
+                WriteOp::Idempotency(op, reply) => keyed.push((op, reply)),
             }
             taken += 1;
             if taken < MAX_GROUP {
                 next = rx.try_recv().ok();
             }
         }
-        let outcome = commit_group(
-            &mut conn,
-            &mut cache,
-            &appends,
-            &snapshots,
-            Ids::TrustUniqueIndex,
-        )
-        .or_else(|e| {
-            tracing::debug!(error = %e, "group failed; planning it again with id look-ups");
-            commit_group(&mut conn, &mut cache, &appends, &snapshots, Ids::LookUp)
-        });
+        let group = Group {
+            appends: &appends,
+            snapshots: &snapshots,
+            keyed: &keyed,
+        };
+        let outcome = commit_group(&mut conn, &mut cache, &group, Ids::TrustUniqueIndex)
+            .or_else(|e| {
+                tracing::debug!(error = %e, "group failed; planning it again with id look-ups");
+                commit_group(&mut conn, &mut cache, &group, Ids::LookUp)
+            });
         match outcome {
-            Ok(results) => {
+            Ok((results, keyed_results)) => {
                 head.send_if_modified(|h| {
                     let moved = cache.head > *h;
                     *h = (*h).max(cache.head);
@@ -471,6 +507,9 @@ fn writer_loop(
                 });
                 for ((_, reply), result) in appends.into_iter().zip(results) {
                     let _ = reply.send(result);
+                }
+                for ((_, reply), result) in keyed.into_iter().zip(keyed_results) {
+                    let _ = reply.send(Ok(result));
                 }
                 for (_, reply) in snapshots {
                     let _ = reply.send(Ok(()));
@@ -485,6 +524,9 @@ fn writer_loop(
                 for (_, reply) in snapshots {
                     let _ = reply.send(Err(StoreError::Backend(message.clone())));
                 }
+                for (_, reply) in keyed {
+                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
+                }
             }
         }
     }
@@ -492,16 +534,24 @@ fn writer_loop(
 
 type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
 type SnapshotReply = (Snapshot, oneshot::Sender<Result<()>>);
+type KeyedReply = (idempotency::Op, oneshot::Sender<Result<idempotency::OpResult>>);
+
+/// Everything one group commit writes.
+struct Group<'a> {
+    appends: &'a [AppendReply],
+    snapshots: &'a [SnapshotReply],
+    keyed: &'a [KeyedReply],
+}
 
 /// One transaction for the whole group: either it all commits (and every `Ok` answer is
 /// durable) or none of it does. The cache changes only after a commit.
 fn commit_group(
     conn: &mut Connection,
     cache: &mut WriterCache,
-    appends: &[AppendReply],
-    snapshots: &[SnapshotReply],
+    group: &Group<'_>,
     ids: Ids,
-) -> Result<Vec<Result<Appended>>> {
+) -> Result<(Vec<Result<Appended>>, Vec<idempotency::OpResult>)> {
+    let (appends, snapshots) = (group.appends, group.snapshots);
     let now = now_micros();
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let data_version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
@@ -560,13 +610,93 @@ fn commit_group(
             ])?;
         }
     }
+    let keyed = group
+        .keyed
+        .iter()
+        .map(|(op, _)| idempotency_op(&tx, op, to_micros(now)))
+        .collect::<Result<Vec<_>>>()?;
     tx.commit()?;
     cache.head = plan.head();
     cache.streams.extend(loaded);
     for (tenant, stream, _, after) in plan.stream_updates() {
         cache.streams.insert((tenant, stream.to_owned()), after);
     }
-    Ok(results)
+    Ok((results, keyed))
+}
+
+fn idempotency_op(
+    tx: &rusqlite::Transaction<'_>,
+    op: &idempotency::Op,
+    now: i64,
+) -> Result<idempotency::OpResult> {
+    use idempotency::{Op, OpResult};
+    match op {
+        Op::Begin {
+            tenant,
+            key,
+            request_hash,
+        } => {
+            let row = tx
+                .prepare_cached(
+                    "SELECT request_hash, completed, created_at, status, content_type, body \
+                     FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
+                )?
+                .query_row(params![tenant.as_uuid().as_bytes(), key], |r| {
+                    let completed: bool = r.get(1)?;
+                    Ok(idempotency::Row {
+                        request_hash: r.get(0)?,
+                        completed,
+                        created_at_micros: r.get(2)?,
+                        response: if completed {
+                            Some(idempotency::StoredResponse {
+                                status: r.get(3)?,
+                                content_type: r.get(4)?,
+                                body: r.get(5)?,
+                            })
+                        } else {
+                            None
+                        },
+                    })
+                })
+                .optional()?;
+            match idempotency::decide(row, request_hash, now) {
+                Some(found) => Ok(OpResult::Begin(found)),
+                None => {
+                    tx.prepare_cached(
+                        "INSERT INTO idempotency (tenant_id, key, request_hash, completed, created_at) \
+                         VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (tenant_id, key) DO UPDATE SET \
+                         request_hash = excluded.request_hash, completed = 0, \
+                         created_at = excluded.created_at, status = NULL, content_type = NULL, body = NULL",
+                    )?
+                    .execute(params![tenant.as_uuid().as_bytes(), key, request_hash, now])?;
+                    Ok(OpResult::Begin(idempotency::Begin::Started))
+                }
+            }
+        }
+        Op::Complete {
+            tenant,
+            key,
+            response,
+        } => {
+            tx.prepare_cached(
+                "UPDATE idempotency SET completed = 1, status = ?3, content_type = ?4, body = ?5 \
+                 WHERE tenant_id = ?1 AND key = ?2",
+            )?
+            .execute(params![
+                tenant.as_uuid().as_bytes(),
+                key,
+                response.status,
+                response.content_type,
+                response.body
+            ])?;
+            Ok(OpResult::Done)
+        }
+        Op::Abandon { tenant, key } => {
+            tx.prepare_cached("DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2")?
+                .execute(params![tenant.as_uuid().as_bytes(), key])?;
+            Ok(OpResult::Done)
+        }
+    }
 }
 
 /// Tell the plan which of the request's event ids are already stored.

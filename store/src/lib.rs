@@ -8,6 +8,7 @@
 mod embedded;
 mod envelope;
 mod error;
+pub mod idempotency;
 mod planner;
 mod postgres;
 mod subscription;
@@ -166,6 +167,54 @@ impl Store {
             Backend::Embedded(b) => b.head_watch(),
             Backend::Postgres(b) => b.head_watch(),
         }
+    }
+
+    /// The events at these positions (those that exist), in position order.
+    pub async fn read_positions(&self, positions: Vec<u64>) -> Result<Vec<Envelope>> {
+        let events = dispatch!(self.read_positions(positions))?;
+        self.upcasters.apply_all(events)
+    }
+
+    /// Begin a request under an idempotency key (see [`idempotency`]).
+    pub async fn idempotency_begin(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        request_hash: &str,
+    ) -> Result<idempotency::Begin> {
+        let op = idempotency::Op::Begin {
+            tenant,
+            key: key.to_owned(),
+            request_hash: request_hash.to_owned(),
+        };
+        match dispatch!(self.idempotency(op))? {
+            idempotency::OpResult::Begin(b) => Ok(b),
+            idempotency::OpResult::Done => Err(StoreError::Backend("unexpected answer".into())),
+        }
+    }
+
+    /// Keep the response of a request begun with [`Store::idempotency_begin`].
+    pub async fn idempotency_complete(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        response: idempotency::StoredResponse,
+    ) -> Result<()> {
+        let op = idempotency::Op::Complete {
+            tenant,
+            key: key.to_owned(),
+            response,
+        };
+        dispatch!(self.idempotency(op)).map(|_| ())
+    }
+
+    /// Forget a key whose request failed in a way worth retrying (a 5xx).
+    pub async fn idempotency_abandon(&self, tenant: TenantId, key: &str) -> Result<()> {
+        let op = idempotency::Op::Abandon {
+            tenant,
+            key: key.to_owned(),
+        };
+        dispatch!(self.idempotency(op)).map(|_| ())
     }
 
     pub async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {

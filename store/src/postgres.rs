@@ -10,6 +10,7 @@
 //! are also dense, because a transaction that rolls back has written none.
 
 use crate::Snapshot;
+use crate::idempotency;
 use crate::envelope::{AppendRequest, Appended, Envelope, RawJson};
 use crate::error::{Result, StoreError};
 use crate::planner::{Plan, StoredId};
@@ -57,6 +58,17 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         stream_id text NOT NULL,
         version bigint NOT NULL,
         PRIMARY KEY (tenant_id, stream_id)
+    );
+    CREATE TABLE idempotency (
+        tenant_id uuid NOT NULL,
+        key text NOT NULL,
+        request_hash text NOT NULL,
+        completed boolean NOT NULL,
+        created_at bigint NOT NULL,
+        status integer,
+        content_type text,
+        body bytea,
+        PRIMARY KEY (tenant_id, key)
     );
     CREATE TABLE snapshots (
         tenant_id uuid NOT NULL,
@@ -203,6 +215,102 @@ impl Postgres {
             .query_one("SELECT coalesce(max(global_position), 0) FROM events", &[])
             .await?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    pub(crate) async fn read_positions(&self, positions: Vec<u64>) -> Result<Vec<Envelope>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "{SELECT} WHERE global_position = ANY($1) ORDER BY global_position"
+            ))
+            .await?;
+        let positions: Vec<i64> = positions.into_iter().map(|p| p as i64).collect();
+        let rows = client.query(&stmt, &[&positions]).await?;
+        rows.iter().map(envelope).collect()
+    }
+
+    pub(crate) async fn idempotency(&self, op: idempotency::Op) -> Result<idempotency::OpResult> {
+        use idempotency::{Op, OpResult};
+        let now = crate::envelope::to_micros(crate::envelope::now_micros());
+        let mut client = self.pool.get().await?;
+        match op {
+            Op::Begin {
+                tenant,
+                key,
+                request_hash,
+            } => {
+                let tx = client.transaction().await?;
+                // Lock the key (or its absence) for the decision, across instances.
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1::text || $2, 0))",
+                    &[&tenant.as_uuid().to_string(), &key],
+                )
+                .await?;
+                let row = tx
+                    .query_opt(
+                        "SELECT request_hash, completed, created_at, status, content_type, body \
+                         FROM idempotency WHERE tenant_id = $1 AND key = $2",
+                        &[tenant.as_uuid(), &key],
+                    )
+                    .await?
+                    .map(|r| {
+                        let completed: bool = r.get(1);
+                        idempotency::Row {
+                            request_hash: r.get(0),
+                            completed,
+                            created_at_micros: r.get(2),
+                            response: completed.then(|| idempotency::StoredResponse {
+                                status: r.get::<_, i32>(3) as u16,
+                                content_type: r.get(4),
+                                body: r.get(5),
+                            }),
+                        }
+                    });
+                let found = idempotency::decide(row, &request_hash, now);
+                if found.is_none() {
+                    tx.execute(
+                        "INSERT INTO idempotency (tenant_id, key, request_hash, completed, created_at) \
+                         VALUES ($1, $2, $3, false, $4) ON CONFLICT (tenant_id, key) DO UPDATE SET \
+                         request_hash = excluded.request_hash, completed = false, \
+                         created_at = excluded.created_at, status = NULL, content_type = NULL, \
+                         body = NULL",
+                        &[tenant.as_uuid(), &key, &request_hash, &now],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(OpResult::Begin(found.unwrap_or(idempotency::Begin::Started)))
+            }
+            Op::Complete {
+                tenant,
+                key,
+                response,
+            } => {
+                client
+                    .execute(
+                        "UPDATE idempotency SET completed = true, status = $3, content_type = $4, \
+                         body = $5 WHERE tenant_id = $1 AND key = $2",
+                        &[
+                            tenant.as_uuid(),
+                            &key,
+                            &i32::from(response.status),
+                            &response.content_type,
+                            &response.body,
+                        ],
+                    )
+                    .await?;
+                Ok(OpResult::Done)
+            }
+            Op::Abandon { tenant, key } => {
+                client
+                    .execute(
+                        "DELETE FROM idempotency WHERE tenant_id = $1 AND key = $2",
+                        &[tenant.as_uuid(), &key],
+                    )
+                    .await?;
+                Ok(OpResult::Done)
+            }
+        }
     }
 
     pub(crate) async fn save_snapshot(&self, s: Snapshot) -> Result<()> {

@@ -536,6 +536,52 @@ async fn a_tailing_reader_sees_every_event_once_in_commit_order(h: &Harness) {
     second.close().await;
 }
 
+async fn idempotency_records_replay_refuse_mismatches_and_outlive_the_handle(h: &Harness) {
+    use store::idempotency::{Begin, StoredResponse};
+    let s = &h.store;
+    let (t, other) = (tenant(), tenant());
+    assert_eq!(s.idempotency_begin(t, "k1", "hash-a").await.unwrap(), Begin::Started);
+    // In flight: the same request waits, a different one is refused.
+    assert_eq!(s.idempotency_begin(t, "k1", "hash-a").await.unwrap(), Begin::InFlight);
+    assert_eq!(s.idempotency_begin(t, "k1", "hash-b").await.unwrap(), Begin::Mismatch);
+    // Keys are per tenant.
+    assert_eq!(s.idempotency_begin(other, "k1", "hash-b").await.unwrap(), Begin::Started);
+    let response = StoredResponse {
+        status: 201,
+        content_type: "application/json".into(),
+        body: br#"{"ok":true}"#.to_vec(),
+    };
+    s.idempotency_complete(t, "k1", response.clone()).await.unwrap();
+    assert_eq!(
+        s.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
+        Begin::Completed(response.clone())
+    );
+    assert_eq!(s.idempotency_begin(t, "k1", "hash-b").await.unwrap(), Begin::Mismatch);
+    // Abandoned keys start over; records survive another handle (restart, other instance).
+    s.idempotency_abandon(other, "k1").await.unwrap();
+    let second = h.another_handle().await;
+    assert_eq!(second.idempotency_begin(other, "k1", "hash-c").await.unwrap(), Begin::Started);
+    assert_eq!(
+        second.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
+        Begin::Completed(response)
+    );
+    second.close().await;
+}
+
+async fn events_are_read_back_by_position(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    for i in 0..10 {
+        s.append(request(t, "s", Expected::Any, vec![event(i)])).await.unwrap();
+    }
+    let got = s.read_positions(vec![9, 2, 5, 42]).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.global_position).collect::<Vec<_>>(),
+        vec![2, 5, 9]
+    );
+    assert!(s.read_positions(vec![]).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),* ; mut $($mname:ident),*) => {
         mod embedded {
@@ -578,6 +624,8 @@ conformance!(
     subscribers_get_live_events_in_order,
     payloads_are_upcast_on_read_and_never_rewritten,
     snapshots_are_kept_and_never_go_backwards,
-    a_tailing_reader_sees_every_event_once_in_commit_order;
+    a_tailing_reader_sees_every_event_once_in_commit_order,
+    idempotency_records_replay_refuse_mismatches_and_outlive_the_handle,
+    events_are_read_back_by_position;
     mut everything_survives_close_and_reopen
 );
