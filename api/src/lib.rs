@@ -2,6 +2,17 @@
 //!
 //! Architecture invariant: this is the only crate that knows HTTP.
 
+pub mod auth;
 pub mod bench;
+pub mod cli;
 pub mod export;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+pub mod problem;
+pub mod rbac;
+pub mod routes;
 pub mod server;
+pub mod settings;
+pub mod telemetry;
+pub mod tokens;

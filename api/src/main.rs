@@ -57,13 +57,36 @@ fn describe(location: &Location) -> String {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the HTTP service.
+    /// Run the HTTP service. Settings: defaults, then --config FILE (or $TENANTRY_CONFIG), then
+    /// TENANTRY_* variables, then these flags.
     Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
+        /// Settings file (TOML).
+        #[arg(long, env = "TENANTRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Folder of the embedded store (default ./tenantry-data).
+        #[arg(long, value_name = "DIR", conflicts_with = "store")]
+        data: Option<PathBuf>,
+        /// PostgreSQL URL instead of the embedded store.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+    },
+    /// Platform operators.
+    Operator {
+        #[command(subcommand)]
+        what: OperatorCommand,
+    },
+    /// Rebuild every projection from position 1 and report what each applied.
+    Rebuild {
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Generated documentation.
+    Docs {
+        #[command(subcommand)]
+        what: DocsCommand,
     },
     /// Benchmarks.
     Bench {
@@ -108,6 +131,26 @@ enum BenchCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum OperatorCommand {
+    /// Issue a platform-staff token (works whether or not a server runs on the same store).
+    Token {
+        #[arg(long)]
+        role: domain::PlatformRole,
+        /// Days until the token expires.
+        #[arg(long, default_value_t = 30)]
+        ttl_days: i64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DocsCommand {
+    /// The permission matrix (docs/permissions.md), from the table in code.
+    Permissions,
+}
+
+#[derive(Subcommand, Debug)]
 enum EventsCommand {
     /// Write the log as JSON Lines, one envelope per line, in commit order.
     Export {
@@ -122,26 +165,70 @@ enum EventsCommand {
     },
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("TENANTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve { listen, store } => actix_web::rt::System::new().block_on(async move {
+        Command::Serve {
+            config,
+            listen,
+            data,
+            store,
+        } => {
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let mut settings = api::settings::Settings::load(config.as_deref(), &env)?;
+            if let Some(l) = listen {
+                settings.listen = l;
+            }
+            if let Some(d) = data {
+                settings.store = Location::Embedded(d);
+            }
+            if let Some(s) = store {
+                settings.store = Location::Postgres(s);
+            }
+            api::telemetry::init(&settings.log_format);
+            actix_web::rt::System::new().block_on(async move {
+                let store = Store::open(&settings.store).await.with_context(|| {
+                    format!("cannot open the store at {}", describe(&settings.store))
+                })?;
+                api::server::serve(settings, store).await
+            })
+        }
+        Command::Operator {
+            what:
+                OperatorCommand::Token {
+                    role,
+                    ttl_days,
+                    store,
+                },
+        } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
+            anyhow::ensure!(
+                (1..=3650).contains(&ttl_days),
+                "--ttl-days must be 1 to 3650"
+            );
             let store = store.open().await?;
-            api::server::serve(store, &listen).await
+            let issued = api::cli::issue_operator_token(&store, role, ttl_days).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string_pretty(&issued)?);
+            anyhow::Ok(())
         }),
+        Command::Rebuild { store } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
+            let store = store.open().await?;
+            let report = api::cli::rebuild(&store).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            anyhow::Ok(())
+        }),
+        Command::Docs {
+            what: DocsCommand::Permissions,
+        } => {
+            print!("{}", api::rbac::permissions_markdown());
+            Ok(())
+        }
         Command::Bench {
             what:
                 BenchCommand::Store {
@@ -175,6 +262,7 @@ fn main() -> anyhow::Result<()> {
                 events,
                 batch,
             };
+            api::telemetry::init("pretty");
             let report = api::bench::run(&store, &cfg).await?;
             store.close().await;
             println!("{}", serde_json::to_string(&report)?);
@@ -188,6 +276,7 @@ fn main() -> anyhow::Result<()> {
                     tenant,
                 },
         } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
             let store = store.open().await?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());

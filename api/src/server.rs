@@ -1,42 +1,256 @@
-//! The HTTP server. For now it serves `/healthz`; the service issue builds the API on it.
+//! The service: shared state, middleware (request context, metrics, problem rendering), routes,
+//! start and graceful shutdown.
 
-use actix_web::{App, HttpResponse, HttpServer, web};
-use store::Store;
+use crate::http::{RequestContext, request_id, trace_id};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use crate::routes;
+use crate::settings::Settings;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
+use actix_web::{App, HttpMessage, HttpServer, web};
+use commands::{Executor, ExecutorConfig};
+use domain::platform::Platform;
+use domain::tenant::Tenant;
+use projections::{Audit, Identity, Runtime};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{Appended, Store};
 
-async fn healthz(store: web::Data<Store>) -> HttpResponse {
-    match store.head().await {
-        Ok(head) => HttpResponse::Ok().json(serde_json::json!({
-            "status": "ok",
-            "store": store.backend_name(),
-            "head_position": head,
-        })),
-        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
-            "status": "unavailable",
-            "detail": e.to_string(),
-        })),
+/// Everything a handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Store,
+    pub tenants: Executor<Tenant>,
+    pub platform: Executor<Platform>,
+    pub identity: Arc<Identity>,
+    pub audit: Arc<Audit>,
+    pub projections: Runtime,
+    pub metrics: Metrics,
+}
+
+impl AppState {
+    pub async fn new(settings: Settings, store: Store) -> Self {
+        let identity = Arc::new(Identity::default());
+        let audit = Arc::new(Audit::default());
+        let projections = Runtime::start(&store, vec![identity.clone(), audit.clone()]);
+        Self {
+            tenants: Executor::new(store.clone(), ExecutorConfig::new("tenant/v1")),
+            platform: Executor::new(store.clone(), ExecutorConfig::new("platform/v1")),
+            settings,
+            store,
+            identity,
+            audit,
+            projections,
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// The last position a command wrote (or, for a command that wrote nothing, the head), and
+    /// count what it appended.
+    pub fn committed(&self, appended: &Option<Appended>) -> u64 {
+        match appended {
+            Some(a) => {
+                if !a.replayed {
+                    self.metrics.appended(a.positions.len());
+                }
+                a.last_position()
+            }
+            None => 0,
+        }
     }
 }
 
-/// Serve until SIGINT/SIGTERM, then drain requests and close the store (which commits what
-/// its writer has queued).
-pub async fn serve(store: Store, listen: &str) -> anyhow::Result<()> {
-    let data = web::Data::new(store.clone());
+/// Request id, trace id, `x-request-id` on every response, and the latency histogram.
+async fn context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let ctx = RequestContext {
+        request_id: request_id(&req),
+        trace_id: trace_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+    };
+    let request_id = ctx.request_id.clone();
+    req.extensions_mut().insert(ctx);
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let method = req.method().to_string();
+    let mut res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    if let Some(state) = state {
+        state.metrics.observe_request(
+            &method,
+            &route,
+            res.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), v);
+    }
+    Ok(res)
+}
+
+/// Any error response that is not yet a problem document (actix's own 404, 405, 413, 400 …)
+/// becomes one.
+fn render_problem<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let (slug, title) = match status.as_u16() {
+        400 => ("bad-request", "The request is malformed"),
+        404 => ("not-found", "Not found"),
+        405 => ("method-not-allowed", "Method not allowed"),
+        413 => ("payload-too-large", "The request body is too large"),
+        415 => ("unsupported-media-type", "Unsupported media type"),
+        s if s >= 500 => ("internal", "Internal error"),
+        _ => ("error", status.canonical_reason().unwrap_or("Error")),
+    };
+    let mut problem = Problem::new(status, slug, title);
+    if status.as_u16() == 413 {
+        if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
+            problem = problem
+                .detail(format!(
+                    "bodies are limited to {} bytes",
+                    state.settings.body_limit
+                ))
+                .with("limit", state.settings.body_limit);
+        }
+    } else if status.as_u16() == 405 {
+        problem = problem.detail(format!(
+            "{} is not allowed on {}",
+            res.request().method(),
+            res.request().path()
+        ));
+    }
+    let (req, old) = res.into_parts();
+    let mut new = actix_web::ResponseError::error_response(&problem);
+    for (name, value) in old.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            new.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, new).map_into_right_body(),
+    ))
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/healthz").route(web::get().to(routes::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(routes::readyz)))
+        .service(web::resource("/metrics").route(web::get().to(routes::metrics)))
+        .service(web::resource("/openapi.json").route(web::get().to(routes::openapi)))
+        .service(web::resource("/v1/signup").route(web::post().to(routes::signup)))
+        .service(web::resource("/v1/me").route(web::get().to(routes::me)))
+        .service(web::resource("/v1/tenant").route(web::get().to(routes::tenant_info)))
+        .service(web::resource("/v1/members").route(web::post().to(routes::add_member)))
+        .service(
+            web::resource("/v1/tokens/current")
+                .route(web::delete().to(routes::revoke_current_token)),
+        )
+        .service(web::resource("/v1/flags").route(web::get().to(routes::my_flags)))
+        .service(
+            web::resource("/v1/tenants/{tenant_id}/flags")
+                .route(web::get().to(routes::tenant_flags)),
+        )
+        .service(
+            web::resource("/v1/tenants/{tenant_id}/flags/{flag}")
+                .route(web::put().to(routes::set_tenant_flag)),
+        )
+        .service(web::resource("/v1/audit/events").route(web::get().to(routes::audit_events)));
+}
+
+fn query_problem(
+    err: actix_web::error::QueryPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    Problem::new(
+        actix_web::http::StatusCode::BAD_REQUEST,
+        "bad-query",
+        "The query string is invalid",
+    )
+    .detail(err.to_string())
+    .into()
+}
+
+fn path_problem(err: actix_web::error::PathError, _: &actix_web::HttpRequest) -> actix_web::Error {
+    Problem::not_found(err.to_string()).into()
+}
+
+/// A started server: where it listens and how to stop it.
+#[allow(missing_debug_implementations)]
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub server: Server,
+    pub state: web::Data<AppState>,
+}
+
+/// Bind and start the service on an open store (call inside an actix or tokio runtime).
+pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Running> {
+    let listen = settings.listen.clone();
+    let body_limit = settings.body_limit;
+    let state = web::Data::new(AppState::new(settings, store).await);
+    let data = state.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .route("/healthz", web::get().to(healthz))
+            .app_data(web::PayloadConfig::new(body_limit))
+            .app_data(web::QueryConfig::default().error_handler(query_problem))
+            .app_data(web::PathConfig::default().error_handler(path_problem))
+            .configure(routes)
+            .default_service(web::to(routes::not_found))
+            .wrap(ErrorHandlers::new().default_handler(render_problem))
+            .wrap(actix_web::middleware::from_fn(context))
     })
-    .bind(listen)
+    .bind(&listen)
     .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?
     .shutdown_timeout(10);
-    for addr in server.addrs() {
+    let addrs = server.addrs();
+    let server = server.run();
+    Ok(Running {
+        addrs,
+        server,
+        state,
+    })
+}
+
+/// Serve until SIGINT/SIGTERM, then drain requests, stop the projections and close the store
+/// (which commits what its writer holds).
+pub async fn serve(settings: Settings, store: Store) -> anyhow::Result<()> {
+    let running = start(settings, store.clone()).await?;
+    for addr in &running.addrs {
         tracing::info!(%addr, backend = store.backend_name(), "tenantry listening");
         eprintln!(
             "tenantry listening on http://{addr} ({} store)",
             store.backend_name()
         );
     }
-    server.run().await?;
+    if !running
+        .state
+        .projections
+        .catch_up(Duration::from_secs(60))
+        .await
+    {
+        tracing::warn!("projections still catching up; /readyz says so");
+    }
+    running.server.await?;
+    running.state.projections.stop();
     store.close().await;
+    tracing::info!("stopped cleanly");
     Ok(())
 }

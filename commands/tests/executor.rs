@@ -74,7 +74,12 @@ async fn commands_are_decided_and_appended(h: TestStore) {
             .iter()
             .map(|e| e.event_type.as_str())
             .collect::<Vec<_>>(),
-        ["tenant.signed_up", "member.added", "token.issued", "plan.changed"]
+        [
+            "tenant.signed_up",
+            "member.added",
+            "token.issued",
+            "plan.changed"
+        ]
     );
     assert!(stored.iter().all(|e| e.actor == "user-1"));
 }

@@ -27,9 +27,7 @@ impl Email {
         if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(InvalidEmail("email contains spaces or control characters"));
         }
-        let (local, domain) = s
-            .rsplit_once('@')
-            .ok_or(InvalidEmail("email has no @"))?;
+        let (local, domain) = s.rsplit_once('@').ok_or(InvalidEmail("email has no @"))?;
         if local.is_empty() || local.len() > 64 || local.contains('@') {
             return Err(InvalidEmail("email has an invalid local part"));
         }
@@ -192,10 +190,21 @@ mod tests {
 
     #[test]
     fn emails_are_parsed_and_lower_cased() {
-        assert_eq!(Email::parse(" Ada@Example.COM ").unwrap().as_str(), "ada@example.com");
+        assert_eq!(
+            Email::parse(" Ada@Example.COM ").unwrap().as_str(),
+            "ada@example.com"
+        );
         for bad in [
-            "", "ada", "ada@", "@example.com", "ada@example", "a da@example.com",
-            "ada@exa mple.com", "ada@-example.com", "ada@example..com", "ada\n@example.com",
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a da@example.com",
+            "ada@exa mple.com",
+            "ada@-example.com",
+            "ada@example..com",
+            "ada\n@example.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
@@ -211,6 +220,11 @@ mod tests {
         for f in Flag::ALL {
             assert_eq!(f.as_str().parse::<Flag>().unwrap(), *f);
         }
-        assert!("root".parse::<TenantRole>().unwrap_err().contains("owner, admin"));
+        assert!(
+            "root"
+                .parse::<TenantRole>()
+                .unwrap_err()
+                .contains("owner, admin")
+        );
     }
 }

@@ -107,11 +107,13 @@ impl Aggregate for Platform {
                 operator_id,
                 role,
                 token,
-            } => Ok(vec![PlatformEvent::OperatorTokenIssued(OperatorTokenIssued {
-                operator_id: *operator_id,
-                role: *role,
-                token: token.clone(),
-            })]),
+            } => Ok(vec![PlatformEvent::OperatorTokenIssued(
+                OperatorTokenIssued {
+                    operator_id: *operator_id,
+                    role: *role,
+                    token: token.clone(),
+                },
+            )]),
             PlatformCommand::RevokeToken { token_id } => match self.tokens.get(token_id) {
                 None => Err(PlatformError::UnknownToken),
                 Some(true) => Err(PlatformError::AlreadyRevoked),
@@ -155,7 +157,9 @@ mod tests {
 
     #[test]
     fn operator_tokens_are_issued_and_revoked_once() {
-        let PlatformEvent::OperatorTokenIssued(e) = issued(1) else { unreachable!() };
+        let PlatformEvent::OperatorTokenIssued(e) = issued(1) else {
+            unreachable!()
+        };
         given::<Platform>([])
             .when(PlatformCommand::IssueOperatorToken {
                 operator_id: e.operator_id,
@@ -163,10 +167,16 @@ mod tests {
                 token: e.token.clone(),
             })
             .then([issued(1)]);
-        let revoke = PlatformCommand::RevokeToken { token_id: Uuid::from_u128(1) };
+        let revoke = PlatformCommand::RevokeToken {
+            token_id: Uuid::from_u128(1),
+        };
         given::<Platform>([issued(1)]).when(revoke.clone()).then([
-            PlatformEvent::OperatorTokenRevoked(OperatorTokenRevoked { token_id: Uuid::from_u128(1) }),
+            PlatformEvent::OperatorTokenRevoked(OperatorTokenRevoked {
+                token_id: Uuid::from_u128(1),
+            }),
         ]);
-        given::<Platform>([]).when(revoke).then_err(PlatformError::UnknownToken);
+        given::<Platform>([])
+            .when(revoke)
+            .then_err(PlatformError::UnknownToken);
     }
 }

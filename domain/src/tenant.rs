@@ -117,15 +117,30 @@ pub struct NewMember {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TenantCommand {
     /// Create the tenant on the Free plan with its first user as `owner`.
-    SignUp { name: TenantName, owner: NewMember },
-    Rename { name: TenantName },
-    ChangePlan { plan: Plan },
+    SignUp {
+        name: TenantName,
+        owner: NewMember,
+    },
+    Rename {
+        name: TenantName,
+    },
+    ChangePlan {
+        plan: Plan,
+    },
     /// Add a member; `by` is the role of who asks (an admin cannot make owners).
-    AddMember { member: NewMember, by: TenantRole },
+    AddMember {
+        member: NewMember,
+        by: TenantRole,
+    },
     /// Revoke one token of the tenant's members.
-    RevokeToken { token_id: Uuid },
+    RevokeToken {
+        token_id: Uuid,
+    },
     /// Override a feature flag for this tenant (platform ops).
-    SetFlag { flag: Flag, enabled: bool },
+    SetFlag {
+        flag: Flag,
+        enabled: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -454,7 +469,10 @@ mod tests {
         // Whatever role the command carries, the first member is the owner.
         let owner = new_member(1, "owner@example.com", TenantRole::Viewer);
         let state = given::<Tenant>([])
-            .when(TenantCommand::SignUp { name: name("Acme"), owner })
+            .when(TenantCommand::SignUp {
+                name: name("Acme"),
+                owner,
+            })
             .then(signed_up("Acme"));
         assert_eq!(state.plan, Plan::Free);
         assert_eq!(state.members[&user(1)].role, TenantRole::Owner);
@@ -474,7 +492,9 @@ mod tests {
     #[test]
     fn rename_records_old_and_new_name() {
         let state = given::<Tenant>(signed_up("Acme"))
-            .when(TenantCommand::Rename { name: name("Acme Corp") })
+            .when(TenantCommand::Rename {
+                name: name("Acme Corp"),
+            })
             .then([TenantEvent::Renamed(Renamed {
                 from: name("Acme"),
                 to: name("Acme Corp"),
@@ -498,7 +518,9 @@ mod tests {
             .when(TenantCommand::ChangePlan { plan: Plan::Pro })
             .then_err(TenantError::NotFound);
         given::<Tenant>([])
-            .when(TenantCommand::RevokeToken { token_id: Uuid::nil() })
+            .when(TenantCommand::RevokeToken {
+                token_id: Uuid::nil(),
+            })
             .then_err(TenantError::NotFound);
     }
 
@@ -525,7 +547,10 @@ mod tests {
     fn members_are_added_with_their_first_token() {
         let m = new_member(2, "ana@example.com", TenantRole::Analyst);
         let state = given::<Tenant>(signed_up("Acme"))
-            .when(TenantCommand::AddMember { member: m.clone(), by: TenantRole::Admin })
+            .when(TenantCommand::AddMember {
+                member: m.clone(),
+                by: TenantRole::Admin,
+            })
             .then(member_events(&m));
         assert_eq!(state.members.len(), 2);
     }
@@ -534,7 +559,10 @@ mod tests {
     fn an_email_is_a_member_once_whatever_its_case() {
         let m = new_member(2, "OWNER@example.com", TenantRole::Viewer);
         given::<Tenant>(signed_up("Acme"))
-            .when(TenantCommand::AddMember { member: m, by: TenantRole::Owner })
+            .when(TenantCommand::AddMember {
+                member: m,
+                by: TenantRole::Owner,
+            })
             .then_err(TenantError::EmailTaken("owner@example.com".into()));
     }
 
@@ -542,10 +570,16 @@ mod tests {
     fn only_an_owner_can_add_an_owner() {
         let m = new_member(2, "second@example.com", TenantRole::Owner);
         given::<Tenant>(signed_up("Acme"))
-            .when(TenantCommand::AddMember { member: m.clone(), by: TenantRole::Admin })
+            .when(TenantCommand::AddMember {
+                member: m.clone(),
+                by: TenantRole::Admin,
+            })
             .then_err(TenantError::OnlyOwnersAddOwners);
         given::<Tenant>(signed_up("Acme"))
-            .when(TenantCommand::AddMember { member: m.clone(), by: TenantRole::Owner })
+            .when(TenantCommand::AddMember {
+                member: m.clone(),
+                by: TenantRole::Owner,
+            })
             .then(member_events(&m));
     }
 
@@ -561,15 +595,23 @@ mod tests {
             .when(TenantCommand::RevokeToken { token_id })
             .then_err(TenantError::AlreadyRevoked);
         given::<Tenant>(signed_up("Acme"))
-            .when(TenantCommand::RevokeToken { token_id: Uuid::nil() })
+            .when(TenantCommand::RevokeToken {
+                token_id: Uuid::nil(),
+            })
             .then_err(TenantError::UnknownToken);
     }
 
     #[test]
     fn flag_overrides_are_recorded() {
         let state = given::<Tenant>(signed_up("Acme"))
-            .when(TenantCommand::SetFlag { flag: Flag::AuditV12, enabled: false })
-            .then([TenantEvent::FlagSet(FlagSet { flag: Flag::AuditV12, enabled: false })]);
+            .when(TenantCommand::SetFlag {
+                flag: Flag::AuditV12,
+                enabled: false,
+            })
+            .then([TenantEvent::FlagSet(FlagSet {
+                flag: Flag::AuditV12,
+                enabled: false,
+            })]);
         assert_eq!(state.flags.get(&Flag::AuditV12), Some(&false));
     }
 
@@ -582,7 +624,12 @@ mod tests {
             Err(TenantNameError::TooLong { max: 100 })
         );
         assert!(TenantName::parse(&"é".repeat(100)).is_ok());
-        for hostile in ["a\u{0000}b", "a\nb", "evil\u{202E}gpj.exe", "zero\u{200B}width"] {
+        for hostile in [
+            "a\u{0000}b",
+            "a\nb",
+            "evil\u{202E}gpj.exe",
+            "zero\u{200B}width",
+        ] {
             assert_eq!(
                 TenantName::parse(hostile),
                 Err(TenantNameError::ForbiddenCharacter),
@@ -596,18 +643,27 @@ mod tests {
     fn events_round_trip_through_their_stored_form() {
         let mut events = signed_up("Acme");
         events.extend([
-            TenantEvent::Renamed(Renamed { from: name("Acme"), to: name("B") }),
+            TenantEvent::Renamed(Renamed {
+                from: name("Acme"),
+                to: name("B"),
+            }),
             TenantEvent::PlanChanged(PlanChanged {
                 from: Plan::Free,
                 to: Plan::Enterprise,
                 at: test_now(),
             }),
-            TenantEvent::TokenRevoked(TokenRevoked { token_id: Uuid::from_u128(7) }),
-            TenantEvent::FlagSet(FlagSet { flag: Flag::InsightsV11, enabled: true }),
+            TenantEvent::TokenRevoked(TokenRevoked {
+                token_id: Uuid::from_u128(7),
+            }),
+            TenantEvent::FlagSet(FlagSet {
+                flag: Flag::InsightsV11,
+                enabled: true,
+            }),
         ]);
         for e in events {
             let bytes = serde_json::to_vec(&e.to_payload()).unwrap();
-            let back = TenantEvent::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
+            let back =
+                TenantEvent::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
             assert_eq!(back, e);
         }
         assert!(matches!(
@@ -618,8 +674,8 @@ mod tests {
 
     #[test]
     fn a_stored_name_that_fails_validation_is_not_read_back_silently() {
-        let err = TenantEvent::from_stored("tenant.renamed", 1, br#"{"from":"a","to":""}"#)
-            .unwrap_err();
+        let err =
+            TenantEvent::from_stored("tenant.renamed", 1, br#"{"from":"a","to":""}"#).unwrap_err();
         assert!(matches!(err, EventDecodeError::Malformed { .. }));
     }
 }

@@ -6,11 +6,11 @@
 //! file (the operator CLI beside a running server) cannot interleave positions.
 
 use crate::Snapshot;
-use crate::idempotency;
 use crate::envelope::{
     AppendRequest, Appended, Envelope, RawJson, from_micros, now_micros, to_micros,
 };
 use crate::error::{Result, StoreError};
+use crate::idempotency;
 use crate::planner::{Plan, StoredId};
 use domain::TenantId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -72,7 +72,10 @@ const MIGRATIONS: &[(i64, &str)] = &[(
 enum WriteOp {
     Append(AppendRequest, oneshot::Sender<Result<Appended>>),
     Snapshot(Snapshot, oneshot::Sender<Result<()>>),
-    Idempotency(idempotency::Op, oneshot::Sender<Result<idempotency::OpResult>>),
+    Idempotency(
+        idempotency::Op,
+        oneshot::Sender<Result<idempotency::OpResult>>,
+    ),
 }
 
 #[derive(Debug)]
@@ -493,8 +496,8 @@ fn writer_loop(
             snapshots: &snapshots,
             keyed: &keyed,
         };
-        let outcome = commit_group(&mut conn, &mut cache, &group, Ids::TrustUniqueIndex)
-            .or_else(|e| {
+        let outcome =
+            commit_group(&mut conn, &mut cache, &group, Ids::TrustUniqueIndex).or_else(|e| {
                 tracing::debug!(error = %e, "group failed; planning it again with id look-ups");
                 commit_group(&mut conn, &mut cache, &group, Ids::LookUp)
             });
@@ -534,7 +537,10 @@ fn writer_loop(
 
 type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
 type SnapshotReply = (Snapshot, oneshot::Sender<Result<()>>);
-type KeyedReply = (idempotency::Op, oneshot::Sender<Result<idempotency::OpResult>>);
+type KeyedReply = (
+    idempotency::Op,
+    oneshot::Sender<Result<idempotency::OpResult>>,
+);
 
 /// Everything one group commit writes.
 struct Group<'a> {

@@ -106,16 +106,28 @@ mod tests {
     #[test]
     fn an_in_flight_key_blocks_until_it_is_presumed_abandoned() {
         let now = 1_000 * S;
-        assert_eq!(decide(row("h", false, now - 5 * S), "h", now), Some(Begin::InFlight));
+        assert_eq!(
+            decide(row("h", false, now - 5 * S), "h", now),
+            Some(Begin::InFlight)
+        );
         assert_eq!(decide(row("h", false, now - 61 * S), "h", now), None);
     }
 
     #[test]
     fn completed_keys_replay_until_retention_ends() {
         let now = 100_000 * S;
-        assert!(matches!(decide(row("h", true, now - 3600 * S), "h", now), Some(Begin::Completed(_))));
-        assert_eq!(decide(row("x", true, now - 3600 * S), "h", now), Some(Begin::Mismatch));
-        assert_eq!(decide(row("h", true, now - RETENTION_SECS * S - S), "h", now), None);
+        assert!(matches!(
+            decide(row("h", true, now - 3600 * S), "h", now),
+            Some(Begin::Completed(_))
+        ));
+        assert_eq!(
+            decide(row("x", true, now - 3600 * S), "h", now),
+            Some(Begin::Mismatch)
+        );
+        assert_eq!(
+            decide(row("h", true, now - RETENTION_SECS * S - S), "h", now),
+            None
+        );
         assert_eq!(decide(None, "h", now), None);
     }
 }

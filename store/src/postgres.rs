@@ -10,9 +10,9 @@
 //! are also dense, because a transaction that rolls back has written none.
 
 use crate::Snapshot;
-use crate::idempotency;
 use crate::envelope::{AppendRequest, Appended, Envelope, RawJson};
 use crate::error::{Result, StoreError};
+use crate::idempotency;
 use crate::planner::{Plan, StoredId};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use domain::TenantId;
@@ -279,7 +279,9 @@ impl Postgres {
                     .await?;
                 }
                 tx.commit().await?;
-                Ok(OpResult::Begin(found.unwrap_or(idempotency::Begin::Started)))
+                Ok(OpResult::Begin(
+                    found.unwrap_or(idempotency::Begin::Started),
+                ))
             }
             Op::Complete {
                 tenant,

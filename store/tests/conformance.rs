@@ -540,27 +540,50 @@ async fn idempotency_records_replay_refuse_mismatches_and_outlive_the_handle(h: 
     use store::idempotency::{Begin, StoredResponse};
     let s = &h.store;
     let (t, other) = (tenant(), tenant());
-    assert_eq!(s.idempotency_begin(t, "k1", "hash-a").await.unwrap(), Begin::Started);
+    assert_eq!(
+        s.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
+        Begin::Started
+    );
     // In flight: the same request waits, a different one is refused.
-    assert_eq!(s.idempotency_begin(t, "k1", "hash-a").await.unwrap(), Begin::InFlight);
-    assert_eq!(s.idempotency_begin(t, "k1", "hash-b").await.unwrap(), Begin::Mismatch);
+    assert_eq!(
+        s.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
+        Begin::InFlight
+    );
+    assert_eq!(
+        s.idempotency_begin(t, "k1", "hash-b").await.unwrap(),
+        Begin::Mismatch
+    );
     // Keys are per tenant.
-    assert_eq!(s.idempotency_begin(other, "k1", "hash-b").await.unwrap(), Begin::Started);
+    assert_eq!(
+        s.idempotency_begin(other, "k1", "hash-b").await.unwrap(),
+        Begin::Started
+    );
     let response = StoredResponse {
         status: 201,
         content_type: "application/json".into(),
         body: br#"{"ok":true}"#.to_vec(),
     };
-    s.idempotency_complete(t, "k1", response.clone()).await.unwrap();
+    s.idempotency_complete(t, "k1", response.clone())
+        .await
+        .unwrap();
     assert_eq!(
         s.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
         Begin::Completed(response.clone())
     );
-    assert_eq!(s.idempotency_begin(t, "k1", "hash-b").await.unwrap(), Begin::Mismatch);
+    assert_eq!(
+        s.idempotency_begin(t, "k1", "hash-b").await.unwrap(),
+        Begin::Mismatch
+    );
     // Abandoned keys start over; records survive another handle (restart, other instance).
     s.idempotency_abandon(other, "k1").await.unwrap();
     let second = h.another_handle().await;
-    assert_eq!(second.idempotency_begin(other, "k1", "hash-c").await.unwrap(), Begin::Started);
+    assert_eq!(
+        second
+            .idempotency_begin(other, "k1", "hash-c")
+            .await
+            .unwrap(),
+        Begin::Started
+    );
     assert_eq!(
         second.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
         Begin::Completed(response)
@@ -572,7 +595,9 @@ async fn events_are_read_back_by_position(h: &Harness) {
     let s = &h.store;
     let t = tenant();
     for i in 0..10 {
-        s.append(request(t, "s", Expected::Any, vec![event(i)])).await.unwrap();
+        s.append(request(t, "s", Expected::Any, vec![event(i)]))
+            .await
+            .unwrap();
     }
     let got = s.read_positions(vec![9, 2, 5, 42]).await.unwrap();
     assert_eq!(

@@ -1,0 +1,224 @@
+//! The OpenAPI 3.1 document, built from the permission table (every route is in it, with the
+//! same method and path) plus the request and response schemas.
+
+use crate::rbac::{Access, ROUTES, RouteSpec};
+use serde_json::{Value, json};
+
+fn problem_ref() -> Value {
+    json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}})
+}
+
+fn json_ref(name: &str) -> Value {
+    json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}})
+}
+
+/// (request schema, success status, response schema) of each route.
+fn shapes(spec: &RouteSpec) -> (Option<&'static str>, &'static str, Option<&'static str>) {
+    match (spec.method, spec.path) {
+        ("POST", "/v1/signup") => (Some("SignupRequest"), "201", Some("SignupResponse")),
+        ("GET", "/v1/me") => (None, "200", Some("Me")),
+        ("GET", "/v1/tenant") => (None, "200", Some("Tenant")),
+        ("POST", "/v1/members") => (Some("MemberRequest"), "201", Some("MemberResponse")),
+        ("DELETE", "/v1/tokens/current") => (None, "200", Some("Revoked")),
+        ("GET", "/v1/flags") => (None, "200", Some("Flags")),
+        ("GET", "/v1/tenants/{tenant_id}/flags") => (None, "200", Some("TenantFlags")),
+        ("PUT", "/v1/tenants/{tenant_id}/flags/{flag}") => {
+            (Some("FlagRequest"), "200", Some("FlagSet"))
+        }
+        ("GET", "/v1/audit/events") => (None, "200", Some("AuditPage")),
+        ("GET", "/healthz") => (None, "200", Some("Health")),
+        ("GET", "/readyz") => (None, "200", Some("Ready")),
+        _ => (None, "200", None),
+    }
+}
+
+fn operation(spec: &RouteSpec) -> Value {
+    let (request, ok, response) = shapes(spec);
+    let mut params: Vec<Value> = spec
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    if spec.method == "GET" && spec.path.starts_with("/v1/") {
+        params.push(json!({"name": "min_position", "in": "query", "required": false,
+            "description": "Wait (bounded) until the read models have applied this global position.",
+            "schema": {"type": "integer", "minimum": 0}}));
+    }
+    if spec.path == "/v1/audit/events" {
+        for (name, schema, description) in [
+            (
+                "type",
+                json!({"type": "string"}),
+                "Only events of this type.",
+            ),
+            (
+                "actor",
+                json!({"type": "string"}),
+                "Only events by this actor (user:<id>, operator:<id>).",
+            ),
+            (
+                "from",
+                json!({"type": "string", "format": "date-time"}),
+                "Recorded at or after (RFC 3339).",
+            ),
+            (
+                "to",
+                json!({"type": "string", "format": "date-time"}),
+                "Recorded before (RFC 3339).",
+            ),
+            (
+                "cursor",
+                json!({"type": "string"}),
+                "The next_cursor of the previous page.",
+            ),
+            (
+                "limit",
+                json!({"type": "integer", "minimum": 1, "maximum": 500, "default": 100}),
+                "Page size.",
+            ),
+        ] {
+            params.push(json!({"name": name, "in": "query", "required": false, "schema": schema, "description": description}));
+        }
+    }
+    if spec.method == "POST" {
+        params.push(
+            json!({"name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Replays the first response for the same key and body (24 h).",
+            "schema": {"type": "string", "maxLength": 255}}),
+        );
+    }
+    let mut responses = serde_json::Map::new();
+    let mut success = json!({"description": "Success"});
+    if let Some(r) = response {
+        success["content"] = json_ref(r);
+    } else if spec.path == "/metrics" {
+        success["content"] = json!({"text/plain": {"schema": {"type": "string"}}});
+    } else if spec.path == "/openapi.json" {
+        success["content"] = json!({"application/json": {"schema": {"type": "object"}}});
+    }
+    responses.insert(ok.into(), success);
+    let mut problems = vec![
+        ("400", "Malformed request"),
+        ("404", "Not found"),
+        ("405", "Method not allowed"),
+    ];
+    if request.is_some() {
+        problems.extend([
+            ("413", "Body too large"),
+            ("415", "Not JSON"),
+            ("422", "Invalid fields"),
+        ]);
+    }
+    if matches!(spec.access, Access::Roles(_)) {
+        problems.extend([
+            ("401", "Missing, unknown, expired or revoked token"),
+            ("403", "Role not allowed, or feature disabled"),
+        ]);
+    }
+    if spec.method != "GET" {
+        problems.push(("409", "Conflict"));
+    }
+    problems.push(("503", "Store unavailable or read models not caught up"));
+    for (code, description) in problems {
+        responses.insert(
+            code.into(),
+            json!({"description": description, "content": problem_ref()}),
+        );
+    }
+    let mut op = json!({
+        "summary": spec.summary,
+        "operationId": format!("{}{}", spec.method.to_lowercase(), spec.path.replace(['/', '{', '}', '.'], "_")),
+        "parameters": params,
+        "responses": responses,
+    });
+    if let Some(r) = request {
+        op["requestBody"] = json!({"required": true, "content": json_ref(r)});
+    }
+    if let Access::Roles(roles) = spec.access {
+        op["security"] = json!([{"bearer": []}]);
+        let names: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        op["x-roles"] = json!(names);
+    } else {
+        op["security"] = json!([]);
+    }
+    if let Some(flag) = spec.flag {
+        op["x-feature-flag"] = json!(flag.as_str());
+    }
+    op
+}
+
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for spec in ROUTES {
+        let entry = paths
+            .entry(spec.path.to_owned())
+            .or_insert_with(|| json!({}));
+        entry[spec.method.to_lowercase()] = operation(spec);
+    }
+    let string = json!({"type": "string"});
+    let uuid = json!({"type": "string", "format": "uuid"});
+    let position = json!({"type": "integer", "minimum": 0, "description": "The global position the command wrote"});
+    let time = json!({"type": "string", "format": "date-time"});
+    let role = json!({"type": "string", "enum": ["owner", "admin", "analyst", "viewer", "billing", "compliance"]});
+    let flags = json!({"type": "object", "additionalProperties": {"type": "boolean"}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tenantry API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Event-sourced multi-tenant analytics backend. Errors are RFC 9457 problem documents."
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Problem": {"type": "object", "required": ["type", "title", "status"], "properties": {
+                    "type": {"type": "string", "format": "uri"}, "title": string, "status": {"type": "integer"},
+                    "detail": string, "errors": {"type": "array", "items": {"type": "object", "properties": {"field": string, "reason": string}}}
+                }},
+                "SignupRequest": {"type": "object", "additionalProperties": false, "required": ["tenant_name", "email", "name"], "properties": {
+                    "tenant_name": {"type": "string", "minLength": 1, "maxLength": 100},
+                    "email": {"type": "string", "format": "email", "maxLength": 254},
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200}
+                }},
+                "SignupResponse": {"type": "object", "required": ["tenant_id", "user_id", "token", "global_position"], "properties": {
+                    "tenant_id": uuid, "user_id": uuid, "role": role, "token": string, "token_expires_at": time, "global_position": position
+                }},
+                "Me": {"type": "object", "required": ["kind", "role"], "properties": {
+                    "kind": {"type": "string", "enum": ["member", "operator"]}, "tenant_id": uuid, "user_id": uuid,
+                    "operator_id": uuid, "email": string, "name": string, "role": string
+                }},
+                "Tenant": {"type": "object", "properties": {
+                    "tenant_id": uuid, "name": string, "plan": {"type": "string", "enum": ["free", "pro", "enterprise"]},
+                    "signed_up_at": time, "members": {"type": "integer"}
+                }},
+                "MemberRequest": {"type": "object", "additionalProperties": false, "required": ["email", "name", "role"], "properties": {
+                    "email": {"type": "string", "format": "email"}, "name": string, "role": role
+                }},
+                "MemberResponse": {"type": "object", "properties": {
+                    "tenant_id": uuid, "user_id": uuid, "email": string, "role": role, "token": string,
+                    "token_expires_at": time, "global_position": position
+                }},
+                "Revoked": {"type": "object", "properties": {"revoked_token_id": uuid, "global_position": position}},
+                "Flags": {"type": "object", "properties": {"flags": flags}},
+                "TenantFlags": {"type": "object", "properties": {"tenant_id": uuid, "flags": flags, "overrides": flags}},
+                "FlagRequest": {"type": "object", "additionalProperties": false, "required": ["enabled"], "properties": {"enabled": {"type": "boolean"}}},
+                "FlagSet": {"type": "object", "properties": {"tenant_id": uuid, "flag": string, "enabled": {"type": "boolean"}, "global_position": position}},
+                "Envelope": {"type": "object", "properties": {
+                    "global_position": {"type": "integer"}, "tenant_id": uuid, "stream_id": string,
+                    "stream_version": {"type": "integer"}, "event_id": uuid, "event_type": string,
+                    "schema_version": {"type": "integer"}, "recorded_at": time, "actor": string,
+                    "correlation_id": uuid, "causation_id": {"type": ["string", "null"]},
+                    "trace_id": {"type": ["string", "null"]}, "payload": {}
+                }},
+                "AuditPage": {"type": "object", "properties": {
+                    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Envelope"}},
+                    "next_cursor": {"type": ["string", "null"]}
+                }},
+                "Health": {"type": "object", "properties": {"status": string}},
+                "Ready": {"type": "object", "properties": {"status": string, "store": string, "head_position": {"type": "integer"}, "projections": {"type": "object"}}}
+            }
+        }
+    })
+}

@@ -1,0 +1,232 @@
+//! Typed settings: defaults, then a TOML file, then `TENANTRY_*` environment variables, then the
+//! command line. Secrets never appear in `Debug`.
+
+use domain::Flag;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use store::Location;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: String,
+    pub store: Location,
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// How long a newly issued token is valid.
+    pub token_ttl_days: i64,
+    /// How long a read with `min_position` waits for the projections.
+    pub read_wait_ms: u64,
+    /// Flag defaults for every tenant; tenants get overrides by platform ops.
+    pub flags: BTreeMap<Flag, bool>,
+    /// `json`, `pretty`, or `auto` (pretty in a terminal, JSON otherwise).
+    pub log_format: String,
+    /// The public base URL, used in links such as `upgrade_url`.
+    pub public_url: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            store: Location::Embedded(PathBuf::from("./tenantry-data")),
+            body_limit: 64 * 1024,
+            token_ttl_days: 30,
+            read_wait_ms: 2_000,
+            flags: Flag::ALL.iter().map(|f| (*f, true)).collect(),
+            log_format: "auto".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// The file form: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    data: Option<PathBuf>,
+    store: Option<String>,
+    body_limit: Option<usize>,
+    token_ttl_days: Option<i64>,
+    read_wait_ms: Option<u64>,
+    log_format: Option<String>,
+    public_url: Option<String>,
+    #[serde(default)]
+    flags: BTreeMap<String, bool>,
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut s = Settings::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read settings file {}: {e}", path.display())
+            })?;
+            let f: FileSettings = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("settings file {}: {e}", path.display()))?;
+            s.apply_file(f)?;
+        }
+        s.apply_env(env)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn apply_file(&mut self, f: FileSettings) -> anyhow::Result<()> {
+        if let Some(v) = f.listen {
+            self.listen = v;
+        }
+        if let Some(v) = f.data {
+            self.store = Location::Embedded(v);
+        }
+        if let Some(v) = f.store {
+            self.store = Location::Postgres(v);
+        }
+        if let Some(v) = f.body_limit {
+            self.body_limit = v;
+        }
+        if let Some(v) = f.token_ttl_days {
+            self.token_ttl_days = v;
+        }
+        if let Some(v) = f.read_wait_ms {
+            self.read_wait_ms = v;
+        }
+        if let Some(v) = f.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = f.public_url {
+            self.public_url = v;
+        }
+        for (name, on) in f.flags {
+            let flag = Flag::from_str(&name).map_err(|e| anyhow::anyhow!(e))?;
+            self.flags.insert(flag, on);
+        }
+        Ok(())
+    }
+
+    fn apply_env(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
+        for (key, value) in env {
+            let Some(name) = key.strip_prefix("TENANTRY_") else {
+                continue;
+            };
+            let bad = |what: &str| anyhow::anyhow!("{key}={value:?}: {what}");
+            match name {
+                "LISTEN" => self.listen = value.clone(),
+                "DATA" => self.store = Location::Embedded(value.into()),
+                "STORE" => self.store = Location::Postgres(value.clone()),
+                "BODY_LIMIT" => {
+                    self.body_limit = value.parse().map_err(|_| bad("not a byte count"))?
+                }
+                "TOKEN_TTL_DAYS" => {
+                    self.token_ttl_days = value.parse().map_err(|_| bad("not a number of days"))?
+                }
+                "READ_WAIT_MS" => {
+                    self.read_wait_ms = value.parse().map_err(|_| bad("not milliseconds"))?
+                }
+                "LOG_FORMAT" => self.log_format = value.clone(),
+                "PUBLIC_URL" => self.public_url = value.clone(),
+                other => {
+                    if let Some(flag) = other.strip_prefix("FLAG_") {
+                        let flag = Flag::ALL
+                            .iter()
+                            .find(|f| f.as_str().eq_ignore_ascii_case(flag))
+                            .ok_or_else(|| bad("unknown flag"))?;
+                        let on = match value.to_ascii_lowercase().as_str() {
+                            "1" | "true" | "on" | "yes" => true,
+                            "0" | "false" | "off" | "no" => false,
+                            _ => return Err(bad("expected on or off")),
+                        };
+                        self.flags.insert(*flag, on);
+                    }
+                    // Other TENANTRY_* variables (TENANTRY_LOG, TENANTRY_CONFIG) are read elsewhere.
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.body_limit >= 1024,
+            "body_limit must be at least 1024 bytes"
+        );
+        anyhow::ensure!(
+            (1..=3650).contains(&self.token_ttl_days),
+            "token_ttl_days must be between 1 and 3650"
+        );
+        anyhow::ensure!(
+            ["auto", "json", "pretty"].contains(&self.log_format.as_str()),
+            "log_format must be auto, json or pretty"
+        );
+        Ok(())
+    }
+
+    /// Whether `flag` is on for a tenant with these overrides.
+    pub fn flag_enabled(&self, flag: Flag, overrides: &BTreeMap<Flag, bool>) -> bool {
+        overrides
+            .get(&flag)
+            .or_else(|| self.flags.get(&flag))
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tenantry.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\nbody_limit = 4096\n[flags]\nauditV12 = false\ninsightsV11 = false\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            &env(&[
+                ("TENANTRY_BODY_LIMIT", "8192"),
+                ("TENANTRY_FLAG_INSIGHTSV11", "on"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9000");
+        assert_eq!(s.body_limit, 8192, "the environment wins over the file");
+        assert!(!s.flags[&Flag::AuditV12]);
+        assert!(s.flags[&Flag::InsightsV11]);
+        assert!(s.flags[&Flag::FeedbackMvp], "defaults stay");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_key_named() {
+        let err = Settings::load(None, &env(&[("TENANTRY_BODY_LIMIT", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("TENANTRY_BODY_LIMIT"), "{err}");
+        let err = Settings::load(None, &env(&[("TENANTRY_FLAG_NOPE", "on")])).unwrap_err();
+        assert!(err.to_string().contains("unknown flag"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "lisen = \"typo\"\n").unwrap();
+        let err = Settings::load(Some(&file), &[]).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn tenant_overrides_win_over_defaults() {
+        let s = Settings::default();
+        let mut overrides = BTreeMap::new();
+        assert!(s.flag_enabled(Flag::AuditV12, &overrides));
+        overrides.insert(Flag::AuditV12, false);
+        assert!(!s.flag_enabled(Flag::AuditV12, &overrides));
+    }
+}

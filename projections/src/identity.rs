@@ -1,0 +1,242 @@
+//! Who is who: tokens (by their SHA-256), members and their roles, operators, and each tenant's
+//! name, plan and flag overrides.
+
+use crate::runtime::Projection;
+use domain::platform::{self, PlatformEvent};
+use domain::tenant::{Plan, TenantEvent};
+use domain::{DomainEvent, Flag, PlatformRole, TenantId, TenantRole, UserId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+use store::Envelope;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A token as authentication needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenEntry {
+    pub token_id: Uuid,
+    /// `None` for platform operators.
+    pub tenant: Option<TenantId>,
+    pub user_id: UserId,
+    pub expires_at: OffsetDateTime,
+    pub revoked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub user_id: UserId,
+    pub email: String,
+    pub name: String,
+    pub role: TenantRole,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantView {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub plan: Plan,
+    pub signed_up_at: OffsetDateTime,
+    pub flags: BTreeMap<Flag, bool>,
+    pub members: usize,
+}
+
+/// Who a valid token speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    Member {
+        tenant: TenantId,
+        user_id: UserId,
+        role: TenantRole,
+        token_id: Uuid,
+    },
+    Operator {
+        operator_id: UserId,
+        role: PlatformRole,
+        token_id: Uuid,
+    },
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tokens: HashMap<String, TokenEntry>,
+    token_hashes: HashMap<Uuid, String>,
+    members: HashMap<(TenantId, UserId), MemberView>,
+    operators: HashMap<UserId, PlatformRole>,
+    tenants: HashMap<TenantId, TenantView>,
+}
+
+#[derive(Debug, Default)]
+pub struct Identity {
+    state: RwLock<State>,
+}
+
+/// Why a token does not authenticate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenProblem {
+    Unknown,
+    Expired,
+    Revoked,
+}
+
+impl Identity {
+    /// Resolve a token's SHA-256 (hex) at `now`.
+    pub fn authenticate(
+        &self,
+        sha256_hex: &str,
+        now: OffsetDateTime,
+    ) -> Result<Principal, TokenProblem> {
+        let state = self.state.read().expect("identity lock");
+        let token = state.tokens.get(sha256_hex).ok_or(TokenProblem::Unknown)?;
+        if token.revoked {
+            return Err(TokenProblem::Revoked);
+        }
+        if token.expires_at <= now {
+            return Err(TokenProblem::Expired);
+        }
+        match token.tenant {
+            Some(tenant) => {
+                let member = state
+                    .members
+                    .get(&(tenant, token.user_id))
+                    .ok_or(TokenProblem::Unknown)?;
+                Ok(Principal::Member {
+                    tenant,
+                    user_id: token.user_id,
+                    role: member.role,
+                    token_id: token.token_id,
+                })
+            }
+            None => Ok(Principal::Operator {
+                operator_id: token.user_id,
+                role: *state
+                    .operators
+                    .get(&token.user_id)
+                    .ok_or(TokenProblem::Unknown)?,
+                token_id: token.token_id,
+            }),
+        }
+    }
+
+    pub fn member(&self, tenant: TenantId, user: UserId) -> Option<MemberView> {
+        let state = self.state.read().expect("identity lock");
+        state.members.get(&(tenant, user)).cloned()
+    }
+
+    pub fn tenant(&self, tenant: TenantId) -> Option<TenantView> {
+        let state = self.state.read().expect("identity lock");
+        state.tenants.get(&tenant).cloned()
+    }
+
+    fn apply_tenant(state: &mut State, tenant: TenantId, event: TenantEvent, at: OffsetDateTime) {
+        match event {
+            TenantEvent::SignedUp(e) => {
+                state.tenants.insert(
+                    tenant,
+                    TenantView {
+                        tenant_id: tenant,
+                        name: e.name.to_string(),
+                        plan: e.plan,
+                        signed_up_at: at,
+                        flags: BTreeMap::new(),
+                        members: 0,
+                    },
+                );
+            }
+            TenantEvent::Renamed(e) => {
+                if let Some(t) = state.tenants.get_mut(&tenant) {
+                    t.name = e.to.to_string();
+                }
+            }
+            TenantEvent::PlanChanged(e) => {
+                if let Some(t) = state.tenants.get_mut(&tenant) {
+                    t.plan = e.to;
+                }
+            }
+            TenantEvent::MemberAdded(e) => {
+                if let Some(t) = state.tenants.get_mut(&tenant) {
+                    t.members += 1;
+                }
+                state.members.insert(
+                    (tenant, e.user_id),
+                    MemberView {
+                        user_id: e.user_id,
+                        email: e.email.to_string(),
+                        name: e.name.as_str().to_owned(),
+                        role: e.role,
+                    },
+                );
+            }
+            TenantEvent::TokenIssued(e) => {
+                state
+                    .token_hashes
+                    .insert(e.token.token_id, e.token.token_sha256.clone());
+                state.tokens.insert(
+                    e.token.token_sha256,
+                    TokenEntry {
+                        token_id: e.token.token_id,
+                        tenant: Some(tenant),
+                        user_id: e.user_id,
+                        expires_at: e.token.expires_at,
+                        revoked: false,
+                    },
+                );
+            }
+            TenantEvent::TokenRevoked(e) => Self::revoke(state, e.token_id),
+            TenantEvent::FlagSet(e) => {
+                if let Some(t) = state.tenants.get_mut(&tenant) {
+                    t.flags.insert(e.flag, e.enabled);
+                }
+            }
+        }
+    }
+
+    fn revoke(state: &mut State, token_id: Uuid) {
+        if let Some(hash) = state.token_hashes.get(&token_id)
+            && let Some(t) = state.tokens.get_mut(hash)
+        {
+            t.revoked = true;
+        }
+    }
+}
+
+impl Projection for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+
+    fn apply(&self, e: &Envelope) {
+        let mut state = self.state.write().expect("identity lock");
+        if e.tenant_id == TenantId::PLATFORM && e.stream_id == platform::STREAM {
+            match PlatformEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())
+            {
+                Ok(PlatformEvent::OperatorTokenIssued(t)) => {
+                    state.operators.insert(t.operator_id, t.role);
+                    state
+                        .token_hashes
+                        .insert(t.token.token_id, t.token.token_sha256.clone());
+                    state.tokens.insert(
+                        t.token.token_sha256,
+                        TokenEntry {
+                            token_id: t.token.token_id,
+                            tenant: None,
+                            user_id: t.operator_id,
+                            expires_at: t.token.expires_at,
+                            revoked: false,
+                        },
+                    );
+                }
+                Ok(PlatformEvent::OperatorTokenRevoked(t)) => Self::revoke(&mut state, t.token_id),
+                Err(err) => {
+                    tracing::error!(position = e.global_position, error = %err, "unreadable platform event")
+                }
+            }
+        } else if e.stream_id.starts_with("tenant-") {
+            match TenantEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes()) {
+                Ok(event) => Self::apply_tenant(&mut state, e.tenant_id, event, e.recorded_at),
+                Err(err) => {
+                    tracing::error!(position = e.global_position, error = %err, "unreadable tenant event")
+                }
+            }
+        }
+    }
+}
