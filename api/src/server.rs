@@ -99,16 +99,16 @@ async fn context(
     Ok(res)
 }
 
-/// Any error response that is not yet a problem document (actix's own 404, 405, 413, 400 …)
-/// becomes one.
+/// Any error response that is not already JSON of ours (a problem document, or the readiness
+/// report) — actix's own 404, 405, 413, 400 … — becomes a problem document.
 fn render_problem<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_problem = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem {
+    let is_ours = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/problem+json")
+            || v.as_bytes().starts_with(b"application/json")
+    });
+    if is_ours {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();

@@ -200,9 +200,10 @@ impl TestApp {
 
     /// The store's head position, from /readyz.
     pub fn head(&self) -> u64 {
-        self.send("GET", "/readyz", &[], None).json()["head_position"]
+        let r = self.send("GET", "/readyz", &[], None);
+        r.json()["head_position"]
             .as_u64()
-            .unwrap()
+            .unwrap_or_else(|| panic!("no head position:\n{}", r.exchange))
     }
 
     /// A platform token, issued through the real command path on this app's store.
