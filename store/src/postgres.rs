@@ -78,6 +78,35 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         state bytea NOT NULL,
         PRIMARY KEY (tenant_id, stream_id, kind)
     );",
+), (
+    2,
+    // Row-level security on tenant_id: a connection acting as `tenantry_tenant` sees and writes
+    // only the rows of the tenant named in the transaction setting `tenantry.tenant_id`.
+    "DO $$ BEGIN
+        CREATE ROLE tenantry_tenant NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END $$;
+    DO $$ BEGIN
+        EXECUTE format('GRANT tenantry_tenant TO %I', current_user);
+    EXCEPTION WHEN duplicate_object OR invalid_grant_operation THEN NULL;
+    END $$;
+    GRANT SELECT, INSERT ON events, streams, snapshots, idempotency TO tenantry_tenant;
+    ALTER TABLE events ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE streams ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE snapshots ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE idempotency ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_isolation ON events
+        USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
+        WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);
+    CREATE POLICY tenant_isolation ON streams
+        USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
+        WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);
+    CREATE POLICY tenant_isolation ON snapshots
+        USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
+        WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);
+    CREATE POLICY tenant_isolation ON idempotency
+        USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
+        WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);",
 )];
 
 type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
@@ -158,13 +187,17 @@ impl Postgres {
                 client.query(&stmt, &[&from, &limit]).await?
             }
             Some(t) => {
-                let stmt = client
+                let mut client = client;
+                let tx = tenant_scope(&mut client, t).await?;
+                let stmt = tx
                     .prepare_cached(&format!(
                         "{SELECT} WHERE tenant_id = $1 AND global_position >= $2 \
                          ORDER BY global_position LIMIT $3"
                     ))
                     .await?;
-                client.query(&stmt, &[t.as_uuid(), &from, &limit]).await?
+                let rows = tx.query(&stmt, &[t.as_uuid(), &from, &limit]).await?;
+                tx.commit().await?;
+                rows
             }
         };
         rows.iter().map(envelope).collect()
@@ -177,14 +210,15 @@ impl Postgres {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<Envelope>> {
-        let client = self.pool.get().await?;
-        let stmt = client
+        let mut client = self.pool.get().await?;
+        let tx = tenant_scope(&mut client, tenant).await?;
+        let stmt = tx
             .prepare_cached(&format!(
                 "{SELECT} WHERE tenant_id = $1 AND stream_id = $2 AND stream_version >= $3 \
                  ORDER BY stream_version LIMIT $4"
             ))
             .await?;
-        let rows = client
+        let rows = tx
             .query(
                 &stmt,
                 &[
@@ -195,6 +229,7 @@ impl Postgres {
                 ],
             )
             .await?;
+        tx.commit().await?;
         rows.iter().map(envelope).collect()
     }
 
@@ -381,6 +416,22 @@ impl Drop for Postgres {
             }
         }
     }
+}
+
+/// A transaction that acts as `tenantry_tenant` for one tenant: row-level security then lets it
+/// see and write that tenant's rows only, whatever its SQL says.
+async fn tenant_scope(
+    client: &mut deadpool_postgres::Object,
+    tenant: TenantId,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    let tx = client.transaction().await?;
+    let role = tx.prepare_cached("SET LOCAL ROLE tenantry_tenant");
+    let scope = tx.prepare_cached("SELECT set_config('tenantry.tenant_id', $1, true)");
+    let (role, scope) = tokio::try_join!(role, scope)?;
+    let tenant = tenant.to_string();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant];
+    tokio::try_join!(tx.execute(&role, &[]), tx.execute(&scope, &params))?;
+    Ok(tx)
 }
 
 const SELECT: &str = "SELECT global_position, tenant_id, stream_id, stream_version, event_id, \
