@@ -18,6 +18,7 @@ fn shapes(spec: &RouteSpec) -> (Option<&'static str>, &'static str, Option<&'sta
         ("POST", "/v1/signup") => (Some("SignupRequest"), "201", Some("SignupResponse")),
         ("GET", "/v1/me") => (None, "200", Some("Me")),
         ("GET", "/v1/tenant") => (None, "200", Some("Tenant")),
+        ("PATCH", "/v1/tenant") => (Some("RenameRequest"), "200", Some("Renamed")),
         ("POST", "/v1/members") => (Some("MemberRequest"), "201", Some("MemberResponse")),
         ("DELETE", "/v1/tokens/current") => (None, "200", Some("Revoked")),
         ("GET", "/v1/flags") => (None, "200", Some("Flags")),
@@ -193,6 +194,10 @@ pub fn document() -> Value {
                     "tenant_id": uuid, "name": string, "plan": {"type": "string", "enum": ["free", "pro", "enterprise"]},
                     "signed_up_at": time, "members": {"type": "integer"}
                 }},
+                "RenameRequest": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 100}
+                }},
+                "Renamed": {"type": "object", "properties": {"tenant_id": uuid, "name": string, "global_position": position}},
                 "MemberRequest": {"type": "object", "additionalProperties": false, "required": ["email", "name", "role"], "properties": {
                     "email": {"type": "string", "format": "email"}, "name": string, "role": role
                 }},

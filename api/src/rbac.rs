@@ -134,6 +134,13 @@ pub const ROUTES: &[RouteSpec] = &[
         summary: "The caller's tenant",
     },
     RouteSpec {
+        method: "PATCH",
+        path: "/v1/tenant",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: None,
+        summary: "Rename the caller's tenant",
+    },
+    RouteSpec {
         method: "POST",
         path: "/v1/members",
         access: Access::Roles(TENANT_ADMINS),

@@ -222,6 +222,43 @@ pub async fn tenant_info(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RenameRequest {
+    name: String,
+}
+
+pub async fn rename_tenant(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    let dto: RenameRequest = json(&req, &body)?;
+    let mut fields = Fields::default();
+    let name = fields.check("name", TenantName::parse(&dto.name));
+    fields.finish()?;
+    let name = name.expect("validated");
+    let ctx = RequestContext::of(&req);
+    let done = state
+        .tenants
+        .execute(
+            tenant,
+            &tenant::stream_id(tenant),
+            &TenantCommand::Rename { name: name.clone() },
+            &ctx.metadata(caller.actor()),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .map_err(tenant_problem)?;
+    let position = state.committed(&done.appended);
+    Ok(Reply::json(
+        StatusCode::OK,
+        &j!({"tenant_id": tenant, "name": name.as_str(), "global_position": position}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MemberRequest {
     email: String,
     name: String,

@@ -157,7 +157,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/openapi.json").route(web::get().to(routes::openapi)))
         .service(web::resource("/v1/signup").route(web::post().to(routes::signup)))
         .service(web::resource("/v1/me").route(web::get().to(routes::me)))
-        .service(web::resource("/v1/tenant").route(web::get().to(routes::tenant_info)))
+        .service(
+            web::resource("/v1/tenant")
+                .route(web::get().to(routes::tenant_info))
+                .route(web::patch().to(routes::rename_tenant)),
+        )
         .service(web::resource("/v1/members").route(web::post().to(routes::add_member)))
         .service(
             web::resource("/v1/tokens/current")

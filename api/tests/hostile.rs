@@ -50,7 +50,11 @@ fn hostile_value(rng: &mut Rng, depth: u32) -> Value {
         2 => json!(rng.next() as i64),
         3 => json!(-0.0),
         4 | 5 => hostile_string(rng),
-        6 => Value::Array((0..rng.below(4)).map(|_| hostile_value(rng, depth + 1)).collect()),
+        6 => Value::Array(
+            (0..rng.below(4))
+                .map(|_| hostile_value(rng, depth + 1))
+                .collect(),
+        ),
         _ => {
             let mut m = serde_json::Map::new();
             for key in ["tenant_name", "email", "name", "role", "enabled", "extra"] {
@@ -77,10 +81,24 @@ fn hostile_body(rng: &mut Rng) -> Vec<u8> {
 #[track_caller]
 fn check(app: &TestApp, r: &support::Response, head_before: u64) {
     assert!(r.status < 500, "server error:\n{}", r.exchange);
-    assert!(r.header("x-request-id").is_some(), "no request id:\n{}", r.exchange);
+    assert!(
+        r.header("x-request-id").is_some(),
+        "no request id:\n{}",
+        r.exchange
+    );
     if r.status >= 400 {
-        assert_eq!(r.header("content-type"), Some("application/problem+json"), "{}", r.exchange);
-        assert_eq!(app.head(), head_before, "a refused request wrote something:\n{}", r.exchange);
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            r.exchange
+        );
+        assert_eq!(
+            app.head(),
+            head_before,
+            "a refused request wrote something:\n{}",
+            r.exchange
+        );
     }
 }
 
@@ -90,8 +108,9 @@ fn hostile_bodies_never_break_the_service(app: TestApp) {
     let owner_auth = format!("Bearer {owner}");
     let ops_auth = format!("Bearer {ops}");
     let flag_path = format!("/v1/tenants/{tenant}/flags/auditV12");
-    let targets: [(&str, &str, Option<&str>); 3] = [
+    let targets: [(&str, &str, Option<&str>); 4] = [
         ("POST", "/v1/signup", None),
+        ("PATCH", "/v1/tenant", Some(&owner_auth)),
         ("POST", "/v1/members", Some(&owner_auth)),
         ("PUT", &flag_path, Some(&ops_auth)),
     ];
@@ -99,7 +118,12 @@ fn hostile_bodies_never_break_the_service(app: TestApp) {
     for case in 0..150 {
         for (method, path, auth) in targets {
             let body = hostile_body(&mut rng);
-            let content_type = ["application/json", "application/json; charset=utf-8", "text/plain", "application/x-www-form-urlencoded"][rng.below(4) as usize];
+            let content_type = [
+                "application/json",
+                "application/json; charset=utf-8",
+                "text/plain",
+                "application/x-www-form-urlencoded",
+            ][rng.below(4) as usize];
             let mut headers = vec![("Content-Type", content_type)];
             if let Some(a) = auth {
                 headers.push(("Authorization", a));
@@ -117,14 +141,32 @@ fn hostile_bodies_never_break_the_service(app: TestApp) {
         vec![("Authorization", "Bearer")],
         vec![("Authorization", "Bearer tnt_")],
         vec![("Authorization", long.as_str())],
-        vec![("traceparent", "00-zzzz-zzzz-01"), ("Authorization", owner_auth.as_str())],
-        vec![("x-request-id", long.as_str()), ("Authorization", owner_auth.as_str())],
+        vec![
+            ("traceparent", "00-zzzz-zzzz-01"),
+            ("Authorization", owner_auth.as_str()),
+        ],
+        vec![
+            ("x-request-id", long.as_str()),
+            ("Authorization", owner_auth.as_str()),
+        ],
     ] {
         let r = app.send("GET", "/v1/me", &headers, None);
         check(&app, &r, head);
     }
-    for query in ["min_position=-1", "min_position=99999999999999999999999", "min_position=%00", "limit=1&limit=2", "cursor=%FF%FE", "type=%E2%80%AE"] {
-        let r = app.send("GET", &format!("/v1/audit/events?{query}"), &[("Authorization", &owner_auth)], None);
+    for query in [
+        "min_position=-1",
+        "min_position=99999999999999999999999",
+        "min_position=%00",
+        "limit=1&limit=2",
+        "cursor=%FF%FE",
+        "type=%E2%80%AE",
+    ] {
+        let r = app.send(
+            "GET",
+            &format!("/v1/audit/events?{query}"),
+            &[("Authorization", &owner_auth)],
+            None,
+        );
         check(&app, &r, head);
     }
     // Bytes that are not valid in an HTTP field value are refused by the HTTP parser itself,

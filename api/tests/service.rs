@@ -120,6 +120,19 @@ fn a_revoked_token_stops_working_at_once(app: TestApp) {
     .expect(200);
     app.get("/v1/me", &viewer).problem(401, "unauthorized");
     app.get("/v1/me", &owner).expect(200);
+    // Renaming: a one-event command; the same name again is refused.
+    let auth = bearer(&owner);
+    let h = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    app.send("PATCH", "/v1/tenant", &h, Some(br#"{"name": "Acme 2"}"#))
+        .expect(200);
+    app.send("PATCH", "/v1/tenant", &h, Some(br#"{"name": "Acme 2"}"#))
+        .problem(409, "no-change");
+    app.send("PATCH", "/v1/tenant", &h, Some(br#"{"name": ""}"#))
+        .problem(422, "validation-failed");
+    assert_eq!(app.get("/v1/tenant", &owner).expect(200)["name"], "Acme 2");
     let ops = app.operator_token(PlatformRole::Ops);
     app.get("/v1/me", &ops).expect(200);
     app.send(
@@ -153,6 +166,7 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
         let body: Option<Vec<u8>> = match (spec.method, spec.path) {
             ("POST", "/v1/members") => None, // a body is sent per role below
             ("PUT", _) => Some(br#"{"enabled": true}"#.to_vec()),
+            ("PATCH", _) => None, // a body is sent per role below
             ("POST", _) => Some(b"{}".to_vec()),
             _ => None,
         };
@@ -188,10 +202,13 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             let member_body = json!({"email": format!("new-{role}-{}@example.com", spec.method), "name": "N", "role": "viewer"})
                 .to_string()
                 .into_bytes();
-            let body = if spec.path == "/v1/members" {
-                Some(member_body)
-            } else {
-                body.clone()
+            let rename_body = json!({"name": format!("Renamed by {role}")})
+                .to_string()
+                .into_bytes();
+            let body = match (spec.method, spec.path) {
+                ("POST", "/v1/members") => Some(member_body),
+                ("PATCH", "/v1/tenant") => Some(rename_body),
+                _ => body.clone(),
             };
             let auth = bearer(token);
             let r = app.send(

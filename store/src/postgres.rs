@@ -34,9 +34,10 @@ const CHANNEL: &str = "tenantry_events";
 /// The most appends one group commit takes from the queue.
 const MAX_GROUP: usize = 2048;
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE events (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE events (
         global_position bigint PRIMARY KEY,
         tenant_id uuid NOT NULL,
         stream_id text NOT NULL,
@@ -78,11 +79,12 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         state bytea NOT NULL,
         PRIMARY KEY (tenant_id, stream_id, kind)
     );",
-), (
-    2,
-    // Row-level security on tenant_id: a connection acting as `tenantry_tenant` sees and writes
-    // only the rows of the tenant named in the transaction setting `tenantry.tenant_id`.
-    "DO $$ BEGIN
+    ),
+    (
+        2,
+        // Row-level security on tenant_id: a connection acting as `tenantry_tenant` sees and writes
+        // only the rows of the tenant named in the transaction setting `tenantry.tenant_id`.
+        "DO $$ BEGIN
         CREATE ROLE tenantry_tenant NOLOGIN;
     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
     END $$;
@@ -107,7 +109,8 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     CREATE POLICY tenant_isolation ON idempotency
         USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
         WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);",
-)];
+    ),
+];
 
 type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
 

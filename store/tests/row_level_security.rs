@@ -12,7 +12,10 @@ async fn append(store: &Store, tenant: TenantId, n: usize) {
                 tenant_id: tenant,
                 stream_id: "s".into(),
                 expected: Expected::Any,
-                events: vec![NewEvent::new("rls.test", RawJson::parse(format!("{{\"i\":{i}}}")).unwrap())],
+                events: vec![NewEvent::new(
+                    "rls.test",
+                    RawJson::parse(format!("{{\"i\":{i}}}")).unwrap(),
+                )],
                 metadata: Metadata::system(),
             })
             .await
@@ -24,25 +27,45 @@ async fn append(store: &Store, tenant: TenantId, n: usize) {
 async fn a_connection_bound_to_one_tenant_cannot_read_or_insert_another_tenants_rows() {
     let url = store::testing::fresh_postgres_url().await;
     let store = Store::connect_postgres(&url).await.unwrap();
-    let (a, b) = (TenantId::from_uuid(Uuid::new_v4()), TenantId::from_uuid(Uuid::new_v4()));
+    let (a, b) = (
+        TenantId::from_uuid(Uuid::new_v4()),
+        TenantId::from_uuid(Uuid::new_v4()),
+    );
     append(&store, a, 3).await;
     append(&store, b, 5).await;
 
-    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    let tx = client.transaction().await.unwrap();
-    tx.batch_execute("SET LOCAL ROLE tenantry_tenant").await.unwrap();
-    tx.execute("SELECT set_config('tenantry.tenant_id', $1, true)", &[&a.to_string()])
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
+    tokio::spawn(connection);
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("SET LOCAL ROLE tenantry_tenant")
+        .await
+        .unwrap();
+    tx.execute(
+        "SELECT set_config('tenantry.tenant_id', $1, true)",
+        &[&a.to_string()],
+    )
+    .await
+    .unwrap();
     let count = |sql: &'static str| {
         let tx = &tx;
         async move { tx.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
     };
-    assert_eq!(count("SELECT count(*) FROM events").await, 3, "only A's rows are visible");
-    assert_eq!(count("SELECT count(DISTINCT tenant_id) FROM events").await, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM events").await,
+        3,
+        "only A's rows are visible"
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT tenant_id) FROM events").await,
+        1
+    );
     let b_rows = tx
-        .query_one("SELECT count(*) FROM events WHERE tenant_id = $1", &[b.as_uuid()])
+        .query_one(
+            "SELECT count(*) FROM events WHERE tenant_id = $1",
+            &[b.as_uuid()],
+        )
         .await
         .unwrap()
         .get::<_, i64>(0);
@@ -60,13 +83,23 @@ async fn a_connection_bound_to_one_tenant_cannot_read_or_insert_another_tenants_
         .await
         .unwrap_err();
     let db = err.as_db_error().expect("a database error");
-    assert!(db.message().contains("row-level security"), "{}", db.message());
+    assert!(
+        db.message().contains("row-level security"),
+        "{}",
+        db.message()
+    );
     tx.rollback().await.unwrap();
 
     // Without a tenant bound, the role sees nothing at all.
     let tx = client.transaction().await.unwrap();
-    tx.batch_execute("SET LOCAL ROLE tenantry_tenant").await.unwrap();
-    let none = tx.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get::<_, i64>(0);
+    tx.batch_execute("SET LOCAL ROLE tenantry_tenant")
+        .await
+        .unwrap();
+    let none = tx
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
     assert_eq!(none, 0);
     tx.rollback().await.unwrap();
 
