@@ -46,7 +46,7 @@ fn hostile_string(rng: &mut Rng) -> Value {
 fn hostile_value(rng: &mut Rng, depth: u32) -> Value {
     match rng.below(if depth > 3 { 6 } else { 9 }) {
         0 => Value::Null,
-        1 => json!(rng.next() % 2 == 0),
+        1 => json!(rng.next().is_multiple_of(2)),
         2 => json!(rng.next() as i64),
         3 => json!(-0.0),
         4 | 5 => hostile_string(rng),
