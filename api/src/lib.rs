@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod bench_http;
 pub mod cli;
 pub mod export;
 pub mod http;

@@ -108,6 +108,26 @@ enum Backend {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// HTTP throughput and latency: sign up tenants, then drive them over keep-alive
+    /// connections with a one-event command and an authenticated read. Prints one JSON object.
+    Http {
+        /// Start a server in this process on this store (ignored with --addr).
+        #[arg(long, value_enum, default_value = "embedded")]
+        backend: Backend,
+        /// PostgreSQL URL for --backend postgres (default: $DATABASE_URL).
+        #[arg(long, env = "DATABASE_URL")]
+        url: Option<String>,
+        /// Drive an already running server at HOST:PORT instead.
+        #[arg(long)]
+        addr: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// Append and read throughput of a store; prints one JSON object.
     Store {
         #[arg(long, value_enum, default_value = "embedded")]
@@ -163,6 +183,35 @@ enum EventsCommand {
         #[arg(long)]
         tenant: Option<domain::TenantId>,
     },
+}
+
+/// Start the service on its own thread (an actix system) and return where it listens.
+fn start_in_background(
+    settings: api::settings::Settings,
+    location: Location,
+) -> anyhow::Result<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let store = match Store::open(&location).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            match api::server::start(settings, store).await {
+                Ok(running) => {
+                    let _ = tx.send(Ok(running.addrs[0].to_string()));
+                    let _ = running.server.await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        })
+    });
+    rx.recv()?.map_err(|e| anyhow::anyhow!(e))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -268,6 +317,55 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             anyhow::Ok(())
         }),
+        Command::Bench {
+            what:
+                BenchCommand::Http {
+                    backend,
+                    url,
+                    addr,
+                    tenants,
+                    connections,
+                    seconds,
+                },
+        } => {
+            api::telemetry::init("pretty");
+            let cfg = api::bench_http::HttpBench {
+                tenants,
+                connections,
+                seconds,
+            };
+            let (addr, backend_name, _temp) = match addr {
+                Some(a) => (a, "external".to_owned(), None),
+                None => {
+                    let (location, temp) = match backend {
+                        Backend::Embedded => {
+                            let t = tempfile::tempdir()?;
+                            (Location::Embedded(t.path().to_path_buf()), Some(t))
+                        }
+                        Backend::Postgres => (
+                            Location::Postgres(
+                                url.context("--url or DATABASE_URL is required for postgres")?,
+                            ),
+                            None,
+                        ),
+                    };
+                    let settings = api::settings::Settings {
+                        listen: "127.0.0.1:0".into(),
+                        store: location.clone(),
+                        ..Default::default()
+                    };
+                    let addr = start_in_background(settings, location)?;
+                    let name = match backend {
+                        Backend::Embedded => "embedded",
+                        Backend::Postgres => "postgres",
+                    };
+                    (addr, name.to_owned(), temp)
+                }
+            };
+            let report = runtime.block_on(api::bench_http::run(&addr, backend_name, &cfg))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::Events {
             what:
                 EventsCommand::Export {

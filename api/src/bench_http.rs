@@ -1,0 +1,189 @@
+//! `tenantry bench http`: sign up N tenants, then drive them over C keep-alive connections with
+//! an authenticated one-event command (`PATCH /v1/tenant`) and then an authenticated read
+//! (`GET /v1/tenant`), each for a fixed time. Prints one JSON object.
+
+use crate::bench::{Latency, percentile_ms};
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+#[derive(Clone, Debug)]
+pub struct HttpBench {
+    pub tenants: usize,
+    pub connections: usize,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    pub route: &'static str,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub requests_per_sec: f64,
+    pub latency_ms: Latency,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HttpBenchReport {
+    pub backend: String,
+    pub tenants: usize,
+    pub connections: usize,
+    pub seconds_per_phase: f64,
+    pub command: Phase,
+    pub read: Phase,
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    host: String,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            host: addr.to_owned(),
+        })
+    }
+
+    /// Send one request; returns the status and the body.
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if let Some(b) = body {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ));
+        } else {
+            req.push_str("\r\n");
+        }
+        self.reader.get_mut().write_all(req.as_bytes()).await?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).await?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("bad status line {line:?}"))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).await?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = l.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).await?;
+        Ok((status, body))
+    }
+}
+
+async fn phase(
+    addr: &str,
+    tokens: &[String],
+    cfg: &HttpBench,
+    route: &'static str,
+    command: bool,
+) -> anyhow::Result<Phase> {
+    let deadline = Instant::now() + Duration::from_secs_f64(cfg.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..cfg.connections {
+        let token = tokens[c % tokens.len()].clone();
+        let addr = addr.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            let (mut ok, mut errors, mut latencies) = (0u64, 0u64, Vec::new());
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let t0 = Instant::now();
+                let (status, _) = if command {
+                    let body = format!("{{\"name\":\"Bench c{c} n{n}\"}}");
+                    conn.call("PATCH", "/v1/tenant", Some(&token), Some(&body))
+                        .await?
+                } else {
+                    conn.call("GET", "/v1/tenant", Some(&token), None).await?
+                };
+                latencies.push(t0.elapsed());
+                if status == 200 { ok += 1 } else { errors += 1 }
+            }
+            anyhow::Ok((ok, errors, latencies))
+        }));
+    }
+    let (mut ok, mut errors, mut latencies) = (0, 0, Vec::new());
+    for t in tasks {
+        let (o, e, l) = t.await??;
+        ok += o;
+        errors += e;
+        latencies.extend(l);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Ok(Phase {
+        route,
+        requests: ok + errors,
+        ok,
+        errors,
+        requests_per_sec: ok as f64 / seconds,
+        latency_ms: Latency {
+            p50: percentile_ms(&latencies, 0.50),
+            p99: percentile_ms(&latencies, 0.99),
+            max: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        },
+    })
+}
+
+/// Drive the server at `addr`.
+pub async fn run(addr: &str, backend: String, cfg: &HttpBench) -> anyhow::Result<HttpBenchReport> {
+    anyhow::ensure!(
+        cfg.tenants > 0 && cfg.connections > 0 && cfg.seconds > 0.0,
+        "sizes must be > 0"
+    );
+    let mut conn = Conn::open(addr).await?;
+    let mut tokens = Vec::new();
+    for t in 0..cfg.tenants {
+        let body = format!(
+            "{{\"tenant_name\":\"Bench tenant {t}\",\"email\":\"owner{t}@bench.example\",\"name\":\"Owner {t}\"}}"
+        );
+        let (status, body) = conn.call("POST", "/v1/signup", None, Some(&body)).await?;
+        anyhow::ensure!(
+            status == 201,
+            "sign-up failed: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        tokens.push(v["token"].as_str().unwrap_or_default().to_owned());
+    }
+    let command = phase(addr, &tokens, cfg, "PATCH /v1/tenant", true).await?;
+    let read = phase(addr, &tokens, cfg, "GET /v1/tenant", false).await?;
+    Ok(HttpBenchReport {
+        backend,
+        tenants: cfg.tenants,
+        connections: cfg.connections,
+        seconds_per_phase: cfg.seconds,
+        command,
+        read,
+    })
+}
