@@ -25,4 +25,8 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+echo "== OpenAPI document"
+scripts/validate-openapi.sh
+
+echo "== tests"
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -168,6 +168,8 @@ enum OperatorCommand {
 enum DocsCommand {
     /// The permission matrix (docs/permissions.md), from the table in code.
     Permissions,
+    /// The OpenAPI 3.1 document the server serves at /openapi.json.
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]
@@ -276,6 +278,15 @@ fn main() -> anyhow::Result<()> {
             what: DocsCommand::Permissions,
         } => {
             print!("{}", api::rbac::permissions_markdown());
+            Ok(())
+        }
+        Command::Docs {
+            what: DocsCommand::Openapi,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&api::openapi::document())?
+            );
             Ok(())
         }
         Command::Bench {

@@ -240,3 +240,91 @@ impl Projection for Identity {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::tenant::{MemberAdded, SignedUp, TokenIssued, TokenRevoked};
+    use domain::{Email, PersonName, identity::IssuedToken};
+    use store::{Envelope, RawJson};
+    use time::macros::datetime;
+
+    fn envelope(n: u64, tenant: TenantId, e: TenantEvent) -> Envelope {
+        Envelope {
+            global_position: n,
+            tenant_id: tenant,
+            stream_id: domain::tenant::stream_id(tenant),
+            stream_version: n,
+            event_id: Uuid::from_u128(n as u128),
+            event_type: e.event_type().to_owned(),
+            schema_version: 1,
+            recorded_at: datetime!(2026-02-16 09:30 UTC),
+            actor: "system".into(),
+            correlation_id: Uuid::nil(),
+            causation_id: None,
+            trace_id: None,
+            payload: RawJson::from_value(&e.to_payload()),
+        }
+    }
+
+    #[test]
+    fn tokens_authenticate_until_they_expire_or_are_revoked() {
+        let identity = Identity::default();
+        let tenant = TenantId::from_uuid(Uuid::from_u128(1));
+        let user = UserId::from_uuid(Uuid::from_u128(2));
+        let expires = datetime!(2026-03-01 00:00 UTC);
+        let events = [
+            TenantEvent::SignedUp(SignedUp {
+                name: domain::tenant::TenantName::parse("Acme").unwrap(),
+                plan: Plan::Free,
+                at: datetime!(2026-02-16 09:30 UTC),
+            }),
+            TenantEvent::MemberAdded(MemberAdded {
+                user_id: user,
+                email: Email::parse("a@example.com").unwrap(),
+                name: PersonName::parse("A").unwrap(),
+                role: TenantRole::Admin,
+            }),
+            TenantEvent::TokenIssued(TokenIssued {
+                user_id: user,
+                token: IssuedToken {
+                    token_id: Uuid::from_u128(3),
+                    token_sha256: "ab".repeat(32),
+                    expires_at: expires,
+                },
+            }),
+        ];
+        for (i, e) in events.into_iter().enumerate() {
+            identity.apply(&envelope(i as u64 + 1, tenant, e));
+        }
+        let hash = "ab".repeat(32);
+        let before = datetime!(2026-02-20 00:00 UTC);
+        assert!(matches!(
+            identity.authenticate(&hash, before),
+            Ok(Principal::Member {
+                role: TenantRole::Admin,
+                ..
+            })
+        ));
+        assert_eq!(
+            identity.authenticate(&hash, expires),
+            Err(TokenProblem::Expired)
+        );
+        assert_eq!(
+            identity.authenticate(&"cd".repeat(32), before),
+            Err(TokenProblem::Unknown)
+        );
+        identity.apply(&envelope(
+            4,
+            tenant,
+            TenantEvent::TokenRevoked(TokenRevoked {
+                token_id: Uuid::from_u128(3),
+            }),
+        ));
+        assert_eq!(
+            identity.authenticate(&hash, before),
+            Err(TokenProblem::Revoked)
+        );
+        assert_eq!(identity.tenant(tenant).unwrap().members, 1);
+    }
+}
