@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod identity;
 pub mod ids;
+pub mod pii;
 pub mod platform;
 pub mod tenant;
 
