@@ -128,7 +128,10 @@ pub fn scan(text: &str, enabled: &[Detector]) -> Vec<Finding> {
     if on(Detector::Iban) {
         ibans(b, &mut found);
     }
-    if on(Detector::Card) || on(Detector::Ssn) || on(Detector::Ipv4) || on(Detector::Phone) {
+    if on(Detector::Ipv4) {
+        ipv4s(b, &mut found);
+    }
+    if on(Detector::Card) || on(Detector::Ssn) || on(Detector::Phone) {
         numbers(b, &mut found, &on);
     }
     resolve(found)
@@ -431,7 +434,23 @@ fn secret_value(b: &[u8], mut j: usize) -> Option<(usize, usize)> {
             end -= 1;
         }
     }
-    (end - start >= 3).then_some((start, end))
+    let value = &b[start..end];
+    // Placeholders, masks and references are not secrets: (hidden), <redacted>, ****, ${VAR}.
+    let closer = |open: u8| match open {
+        b'(' => Some(b')'),
+        b'<' => Some(b'>'),
+        b'[' => Some(b']'),
+        b'{' => Some(b'}'),
+        _ => None,
+    };
+    let wrapped = value
+        .first()
+        .and_then(|c| closer(*c))
+        .is_some_and(|close| value.last() == Some(&close) || b.get(end) == Some(&close));
+    let reference =
+        value.starts_with(b"${") || value.starts_with(b"$(") || value.starts_with(b"%(");
+    let placeholder = wrapped || reference || value.iter().all(|c| !c.is_ascii_alphanumeric());
+    (value.len() >= 3 && !placeholder).then_some((start, end))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -552,6 +571,10 @@ fn emails(b: &[u8], found: &mut Vec<Finding>) {
         if !valid_domain(domain) || (r < b.len() && (b[r] == b'@' || b[r] >= 0x80)) {
             continue;
         }
+        // user@host:path is an SSH or SCP remote, not a mailbox.
+        if r + 1 < b.len() && b[r] == b':' && !b[r + 1].is_ascii_whitespace() {
+            continue;
+        }
         push(found, Detector::Email, l, r);
     }
 }
@@ -600,7 +623,7 @@ fn macs(b: &[u8], found: &mut Vec<Finding>) {
             && b[i + 4] == b'.'
             && b[i + 9] == b'.'
             && after_ok(b, i + 14)
-            && !(i + 14 < b.len() && b[i + 14] == b'.')
+            && !(i + 15 < b.len() && b[i + 14] == b'.' && b[i + 15].is_ascii_hexdigit())
             && b[i..i + 14].iter().any(|c| c.is_ascii_alphabetic())
         {
             push(found, Detector::Mac, i, i + 14);
@@ -645,6 +668,53 @@ fn ipv6s(text: &str, found: &mut Vec<Finding>) {
             }
         }
         i = j.max(i + 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv4 addresses: four decimal octets 0–255 without leading zeros; a port or prefix may follow.
+
+fn ipv4s(b: &[u8], found: &mut Vec<Finding>) {
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || (i > 0 && (is_word(b[i - 1]) || b[i - 1] == b'.')) {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        let mut octets = 0;
+        let mut ok = true;
+        loop {
+            let s = j;
+            while j < b.len() && b[j].is_ascii_digit() && j - s < 4 {
+                j += 1;
+            }
+            let octet = &b[s..j];
+            let value = octet.iter().fold(0u32, |a, c| a * 10 + u32::from(c - b'0'));
+            if octet.is_empty()
+                || octet.len() > 3
+                || value > 255
+                || (octet.len() > 1 && octet[0] == b'0')
+            {
+                ok = false;
+                break;
+            }
+            octets += 1;
+            if octets == 4 || j >= b.len() || b[j] != b'.' {
+                break;
+            }
+            j += 1;
+        }
+        let clean_end = j >= b.len()
+            || !(is_word(b[j]) || (b[j] == b'.' && j + 1 < b.len() && b[j + 1].is_ascii_digit()));
+        if ok && octets == 4 && clean_end {
+            push(found, Detector::Ipv4, i, j);
+            i = j;
+        } else {
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                i += 1;
+            }
+        }
     }
 }
 
@@ -795,9 +865,22 @@ fn numbers(b: &[u8], found: &mut Vec<Finding>, on: &dyn Fn(Detector) -> bool) {
         }
         // The run: digits, with single separators (space, '-', '.', '/') and parentheses.
         let mut j = i;
+        let mut open = false;
         while j < b.len() {
             let d = b[j];
-            if d.is_ascii_digit() || d == b'(' || d == b')' || (d == b'+' && j == i) {
+            let after_sep = j == i || matches!(b[j - 1], b' ' | b'-' | b'.' | b'+');
+            if d.is_ascii_digit() || (d == b'+' && j == i) {
+                j += 1;
+            } else if d == b'('
+                && !open
+                && after_sep
+                && j + 1 < b.len()
+                && b[j + 1].is_ascii_digit()
+            {
+                open = true;
+                j += 1;
+            } else if d == b')' && open && b[j - 1].is_ascii_digit() {
+                open = false;
                 j += 1;
             } else if matches!(d, b' ' | b'-' | b'.' | b'/')
                 && j + 1 < b.len()
@@ -817,13 +900,46 @@ fn numbers(b: &[u8], found: &mut Vec<Finding>, on: &dyn Fn(Detector) -> bool) {
             && !(matches!(next, b'.' | b':' | b',') && followed_by_digit)
             && !(next == b'-' && j + 1 < b.len() && is_word(b[j + 1]));
         if ends_cleanly {
-            let kind = classify(run, on);
+            // The tail of an alphanumeric code (an IBAN with a typo, a part number) is not a
+            // phone number: look at the token before a single space.
+            let code_tail = code_tail(b, i);
+            let not_phone = |d: Detector| d != Detector::Phone && on(d);
+            let kind = if code_tail {
+                classify(run, &not_phone)
+            } else {
+                classify(run, on)
+            };
             if let Some(d) = kind {
                 push(found, d, i, j);
             }
         }
         i = j.max(i + 1);
     }
+}
+
+/// Whether the digits at `i` continue an alphanumeric code: one of the (up to two) tokens just
+/// before, each followed by a single space, mixes letters and digits (`BE46 0232 …`,
+/// `NL15 AQFV 6517 …`, part `X7 123 456`).
+fn code_tail(b: &[u8], i: usize) -> bool {
+    let mut end = i;
+    for _ in 0..2 {
+        if end < 2 || b[end - 1] != b' ' {
+            return false;
+        }
+        let mut k = end - 1;
+        while k > 0 && b[k - 1].is_ascii_alphanumeric() {
+            k -= 1;
+        }
+        let token = &b[k..end - 1];
+        if token.is_empty() {
+            return false;
+        }
+        if token.iter().any(u8::is_ascii_digit) && token.iter().any(u8::is_ascii_alphabetic) {
+            return true;
+        }
+        end = k;
+    }
+    false
 }
 
 fn classify(run: &[u8], on: &dyn Fn(Detector) -> bool) -> Option<Detector> {
@@ -846,24 +962,8 @@ fn classify(run: &[u8], on: &dyn Fn(Detector) -> bool) -> Option<Detector> {
     let plus = run[0] == b'+';
     let same_sep = seps.windows(2).all(|w| w[0] == w[1]);
 
-    if on(Detector::Ipv4)
-        && !plus
-        && !parens
-        && seps.len() == 3
-        && seps.iter().all(|s| *s == b'.')
-        && groups.len() == 4
-    {
-        let octets: Vec<&[u8]> = run.split(|c| *c == b'.').collect();
-        let valid = octets.iter().all(|o| {
-            !o.is_empty()
-                && o.len() <= 3
-                && (o.len() == 1 || o[0] != b'0')
-                && std::str::from_utf8(o)
-                    .ok()
-                    .and_then(|s| s.parse::<u16>().ok())
-                    .is_some_and(|v| v <= 255)
-        });
-        return valid.then_some(Detector::Ipv4);
+    if !plus && !parens && seps.len() == 3 && seps.iter().all(|s| *s == b'.') && groups.len() == 4 {
+        return None; // a dotted quad: an IPv4 address (its own detector) or a version
     }
     if seps.contains(&b'/')
         || (seps.contains(&b'.') && !plus && !parens && groups.len() <= 3 && digits.len() < 9)
@@ -987,6 +1087,14 @@ fn phone_like(
     if !same_sep {
         return false;
     }
+    // A dotted phone number has at least three groups (555.123.4567); fewer is a decimal.
+    if seps.contains(&b'.') && groups.len() < 3 {
+        return false;
+    }
+    // 1 000 000 and 45 458 336: a number with thousands separators.
+    if !parens && groups.len() >= 2 && groups[0] <= 2 && groups[1..].iter().all(|g| *g == 3) {
+        return false;
+    }
     // Dates (2024-01-15, 15.01.2024) and the SSN shape (123-45-6789) are not phone numbers.
     if groups.starts_with(&[4, 2, 2]) || groups.starts_with(&[2, 2, 4]) || groups == [3, 2, 4] {
         return false;
@@ -1026,6 +1134,11 @@ mod tests {
                 "DE89 3704 0044 0532 0130 00",
             ),
             ("from 192.168.1.20, then", Ipv4, "192.168.1.20"),
+            ("listen 10.0.0.1:8080", Ipv4, "10.0.0.1"),
+            ("route 172.16.0.0/12", Ipv4, "172.16.0.0"),
+            ("tel: 0049 30 1234567", Phone, "0049 30 1234567"),
+            ("Tel.: +43 1 234 56 78", Phone, "+43 1 234 56 78"),
+            ("amex 3782 822463 10005", Card, "3782 822463 10005"),
             (
                 "v6 2001:db8::8a2e:370:7334 here",
                 Ipv6,
