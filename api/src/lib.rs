@@ -10,6 +10,7 @@ pub mod export;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod pii_cli;
 pub mod problem;
 pub mod rbac;
 pub mod routes;

@@ -83,6 +83,11 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// The PII engine on standard input.
+    Pii {
+        #[command(subcommand)]
+        what: PiiCommand,
+    },
     /// Generated documentation.
     Docs {
         #[command(subcommand)]
@@ -108,6 +113,12 @@ enum Backend {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// PII scan throughput on one core over realistic mixed text; prints one JSON object.
+    Pii {
+        /// Megabytes of text to scan.
+        #[arg(long, default_value_t = 64)]
+        mb: usize,
+    },
     /// HTTP throughput and latency: sign up tenants, then drive them over keep-alive
     /// connections with a one-event command and an authenticated read. Prints one JSON object.
     Http {
@@ -164,6 +175,48 @@ enum OperatorCommand {
     },
 }
 
+#[derive(Args, Debug)]
+struct PiiArgs {
+    /// A redaction preset; outside a tenant only `default` (every detector, replace) exists.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Comma-separated detectors (default: all): email, phone, card, iban, ipv4, ipv6, ssn, jwt,
+    /// bearer_token, secret, url_credentials, mac.
+    #[arg(long)]
+    detectors: Option<String>,
+    /// remove, replace (default), mask or hash.
+    #[arg(long)]
+    method: Option<String>,
+    /// The key of the hash method.
+    #[arg(long, env = "TENANTRY_PII_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+impl PiiArgs {
+    fn options(&self) -> anyhow::Result<api::pii_cli::Options> {
+        api::pii_cli::Options::new(
+            self.preset.as_deref(),
+            self.detectors.as_deref(),
+            self.method.as_deref(),
+            self.key.as_deref(),
+        )
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum PiiCommand {
+    /// Read UTF-8 lines on standard input; write each scrubbed, one line out for each line in.
+    Scrub {
+        #[command(flatten)]
+        args: PiiArgs,
+    },
+    /// Read UTF-8 lines on standard input; print the findings (never the values) as JSON.
+    Scan {
+        #[command(flatten)]
+        args: PiiArgs,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum DocsCommand {
     /// The permission matrix (docs/permissions.md), from the table in code.
@@ -216,8 +269,18 @@ fn start_in_background(
     rx.recv()?.map_err(|e| anyhow::anyhow!(e))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -274,6 +337,31 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             anyhow::Ok(())
         }),
+        Command::Pii {
+            what: PiiCommand::Scrub { args },
+        } => {
+            let opts = args.options()?;
+            let stdin = std::io::stdin();
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            api::pii_cli::scrub(&opts, &mut stdin.lock(), &mut out)
+        }
+        Command::Pii {
+            what: PiiCommand::Scan { args },
+        } => {
+            let opts = args.options()?;
+            let stdin = std::io::stdin();
+            let report = api::pii_cli::scan(&opts, &mut stdin.lock())?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Bench {
+            what: BenchCommand::Pii { mb },
+        } => {
+            anyhow::ensure!((1..=4096).contains(&mb), "--mb must be 1 to 4096");
+            println!("{}", serde_json::to_string(&api::pii_cli::bench(mb))?);
+            Ok(())
+        }
         Command::Docs {
             what: DocsCommand::Permissions,
         } => {

@@ -210,3 +210,111 @@ fn serve_answers_healthz_and_stops_cleanly_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
 }
+
+fn tenantry_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn pii_scrub_writes_one_line_out_for_each_line_in() {
+    let input =
+        "mail ada@example.com\n\ncall +44 20 7946 0958 now\r\nno pii\ncard 4111 1111 1111 1111";
+    let out = tenantry_stdin(&["pii", "scrub"], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text,
+        "mail [email]\n\ncall [phone] now\r\nno pii\ncard [card]"
+    );
+    assert_eq!(text.split('\n').count(), input.split('\n').count());
+    let masked = tenantry_stdin(
+        &["pii", "scrub", "--method", "mask", "--detectors", "email"],
+        b"ada@example.com 4111111111111111\n",
+    );
+    assert_eq!(
+        String::from_utf8(masked.stdout).unwrap(),
+        "*************** 4111111111111111\n"
+    );
+    let hashed = |key: &str| {
+        let o = tenantry_stdin(
+            &["pii", "scrub", "--method", "hash", "--key", key],
+            b"ada@example.com\n",
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(hashed("tenant-a"), hashed("tenant-a"));
+    assert_ne!(hashed("tenant-a"), hashed("tenant-b"));
+}
+
+#[test]
+fn pii_scan_prints_findings_without_values() {
+    let out = tenantry_stdin(
+        &["pii", "scan"],
+        b"mail ada@example.com\nnothing\nssn 123-45-6789 and 10.1.2.3\n",
+    );
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["lines"], 3);
+    assert_eq!(report["counts"]["email"], 1);
+    assert_eq!(report["counts"]["ssn"], 1);
+    assert_eq!(report["counts"]["ipv4"], 1);
+    assert_eq!(
+        report["findings"][0],
+        serde_json::json!({"line": 1, "detector": "email", "start": 5, "end": 20})
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ada@example.com"));
+}
+
+#[test]
+fn pii_commands_refuse_bad_options_and_bad_input_clearly() {
+    let cases: [(&[&str], &[u8], &str); 5] = [
+        (
+            &["pii", "scrub", "--preset", "marketing"],
+            b"x\n",
+            "only \"default\"",
+        ),
+        (&["pii", "scrub", "--method", "hash"], b"x\n", "needs --key"),
+        (
+            &["pii", "scrub", "--method", "shred"],
+            b"x\n",
+            "unknown method",
+        ),
+        (
+            &["pii", "scan", "--detectors", "email,dna"],
+            b"x\n",
+            "unknown detector",
+        ),
+        (
+            &["pii", "scrub"],
+            b"fine\n\xff\xfe\n",
+            "line 2 is not valid UTF-8",
+        ),
+    ];
+    for (args, input, message) in cases {
+        let out = tenantry_stdin(args, input);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn bench_pii_prints_one_json_report() {
+    let out = ok(&["bench", "pii", "--mb", "2"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(report["bytes"].as_u64().unwrap() >= 2_000_000);
+    assert!(report["mb_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["findings"].as_u64().unwrap() > 0);
+}

@@ -366,12 +366,10 @@ fn secrets(b: &[u8], found: &mut Vec<Finding>) {
             || key.ends_with(b"_secret")
             || key.ends_with(b"_token")
             || key.ends_with(b"_api_key");
-        if matches {
-            if let Some((vs, ve)) = secret_value(b, j) {
-                push(found, Detector::SecretKey, vs, ve);
-                i = ve;
-                continue;
-            }
+        if matches && let Some((vs, ve)) = secret_value(b, j) {
+            push(found, Detector::SecretKey, vs, ve);
+            i = ve;
+            continue;
         }
         i = j.max(i + 1);
     }
@@ -784,12 +782,12 @@ fn ibans(b: &[u8], found: &mut Vec<Finding>) {
     let mut i = 0;
     while i + 15 <= b.len() {
         let upper = |c: u8| c.is_ascii_uppercase();
-        if !(upper(b[i])
+        let starts = upper(b[i])
             && upper(b[i + 1])
             && b[i + 2].is_ascii_digit()
-            && b[i + 3].is_ascii_digit())
-            || !before_ok(b, i)
-        {
+            && b[i + 3].is_ascii_digit()
+            && before_ok(b, i);
+        if !starts {
             i += 1;
             continue;
         }
@@ -896,9 +894,10 @@ fn numbers(b: &[u8], found: &mut Vec<Finding>, on: &dyn Fn(Detector) -> bool) {
         let run = &b[i..j];
         let next = if j < b.len() { b[j] } else { b' ' };
         let followed_by_digit = j + 1 < b.len() && b[j + 1].is_ascii_digit();
-        let ends_cleanly = !is_word(next)
-            && !(matches!(next, b'.' | b':' | b',') && followed_by_digit)
-            && !(next == b'-' && j + 1 < b.len() && is_word(b[j + 1]));
+        let continues = is_word(next)
+            || (matches!(next, b'.' | b':' | b',') && followed_by_digit)
+            || (next == b'-' && j + 1 < b.len() && is_word(b[j + 1]));
+        let ends_cleanly = !continues;
         if ends_cleanly {
             // The tail of an alphanumeric code (an IBAN with a typo, a part number) is not a
             // phone number: look at the token before a single space.
@@ -1027,7 +1026,7 @@ fn luhn(d: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn card_issuer(d: &[u8]) -> bool {
