@@ -86,6 +86,7 @@ pub(crate) struct Embedded {
     stop_checkpointer: Arc<(Mutex<bool>, std::sync::Condvar)>,
     readers: Arc<ReaderPool>,
     head: watch::Receiver<u64>,
+    blobs: PathBuf,
 }
 
 impl Embedded {
@@ -120,6 +121,7 @@ impl Embedded {
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(Some(checkpointer)),
             stop_checkpointer,
+            blobs: dir.join("blobs"),
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
@@ -144,6 +146,55 @@ impl Embedded {
         let (tx, rx) = oneshot::channel();
         self.submit(WriteOp::Idempotency(op, tx))?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn blob_path(&self, tenant: TenantId, id: &str) -> Result<PathBuf> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(StoreError::Backend(format!("invalid blob id {id:?}")));
+        }
+        Ok(self.blobs.join(tenant.to_string()).join(id))
+    }
+
+    /// Write a blob durably: a temporary file, fsync, rename, fsync of the folder.
+    pub(crate) async fn put_blob(&self, tenant: TenantId, id: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.blob_path(tenant, id)?;
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let dir = path.parent().expect("blob paths have a folder");
+            std::fs::create_dir_all(dir)?;
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(StoreError::backend)?
+        .map_err(StoreError::backend)
+    }
+
+    pub(crate) async fn get_blob(&self, tenant: TenantId, id: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.blob_path(tenant, id)?;
+        tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::backend(e)),
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    pub(crate) async fn delete_blob(&self, tenant: TenantId, id: &str) -> Result<()> {
+        let path = self.blob_path(tenant, id)?;
+        tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::backend(e)),
+        })
+        .await
+        .map_err(StoreError::backend)?
     }
 
     pub(crate) async fn read_positions(&self, positions: Vec<u64>) -> Result<Vec<Envelope>> {

@@ -169,6 +169,21 @@ impl Store {
         }
     }
 
+    /// Keep a blob (an uploaded file, an export) under the tenant, durably, replacing any blob
+    /// of the same id. Ids are letters, digits and '-'.
+    pub async fn put_blob(&self, tenant: TenantId, id: &str, bytes: Vec<u8>) -> Result<()> {
+        dispatch!(self.put_blob(tenant, id, bytes))
+    }
+
+    pub async fn get_blob(&self, tenant: TenantId, id: &str) -> Result<Option<Vec<u8>>> {
+        dispatch!(self.get_blob(tenant, id))
+    }
+
+    /// Remove a blob; removing one that does not exist is not an error.
+    pub async fn delete_blob(&self, tenant: TenantId, id: &str) -> Result<()> {
+        dispatch!(self.delete_blob(tenant, id))
+    }
+
     /// The events at these positions (those that exist), in position order.
     pub async fn read_positions(&self, positions: Vec<u64>) -> Result<Vec<Envelope>> {
         let events = dispatch!(self.read_positions(positions))?;

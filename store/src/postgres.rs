@@ -110,6 +110,20 @@ const MIGRATIONS: &[(i32, &str)] = &[
         USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
         WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);",
     ),
+    (
+        3,
+        "CREATE TABLE blobs (
+        tenant_id uuid NOT NULL,
+        blob_id text NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (tenant_id, blob_id)
+    );
+    GRANT SELECT, INSERT ON blobs TO tenantry_tenant;
+    ALTER TABLE blobs ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_isolation ON blobs
+        USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
+        WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);",
+    ),
 ];
 
 type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
@@ -253,6 +267,42 @@ impl Postgres {
             .query_one("SELECT coalesce(max(global_position), 0) FROM events", &[])
             .await?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    pub(crate) async fn put_blob(&self, tenant: TenantId, id: &str, bytes: Vec<u8>) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO blobs (tenant_id, blob_id, data) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id, blob_id) DO UPDATE SET data = excluded.data",
+                &[tenant.as_uuid(), &id, &bytes],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get_blob(&self, tenant: TenantId, id: &str) -> Result<Option<Vec<u8>>> {
+        let mut client = self.pool.get().await?;
+        let tx = tenant_scope(&mut client, tenant).await?;
+        let row = tx
+            .query_opt(
+                "SELECT data FROM blobs WHERE tenant_id = $1 AND blob_id = $2",
+                &[tenant.as_uuid(), &id],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub(crate) async fn delete_blob(&self, tenant: TenantId, id: &str) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM blobs WHERE tenant_id = $1 AND blob_id = $2",
+                &[tenant.as_uuid(), &id],
+            )
+            .await?;
+        Ok(())
     }
 
     pub(crate) async fn read_positions(&self, positions: Vec<u64>) -> Result<Vec<Envelope>> {

@@ -607,6 +607,22 @@ async fn events_are_read_back_by_position(h: &Harness) {
     assert!(s.read_positions(vec![]).await.unwrap().is_empty());
 }
 
+async fn blobs_are_kept_per_tenant_replaced_and_removed(h: &Harness) {
+    let s = &h.store;
+    let (t, other) = (tenant(), tenant());
+    assert_eq!(s.get_blob(t, "b-1").await.unwrap(), None);
+    s.put_blob(t, "b-1", b"first".to_vec()).await.unwrap();
+    s.put_blob(t, "b-1", b"second".to_vec()).await.unwrap();
+    assert_eq!(s.get_blob(t, "b-1").await.unwrap().as_deref(), Some(&b"second"[..]));
+    assert_eq!(s.get_blob(other, "b-1").await.unwrap(), None, "blobs are per tenant");
+    let big = vec![7u8; 3 * 1024 * 1024];
+    s.put_blob(t, "big", big.clone()).await.unwrap();
+    assert_eq!(h.another_handle().await.get_blob(t, "big").await.unwrap(), Some(big));
+    s.delete_blob(t, "b-1").await.unwrap();
+    s.delete_blob(t, "b-1").await.unwrap();
+    assert_eq!(s.get_blob(t, "b-1").await.unwrap(), None);
+}
+
 macro_rules! conformance {
     ($($name:ident),* ; mut $($mname:ident),*) => {
         mod embedded {
@@ -651,6 +667,7 @@ conformance!(
     snapshots_are_kept_and_never_go_backwards,
     a_tailing_reader_sees_every_event_once_in_commit_order,
     idempotency_records_replay_refuse_mismatches_and_outlive_the_handle,
-    events_are_read_back_by_position;
+    events_are_read_back_by_position,
+    blobs_are_kept_per_tenant_replaced_and_removed;
     mut everything_survives_close_and_reopen
 );
