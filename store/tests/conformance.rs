@@ -613,11 +613,21 @@ async fn blobs_are_kept_per_tenant_replaced_and_removed(h: &Harness) {
     assert_eq!(s.get_blob(t, "b-1").await.unwrap(), None);
     s.put_blob(t, "b-1", b"first".to_vec()).await.unwrap();
     s.put_blob(t, "b-1", b"second".to_vec()).await.unwrap();
-    assert_eq!(s.get_blob(t, "b-1").await.unwrap().as_deref(), Some(&b"second"[..]));
-    assert_eq!(s.get_blob(other, "b-1").await.unwrap(), None, "blobs are per tenant");
+    assert_eq!(
+        s.get_blob(t, "b-1").await.unwrap().as_deref(),
+        Some(&b"second"[..])
+    );
+    assert_eq!(
+        s.get_blob(other, "b-1").await.unwrap(),
+        None,
+        "blobs are per tenant"
+    );
     let big = vec![7u8; 3 * 1024 * 1024];
     s.put_blob(t, "big", big.clone()).await.unwrap();
-    assert_eq!(h.another_handle().await.get_blob(t, "big").await.unwrap(), Some(big));
+    assert_eq!(
+        h.another_handle().await.get_blob(t, "big").await.unwrap(),
+        Some(big)
+    );
     s.delete_blob(t, "b-1").await.unwrap();
     s.delete_blob(t, "b-1").await.unwrap();
     assert_eq!(s.get_blob(t, "b-1").await.unwrap(), None);

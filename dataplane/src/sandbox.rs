@@ -1,0 +1,504 @@
+//! The query sandbox: one dataset loaded as table `data` into an in-memory SQLite database that
+//! can only be read. An authorizer allows reading and nothing else (no ATTACH, no PRAGMA, no
+//! writes, no temporary tables, no extensions); a progress handler stops a query at its time
+//! budget; results stop at a row cap and a byte cap; SQLite's own limits bound string sizes and
+//! expression depth. Loaded tables are cached per dataset, within a memory budget.
+
+use crate::ingest::{self, Column, ColumnType};
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
+use rusqlite::{Connection, types::ValueRef};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Per-query limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub time: Duration,
+    pub max_rows: usize,
+    pub max_result_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            time: Duration::from_secs(5),
+            max_rows: 10_000,
+            max_result_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+    /// True when the row or byte cap cut the result short.
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// The statement tried something other than reading (HTTP 422, `query-not-allowed`).
+    #[error("not allowed in a query: {0}")]
+    NotAllowed(String),
+    /// The time budget ran out (HTTP 422, `query-timeout`).
+    #[error("the query ran longer than its {0:?} budget and was stopped")]
+    Timeout(Duration),
+    /// SQL that SQLite refuses (HTTP 422, `query-invalid`).
+    #[error("{0}")]
+    Invalid(String),
+    /// The dataset could not be loaded (HTTP 500).
+    #[error("dataset could not be loaded: {0}")]
+    Load(String),
+}
+
+/// Functions a query may not call, whatever the build of SQLite offers.
+const DENIED_FUNCTIONS: &[&str] = &[
+    "load_extension",
+    "readfile",
+    "writefile",
+    "edit",
+    "fts3_tokenizer",
+    "sqlite_offset",
+];
+
+/// A dataset loaded for querying.
+pub struct Table {
+    conn: Mutex<Connection>,
+    pub columns: Vec<Column>,
+    /// An estimate of the memory the loaded table holds.
+    pub approx_bytes: usize,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("columns", &self.columns)
+            .field("approx_bytes", &self.approx_bytes)
+            .finish()
+    }
+}
+
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Table {
+    /// Load a CSV file (already validated by `ingest`) with its inferred columns.
+    pub fn load(csv: &[u8], columns: &[Column]) -> Result<Self, QueryError> {
+        let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
+        let mut conn = Connection::open_in_memory().map_err(load)?;
+        let defs: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let ty = match c.kind {
+                    ColumnType::Integer | ColumnType::Boolean => "INTEGER",
+                    ColumnType::Float => "REAL",
+                    _ => "TEXT",
+                };
+                format!("{} {ty}", quote_identifier(&c.name))
+            })
+            .collect();
+        conn.execute_batch(&format!("CREATE TABLE data ({})", defs.join(", ")))
+            .map_err(load)?;
+        let (_, records) = ingest::parse(csv).map_err(|e| QueryError::Load(e.to_string()))?;
+        {
+            let tx = conn.transaction().map_err(load)?;
+            {
+                let placeholders = vec!["?"; columns.len()].join(", ");
+                let mut insert = tx
+                    .prepare(&format!("INSERT INTO data VALUES ({placeholders})"))
+                    .map_err(load)?;
+                for record in records {
+                    let record = record.map_err(|e| QueryError::Load(e.to_string()))?;
+                    for (i, (field, col)) in record.iter().zip(columns).enumerate() {
+                        let v = field.trim();
+                        let idx = i + 1;
+                        let bound = if v.is_empty() {
+                            insert.raw_bind_parameter(idx, rusqlite::types::Null)
+                        } else {
+                            match col.kind {
+                                ColumnType::Integer => match ingest::parse_integer(v) {
+                                    Some(n) => insert.raw_bind_parameter(idx, n),
+                                    None => insert.raw_bind_parameter(idx, field),
+                                },
+                                ColumnType::Float => match ingest::parse_float(v) {
+                                    Some(n) => insert.raw_bind_parameter(idx, n),
+                                    None => insert.raw_bind_parameter(idx, field),
+                                },
+                                ColumnType::Boolean => match ingest::parse_bool(v) {
+                                    Some(b) => insert.raw_bind_parameter(idx, i64::from(b)),
+                                    None => insert.raw_bind_parameter(idx, field),
+                                },
+                                _ => insert.raw_bind_parameter(idx, field),
+                            }
+                        };
+                        bound.map_err(load)?;
+                    }
+                    insert.raw_execute().map_err(load)?;
+                }
+            }
+            tx.commit().map_err(load)?;
+        }
+        lock_down(&conn).map_err(load)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            columns: columns.to_vec(),
+            approx_bytes: csv.len() * 3 + 64 * 1024,
+        })
+    }
+
+    /// Run one read-only statement.
+    pub fn query(&self, sql: &str, limits: Limits) -> Result<QueryResult, QueryError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| QueryError::Load("poisoned".into()))?;
+        let deadline = Instant::now() + limits.time;
+        conn.progress_handler(1_000, Some(move || Instant::now() >= deadline));
+        let result = run(&conn, sql, limits);
+        conn.progress_handler(0, None::<fn() -> bool>);
+        result.map_err(|e| classify(e, limits.time, deadline))
+    }
+}
+
+/// After loading: read-only, tight limits, and the authorizer.
+fn lock_down(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "query_only", true)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, 8 * 1024 * 1024)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_COLUMN, 1_000)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_EXPR_DEPTH, 200)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_COMPOUND_SELECT, 50)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_FUNCTION_ARG, 32)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 1_000)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_VARIABLE_NUMBER, 0)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_TRIGGER_DEPTH, 0)?;
+    conn.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
+        AuthAction::Select | AuthAction::Recursive => Authorization::Allow,
+        // Only `data` exists: nothing can be attached or created, so any read is of it (or of
+        // a common table expression, or the schema).
+        AuthAction::Read { .. } => Authorization::Allow,
+        AuthAction::Function { function_name }
+            if !DENIED_FUNCTIONS
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(function_name)) =>
+        {
+            Authorization::Allow
+        }
+        _ => Authorization::Deny,
+    }));
+    Ok(())
+}
+
+/// Whether `sql` holds more than one statement: a `;` outside quotes and comments followed by
+/// anything but blanks and comments.
+fn several_statements(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut ended = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' | b'"' | b'`' | b'[' => {
+                if ended {
+                    return true;
+                }
+                let close = if c == b'[' { b']' } else { c };
+                i += 1;
+                while i < b.len() && b[i] != close {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => ended = true,
+            c if c.is_ascii_whitespace() => {}
+            _ if ended => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+fn run(conn: &Connection, sql: &str, limits: Limits) -> rusqlite::Result<QueryResult> {
+    if several_statements(sql) {
+        return Err(rusqlite::Error::MultipleStatement);
+    }
+    let mut stmt = conn.prepare(sql)?;
+    if !stmt.readonly() {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_AUTH),
+            Some("only statements that read are allowed".into()),
+        ));
+    }
+    let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+    let n = columns.len();
+    let mut rows = Vec::new();
+    let mut bytes = 0usize;
+    let mut truncated = false;
+    let mut cursor = stmt.raw_query();
+    while let Some(row) = cursor.next()? {
+        if rows.len() >= limits.max_rows || bytes >= limits.max_result_bytes {
+            truncated = true;
+            break;
+        }
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let v = match row.get_ref(i)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(i) => Value::from(i),
+                ValueRef::Real(f) => {
+                    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                }
+                ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Value::String(b.iter().map(|x| format!("{x:02x}")).collect()),
+            };
+            bytes += match &v {
+                Value::String(s) => s.len() + 2,
+                _ => 8,
+            };
+            out.push(v);
+        }
+        rows.push(out);
+    }
+    Ok(QueryResult {
+        columns,
+        rows,
+        truncated,
+    })
+}
+
+fn classify(e: rusqlite::Error, budget: Duration, deadline: Instant) -> QueryError {
+    match &e {
+        rusqlite::Error::SqliteFailure(err, msg) => match err.code {
+            rusqlite::ErrorCode::OperationInterrupted => QueryError::Timeout(budget),
+            rusqlite::ErrorCode::AuthorizationForStatementDenied => {
+                QueryError::NotAllowed(msg.clone().unwrap_or_else(|| "not authorized".into()))
+            }
+            _ if Instant::now() >= deadline => QueryError::Timeout(budget),
+            _ => QueryError::Invalid(msg.clone().unwrap_or_else(|| e.to_string())),
+        },
+        rusqlite::Error::MultipleStatement => {
+            QueryError::Invalid("send one statement per query".into())
+        }
+        _ => QueryError::Invalid(e.to_string()),
+    }
+}
+
+/// Loaded tables by dataset id, within a memory budget (least recently used leave first).
+#[derive(Debug)]
+pub struct Cache {
+    budget: usize,
+    entries: Mutex<HashMap<String, (Arc<Table>, u64)>>,
+    clock: std::sync::atomic::AtomicU64,
+}
+
+impl Cache {
+    pub fn new(budget_bytes: usize) -> Self {
+        Self {
+            budget: budget_bytes,
+            entries: Mutex::new(HashMap::new()),
+            clock: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The loaded table of `key`, loading it with `load` when absent.
+    pub fn get_or_load(
+        &self,
+        key: &str,
+        load: impl FnOnce() -> Result<Table, QueryError>,
+    ) -> Result<Arc<Table>, QueryError> {
+        let tick = self
+            .clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((t, used)) = self.entries.lock().expect("cache lock").get_mut(key) {
+            *used = tick;
+            return Ok(t.clone());
+        }
+        let table = Arc::new(load()?);
+        let mut entries = self.entries.lock().expect("cache lock");
+        entries.insert(key.to_owned(), (table.clone(), tick));
+        while entries.values().map(|(t, _)| t.approx_bytes).sum::<usize>() > self.budget
+            && entries.len() > 1
+        {
+            let oldest = entries
+                .iter()
+                .filter(|(k, _)| k.as_str() != key)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => entries.remove(&k),
+                None => break,
+            };
+        }
+        Ok(table)
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.entries.lock().expect("cache lock").remove(key);
+    }
+
+    pub fn loaded_bytes(&self) -> usize {
+        self.entries
+            .lock()
+            .expect("cache lock")
+            .values()
+            .map(|(t, _)| t.approx_bytes)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(csv: &str) -> Table {
+        let d = ingest::ingest(csv.as_bytes()).unwrap();
+        Table::load(csv.as_bytes(), &d.columns).unwrap()
+    }
+
+    const CSV: &str = "id,name,amount,ok\n1,Ada,10.5,true\n2,Bo,20,false\n3,Cy,,true\n";
+
+    #[test]
+    fn reads_typed_data() {
+        let t = table(CSV);
+        let r = t
+            .query(
+                "SELECT id, name, amount, ok FROM data WHERE id >= 2 ORDER BY id",
+                Limits::default(),
+            )
+            .unwrap();
+        assert_eq!(r.columns, ["id", "name", "amount", "ok"]);
+        assert_eq!(
+            r.rows,
+            vec![
+                vec![
+                    Value::from(2),
+                    Value::from("Bo"),
+                    Value::from(20.0),
+                    Value::from(0)
+                ],
+                vec![
+                    Value::from(3),
+                    Value::from("Cy"),
+                    Value::Null,
+                    Value::from(1)
+                ],
+            ]
+        );
+        let r = t
+            .query(
+                "SELECT ok, count(*) FROM data GROUP BY ok ORDER BY ok",
+                Limits::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            r.rows,
+            vec![
+                vec![Value::from(0), Value::from(1)],
+                vec![Value::from(1), Value::from(2)]
+            ]
+        );
+    }
+
+    #[test]
+    fn anything_but_reading_is_refused() {
+        let t = table(CSV);
+        for sql in [
+            "DELETE FROM data",
+            "INSERT INTO data VALUES (4, 'x', 1, 1)",
+            "UPDATE data SET name = 'x'",
+            "DROP TABLE data",
+            "CREATE TABLE t (a)",
+            "CREATE TEMP TABLE t AS SELECT * FROM data",
+            "ATTACH DATABASE '/tmp/x.db' AS x",
+            "PRAGMA writable_schema = 1",
+            "PRAGMA table_info(data)",
+            "SELECT load_extension('/tmp/evil.so')",
+            "VACUUM INTO '/tmp/copy.db'",
+            "BEGIN",
+        ] {
+            let err = t.query(sql, Limits::default()).unwrap_err();
+            assert!(
+                matches!(err, QueryError::NotAllowed(_) | QueryError::Invalid(_)),
+                "{sql}: {err:?}"
+            );
+        }
+        assert!(matches!(
+            t.query("SELECT 1; DELETE FROM data", Limits::default()),
+            Err(QueryError::Invalid(_))
+        ));
+        assert_eq!(
+            t.query("SELECT count(*) FROM data", Limits::default())
+                .unwrap()
+                .rows[0][0],
+            Value::from(3)
+        );
+    }
+
+    #[test]
+    fn runaway_queries_are_stopped_by_the_budget_and_caps() {
+        let t = table(CSV);
+        let limits = Limits {
+            time: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let started = Instant::now();
+        let err = t
+            .query("WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r", limits)
+            .unwrap_err();
+        assert_eq!(err, QueryError::Timeout(Duration::from_millis(200)));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let err = t
+            .query("SELECT count(*) FROM data a, data b, data c, data d, data e, data f, data g, data h, data i, data j, data k, data l, data m, data n, data o, data p, data q, data r, data s, data t", limits)
+            .unwrap_err();
+        assert_eq!(err, QueryError::Timeout(Duration::from_millis(200)));
+        let capped = t
+            .query(
+                "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT x FROM r",
+                Limits {
+                    max_rows: 50,
+                    ..limits
+                },
+            )
+            .unwrap();
+        assert_eq!(capped.rows.len(), 50);
+        assert!(capped.truncated);
+        assert!(matches!(
+            t.query("SELECT randomblob(100000000)", limits),
+            Err(QueryError::Invalid(_))
+        ));
+        // Still healthy afterwards.
+        assert_eq!(
+            t.query("SELECT count(*) FROM data", limits).unwrap().rows[0][0],
+            Value::from(3)
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_budget() {
+        let cache = Cache::new(400 * 1024);
+        for k in 0..5 {
+            let key = format!("d{k}");
+            cache.get_or_load(&key, || Ok(table(CSV))).unwrap();
+        }
+        assert!(cache.loaded_bytes() <= 400 * 1024);
+    }
+}
