@@ -1,3 +1,4 @@
+#![recursion_limit = "512"]
 //! Tenantry's HTTP service (actix-web) and the pieces of the `tenantry` command line.
 //!
 //! Architecture invariant: this is the only crate that knows HTTP.
@@ -6,6 +7,7 @@ pub mod auth;
 pub mod bench;
 pub mod bench_http;
 pub mod cli;
+pub mod data_routes;
 pub mod export;
 pub mod http;
 pub mod metrics;

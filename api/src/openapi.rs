@@ -27,6 +27,15 @@ fn shapes(spec: &RouteSpec) -> (Option<&'static str>, &'static str, Option<&'sta
             (Some("FlagRequest"), "200", Some("FlagSet"))
         }
         ("GET", "/v1/audit/events") => (None, "200", Some("AuditPage")),
+        ("POST", "/v1/datasets") => (Some("Csv"), "201", Some("Dataset")),
+        ("GET", "/v1/datasets") => (None, "200", Some("DatasetList")),
+        ("GET", "/v1/datasets/{dataset_id}") => (None, "200", Some("Dataset")),
+        ("DELETE", "/v1/datasets/{dataset_id}") => (None, "200", Some("DatasetDeleted")),
+        ("POST", "/v1/datasets/{dataset_id}/query") => {
+            (Some("QueryRequest"), "200", Some("QueryResult"))
+        }
+        ("POST", "/v1/exports") => (Some("ExportRequest"), "201", Some("Export")),
+        ("GET", "/v1/exports/{export_id}") => (None, "200", Some("Export")),
         ("GET", "/healthz") => (None, "200", Some("Health")),
         ("GET", "/readyz") => (None, "200", Some("Ready")),
         _ => (None, "200", None),
@@ -45,6 +54,9 @@ fn operation(spec: &RouteSpec) -> Value {
         params.push(json!({"name": "min_position", "in": "query", "required": false,
             "description": "Wait (bounded) until the read models have applied this global position.",
             "schema": {"type": "integer", "minimum": 0}}));
+    }
+    if spec.method == "POST" && spec.path == "/v1/datasets" {
+        params.push(json!({"name": "name", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 100}}));
     }
     if spec.path == "/v1/audit/events" {
         for (name, schema, description) in [
@@ -134,7 +146,18 @@ fn operation(spec: &RouteSpec) -> Value {
         "responses": responses,
     });
     if let Some(r) = request {
-        op["requestBody"] = json!({"required": true, "content": json_ref(r)});
+        let content = if r == "Csv" {
+            json!({"text/csv": {"schema": {"type": "string"}}})
+        } else {
+            json_ref(r)
+        };
+        op["requestBody"] = json!({"required": true, "content": content});
+    }
+    if spec.path.ends_with("/download") {
+        op["responses"]["200"]["content"] = json!({
+            "text/csv": {"schema": {"type": "string"}},
+            "application/jsonl": {"schema": {"type": "string"}}
+        });
     }
     if let Access::Roles(roles) = spec.access {
         op["security"] = json!([{"bearer": []}]);
@@ -222,6 +245,31 @@ pub fn document() -> Value {
                     "next_cursor": {"type": ["string", "null"]}
                 }},
                 "Health": {"type": "object", "properties": {"status": string}},
+                "Column": {"type": "object", "properties": {"name": string, "type": {"type": "string", "enum": ["integer", "float", "boolean", "date", "timestamp", "text"]}}},
+                "Dataset": {"type": "object", "properties": {
+                    "dataset_id": uuid, "name": string, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}},
+                    "rows": {"type": "integer"}, "bytes": {"type": "integer"}, "sha256": string,
+                    "uploaded_at": time, "uploaded_by": string, "global_position": position
+                }},
+                "DatasetList": {"type": "object", "properties": {"datasets": {"type": "array", "items": {"$ref": "#/components/schemas/Dataset"}}}},
+                "DatasetDeleted": {"type": "object", "properties": {"dataset_id": uuid, "deleted": {"type": "boolean"}, "global_position": position}},
+                "QueryRequest": {"type": "object", "additionalProperties": false, "required": ["sql"], "properties": {"sql": {"type": "string", "maxLength": 100000}}},
+                "QueryResult": {"type": "object", "properties": {
+                    "columns": {"type": "array", "items": string}, "rows": {"type": "array", "items": {"type": "array"}},
+                    "row_count": {"type": "integer"}, "truncated": {"type": "boolean"}, "elapsed_ms": {"type": "integer"}, "global_position": position
+                }},
+                "ExportRequest": {"type": "object", "additionalProperties": false, "required": ["dataset_id", "format"], "properties": {
+                    "dataset_id": uuid, "sql": string, "format": {"type": "string", "enum": ["csv", "jsonl"]},
+                    "preset": {"type": "object", "additionalProperties": false, "required": ["id", "version"], "properties": {"id": string, "version": {"type": "integer"}}}
+                }},
+                "Export": {"type": "object", "properties": {
+                    "export_id": uuid, "dataset_id": uuid, "format": string,
+                    "preset": {"type": "object", "properties": {"id": string, "version": {"type": "integer"}}},
+                    "rows": {"type": "integer"}, "bytes": {"type": "integer"}, "sha256": string,
+                    "badge": {"type": "string", "enum": ["PASS", "FAIL"]},
+                    "findings": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "download_url": string, "global_position": position
+                }},
                 "Ready": {"type": "object", "properties": {"status": string, "store": string, "head_position": {"type": "integer"}, "projections": {"type": "object"}}}
             }
         }

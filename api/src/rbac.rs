@@ -82,6 +82,17 @@ const PLATFORM_READERS: &[Role] = &[
     Role::Platform(P::Ops),
 ];
 const PLATFORM_OPS: &[Role] = &[Role::Platform(P::Ops)];
+const DATA_WRITERS: &[Role] = &[
+    Role::Tenant(T::Owner),
+    Role::Tenant(T::Admin),
+    Role::Tenant(T::Analyst),
+];
+const DATA_READERS: &[Role] = &[
+    Role::Tenant(T::Owner),
+    Role::Tenant(T::Admin),
+    Role::Tenant(T::Analyst),
+    Role::Tenant(T::Viewer),
+];
 
 pub const ROUTES: &[RouteSpec] = &[
     RouteSpec {
@@ -181,6 +192,62 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(AUDITORS),
         flag: Some(Flag::AuditV12),
         summary: "The tenant's events: actor, time, type, payload",
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/datasets",
+        access: Access::Roles(DATA_WRITERS),
+        flag: None,
+        summary: "Upload a CSV dataset (?name=…, text/csv body)",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/datasets",
+        access: Access::Roles(DATA_READERS),
+        flag: None,
+        summary: "The tenant's datasets",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/datasets/{dataset_id}",
+        access: Access::Roles(DATA_READERS),
+        flag: None,
+        summary: "One dataset: columns and their types, rows, bytes, SHA-256",
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/v1/datasets/{dataset_id}",
+        access: Access::Roles(DATA_WRITERS),
+        flag: None,
+        summary: "Delete a dataset (an event) and its data",
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/datasets/{dataset_id}/query",
+        access: Access::Roles(DATA_WRITERS),
+        flag: None,
+        summary: "Run read-only SQL over table `data`",
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/exports",
+        access: Access::Roles(DATA_WRITERS),
+        flag: None,
+        summary: "Export a dataset or a query with a redaction preset; PASS or FAIL badge",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/exports/{export_id}",
+        access: Access::Roles(DATA_READERS),
+        flag: None,
+        summary: "An export's metadata: rows, bytes, SHA-256, preset, badge",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/exports/{export_id}/download",
+        access: Access::Roles(DATA_READERS),
+        flag: None,
+        summary: "Download an export's file",
     },
 ];
 

@@ -12,9 +12,10 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
 use actix_web::{App, HttpMessage, HttpServer, web};
 use commands::{Executor, ExecutorConfig};
+use domain::dataset::Dataset;
 use domain::platform::Platform;
 use domain::tenant::Tenant;
-use projections::{Audit, Identity, Runtime};
+use projections::{Audit, Catalog, Identity, Runtime};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ pub struct AppState {
     pub platform: Executor<Platform>,
     pub identity: Arc<Identity>,
     pub audit: Arc<Audit>,
+    pub datasets: Executor<Dataset>,
+    pub catalog: Arc<Catalog>,
+    pub sandbox: dataplane::sandbox::Cache,
     pub projections: Runtime,
     pub metrics: Metrics,
 }
@@ -37,8 +41,15 @@ impl AppState {
     pub async fn new(settings: Settings, store: Store) -> Self {
         let identity = Arc::new(Identity::default());
         let audit = Arc::new(Audit::default());
-        let projections = Runtime::start(&store, vec![identity.clone(), audit.clone()]);
+        let catalog = Arc::new(Catalog::default());
+        let projections = Runtime::start(
+            &store,
+            vec![identity.clone(), audit.clone(), catalog.clone()],
+        );
         Self {
+            datasets: Executor::new(store.clone(), ExecutorConfig::new("dataset/v1")),
+            sandbox: dataplane::sandbox::Cache::new(settings.sandbox_cache_bytes),
+            catalog,
             tenants: Executor::new(store.clone(), ExecutorConfig::new("tenant/v1")),
             platform: Executor::new(store.clone(), ExecutorConfig::new("platform/v1")),
             settings,
@@ -150,7 +161,7 @@ fn render_problem<B: MessageBody + 'static>(
     ))
 }
 
-fn routes(cfg: &mut web::ServiceConfig) {
+fn routes(cfg: &mut web::ServiceConfig, dataset_limit: usize) {
     cfg.service(web::resource("/healthz").route(web::get().to(routes::healthz)))
         .service(web::resource("/readyz").route(web::get().to(routes::readyz)))
         .service(web::resource("/metrics").route(web::get().to(routes::metrics)))
@@ -176,7 +187,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
             web::resource("/v1/tenants/{tenant_id}/flags/{flag}")
                 .route(web::put().to(routes::set_tenant_flag)),
         )
-        .service(web::resource("/v1/audit/events").route(web::get().to(routes::audit_events)));
+        .service(web::resource("/v1/audit/events").route(web::get().to(routes::audit_events)))
+        .configure(|c| crate::data_routes::routes(c, dataset_limit));
 }
 
 fn query_problem(
@@ -208,6 +220,7 @@ pub struct Running {
 pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Running> {
     let listen = settings.listen.clone();
     let body_limit = settings.body_limit;
+    let dataset_limit = settings.dataset_limit;
     let state = web::Data::new(AppState::new(settings, store).await);
     let data = state.clone();
     let server = HttpServer::new(move || {
@@ -216,7 +229,7 @@ pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Running> 
             .app_data(web::PayloadConfig::new(body_limit))
             .app_data(web::QueryConfig::default().error_handler(query_problem))
             .app_data(web::PathConfig::default().error_handler(path_problem))
-            .configure(routes)
+            .configure(|c| routes(c, dataset_limit))
             .default_service(web::to(routes::not_found))
             .wrap(ErrorHandlers::new().default_handler(render_problem))
             .wrap(actix_web::middleware::from_fn(context))

@@ -24,6 +24,16 @@ pub struct Settings {
     pub log_format: String,
     /// The public base URL, used in links such as `upgrade_url`.
     pub public_url: String,
+    /// Largest dataset upload, in bytes.
+    pub dataset_limit: usize,
+    /// A query's time budget, in milliseconds.
+    pub query_time_ms: u64,
+    /// Most rows a query answers with (more is cut, marked `truncated`).
+    pub query_max_rows: usize,
+    /// Most rows an export writes.
+    pub export_max_rows: usize,
+    /// Memory for datasets kept loaded for querying, in bytes.
+    pub sandbox_cache_bytes: usize,
 }
 
 impl Default for Settings {
@@ -37,6 +47,11 @@ impl Default for Settings {
             flags: Flag::ALL.iter().map(|f| (*f, true)).collect(),
             log_format: "auto".into(),
             public_url: "http://127.0.0.1:8080".into(),
+            dataset_limit: 50 * 1024 * 1024,
+            query_time_ms: 5_000,
+            query_max_rows: 10_000,
+            export_max_rows: 2_000_000,
+            sandbox_cache_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -53,6 +68,11 @@ struct FileSettings {
     read_wait_ms: Option<u64>,
     log_format: Option<String>,
     public_url: Option<String>,
+    dataset_limit: Option<usize>,
+    query_time_ms: Option<u64>,
+    query_max_rows: Option<usize>,
+    export_max_rows: Option<usize>,
+    sandbox_cache_bytes: Option<usize>,
     #[serde(default)]
     flags: BTreeMap<String, bool>,
 }
@@ -99,6 +119,21 @@ impl Settings {
         if let Some(v) = f.public_url {
             self.public_url = v;
         }
+        if let Some(v) = f.dataset_limit {
+            self.dataset_limit = v;
+        }
+        if let Some(v) = f.query_time_ms {
+            self.query_time_ms = v;
+        }
+        if let Some(v) = f.query_max_rows {
+            self.query_max_rows = v;
+        }
+        if let Some(v) = f.export_max_rows {
+            self.export_max_rows = v;
+        }
+        if let Some(v) = f.sandbox_cache_bytes {
+            self.sandbox_cache_bytes = v;
+        }
         for (name, on) in f.flags {
             let flag = Flag::from_str(&name).map_err(|e| anyhow::anyhow!(e))?;
             self.flags.insert(flag, on);
@@ -127,6 +162,21 @@ impl Settings {
                 }
                 "LOG_FORMAT" => self.log_format = value.clone(),
                 "PUBLIC_URL" => self.public_url = value.clone(),
+                "DATASET_LIMIT" => {
+                    self.dataset_limit = value.parse().map_err(|_| bad("not a byte count"))?
+                }
+                "QUERY_TIME_MS" => {
+                    self.query_time_ms = value.parse().map_err(|_| bad("not milliseconds"))?
+                }
+                "QUERY_MAX_ROWS" => {
+                    self.query_max_rows = value.parse().map_err(|_| bad("not a row count"))?
+                }
+                "EXPORT_MAX_ROWS" => {
+                    self.export_max_rows = value.parse().map_err(|_| bad("not a row count"))?
+                }
+                "SANDBOX_CACHE_BYTES" => {
+                    self.sandbox_cache_bytes = value.parse().map_err(|_| bad("not a byte count"))?
+                }
                 other => {
                     if let Some(flag) = other.strip_prefix("FLAG_") {
                         let flag = Flag::ALL
@@ -155,6 +205,18 @@ impl Settings {
         anyhow::ensure!(
             (1..=3650).contains(&self.token_ttl_days),
             "token_ttl_days must be between 1 and 3650"
+        );
+        anyhow::ensure!(
+            self.dataset_limit >= 1024,
+            "dataset_limit must be at least 1024 bytes"
+        );
+        anyhow::ensure!(
+            (10..=600_000).contains(&self.query_time_ms),
+            "query_time_ms must be between 10 and 600000"
+        );
+        anyhow::ensure!(
+            self.query_max_rows >= 1 && self.export_max_rows >= 1,
+            "row caps must be at least 1"
         );
         anyhow::ensure!(
             ["auto", "json", "pretty"].contains(&self.log_format.as_str()),

@@ -158,13 +158,49 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
         tokens.push((Role::Platform(*role), app.operator_token(*role)));
     }
     assert_eq!(tokens.len(), Role::all().len());
+    let csv = b"id,email\n1,a@example.com\n".to_vec();
+    let owner_auth = bearer(&owner);
+    let upload = |name: &str| {
+        let r = app.send(
+            "POST",
+            &format!("/v1/datasets?name={name}"),
+            &[("Authorization", &owner_auth), ("Content-Type", "text/csv")],
+            Some(&csv),
+        );
+        r.expect(201)["dataset_id"].as_str().unwrap().to_owned()
+    };
+    let dataset = upload("walk");
+    let export = app
+        .post_json(
+            "/v1/exports",
+            Some(&owner),
+            &json!({"dataset_id": dataset, "format": "csv"}),
+        )
+        .expect(201)["export_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for spec in ROUTES {
-        let path = spec
+        let mut path = spec
             .path
             .replace("{tenant_id}", &tenant)
-            .replace("{flag}", "insightsV11");
+            .replace("{flag}", "insightsV11")
+            .replace("{dataset_id}", &dataset)
+            .replace("{export_id}", &export);
+        let mut content_type = "application/json";
+        if (spec.method, spec.path) == ("POST", "/v1/datasets") {
+            path.push_str("?name=walk");
+            content_type = "text/csv";
+        }
         let body: Option<Vec<u8>> = match (spec.method, spec.path) {
             ("POST", "/v1/members") => None, // a body is sent per role below
+            ("POST", "/v1/datasets") => Some(csv.clone()),
+            ("POST", "/v1/datasets/{dataset_id}/query") => Some(br#"{"sql": "SELECT 1"}"#.to_vec()),
+            ("POST", "/v1/exports") => Some(
+                json!({"dataset_id": dataset, "format": "csv"})
+                    .to_string()
+                    .into_bytes(),
+            ),
             ("PUT", _) => Some(br#"{"enabled": true}"#.to_vec()),
             ("PATCH", _) => None, // a body is sent per role below
             ("POST", _) => Some(b"{}".to_vec()),
@@ -174,7 +210,7 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             let r = app.send(
                 spec.method,
                 &path,
-                &[("Content-Type", "application/json")],
+                &[("Content-Type", content_type)],
                 body.as_deref(),
             );
             assert!(
@@ -210,14 +246,17 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
                 ("PATCH", "/v1/tenant") => Some(rename_body),
                 _ => body.clone(),
             };
+            // Each deletion gets a dataset of its own.
+            let path = if (spec.method, spec.path) == ("DELETE", "/v1/datasets/{dataset_id}") {
+                format!("/v1/datasets/{}", upload("to-delete"))
+            } else {
+                path.clone()
+            };
             let auth = bearer(token);
             let r = app.send(
                 spec.method,
                 &path,
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/json"),
-                ],
+                &[("Authorization", &auth), ("Content-Type", content_type)],
                 body.as_deref(),
             );
             if api::rbac::allows(spec, *role) {

@@ -4,6 +4,7 @@
 //! source. Time and identifiers come in as arguments.
 
 pub mod aggregate;
+pub mod dataset;
 pub mod identity;
 pub mod ids;
 pub mod pii;

@@ -6,9 +6,11 @@
 //! projection has reached a position (read-your-writes).
 
 mod audit;
+mod catalog;
 mod identity;
 mod runtime;
 
 pub use audit::Audit;
+pub use catalog::{Catalog, DatasetView, ExportView};
 pub use identity::{Identity, MemberView, Principal, TenantView, TokenEntry, TokenProblem};
 pub use runtime::{Projection, Runtime};

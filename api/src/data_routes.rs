@@ -1,0 +1,650 @@
+//! The analysts' data plane over HTTP: datasets (upload, list, get, delete), queries, exports
+//! and their downloads.
+
+use crate::auth::Caller;
+use crate::http::{Reply, RequestContext, json, wait_for};
+use crate::problem::Problem;
+use crate::server::AppState;
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use commands::ExecuteError;
+use dataplane::export::{Format, TextRule};
+use dataplane::ingest::{self, ColumnType, IngestError};
+use dataplane::sandbox::{Limits, QueryError, QueryResult, Table};
+use domain::TenantId;
+use domain::dataset::{
+    self, DatasetColumn, DatasetCommand, DatasetError, ExportCompleted, QueryRun, Uploaded,
+};
+use projections::DatasetView;
+use serde::Deserialize;
+use serde_json::json as j;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{AppendRequest, Expected, NewEvent, RawJson};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub fn routes(cfg: &mut web::ServiceConfig, dataset_limit: usize) {
+    cfg.service(
+        web::resource("/v1/datasets")
+            .app_data(web::PayloadConfig::new(dataset_limit))
+            .route(web::post().to(upload))
+            .route(web::get().to(list)),
+    )
+    .service(
+        web::resource("/v1/datasets/{dataset_id}")
+            .route(web::get().to(get))
+            .route(web::delete().to(delete)),
+    )
+    .service(web::resource("/v1/datasets/{dataset_id}/query").route(web::post().to(query)))
+    .service(web::resource("/v1/exports").route(web::post().to(create_export)))
+    .service(web::resource("/v1/exports/{export_id}").route(web::get().to(get_export)))
+    .service(web::resource("/v1/exports/{export_id}/download").route(web::get().to(download)));
+}
+
+fn kind_name(k: ColumnType) -> &'static str {
+    match k {
+        ColumnType::Integer => "integer",
+        ColumnType::Float => "float",
+        ColumnType::Boolean => "boolean",
+        ColumnType::Date => "date",
+        ColumnType::Timestamp => "timestamp",
+        ColumnType::Text => "text",
+    }
+}
+
+fn kind_of(name: &str) -> ColumnType {
+    match name {
+        "integer" => ColumnType::Integer,
+        "float" => ColumnType::Float,
+        "boolean" => ColumnType::Boolean,
+        "date" => ColumnType::Date,
+        "timestamp" => ColumnType::Timestamp,
+        _ => ColumnType::Text,
+    }
+}
+
+fn dataset_json(v: &DatasetView) -> serde_json::Value {
+    let d = &v.dataset;
+    j!({
+        "dataset_id": d.dataset_id,
+        "name": d.name,
+        "columns": d.columns,
+        "rows": d.rows,
+        "bytes": d.bytes,
+        "sha256": d.sha256,
+        "uploaded_at": store::format_rfc3339_micros(v.uploaded_at),
+        "uploaded_by": v.uploaded_by,
+    })
+}
+
+fn blob_id(dataset: Uuid) -> String {
+    format!("ds-{dataset}")
+}
+
+fn export_blob_id(export: Uuid) -> String {
+    format!("ex-{export}")
+}
+
+fn ingest_problem(e: IngestError) -> Problem {
+    let line = match &e {
+        IngestError::Encoding { line }
+        | IngestError::Shape { line, .. }
+        | IngestError::Malformed { line, .. } => Some(*line),
+        IngestError::EmptyColumnName { .. }
+        | IngestError::DuplicateColumn { .. }
+        | IngestError::BadColumnName { .. }
+        | IngestError::TooManyColumns => Some(1),
+        IngestError::Empty => None,
+    };
+    let mut p = Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-csv",
+        "The CSV file cannot be read",
+    )
+    .detail(e.to_string());
+    if let Some(line) = line {
+        p = p.with("line", line);
+    }
+    p
+}
+
+fn dataset_problem(e: ExecuteError<DatasetError>) -> Problem {
+    match e {
+        ExecuteError::Domain(DatasetError::NotFound) => Problem::not_found("no such dataset"),
+        ExecuteError::Domain(d) => Problem::conflict("dataset-exists", d.to_string()),
+        ExecuteError::Store(s) => s.into(),
+        ExecuteError::Decode(_) => Problem::internal(),
+        ExecuteError::TooManyConflicts { .. } => Problem::conflict("busy", "retry the request"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    name: String,
+}
+
+/// `POST /v1/datasets?name=…` with a `text/csv` body.
+pub async fn upload(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    q: web::Query<UploadQuery>,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    let name = domain::tenant::TenantName::parse(&q.name)
+        .map_err(|e| Problem::validation(vec![("name".into(), e.to_string())]))?
+        .to_string();
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if content_type != "text/csv" {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+        )
+        .detail("upload the dataset as text/csv"));
+    }
+    let bytes = body.to_vec();
+    let described = {
+        let bytes = bytes.clone();
+        web::block(move || ingest::ingest(&bytes))
+            .await
+            .map_err(|_| Problem::internal())?
+            .map_err(ingest_problem)?
+    };
+    let dataset_id = Uuid::now_v7();
+    state
+        .store
+        .put_blob(tenant, &blob_id(dataset_id), bytes)
+        .await
+        .map_err(Problem::from)?;
+    let uploaded = Uploaded {
+        dataset_id,
+        name,
+        columns: described
+            .columns
+            .iter()
+            .map(|c| DatasetColumn {
+                name: c.name.clone(),
+                kind: kind_name(c.kind).into(),
+            })
+            .collect(),
+        rows: described.rows,
+        bytes: described.bytes,
+        sha256: described.sha256,
+    };
+    let ctx = RequestContext::of(&req);
+    let done = state
+        .datasets
+        .execute(
+            tenant,
+            &dataset::stream_id(dataset_id),
+            &DatasetCommand::Upload(uploaded.clone()),
+            &ctx.metadata(caller.actor()),
+            OffsetDateTime::now_utc(),
+        )
+        .await;
+    let done = match done {
+        Ok(d) => d,
+        Err(e) => {
+            // Nothing refers to the file: take it back.
+            let _ = state.store.delete_blob(tenant, &blob_id(dataset_id)).await;
+            return Err(dataset_problem(e));
+        }
+    };
+    let position = state.committed(&done.appended);
+    // The answer points at /v1/datasets/{id}: make it readable here first.
+    wait_for(&state, Some(position)).await?;
+    Ok(Reply::json(
+        StatusCode::CREATED,
+        &j!({
+            "dataset_id": dataset_id,
+            "name": uploaded.name,
+            "columns": uploaded.columns,
+            "rows": uploaded.rows,
+            "bytes": uploaded.bytes,
+            "sha256": uploaded.sha256,
+            "global_position": position,
+        }),
+    )
+    .header(header::LOCATION, format!("/v1/datasets/{dataset_id}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    min_position: Option<u64>,
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    q: web::Query<ReadQuery>,
+) -> Result<Reply, Problem> {
+    wait_for(&state, q.min_position).await?;
+    let tenant = caller.tenant_or_forbidden()?;
+    let items: Vec<_> = state
+        .catalog
+        .datasets(tenant)
+        .iter()
+        .map(dataset_json)
+        .collect();
+    Ok(Reply::json(StatusCode::OK, &j!({"datasets": items})))
+}
+
+fn dataset_of(state: &AppState, tenant: TenantId, raw: &str) -> Result<DatasetView, Problem> {
+    Uuid::parse_str(raw)
+        .ok()
+        .and_then(|id| state.catalog.dataset(tenant, id))
+        .ok_or_else(|| Problem::not_found("no such dataset"))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    q: web::Query<ReadQuery>,
+) -> Result<Reply, Problem> {
+    wait_for(&state, q.min_position).await?;
+    let tenant = caller.tenant_or_forbidden()?;
+    let view = dataset_of(&state, tenant, &path)?;
+    Ok(Reply::json(StatusCode::OK, &dataset_json(&view)))
+}
+
+pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    let id = Uuid::parse_str(&path).map_err(|_| Problem::not_found("no such dataset"))?;
+    let ctx = RequestContext::of(&req);
+    let done = state
+        .datasets
+        .execute(
+            tenant,
+            &dataset::stream_id(id),
+            &DatasetCommand::Delete,
+            &ctx.metadata(caller.actor()),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .map_err(dataset_problem)?;
+    // The deletion is recorded; now the data goes.
+    state.sandbox.forget(&id.to_string());
+    state
+        .store
+        .delete_blob(tenant, &blob_id(id))
+        .await
+        .map_err(Problem::from)?;
+    let position = state.committed(&done.appended);
+    wait_for(&state, Some(position)).await?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        &j!({"dataset_id": id, "deleted": true, "global_position": position}),
+    ))
+}
+
+/// The dataset loaded for querying (from the cache, or from its blob).
+async fn table(
+    state: &web::Data<AppState>,
+    tenant: TenantId,
+    view: &DatasetView,
+) -> Result<Arc<Table>, Problem> {
+    let id = view.dataset.dataset_id;
+    let columns: Vec<ingest::Column> = view
+        .dataset
+        .columns
+        .iter()
+        .map(|c| ingest::Column {
+            name: c.name.clone(),
+            kind: kind_of(&c.kind),
+        })
+        .collect();
+    let bytes = state
+        .store
+        .get_blob(tenant, &blob_id(id))
+        .await
+        .map_err(Problem::from)?
+        .ok_or_else(|| Problem::not_found("the dataset's data is gone"))?;
+    let state = state.clone();
+    web::block(move || {
+        state
+            .sandbox
+            .get_or_load(&id.to_string(), || Table::load(&bytes, &columns))
+    })
+    .await
+    .map_err(|_| Problem::internal())?
+    .map_err(query_problem)
+}
+
+fn query_problem(e: QueryError) -> Problem {
+    let (slug, title) = match &e {
+        QueryError::NotAllowed(_) => ("query-not-allowed", "Only reading queries are allowed"),
+        QueryError::Timeout(_) => ("query-timeout", "The query ran out of time"),
+        QueryError::Invalid(_) => ("query-invalid", "The query is invalid"),
+        QueryError::Load(_) => {
+            tracing::error!(error = %e, "dataset load failed");
+            return Problem::internal();
+        }
+    };
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, slug, title).detail(e.to_string())
+}
+
+async fn run_query(table: Arc<Table>, sql: String, limits: Limits) -> Result<QueryResult, Problem> {
+    web::block(move || table.query(&sql, limits))
+        .await
+        .map_err(|_| Problem::internal())?
+        .map_err(query_problem)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    sql: String,
+}
+
+fn sql_digest(sql: &str) -> String {
+    crate::tokens::sha256_hex(sql.as_bytes())
+}
+
+/// Append a fact that needs no decision, to the tenant's stream of such facts.
+async fn record(
+    state: &AppState,
+    tenant: TenantId,
+    stream: &str,
+    event_type: &str,
+    payload: &impl serde::Serialize,
+    meta: store::Metadata,
+) -> Result<u64, Problem> {
+    let appended = state
+        .store
+        .append(AppendRequest {
+            tenant_id: tenant,
+            stream_id: stream.to_owned(),
+            expected: Expected::Any,
+            events: vec![NewEvent::new(event_type, RawJson::from_value(payload))],
+            metadata: meta,
+        })
+        .await
+        .map_err(Problem::from)?;
+    Ok(state.committed(&Some(appended)))
+}
+
+/// `POST /v1/datasets/{id}/query {"sql": …}`.
+pub async fn query(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    let dto: QueryRequest = json(&req, &body)?;
+    if dto.sql.trim().is_empty() {
+        return Err(Problem::validation(vec![("sql".into(), "is empty".into())]));
+    }
+    let view = dataset_of(&state, tenant, &path)?;
+    let table = table(&state, tenant, &view).await?;
+    let limits = Limits {
+        time: Duration::from_millis(state.settings.query_time_ms),
+        max_rows: state.settings.query_max_rows,
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let result = run_query(table, dto.sql.clone(), limits).await?;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let fact = QueryRun {
+        dataset_id: view.dataset.dataset_id,
+        sql_sha256: sql_digest(&dto.sql),
+        rows: result.rows.len() as u64,
+        truncated: result.truncated,
+        elapsed_ms,
+    };
+    let ctx = RequestContext::of(&req);
+    let position = record(
+        &state,
+        tenant,
+        dataset::QUERIES_STREAM,
+        "query.run",
+        &fact,
+        ctx.metadata(caller.actor()),
+    )
+    .await?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        &j!({
+            "columns": result.columns,
+            "rows": result.rows,
+            "row_count": result.rows.len(),
+            "truncated": result.truncated,
+            "elapsed_ms": elapsed_ms,
+            "global_position": position,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresetRef {
+    id: String,
+    version: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportRequest {
+    dataset_id: String,
+    sql: Option<String>,
+    format: Format,
+    preset: Option<PresetRef>,
+}
+
+/// `POST /v1/exports`: run the dataset (or a query over it) through a preset, scan, badge, keep.
+pub async fn create_export(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    let dto: ExportRequest = json(&req, &body)?;
+    let (preset_id, preset_version) = match &dto.preset {
+        None => ("default".to_owned(), 1),
+        Some(p) if p.id == "default" && p.version == 1 => ("default".to_owned(), 1),
+        Some(p) => {
+            return Err(Problem::validation(vec![(
+                "preset".into(),
+                format!(
+                    "unknown preset {} version {} (the built-in preset is default version 1)",
+                    p.id, p.version
+                ),
+            )]));
+        }
+    };
+    let view = dataset_of(&state, tenant, &dto.dataset_id)?;
+    let table = table(&state, tenant, &view).await?;
+    let sql = dto
+        .sql
+        .clone()
+        .unwrap_or_else(|| "SELECT * FROM data".to_owned());
+    let limits = Limits {
+        time: Duration::from_millis(state.settings.query_time_ms.max(60_000)),
+        max_rows: state.settings.export_max_rows,
+        max_result_bytes: usize::MAX,
+    };
+    let result = run_query(table, sql, limits).await?;
+    if result.truncated {
+        return Err(Problem::validation(vec![(
+            "sql".into(),
+            format!(
+                "the export would exceed {} rows",
+                state.settings.export_max_rows
+            ),
+        )]));
+    }
+    let format = dto.format;
+    let key = tenant.to_string().into_bytes();
+    let exported = web::block(move || {
+        dataplane::export::export(&result, format, &TextRule::default_preset(), &key)
+    })
+    .await
+    .map_err(|_| Problem::internal())?;
+    let export_id = Uuid::now_v7();
+    state
+        .store
+        .put_blob(tenant, &export_blob_id(export_id), exported.bytes.clone())
+        .await
+        .map_err(Problem::from)?;
+    let fact = ExportCompleted {
+        export_id,
+        dataset_id: view.dataset.dataset_id,
+        sql_sha256: dto.sql.as_deref().map(sql_digest),
+        format: format.extension().into(),
+        preset_id,
+        preset_version,
+        rows: exported.rows,
+        bytes: exported.size,
+        sha256: exported.sha256.clone(),
+        badge: match exported.badge {
+            dataplane::export::Badge::Pass => "PASS".into(),
+            dataplane::export::Badge::Fail => "FAIL".into(),
+        },
+        findings: exported
+            .findings
+            .iter()
+            .map(|(d, n)| (d.as_str().to_owned(), *n as u64))
+            .collect(),
+    };
+    let ctx = RequestContext::of(&req);
+    let position = record(
+        &state,
+        tenant,
+        &dataset::export_stream_id(export_id),
+        "export.completed",
+        &fact,
+        ctx.metadata(caller.actor()),
+    )
+    .await?;
+    // The answer points at the download: make it readable here first.
+    wait_for(&state, Some(position)).await?;
+    Ok(
+        Reply::json(StatusCode::CREATED, &export_json(&fact, position))
+            .header(header::LOCATION, format!("/v1/exports/{export_id}")),
+    )
+}
+
+fn export_json(x: &ExportCompleted, position: u64) -> serde_json::Value {
+    j!({
+        "export_id": x.export_id,
+        "dataset_id": x.dataset_id,
+        "format": x.format,
+        "preset": {"id": x.preset_id, "version": x.preset_version},
+        "rows": x.rows,
+        "bytes": x.bytes,
+        "sha256": x.sha256,
+        "badge": x.badge,
+        "findings": x.findings,
+        "download_url": format!("/v1/exports/{}/download", x.export_id),
+        "global_position": position,
+    })
+}
+
+pub async fn get_export(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    q: web::Query<ReadQuery>,
+) -> Result<Reply, Problem> {
+    wait_for(&state, q.min_position).await?;
+    let tenant = caller.tenant_or_forbidden()?;
+    let x = Uuid::parse_str(&path)
+        .ok()
+        .and_then(|id| state.catalog.export(tenant, id))
+        .ok_or_else(|| Problem::not_found("no such export"))?;
+    Ok(Reply::json(StatusCode::OK, &export_json(&x.export, 0)))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |a, (i, b)| a | (u32::from(*b) << (16 - 8 * i)));
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(char::from(A[((n >> (18 - 6 * k)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `GET /v1/exports/{id}/download`: the file, with its name and digest.
+pub async fn download(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    let x = Uuid::parse_str(&path)
+        .ok()
+        .and_then(|id| state.catalog.export(tenant, id))
+        .ok_or_else(|| Problem::not_found("no such export"))?;
+    let bytes = state
+        .store
+        .get_blob(tenant, &export_blob_id(x.export.export_id))
+        .await
+        .map_err(Problem::from)?
+        .ok_or_else(|| Problem::not_found("the export's file is gone"))?;
+    let digest: Vec<u8> = (0..x.export.sha256.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&x.export.sha256[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    let format = if x.export.format == "jsonl" {
+        Format::Jsonl
+    } else {
+        Format::Csv
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, format.content_type()))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"export-{}.{}\"",
+                x.export.export_id,
+                format.extension()
+            ),
+        ))
+        .insert_header(("Repr-Digest", format!("sha-256=:{}:", base64(&digest))))
+        .insert_header(("X-Tenantry-Badge", x.export.badge.clone()))
+        .insert_header((header::ETAG, format!("\"{}\"", x.export.sha256)))
+        .body(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc_4648() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+    }
+}
