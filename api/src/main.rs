@@ -113,6 +113,11 @@ enum Backend {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Data plane: ingest, load and GROUP BY, and a default-preset export of a rows × 10 CSV.
+    Data {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+    },
     /// PII scan throughput on one core over realistic mixed text; prints one JSON object.
     Pii {
         /// Megabytes of text to scan.
@@ -353,6 +358,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let stdin = std::io::stdin();
             let report = api::pii_cli::scan(&opts, &mut stdin.lock())?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Bench {
+            what: BenchCommand::Data { rows },
+        } => {
+            anyhow::ensure!(
+                (1..=20_000_000).contains(&rows),
+                "--rows must be 1 to 20000000"
+            );
+            println!(
+                "{}",
+                serde_json::to_string(&api::pii_cli::bench_data(rows)?)?
+            );
             Ok(())
         }
         Command::Bench {

@@ -159,3 +159,64 @@ pub fn bench(megabytes: usize) -> PiiBenchReport {
         findings,
     }
 }
+
+#[derive(Debug, Serialize)]
+pub struct DataBenchReport {
+    pub rows: usize,
+    pub csv_bytes: usize,
+    pub ingest_seconds: f64,
+    pub load_seconds: f64,
+    pub group_by_seconds: f64,
+    pub load_and_group_by_seconds: f64,
+    pub export_seconds: f64,
+    pub export_bytes: u64,
+    pub export_badge: dataplane::export::Badge,
+}
+
+/// The data-plane numbers: ingest (type inference) of a `rows` × 10 CSV, loading it into the
+/// sandbox, a GROUP BY over it, and an export of all of it with the default preset.
+pub fn bench_data(rows: usize) -> anyhow::Result<DataBenchReport> {
+    use dataplane::sandbox::{Limits, Table};
+    use std::time::Instant;
+    let csv = fixtures::pii_corpus::dataset_csv(7, rows);
+    let t = Instant::now();
+    let described = dataplane::ingest::ingest(csv.as_bytes())?;
+    let ingest_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let table = Table::load(csv.as_bytes(), &described.columns)?;
+    let load_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let grouped = table.query(
+        "SELECT city, count(*) FROM data GROUP BY city",
+        Limits::default(),
+    )?;
+    let group_by_seconds = t.elapsed().as_secs_f64();
+    anyhow::ensure!(!grouped.rows.is_empty(), "the group-by returned nothing");
+    let t = Instant::now();
+    let all = table.query(
+        "SELECT * FROM data",
+        Limits {
+            max_rows: rows + 1,
+            max_result_bytes: usize::MAX,
+            time: std::time::Duration::from_secs(600),
+        },
+    )?;
+    let exported = dataplane::export::export(
+        &all,
+        dataplane::export::Format::Csv,
+        &dataplane::export::TextRule::default_preset(),
+        b"bench",
+    );
+    let export_seconds = t.elapsed().as_secs_f64();
+    Ok(DataBenchReport {
+        rows,
+        csv_bytes: csv.len(),
+        ingest_seconds,
+        load_seconds,
+        group_by_seconds,
+        load_and_group_by_seconds: load_seconds + group_by_seconds,
+        export_seconds,
+        export_bytes: exported.size,
+        export_badge: exported.badge,
+    })
+}
