@@ -9,14 +9,16 @@ use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use commands::ExecuteError;
-use dataplane::export::{Format, TextRule};
+use dataplane::export::Format;
 use dataplane::ingest::{self, ColumnType, IngestError};
 use dataplane::sandbox::{Limits, QueryError, QueryResult, Table};
 use domain::TenantId;
 use domain::dataset::{
     self, DatasetColumn, DatasetCommand, DatasetError, ExportCompleted, QueryRun, Uploaded,
 };
+use domain::preset::{self, PresetCommand, PresetError, Rules};
 use projections::DatasetView;
+use projections::PresetView;
 use serde::Deserialize;
 use serde_json::json as j;
 use std::sync::Arc;
@@ -38,6 +40,17 @@ pub fn routes(cfg: &mut web::ServiceConfig, dataset_limit: usize) {
             .route(web::delete().to(delete)),
     )
     .service(web::resource("/v1/datasets/{dataset_id}/query").route(web::post().to(query)))
+    .service(
+        web::resource("/v1/presets")
+            .route(web::post().to(create_preset))
+            .route(web::get().to(list_presets)),
+    )
+    .service(
+        web::resource("/v1/presets/{preset_id}")
+            .route(web::get().to(get_preset))
+            .route(web::put().to(edit_preset))
+            .route(web::delete().to(delete_preset)),
+    )
     .service(web::resource("/v1/exports").route(web::post().to(create_export)))
     .service(web::resource("/v1/exports/{export_id}").route(web::get().to(get_export)))
     .service(web::resource("/v1/exports/{export_id}/download").route(web::get().to(download)));
@@ -462,17 +475,30 @@ pub async fn create_export(
 ) -> Result<Reply, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
     let dto: ExportRequest = json(&req, &body)?;
-    let (preset_id, preset_version) = match &dto.preset {
-        None => ("default".to_owned(), 1),
-        Some(p) if p.id == "default" && p.version == 1 => ("default".to_owned(), 1),
+    let (preset_id, preset_version, rules) = match &dto.preset {
+        None => (preset::DEFAULT_ID.to_owned(), 1, Rules::default_preset()),
+        Some(p) if p.id == preset::DEFAULT_ID && p.version == 1 => {
+            (preset::DEFAULT_ID.to_owned(), 1, Rules::default_preset())
+        }
         Some(p) => {
-            return Err(Problem::validation(vec![(
-                "preset".into(),
-                format!(
-                    "unknown preset {} version {} (the built-in preset is default version 1)",
-                    p.id, p.version
-                ),
-            )]));
+            let unknown = || {
+                Problem::validation(vec![(
+                    "preset".into(),
+                    format!("no preset {} with version {}", p.id, p.version),
+                )])
+            };
+            let view = Uuid::parse_str(&p.id)
+                .ok()
+                .and_then(|id| state.catalog.preset(tenant, id))
+                .ok_or_else(unknown)?;
+            if view.deleted {
+                return Err(Problem::validation(vec![(
+                    "preset".into(),
+                    "the preset was deleted".into(),
+                )]));
+            }
+            let version = view.versions.get(&p.version).ok_or_else(unknown)?;
+            (p.id.clone(), p.version, version.rules.clone())
         }
     };
     let view = dataset_of(&state, tenant, &dto.dataset_id)?;
@@ -498,11 +524,9 @@ pub async fn create_export(
     }
     let format = dto.format;
     let key = tenant.to_string().into_bytes();
-    let exported = web::block(move || {
-        dataplane::export::export(&result, format, &TextRule::default_preset(), &key)
-    })
-    .await
-    .map_err(|_| Problem::internal())?;
+    let exported = web::block(move || dataplane::export::export(&result, format, &rules, &key))
+        .await
+        .map_err(|_| Problem::internal())?;
     let export_id = Uuid::now_v7();
     state
         .store
@@ -545,6 +569,246 @@ pub async fn create_export(
         Reply::json(StatusCode::CREATED, &export_json(&fact, position))
             .header(header::LOCATION, format!("/v1/exports/{export_id}")),
     )
+}
+
+fn preset_json(v: &PresetView, version: Option<u32>) -> Option<serde_json::Value> {
+    let shown = match version {
+        Some(n) => v.versions.get(&n)?,
+        None => v.latest(),
+    };
+    Some(j!({
+        "preset_id": v.preset_id,
+        "name": shown.name,
+        "version": shown.version,
+        "versions": v.versions.keys().collect::<Vec<_>>(),
+        "deleted": v.deleted,
+        "columns": shown.rules.columns,
+        "text": shown.rules.text,
+    }))
+}
+
+fn builtin_default() -> serde_json::Value {
+    let rules = Rules::default_preset();
+    j!({
+        "preset_id": preset::DEFAULT_ID,
+        "name": "default",
+        "version": 1,
+        "versions": [1],
+        "deleted": false,
+        "builtin": true,
+        "columns": rules.columns,
+        "text": rules.text,
+    })
+}
+
+fn preset_problem(e: ExecuteError<PresetError>) -> Problem {
+    match e {
+        ExecuteError::Domain(PresetError::Invalid(fields)) => Problem::validation(fields),
+        ExecuteError::Domain(PresetError::NotFound) => Problem::not_found("no such preset"),
+        ExecuteError::Domain(d @ PresetError::Deleted) => {
+            Problem::conflict("preset-deleted", d.to_string())
+        }
+        ExecuteError::Domain(d) => Problem::conflict("preset-exists", d.to_string()),
+        ExecuteError::Store(s) => s.into(),
+        ExecuteError::Decode(_) => Problem::internal(),
+        ExecuteError::TooManyConflicts { .. } => Problem::conflict("busy", "retry the request"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresetRequest {
+    name: Option<String>,
+    #[serde(default)]
+    columns: Vec<preset::ColumnRule>,
+    text: preset::TextRule,
+}
+
+fn preset_name(raw: Option<&str>) -> Result<Option<String>, Problem> {
+    raw.map(|n| {
+        domain::tenant::TenantName::parse(n)
+            .map(|n| n.to_string())
+            .map_err(|e| Problem::validation(vec![("name".into(), e.to_string())]))
+    })
+    .transpose()
+}
+
+/// `POST /v1/presets`: a new preset, version 1.
+pub async fn create_preset(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    let dto: PresetRequest = json(&req, &body)?;
+    let name = preset_name(dto.name.as_deref())?
+        .ok_or_else(|| Problem::validation(vec![("name".into(), "is required".into())]))?;
+    if name.eq_ignore_ascii_case(preset::DEFAULT_ID) {
+        return Err(Problem::validation(vec![(
+            "name".into(),
+            "\"default\" is the built-in preset".into(),
+        )]));
+    }
+    let preset_id = Uuid::now_v7();
+    let ctx = RequestContext::of(&req);
+    let done = state
+        .presets
+        .execute(
+            tenant,
+            &preset::stream_id(preset_id),
+            &PresetCommand::Create {
+                preset_id,
+                name,
+                rules: Rules {
+                    columns: dto.columns,
+                    text: dto.text,
+                },
+            },
+            &ctx.metadata(caller.actor()),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .map_err(preset_problem)?;
+    let position = state.committed(&done.appended);
+    wait_for(&state, Some(position)).await?;
+    let view = state
+        .catalog
+        .preset(tenant, preset_id)
+        .ok_or_else(Problem::internal)?;
+    let mut body = preset_json(&view, None).ok_or_else(Problem::internal)?;
+    body["global_position"] = position.into();
+    Ok(Reply::json(StatusCode::CREATED, &body)
+        .header(header::LOCATION, format!("/v1/presets/{preset_id}")))
+}
+
+/// `PUT /v1/presets/{id}`: a new version.
+pub async fn edit_preset(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    if path.as_str() == preset::DEFAULT_ID {
+        return Err(Problem::conflict(
+            "preset-builtin",
+            "the built-in default preset cannot be changed",
+        ));
+    }
+    let preset_id = Uuid::parse_str(&path).map_err(|_| Problem::not_found("no such preset"))?;
+    let dto: PresetRequest = json(&req, &body)?;
+    let name = preset_name(dto.name.as_deref())?;
+    let ctx = RequestContext::of(&req);
+    let done = state
+        .presets
+        .execute(
+            tenant,
+            &preset::stream_id(preset_id),
+            &PresetCommand::Edit {
+                name,
+                rules: Rules {
+                    columns: dto.columns,
+                    text: dto.text,
+                },
+            },
+            &ctx.metadata(caller.actor()),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .map_err(preset_problem)?;
+    let position = state.committed(&done.appended);
+    wait_for(&state, Some(position)).await?;
+    let view = state
+        .catalog
+        .preset(tenant, preset_id)
+        .ok_or_else(Problem::internal)?;
+    let mut body = preset_json(&view, None).ok_or_else(Problem::internal)?;
+    body["global_position"] = position.into();
+    Ok(Reply::json(StatusCode::OK, &body))
+}
+
+pub async fn delete_preset(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    if path.as_str() == preset::DEFAULT_ID {
+        return Err(Problem::conflict(
+            "preset-builtin",
+            "the built-in default preset cannot be deleted",
+        ));
+    }
+    let preset_id = Uuid::parse_str(&path).map_err(|_| Problem::not_found("no such preset"))?;
+    let ctx = RequestContext::of(&req);
+    let done = state
+        .presets
+        .execute(
+            tenant,
+            &preset::stream_id(preset_id),
+            &PresetCommand::Delete,
+            &ctx.metadata(caller.actor()),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .map_err(preset_problem)?;
+    let position = state.committed(&done.appended);
+    wait_for(&state, Some(position)).await?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        &j!({"preset_id": preset_id, "deleted": true, "global_position": position}),
+    ))
+}
+
+pub async fn list_presets(
+    state: web::Data<AppState>,
+    caller: Caller,
+    q: web::Query<ReadQuery>,
+) -> Result<Reply, Problem> {
+    wait_for(&state, q.min_position).await?;
+    let tenant = caller.tenant_or_forbidden()?;
+    let mut items = vec![builtin_default()];
+    items.extend(
+        state
+            .catalog
+            .presets(tenant)
+            .iter()
+            .filter_map(|v| preset_json(v, None)),
+    );
+    Ok(Reply::json(StatusCode::OK, &j!({"presets": items})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetQuery {
+    version: Option<u32>,
+    min_position: Option<u64>,
+}
+
+pub async fn get_preset(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+    q: web::Query<PresetQuery>,
+) -> Result<Reply, Problem> {
+    wait_for(&state, q.min_position).await?;
+    let tenant = caller.tenant_or_forbidden()?;
+    if path.as_str() == preset::DEFAULT_ID {
+        return match q.version {
+            None | Some(1) => Ok(Reply::json(StatusCode::OK, &builtin_default())),
+            Some(_) => Err(Problem::not_found("the default preset has one version")),
+        };
+    }
+    let view = Uuid::parse_str(&path)
+        .ok()
+        .and_then(|id| state.catalog.preset(tenant, id))
+        .ok_or_else(|| Problem::not_found("no such preset"))?;
+    let body =
+        preset_json(&view, q.version).ok_or_else(|| Problem::not_found("no such version"))?;
+    Ok(Reply::json(StatusCode::OK, &body))
 }
 
 fn export_json(x: &ExportCompleted, position: u64) -> serde_json::Value {

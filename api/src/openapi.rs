@@ -36,6 +36,11 @@ fn shapes(spec: &RouteSpec) -> (Option<&'static str>, &'static str, Option<&'sta
         }
         ("POST", "/v1/exports") => (Some("ExportRequest"), "201", Some("Export")),
         ("GET", "/v1/exports/{export_id}") => (None, "200", Some("Export")),
+        ("POST", "/v1/presets") => (Some("PresetRequest"), "201", Some("Preset")),
+        ("GET", "/v1/presets") => (None, "200", Some("PresetList")),
+        ("GET", "/v1/presets/{preset_id}") => (None, "200", Some("Preset")),
+        ("PUT", "/v1/presets/{preset_id}") => (Some("PresetRequest"), "200", Some("Preset")),
+        ("DELETE", "/v1/presets/{preset_id}") => (None, "200", Some("PresetDeleted")),
         ("GET", "/healthz") => (None, "200", Some("Health")),
         ("GET", "/readyz") => (None, "200", Some("Ready")),
         _ => (None, "200", None),
@@ -57,6 +62,9 @@ fn operation(spec: &RouteSpec) -> Value {
     }
     if spec.method == "POST" && spec.path == "/v1/datasets" {
         params.push(json!({"name": "name", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 100}}));
+    }
+    if spec.method == "GET" && spec.path == "/v1/presets/{preset_id}" {
+        params.push(json!({"name": "version", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1}}));
     }
     if spec.path == "/v1/audit/events" {
         for (name, schema, description) in [
@@ -245,6 +253,28 @@ pub fn document() -> Value {
                     "next_cursor": {"type": ["string", "null"]}
                 }},
                 "Health": {"type": "object", "properties": {"status": string}},
+                "ColumnRule": {"type": "object", "required": ["column", "action"], "properties": {
+                    "column": {"type": "string", "description": "A column name or a glob (* and ?), case-insensitive"},
+                    "action": {"type": "string", "enum": ["keep", "drop", "mask", "hash", "truncate", "generalize"]},
+                    "length": {"type": "integer", "minimum": 1, "description": "truncate"},
+                    "bucket": {"type": "integer", "minimum": 1, "description": "generalize numbers"}
+                }},
+                "TextRule": {"type": "object", "required": ["detectors", "method"], "properties": {
+                    "detectors": {"type": "array", "items": {"type": "string", "enum": ["url_credentials", "secret", "jwt", "bearer_token", "email", "card", "iban", "ssn", "mac", "ipv6", "ipv4", "phone"]}},
+                    "method": {"type": "string", "enum": ["remove", "replace", "mask", "hash"]}
+                }},
+                "PresetRequest": {"type": "object", "additionalProperties": false, "required": ["text"], "properties": {
+                    "name": string, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/ColumnRule"}},
+                    "text": {"$ref": "#/components/schemas/TextRule"}
+                }},
+                "Preset": {"type": "object", "properties": {
+                    "preset_id": string, "name": string, "version": {"type": "integer"},
+                    "versions": {"type": "array", "items": {"type": "integer"}}, "deleted": {"type": "boolean"},
+                    "columns": {"type": "array", "items": {"$ref": "#/components/schemas/ColumnRule"}},
+                    "text": {"$ref": "#/components/schemas/TextRule"}, "global_position": position
+                }},
+                "PresetList": {"type": "object", "properties": {"presets": {"type": "array", "items": {"$ref": "#/components/schemas/Preset"}}}},
+                "PresetDeleted": {"type": "object", "properties": {"preset_id": string, "deleted": {"type": "boolean"}, "global_position": position}},
                 "Column": {"type": "object", "properties": {"name": string, "type": {"type": "string", "enum": ["integer", "float", "boolean", "date", "timestamp", "text"]}}},
                 "Dataset": {"type": "object", "properties": {
                     "dataset_id": uuid, "name": string, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}},

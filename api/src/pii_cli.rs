@@ -204,7 +204,7 @@ pub fn bench_data(rows: usize) -> anyhow::Result<DataBenchReport> {
     let exported = dataplane::export::export(
         &all,
         dataplane::export::Format::Csv,
-        &dataplane::export::TextRule::default_preset(),
+        &dataplane::export::Rules::default_preset(),
         b"bench",
     );
     let export_seconds = t.elapsed().as_secs_f64();

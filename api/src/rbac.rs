@@ -249,6 +249,41 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "Download an export's file",
     },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/presets",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::RedactionPresetBuilder),
+        summary: "Create a redaction preset (version 1)",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/presets",
+        access: Access::Roles(DATA_READERS),
+        flag: Some(Flag::RedactionPresetBuilder),
+        summary: "The tenant's presets with their versions, and the built-in default",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/presets/{preset_id}",
+        access: Access::Roles(DATA_READERS),
+        flag: Some(Flag::RedactionPresetBuilder),
+        summary: "A preset's latest version, or ?version=N",
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/v1/presets/{preset_id}",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::RedactionPresetBuilder),
+        summary: "Edit a preset: a new version",
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/v1/presets/{preset_id}",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::RedactionPresetBuilder),
+        summary: "Delete a preset (its history is kept)",
+    },
 ];
 
 /// The spec of the route matched by `method` and actix's `pattern`.

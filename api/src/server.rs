@@ -14,6 +14,7 @@ use actix_web::{App, HttpMessage, HttpServer, web};
 use commands::{Executor, ExecutorConfig};
 use domain::dataset::Dataset;
 use domain::platform::Platform;
+use domain::preset::Preset;
 use domain::tenant::Tenant;
 use projections::{Audit, Catalog, Identity, Runtime};
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     pub audit: Arc<Audit>,
     pub datasets: Executor<Dataset>,
+    pub presets: Executor<Preset>,
     pub catalog: Arc<Catalog>,
     pub sandbox: dataplane::sandbox::Cache,
     pub projections: Runtime,
@@ -48,6 +50,7 @@ impl AppState {
         );
         Self {
             datasets: Executor::new(store.clone(), ExecutorConfig::new("dataset/v1")),
+            presets: Executor::new(store.clone(), ExecutorConfig::new("preset/v1")),
             sandbox: dataplane::sandbox::Cache::new(settings.sandbox_cache_bytes),
             catalog,
             tenants: Executor::new(store.clone(), ExecutorConfig::new("tenant/v1")),

@@ -339,6 +339,167 @@ fn exports_are_redacted_badged_byte_identical_and_downloadable(app: TestApp) {
     app.get(url, &other).problem(404, "not-found");
 }
 
+fn presets_are_versioned_shared_and_applied_at_export(app: TestApp) {
+    let (tenant, owner) = app.signup("Acme", "owner@example.com");
+    let analyst = app.add_member(&owner, "ana@example.com", "analyst");
+    let viewer = app.add_member(&owner, "v@example.com", "viewer");
+    let id = upload(&app, &owner, "c", CSV).expect(201)["dataset_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v1 = json!({
+        "name": "partners",
+        "columns": [
+            {"column": "email", "action": "hash"},
+            {"column": "amount", "action": "generalize", "bucket": 5},
+            {"column": "d*", "action": "generalize"},
+            {"column": "id", "action": "drop"}
+        ],
+        "text": {"detectors": ["phone"], "method": "mask"}
+    });
+    let created = app.post_json("/v1/presets", Some(&owner), &v1).expect(201);
+    let preset = created["preset_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["version"], 1);
+    app.post_json("/v1/presets", Some(&analyst), &v1)
+        .problem(403, "forbidden");
+    let listed = app.get("/v1/presets", &viewer).expect(200);
+    let names: Vec<&str> = listed["presets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["default", "partners"],
+        "shared within the tenant, with the built-in default"
+    );
+
+    let export = |version: u32| {
+        app.post_json("/v1/exports", Some(&analyst), &json!({"dataset_id": id, "format": "csv", "preset": {"id": preset, "version": version}}))
+            .expect(201)
+    };
+    let a = export(1);
+    let b = export(1);
+    assert_eq!(
+        a["sha256"], b["sha256"],
+        "the same preset version gives the same bytes"
+    );
+    assert_eq!(a["preset"], json!({"id": preset, "version": 1}));
+    let text =
+        String::from_utf8(app.get(a["download_url"].as_str().unwrap(), &analyst).body).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("email,amount,day,note"));
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(first[0].len(), 12, "hashed: {text}");
+    assert_eq!(&first[1..], ["10.0", "2024-01", "call ****************"]);
+    assert_eq!(a["badge"], "PASS");
+
+    // Edit: version 2 keeps the email as it is; the output scan catches it.
+    let v2 = json!({"columns": [{"column": "email", "action": "keep"}], "text": {"detectors": ["phone"], "method": "replace"}});
+    let edited = app.send(
+        "PUT",
+        &format!("/v1/presets/{preset}"),
+        &[
+            ("Authorization", &format!("Bearer {owner}")),
+            ("Content-Type", "application/json"),
+        ],
+        Some(v2.to_string().as_bytes()),
+    );
+    let edited = edited.expect(200);
+    assert_eq!(edited["version"], 2);
+    assert_eq!(edited["versions"], json!([1, 2]));
+    assert_eq!(edited["name"], "partners");
+    let c = export(2);
+    assert_eq!(c["badge"], "FAIL");
+    assert_eq!(c["findings"], json!({"email": 2}));
+    assert_ne!(c["sha256"], a["sha256"]);
+    assert_eq!(
+        export(1)["sha256"],
+        a["sha256"],
+        "older versions stay usable and identical"
+    );
+    let old = app
+        .get(&format!("/v1/presets/{preset}?version=1"), &viewer)
+        .expect(200);
+    assert_eq!(old["columns"][0]["action"], "hash");
+
+    // Invalid rules name their fields; unknown actions and detectors are refused.
+    let bad = json!({"name": "bad", "columns": [{"column": "", "action": "truncate", "length": 0}], "text": {"detectors": ["email", "email"], "method": "replace"}});
+    let p = app
+        .post_json("/v1/presets", Some(&owner), &bad)
+        .problem(422, "validation-failed");
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["columns[0].column", "columns[0].length", "text.detectors"]
+    );
+    for body in [
+        json!({"name": "x", "columns": [{"column": "a", "action": "shred"}], "text": {"detectors": [], "method": "replace"}}),
+        json!({"name": "x", "text": {"detectors": ["dna"], "method": "replace"}}),
+        json!({"name": "x", "text": {"detectors": [], "method": "burn"}}),
+        json!({"name": "default", "text": {"detectors": [], "method": "replace"}}),
+        json!({"text": {"detectors": [], "method": "replace"}}),
+    ] {
+        app.post_json("/v1/presets", Some(&owner), &body)
+            .problem(422, "validation-failed");
+    }
+
+    // The built-in default cannot change; deleting keeps the history but stops new exports.
+    app.send(
+        "PUT",
+        "/v1/presets/default",
+        &[
+            ("Authorization", &format!("Bearer {owner}")),
+            ("Content-Type", "application/json"),
+        ],
+        Some(v2.to_string().as_bytes()),
+    )
+    .problem(409, "preset-builtin");
+    assert_eq!(
+        app.get("/v1/presets/default", &viewer).expect(200)["version"],
+        1
+    );
+    app.send(
+        "DELETE",
+        &format!("/v1/presets/{preset}"),
+        &[("Authorization", &format!("Bearer {owner}"))],
+        None,
+    )
+    .expect(200);
+    assert_eq!(
+        app.get(&format!("/v1/presets/{preset}?version=1"), &viewer)
+            .expect(200)["deleted"],
+        true
+    );
+    app.post_json(
+        "/v1/exports",
+        Some(&analyst),
+        &json!({"dataset_id": id, "format": "csv", "preset": {"id": preset, "version": 1}}),
+    )
+    .problem(422, "validation-failed");
+
+    // Behind its flag.
+    let ops = app.operator_token(domain::PlatformRole::Ops);
+    app.send(
+        "PUT",
+        &format!("/v1/tenants/{tenant}/flags/redactionPresetBuilder"),
+        &[
+            ("Authorization", &format!("Bearer {ops}")),
+            ("Content-Type", "application/json"),
+        ],
+        Some(br#"{"enabled": false}"#),
+    )
+    .expect(200);
+    app.get("/v1/presets", &viewer)
+        .problem(403, "feature-disabled");
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -355,4 +516,5 @@ on_both_stores!(
     bad_uploads_are_refused_with_the_line_and_write_nothing,
     hostile_sql_is_refused_or_stopped_and_the_server_stays_healthy,
     exports_are_redacted_badged_byte_identical_and_downloadable,
+    presets_are_versioned_shared_and_applied_at_export,
 );

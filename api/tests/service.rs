@@ -180,13 +180,28 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
         .as_str()
         .unwrap()
         .to_owned();
+    let preset_body =
+        json!({"name": "walk", "text": {"detectors": ["email"], "method": "replace"}}).to_string();
+    let new_preset = || {
+        app.post_json(
+            "/v1/presets",
+            Some(&owner),
+            &serde_json::from_str(&preset_body).unwrap(),
+        )
+        .expect(201)["preset_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let preset = new_preset();
     for spec in ROUTES {
         let mut path = spec
             .path
             .replace("{tenant_id}", &tenant)
             .replace("{flag}", "insightsV11")
             .replace("{dataset_id}", &dataset)
-            .replace("{export_id}", &export);
+            .replace("{export_id}", &export)
+            .replace("{preset_id}", &preset);
         let mut content_type = "application/json";
         if (spec.method, spec.path) == ("POST", "/v1/datasets") {
             path.push_str("?name=walk");
@@ -201,6 +216,9 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
                     .to_string()
                     .into_bytes(),
             ),
+            ("POST", "/v1/presets") | ("PUT", "/v1/presets/{preset_id}") => {
+                Some(preset_body.clone().into_bytes())
+            }
             ("PUT", _) => Some(br#"{"enabled": true}"#.to_vec()),
             ("PATCH", _) => None, // a body is sent per role below
             ("POST", _) => Some(b"{}".to_vec()),
@@ -247,10 +265,12 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
                 _ => body.clone(),
             };
             // Each deletion gets a dataset of its own.
-            let path = if (spec.method, spec.path) == ("DELETE", "/v1/datasets/{dataset_id}") {
-                format!("/v1/datasets/{}", upload("to-delete"))
-            } else {
-                path.clone()
+            let path = match (spec.method, spec.path) {
+                ("DELETE", "/v1/datasets/{dataset_id}") => {
+                    format!("/v1/datasets/{}", upload("to-delete"))
+                }
+                ("DELETE", "/v1/presets/{preset_id}") => format!("/v1/presets/{}", new_preset()),
+                _ => path.clone(),
             };
             let auth = bearer(token);
             let r = app.send(

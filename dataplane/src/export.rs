@@ -3,7 +3,8 @@
 //! bytes.
 
 use crate::sandbox::QueryResult;
-use domain::pii::{self, Detector, Method};
+use domain::pii::{self, Detector};
+use domain::preset::ColumnAction;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -39,19 +40,47 @@ pub enum Badge {
     Fail,
 }
 
-/// How free text is scrubbed: which detectors, which method.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TextRule {
-    pub detectors: Vec<Detector>,
-    pub method: Method,
-}
+pub use domain::preset::Rules;
 
-impl TextRule {
-    /// The built-in `default` preset: every detector, replaced by its name.
-    pub fn default_preset() -> Self {
-        Self {
-            detectors: Detector::ALL.to_vec(),
-            method: Method::Replace,
+/// Apply a column's rule (or the free-text rule) to one value. `None` stays `None`.
+fn redact(v: &Value, action: Option<&ColumnAction>, rules: &Rules, key: &[u8]) -> Value {
+    let text = match v {
+        Value::Null => return Value::Null,
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let scrub_text = |t: &str| {
+        let s = pii::scrub(t, &rules.text.detectors, rules.text.method, key);
+        if s == t { v.clone() } else { Value::String(s) }
+    };
+    match action {
+        None => scrub_text(&text),
+        Some(ColumnAction::Keep) => v.clone(),
+        Some(ColumnAction::Drop) => Value::Null,
+        Some(ColumnAction::Mask) => Value::String("*".repeat(text.chars().count())),
+        Some(ColumnAction::Hash) => Value::String(pii::keyed_hash(key, &text)),
+        Some(ColumnAction::Truncate { length }) => {
+            Value::String(text.chars().take(*length).collect())
+        }
+        Some(ColumnAction::Generalize { bucket }) => {
+            let b = text.as_bytes();
+            let dated = b.len() >= 7
+                && b[4] == b'-'
+                && b[..4].iter().all(u8::is_ascii_digit)
+                && b[5..7].iter().all(u8::is_ascii_digit);
+            if dated {
+                Value::String(text[..7].to_owned())
+            } else if let Some(n) = v.as_f64() {
+                let size = bucket.unwrap_or(10) as f64;
+                let floor = (n / size).floor() * size;
+                if v.is_i64() || v.is_u64() {
+                    Value::from(floor as i64)
+                } else {
+                    Value::from(floor)
+                }
+            } else {
+                scrub_text(&text)
+            }
         }
     }
 }
@@ -68,31 +97,28 @@ pub struct Exported {
     pub findings: BTreeMap<Detector, usize>,
 }
 
-fn cell_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
-/// Scrub every cell with `rule` (the hash method keyed by `key`), write `format`, scan the
-/// result, hash it.
-pub fn export(result: &QueryResult, format: Format, rule: &TextRule, key: &[u8]) -> Exported {
+/// Apply `rules` (the hash method keyed by `key`), write `format`, scan the result, hash it.
+pub fn export(result: &QueryResult, format: Format, rules: &Rules, key: &[u8]) -> Exported {
+    let actions: Vec<Option<&ColumnAction>> =
+        result.columns.iter().map(|c| rules.rule_for(c)).collect();
+    let kept: Vec<usize> = (0..result.columns.len())
+        .filter(|i| actions[*i] != Some(&ColumnAction::Drop))
+        .collect();
     let mut out = Vec::with_capacity(result.rows.len() * 64);
     match format {
         Format::Csv => {
             let mut w = csv::WriterBuilder::new()
                 .terminator(csv::Terminator::Any(b'\n'))
                 .from_writer(&mut out);
-            w.write_record(&result.columns).expect("writing to memory");
+            w.write_record(kept.iter().map(|i| &result.columns[*i]))
+                .expect("writing to memory");
             for row in &result.rows {
-                let cells: Vec<String> = row
+                let cells: Vec<String> = kept
                     .iter()
-                    .map(|v| {
-                        cell_text(v)
-                            .map(|t| pii::scrub(&t, &rule.detectors, rule.method, key))
-                            .unwrap_or_default()
+                    .map(|i| match redact(&row[*i], actions[*i], rules, key) {
+                        Value::Null => String::new(),
+                        Value::String(s) => s,
+                        other => other.to_string(),
                     })
                     .collect();
                 w.write_record(&cells).expect("writing to memory");
@@ -101,35 +127,20 @@ pub fn export(result: &QueryResult, format: Format, rule: &TextRule, key: &[u8])
         }
         Format::Jsonl => {
             // Written by hand to keep the columns in their order.
-            let keys: Vec<String> = result
-                .columns
+            let keys: Vec<String> = kept
                 .iter()
-                .map(|c| serde_json::to_string(c).expect("strings serialize"))
+                .map(|i| serde_json::to_string(&result.columns[*i]).expect("strings serialize"))
                 .collect();
             for row in &result.rows {
                 out.push(b'{');
-                for (k, (name, v)) in keys.iter().zip(row).enumerate() {
-                    let scrubbed = match v {
-                        Value::String(s) => {
-                            Value::String(pii::scrub(s, &rule.detectors, rule.method, key))
-                        }
-                        Value::Null => Value::Null,
-                        other => {
-                            let text = other.to_string();
-                            let s = pii::scrub(&text, &rule.detectors, rule.method, key);
-                            if s == text {
-                                other.clone()
-                            } else {
-                                Value::String(s)
-                            }
-                        }
-                    };
+                for (k, (name, i)) in keys.iter().zip(&kept).enumerate() {
                     if k > 0 {
                         out.push(b',');
                     }
                     out.extend_from_slice(name.as_bytes());
                     out.push(b':');
-                    serde_json::to_writer(&mut out, &scrubbed).expect("writing to memory");
+                    serde_json::to_writer(&mut out, &redact(&row[*i], actions[*i], rules, key))
+                        .expect("writing to memory");
                 }
                 out.extend_from_slice(b"}\n");
             }
@@ -168,6 +179,83 @@ pub fn scan_output(bytes: &[u8]) -> BTreeMap<Detector, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::preset::ColumnRule;
+
+    #[test]
+    fn column_rules_apply_by_name_and_glob() {
+        let r = QueryResult {
+            columns: vec![
+                "id".into(),
+                "email_work".into(),
+                "amount".into(),
+                "day".into(),
+                "name".into(),
+                "secret".into(),
+            ],
+            rows: vec![vec![
+                Value::from(7),
+                Value::from("ada@example.com"),
+                Value::from(1234),
+                Value::from("2024-03-17"),
+                Value::from("Ada Lovelace"),
+                Value::from("x"),
+            ]],
+            truncated: false,
+        };
+        let rules = Rules {
+            columns: vec![
+                ColumnRule {
+                    column: "email*".into(),
+                    action: ColumnAction::Hash,
+                },
+                ColumnRule {
+                    column: "amount".into(),
+                    action: ColumnAction::Generalize { bucket: Some(100) },
+                },
+                ColumnRule {
+                    column: "day".into(),
+                    action: ColumnAction::Generalize { bucket: None },
+                },
+                ColumnRule {
+                    column: "NAME".into(),
+                    action: ColumnAction::Truncate { length: 3 },
+                },
+                ColumnRule {
+                    column: "secret".into(),
+                    action: ColumnAction::Drop,
+                },
+                ColumnRule {
+                    column: "id".into(),
+                    action: ColumnAction::Mask,
+                },
+            ],
+            text: domain::preset::TextRule {
+                detectors: Detector::ALL.to_vec(),
+                method: domain::pii::Method::Replace,
+            },
+        };
+        let e = export(&r, Format::Csv, &rules, b"k");
+        let hash = pii::keyed_hash(b"k", "ada@example.com");
+        assert_eq!(
+            String::from_utf8(e.bytes).unwrap(),
+            format!("id,email_work,amount,day,name\n*,{hash},1200,2024-03,Ada\n")
+        );
+        assert_eq!(e.badge, Badge::Pass);
+        let keep = Rules {
+            columns: vec![ColumnRule {
+                column: "email_work".into(),
+                action: ColumnAction::Keep,
+            }],
+            ..rules
+        };
+        let e = export(&r, Format::Jsonl, &keep, b"k");
+        assert_eq!(
+            e.badge,
+            Badge::Fail,
+            "a kept email is found by the output scan"
+        );
+        assert_eq!(e.findings.get(&Detector::Email), Some(&1));
+    }
 
     fn result() -> QueryResult {
         QueryResult {
@@ -190,15 +278,15 @@ mod tests {
 
     #[test]
     fn the_default_preset_earns_pass_and_output_is_byte_identical() {
-        let a = export(&result(), Format::Csv, &TextRule::default_preset(), b"t");
-        let b = export(&result(), Format::Csv, &TextRule::default_preset(), b"t");
+        let a = export(&result(), Format::Csv, &Rules::default_preset(), b"t");
+        let b = export(&result(), Format::Csv, &Rules::default_preset(), b"t");
         assert_eq!(a, b);
         assert_eq!(a.badge, Badge::Pass);
         assert_eq!(
             String::from_utf8(a.bytes).unwrap(),
             "id,email,note\n1,[email],call [phone]\n2,,\"nothing, here \"\"quoted\"\"\"\n"
         );
-        let j = export(&result(), Format::Jsonl, &TextRule::default_preset(), b"t");
+        let j = export(&result(), Format::Jsonl, &Rules::default_preset(), b"t");
         assert_eq!(
             String::from_utf8(j.bytes).unwrap(),
             "{\"id\":1,\"email\":\"[email]\",\"note\":\"call [phone]\"}\n{\"id\":2,\"email\":null,\"note\":\"nothing, here \\\"quoted\\\"\"}\n"
@@ -207,9 +295,12 @@ mod tests {
 
     #[test]
     fn a_preset_that_leaves_pii_earns_fail_with_counts_only() {
-        let only_phones = TextRule {
-            detectors: vec![Detector::Phone],
-            method: Method::Mask,
+        let only_phones = Rules {
+            columns: vec![],
+            text: domain::preset::TextRule {
+                detectors: vec![Detector::Phone],
+                method: domain::pii::Method::Mask,
+            },
         };
         let e = export(&result(), Format::Csv, &only_phones, b"t");
         assert_eq!(e.badge, Badge::Fail);

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod ids;
 pub mod pii;
 pub mod platform;
+pub mod preset;
 pub mod tenant;
 
 pub use aggregate::{Aggregate, DomainEvent, EventDecodeError};

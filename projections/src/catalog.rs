@@ -2,6 +2,7 @@
 
 use crate::runtime::Projection;
 use domain::dataset::{DatasetEvent, ExportCompleted, Uploaded};
+use domain::preset::{PresetEvent, PresetVersion};
 use domain::{DomainEvent, TenantId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
@@ -22,10 +23,27 @@ pub struct ExportView {
     pub completed_at: OffsetDateTime,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresetView {
+    pub preset_id: Uuid,
+    pub versions: BTreeMap<u32, PresetVersion>,
+    pub deleted: bool,
+}
+
+impl PresetView {
+    pub fn latest(&self) -> &PresetVersion {
+        self.versions
+            .values()
+            .next_back()
+            .expect("a preset has a first version")
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     datasets: HashMap<TenantId, BTreeMap<Uuid, DatasetView>>,
     exports: HashMap<TenantId, BTreeMap<Uuid, ExportView>>,
+    presets: HashMap<TenantId, BTreeMap<Uuid, PresetView>>,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +64,20 @@ impl Catalog {
     pub fn dataset(&self, tenant: TenantId, id: Uuid) -> Option<DatasetView> {
         let s = self.state.read().expect("catalog lock");
         s.datasets.get(&tenant)?.get(&id).cloned()
+    }
+
+    /// The tenant's presets (deleted ones too: their history is kept).
+    pub fn presets(&self, tenant: TenantId) -> Vec<PresetView> {
+        let s = self.state.read().expect("catalog lock");
+        s.presets
+            .get(&tenant)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn preset(&self, tenant: TenantId, id: Uuid) -> Option<PresetView> {
+        let s = self.state.read().expect("catalog lock");
+        s.presets.get(&tenant)?.get(&id).cloned()
     }
 
     pub fn export(&self, tenant: TenantId, id: Uuid) -> Option<ExportView> {
@@ -82,6 +114,30 @@ impl Projection for Catalog {
                 }
                 DatasetEvent::Deleted(d) => {
                     datasets.remove(&d.dataset_id);
+                }
+            }
+        } else if e.stream_id.starts_with("preset-") {
+            let Ok(event) =
+                PresetEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())
+            else {
+                tracing::error!(position = e.global_position, "unreadable preset event");
+                return;
+            };
+            let mut s = self.state.write().expect("catalog lock");
+            let presets = s.presets.entry(e.tenant_id).or_default();
+            match event {
+                PresetEvent::Created(v) | PresetEvent::Edited(v) => {
+                    let view = presets.entry(v.preset_id).or_insert_with(|| PresetView {
+                        preset_id: v.preset_id,
+                        versions: BTreeMap::new(),
+                        deleted: false,
+                    });
+                    view.versions.insert(v.version, v);
+                }
+                PresetEvent::Deleted(d) => {
+                    if let Some(view) = presets.get_mut(&d.preset_id) {
+                        view.deleted = true;
+                    }
                 }
             }
         } else if e.event_type == "export.completed" {

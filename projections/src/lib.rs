@@ -11,6 +11,6 @@ mod identity;
 mod runtime;
 
 pub use audit::Audit;
-pub use catalog::{Catalog, DatasetView, ExportView};
+pub use catalog::{Catalog, DatasetView, ExportView, PresetView};
 pub use identity::{Identity, MemberView, Principal, TenantView, TokenEntry, TokenProblem};
 pub use runtime::{Projection, Runtime};
