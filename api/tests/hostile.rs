@@ -57,7 +57,20 @@ fn hostile_value(rng: &mut Rng, depth: u32) -> Value {
         ),
         _ => {
             let mut m = serde_json::Map::new();
-            for key in ["tenant_name", "email", "name", "role", "enabled", "extra"] {
+            for key in [
+                "tenant_name",
+                "email",
+                "name",
+                "role",
+                "enabled",
+                "extra",
+                "sql",
+                "dataset_id",
+                "format",
+                "preset",
+                "columns",
+                "text",
+            ] {
                 if rng.below(3) > 0 {
                     m.insert(key.to_owned(), hostile_value(rng, depth + 1));
                 }
@@ -108,14 +121,29 @@ fn hostile_bodies_never_break_the_service(app: TestApp) {
     let owner_auth = format!("Bearer {owner}");
     let ops_auth = format!("Bearer {ops}");
     let flag_path = format!("/v1/tenants/{tenant}/flags/auditV12");
-    let targets: [(&str, &str, Option<&str>); 4] = [
+    let dataset = app
+        .send(
+            "POST",
+            "/v1/datasets?name=fuzz",
+            &[("Authorization", &owner_auth), ("Content-Type", "text/csv")],
+            Some(b"id,email\n1,a@example.com\n"),
+        )
+        .expect(201)["dataset_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let query_path = format!("/v1/datasets/{dataset}/query");
+    let targets: [(&str, &str, Option<&str>); 7] = [
+        ("POST", &query_path, Some(&owner_auth)),
+        ("POST", "/v1/exports", Some(&owner_auth)),
+        ("POST", "/v1/presets", Some(&owner_auth)),
         ("POST", "/v1/signup", None),
         ("PATCH", "/v1/tenant", Some(&owner_auth)),
         ("POST", "/v1/members", Some(&owner_auth)),
         ("PUT", &flag_path, Some(&ops_auth)),
     ];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    for case in 0..150 {
+    for case in 0..60 {
         for (method, path, auth) in targets {
             let body = hostile_body(&mut rng);
             let content_type = [
