@@ -41,6 +41,11 @@ pub struct AppState {
 
 impl AppState {
     pub async fn new(settings: Settings, store: Store) -> Self {
+        // Loaded tables, plus 1 GiB for queries and the store's own SQLite.
+        let cap = settings.sandbox_cache_bytes as u64 + (1 << 30);
+        if let Err(e) = dataplane::sandbox::set_memory_cap(cap) {
+            tracing::warn!(error = %e, "SQLite memory cap not set");
+        }
         let identity = Arc::new(Identity::default());
         let audit = Arc::new(Audit::default());
         let catalog = Arc::new(Catalog::default());

@@ -166,8 +166,20 @@ impl Table {
     }
 }
 
+/// Cap the memory SQLite may allocate in this process, all connections together: a query that
+/// would go past it fails with an error instead of taking the machine down. SQLite's limit is
+/// process-wide, so it must leave room for the store's own connections and the cache of loaded
+/// tables.
+pub fn set_memory_cap(bytes: u64) -> Result<(), QueryError> {
+    let conn = Connection::open_in_memory().map_err(|e| QueryError::Load(e.to_string()))?;
+    conn.query_row(&format!("PRAGMA hard_heap_limit = {bytes}"), [], |_| Ok(()))
+        .map_err(|e| QueryError::Load(e.to_string()))
+}
+
 /// After loading: read-only, tight limits, and the authorizer.
 fn lock_down(conn: &Connection) -> rusqlite::Result<()> {
+    // Sorts and temporary b-trees beyond this spill to temporary files instead of memory.
+    conn.pragma_update(None, "cache_size", -32_768)?;
     conn.pragma_update(None, "query_only", true)?;
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, 8 * 1024 * 1024)?;
     conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
