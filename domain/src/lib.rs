@@ -10,6 +10,7 @@ pub mod ids;
 pub mod pii;
 pub mod platform;
 pub mod preset;
+pub mod quota;
 pub mod tenant;
 
 pub use aggregate::{Aggregate, DomainEvent, EventDecodeError};
