@@ -2,8 +2,9 @@
 //! and their downloads.
 
 use crate::auth::Caller;
-use crate::http::{Reply, RequestContext, json, wait_for};
+use crate::http::{Reply, RequestContext, json, settle, wait_for};
 use crate::problem::Problem;
+use crate::quota_routes::{meter, peek_blocked};
 use crate::server::AppState;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
@@ -17,6 +18,7 @@ use domain::dataset::{
     self, DatasetColumn, DatasetCommand, DatasetError, ExportCompleted, QueryRun, Uploaded,
 };
 use domain::preset::{self, PresetCommand, PresetError, Rules};
+use domain::quota::Meter;
 use projections::DatasetView;
 use projections::PresetView;
 use serde::Deserialize;
@@ -219,7 +221,7 @@ pub async fn upload(
     };
     let position = state.committed(&done.appended);
     // The answer points at /v1/datasets/{id}: make it readable here first.
-    wait_for(&state, Some(position)).await?;
+    settle(&state, position).await;
     Ok(Reply::json(
         StatusCode::CREATED,
         &j!({
@@ -304,7 +306,7 @@ pub async fn delete(
         .await
         .map_err(Problem::from)?;
     let position = state.committed(&done.appended);
-    wait_for(&state, Some(position)).await?;
+    settle(&state, position).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"dataset_id": id, "deleted": true, "global_position": position}),
@@ -417,9 +419,27 @@ pub async fn query(
         max_rows: state.settings.query_max_rows,
         ..Limits::default()
     };
+    // A blocked meter refuses before the query runs; recording the unit after it succeeded is
+    // the real guard (a failed query costs nothing).
+    let meta = RequestContext::of(&req).metadata(caller.actor());
+    if let Some(blocked) = peek_blocked(&state, tenant, Meter::Queries, &meta).await? {
+        return Err(blocked.blocked_problem(&state.settings.public_url));
+    }
     let started = Instant::now();
     let result = run_query(table, dto.sql.clone(), limits).await?;
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    let ctx = RequestContext::of(&req);
+    let metered = meter(
+        &state,
+        tenant,
+        Meter::Queries,
+        1,
+        &ctx.metadata(caller.actor()),
+    )
+    .await?;
+    if !metered.admitted {
+        return Err(metered.blocked_problem(&state.settings.public_url));
+    }
     let fact = QueryRun {
         dataset_id: view.dataset.dataset_id,
         sql_sha256: sql_digest(&dto.sql),
@@ -447,7 +467,8 @@ pub async fn query(
             "elapsed_ms": elapsed_ms,
             "global_position": position,
         }),
-    ))
+    )
+    .with_headers(metered.headers(OffsetDateTime::now_utc())))
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,6 +533,10 @@ pub async fn create_export(
         max_rows: state.settings.export_max_rows,
         max_result_bytes: usize::MAX,
     };
+    let meta = RequestContext::of(&req).metadata(caller.actor());
+    if let Some(blocked) = peek_blocked(&state, tenant, Meter::Exports, &meta).await? {
+        return Err(blocked.blocked_problem(&state.settings.public_url));
+    }
     let result = run_query(table, sql, limits).await?;
     if result.truncated {
         return Err(Problem::validation(vec![(
@@ -527,6 +552,17 @@ pub async fn create_export(
     let exported = web::block(move || dataplane::export::export(&result, format, &rules, &key))
         .await
         .map_err(|_| Problem::internal())?;
+    let metered = meter(
+        &state,
+        tenant,
+        Meter::Exports,
+        1,
+        &RequestContext::of(&req).metadata(caller.actor()),
+    )
+    .await?;
+    if !metered.admitted {
+        return Err(metered.blocked_problem(&state.settings.public_url));
+    }
     let export_id = Uuid::now_v7();
     state
         .store
@@ -564,10 +600,11 @@ pub async fn create_export(
     )
     .await?;
     // The answer points at the download: make it readable here first.
-    wait_for(&state, Some(position)).await?;
+    settle(&state, position).await;
     Ok(
         Reply::json(StatusCode::CREATED, &export_json(&fact, position))
-            .header(header::LOCATION, format!("/v1/exports/{export_id}")),
+            .header(header::LOCATION, format!("/v1/exports/{export_id}"))
+            .with_headers(metered.headers(OffsetDateTime::now_utc())),
     )
 }
 
@@ -671,7 +708,7 @@ pub async fn create_preset(
         .await
         .map_err(preset_problem)?;
     let position = state.committed(&done.appended);
-    wait_for(&state, Some(position)).await?;
+    settle(&state, position).await;
     let view = state
         .catalog
         .preset(tenant, preset_id)
@@ -719,7 +756,7 @@ pub async fn edit_preset(
         .await
         .map_err(preset_problem)?;
     let position = state.committed(&done.appended);
-    wait_for(&state, Some(position)).await?;
+    settle(&state, position).await;
     let view = state
         .catalog
         .preset(tenant, preset_id)
@@ -756,7 +793,7 @@ pub async fn delete_preset(
         .await
         .map_err(preset_problem)?;
     let position = state.committed(&done.appended);
-    wait_for(&state, Some(position)).await?;
+    settle(&state, position).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"preset_id": preset_id, "deleted": true, "global_position": position}),

@@ -114,6 +114,11 @@ impl Reply {
         self.headers.push((name, value.into()));
         self
     }
+
+    pub fn with_headers(mut self, headers: Vec<(HeaderName, String)>) -> Reply {
+        self.headers.extend(headers);
+        self
+    }
 }
 
 impl From<Problem> for Reply {
@@ -123,7 +128,7 @@ impl From<Problem> for Reply {
             status,
             content_type: "application/problem+json".into(),
             body: serde_json::to_vec(&p).expect("problems serialize"),
-            headers: Vec::new(),
+            headers: p.headers().to_vec(),
         }
     }
 }
@@ -196,6 +201,19 @@ pub async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<(),
         ))
         .with("min_position", position)
         .header(header::RETRY_AFTER, "1"))
+    }
+}
+
+/// After a command has committed: wait, bounded, for this instance's projections to apply it, so
+/// that reads here see the change. Never an error: the change is stored whatever happens here,
+/// and turning a late projection into a 5xx would make a client retry a command that went through.
+pub async fn settle(state: &AppState, position: u64) {
+    let wait = Duration::from_millis(state.settings.read_wait_ms);
+    if !state.projections.wait_for(position, wait).await {
+        tracing::warn!(
+            position,
+            "projections did not reach a committed position in time"
+        );
     }
 }
 

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pii_cli;
 pub mod problem;
+pub mod quota_routes;
 pub mod rbac;
 pub mod routes;
 pub mod server;

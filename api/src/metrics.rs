@@ -23,6 +23,9 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
     pub events_appended: AtomicU64,
     pub idempotent_replays: AtomicU64,
+    pub blocked_attempts: AtomicU64,
+    pub grace_entries: AtomicU64,
+    pub upgrades: AtomicU64,
 }
 
 impl Metrics {
@@ -103,6 +106,27 @@ impl Metrics {
             "tenantry_idempotent_replays_total {}",
             self.idempotent_replays.load(Ordering::Relaxed)
         );
+        for (name, help, value) in [
+            (
+                "tenantry_quota_blocked_attempts_total",
+                "Metered requests refused with 402.",
+                &self.blocked_attempts,
+            ),
+            (
+                "tenantry_quota_grace_entries_total",
+                "Meters that entered their grace period.",
+                &self.grace_entries,
+            ),
+            (
+                "tenantry_plan_upgrades_total",
+                "Plan upgrades.",
+                &self.upgrades,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
         let _ = writeln!(
             out,
             "# HELP tenantry_projection_lag_events Events in the log not yet applied, per projection."

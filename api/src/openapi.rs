@@ -41,6 +41,10 @@ fn shapes(spec: &RouteSpec) -> (Option<&'static str>, &'static str, Option<&'sta
         ("GET", "/v1/presets/{preset_id}") => (None, "200", Some("Preset")),
         ("PUT", "/v1/presets/{preset_id}") => (Some("PresetRequest"), "200", Some("Preset")),
         ("DELETE", "/v1/presets/{preset_id}") => (None, "200", Some("PresetDeleted")),
+        ("GET", "/v1/plans") => (None, "200", Some("Plans")),
+        ("POST", "/v1/usage") => (Some("UsageRequest"), "200", Some("UsageDecision")),
+        ("GET", "/v1/tenant/quota") => (None, "200", Some("Quota")),
+        ("POST", "/v1/tenant/plan") => (Some("PlanRequest"), "200", Some("PlanChange")),
         ("GET", "/healthz") => (None, "200", Some("Health")),
         ("GET", "/readyz") => (None, "200", Some("Ready")),
         _ => (None, "200", None),
@@ -130,6 +134,14 @@ fn operation(spec: &RouteSpec) -> Value {
             ("415", "Not JSON"),
             ("422", "Invalid fields"),
         ]);
+    }
+    if matches!(
+        (spec.method, spec.path),
+        ("POST", "/v1/usage")
+            | ("POST", "/v1/datasets/{dataset_id}/query")
+            | ("POST", "/v1/exports")
+    ) {
+        problems.push(("402", "The plan's quota is used up and its grace is over"));
     }
     if matches!(spec.access, Access::Roles(_)) {
         problems.extend([
@@ -275,6 +287,24 @@ pub fn document() -> Value {
                 }},
                 "PresetList": {"type": "object", "properties": {"presets": {"type": "array", "items": {"$ref": "#/components/schemas/Preset"}}}},
                 "PresetDeleted": {"type": "object", "properties": {"preset_id": string, "deleted": {"type": "boolean"}, "global_position": position}},
+                "Plans": {"type": "object", "properties": {"plans": {"type": "array", "items": {"type": "object"}}}},
+                "UsageRequest": {"type": "object", "additionalProperties": false, "required": ["meter", "units"], "properties": {
+                    "meter": {"type": "string", "enum": ["queries", "exports"]}, "units": {"type": "integer", "minimum": 1, "maximum": 10000}
+                }},
+                "MeterQuota": {"type": "object", "properties": {
+                    "meter": string, "plan": string, "used": {"type": "integer"}, "limit": {"type": "integer"},
+                    "state": {"type": "string", "enum": ["ok", "warning", "grace", "blocked", "overage"]},
+                    "grace_units_left": {"type": "integer"}, "grace_ends_at": {"type": ["string", "null"]}, "resets_at": time
+                }},
+                "UsageDecision": {"type": "object", "properties": {
+                    "decision": {"type": "string", "enum": ["admitted", "admitted_in_grace"]},
+                    "quota": {"$ref": "#/components/schemas/MeterQuota"}, "notice": {"type": "object"}, "global_position": position
+                }},
+                "Quota": {"type": "object", "properties": {"plan": string, "meters": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/MeterQuota"}}}},
+                "PlanRequest": {"type": "object", "additionalProperties": false, "required": ["plan"], "properties": {
+                    "plan": {"type": "string", "enum": ["free", "pro", "enterprise"]}, "reason": {"type": "string", "maxLength": 500}
+                }},
+                "PlanChange": {"type": "object", "properties": {"plan": string, "effective": string, "scheduled": {"type": "object"}, "global_position": position}},
                 "Column": {"type": "object", "properties": {"name": string, "type": {"type": "string", "enum": ["integer", "float", "boolean", "date", "timestamp", "text"]}}},
                 "Dataset": {"type": "object", "properties": {
                     "dataset_id": uuid, "name": string, "columns": {"type": "array", "items": {"$ref": "#/components/schemas/Column"}},

@@ -60,6 +60,11 @@ impl Problem {
         self
     }
 
+    /// Headers that go with the problem (`WWW-Authenticate`, `Retry-After`, `Link` …).
+    pub fn headers(&self) -> &[(header::HeaderName, String)] {
+        &self.0.headers
+    }
+
     pub fn kind(&self) -> &str {
         &self.0.kind
     }

@@ -284,6 +284,34 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: Some(Flag::RedactionPresetBuilder),
         summary: "Delete a preset (its history is kept)",
     },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/plans",
+        access: Access::Public,
+        flag: None,
+        summary: "The plan registry: prices, included units, seats",
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/usage",
+        access: Access::Roles(DATA_WRITERS),
+        flag: None,
+        summary: "Record metered units; admitted, admitted in grace, or 402",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/tenant/quota",
+        access: Access::Roles(EVERY_TENANT_ROLE),
+        flag: None,
+        summary: "Each meter: used, limit, state, grace left, reset time",
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/tenant/plan",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: None,
+        summary: "Change plan: upgrades now (lifting a block), downgrades next period",
+    },
 ];
 
 /// The spec of the route matched by `method` and actix's `pattern`.

@@ -2,7 +2,7 @@
 //! with JSON or a problem document. Who may call what is decided by `Caller` (see `auth.rs`).
 
 use crate::auth::Caller;
-use crate::http::{Reply, RequestContext, idempotent, json, wait_for};
+use crate::http::{Reply, RequestContext, idempotent, json, settle, wait_for};
 use crate::problem::Problem;
 use crate::server::AppState;
 use actix_web::http::StatusCode;
@@ -19,7 +19,7 @@ use std::str::FromStr;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-fn tenant_problem(e: ExecuteError<TenantError>) -> Problem {
+pub fn tenant_problem(e: ExecuteError<TenantError>) -> Problem {
     match e {
         ExecuteError::Domain(d) => {
             let (status, slug) = match &d {
@@ -34,6 +34,7 @@ fn tenant_problem(e: ExecuteError<TenantError>) -> Problem {
                 TenantError::OnlyOwnersAddOwners => (StatusCode::FORBIDDEN, "forbidden"),
                 TenantError::UnknownToken => (StatusCode::NOT_FOUND, "not-found"),
                 TenantError::AlreadyRevoked => (StatusCode::CONFLICT, "already-revoked"),
+                TenantError::TooManyMembers { .. } => (StatusCode::CONFLICT, "seat-limit"),
             };
             Problem::new(status, slug, "The request was refused").detail(d.to_string())
         }
@@ -137,7 +138,7 @@ pub async fn signup(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
             .map_err(tenant_problem)?;
         let position = state.committed(&done.appended);
         // The token must work at once: wait until this instance's projections have it.
-        wait_for(&state, Some(position)).await?;
+        settle(&state, position).await;
         Ok(Reply::json(
             StatusCode::CREATED,
             &j!({
@@ -208,12 +209,19 @@ pub async fn tenant_info(
         .identity
         .tenant(tenant)
         .ok_or_else(|| Problem::not_found("tenant not found"))?;
+    let now = OffsetDateTime::now_utc();
+    let pending = t
+        .pending
+        .as_ref()
+        .filter(|p| now < p.effective_at)
+        .map(|p| j!({"plan": p.to.as_str(), "effective_at": rfc3339(p.effective_at)}));
     Ok(Reply::json(
         StatusCode::OK,
         &j!({
             "tenant_id": t.tenant_id,
             "name": t.name,
-            "plan": t.plan.as_str(),
+            "plan": t.plan_at(now).as_str(),
+            "pending_plan_change": pending,
             "signed_up_at": rfc3339(t.signed_up_at),
             "members": t.members,
         }),
@@ -251,6 +259,7 @@ pub async fn rename_tenant(
         .await
         .map_err(tenant_problem)?;
     let position = state.committed(&done.appended);
+    settle(&state, position).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"tenant_id": tenant, "name": name.as_str(), "global_position": position}),
@@ -310,7 +319,7 @@ pub async fn add_member(
             .await
             .map_err(tenant_problem)?;
         let position = state.committed(&done.appended);
-        wait_for(&state, Some(position)).await?;
+        settle(&state, position).await;
         Ok(Reply::json(
             StatusCode::CREATED,
             &j!({
@@ -374,7 +383,7 @@ pub async fn revoke_current_token(
     };
     let position = state.committed(&appended);
     // From this answer on, the token must not work here.
-    wait_for(&state, Some(position)).await?;
+    settle(&state, position).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"revoked_token_id": token_id, "global_position": position}),
@@ -478,7 +487,7 @@ pub async fn set_tenant_flag(
         .await
         .map_err(tenant_problem)?;
     let position = state.committed(&done.appended);
-    wait_for(&state, Some(position)).await?;
+    settle(&state, position).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"tenant_id": tenant, "flag": flag.as_str(), "enabled": dto.enabled, "global_position": position}),

@@ -15,6 +15,7 @@ use commands::{Executor, ExecutorConfig};
 use domain::dataset::Dataset;
 use domain::platform::Platform;
 use domain::preset::Preset;
+use domain::quota::Usage;
 use domain::tenant::Tenant;
 use projections::{Audit, Catalog, Identity, Runtime};
 use std::net::SocketAddr;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub audit: Arc<Audit>,
     pub datasets: Executor<Dataset>,
     pub presets: Executor<Preset>,
+    pub usage: Executor<Usage>,
     pub catalog: Arc<Catalog>,
     pub sandbox: dataplane::sandbox::Cache,
     pub projections: Runtime,
@@ -56,6 +58,15 @@ impl AppState {
         Self {
             datasets: Executor::new(store.clone(), ExecutorConfig::new("dataset/v1")),
             presets: Executor::new(store.clone(), ExecutorConfig::new("preset/v1")),
+            usage: Executor::new(
+                store.clone(),
+                ExecutorConfig {
+                    // Busy meters are contended by design (many clients, several instances):
+                    // retry longer before giving up.
+                    max_retries: 64,
+                    ..ExecutorConfig::new("usage/v1")
+                },
+            ),
             sandbox: dataplane::sandbox::Cache::new(settings.sandbox_cache_bytes),
             catalog,
             tenants: Executor::new(store.clone(), ExecutorConfig::new("tenant/v1")),
@@ -196,7 +207,8 @@ fn routes(cfg: &mut web::ServiceConfig, dataset_limit: usize) {
                 .route(web::put().to(routes::set_tenant_flag)),
         )
         .service(web::resource("/v1/audit/events").route(web::get().to(routes::audit_events)))
-        .configure(|c| crate::data_routes::routes(c, dataset_limit));
+        .configure(|c| crate::data_routes::routes(c, dataset_limit))
+        .configure(crate::quota_routes::routes);
 }
 
 fn query_problem(

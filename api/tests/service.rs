@@ -219,6 +219,8 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             ("POST", "/v1/presets") | ("PUT", "/v1/presets/{preset_id}") => {
                 Some(preset_body.clone().into_bytes())
             }
+            ("POST", "/v1/usage") => Some(br#"{"meter": "queries", "units": 1}"#.to_vec()),
+            ("POST", "/v1/tenant/plan") => Some(br#"{"plan": "enterprise"}"#.to_vec()),
             ("PUT", _) => Some(br#"{"enabled": true}"#.to_vec()),
             ("PATCH", _) => None, // a body is sent per role below
             ("POST", _) => Some(b"{}".to_vec()),
@@ -262,6 +264,12 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             let body = match (spec.method, spec.path) {
                 ("POST", "/v1/members") => Some(member_body),
                 ("PATCH", "/v1/tenant") => Some(rename_body),
+                // Each allowed role moves the plan up one step, so none is a no-op.
+                ("POST", "/v1/tenant/plan") => Some(
+                    json!({"plan": if *role == Role::Tenant(TenantRole::Owner) { "pro" } else { "enterprise" }})
+                        .to_string()
+                        .into_bytes(),
+                ),
                 _ => body.clone(),
             };
             // Each deletion gets a dataset of its own.

@@ -62,7 +62,10 @@ async fn commands_are_decided_and_appended(h: TestStore) {
         err,
         ExecuteError::Domain(TenantError::AlreadySignedUp)
     ));
-    let upgrade = TenantCommand::ChangePlan { plan: Plan::Pro };
+    let upgrade = TenantCommand::ChangePlan {
+        plan: Plan::Pro,
+        reason: None,
+    };
     let done = ex
         .execute(t, &stream, &upgrade, &meta, now())
         .await

@@ -285,7 +285,12 @@ pub fn is_date(v: &str) -> bool {
 /// `YYYY-MM-DD[T ]HH:MM[:SS[.fraction]][Z|±HH:MM]`.
 pub fn is_timestamp(v: &str) -> bool {
     let b = v.as_bytes();
-    if b.len() < 16 || !is_date(&v[..10]) || !(b[10] == b'T' || b[10] == b' ') {
+    // Byte 10 may fall inside a multi-byte character: check it is a boundary before slicing.
+    if b.len() < 16
+        || !v.is_char_boundary(10)
+        || !is_date(&v[..10])
+        || !(b[10] == b'T' || b[10] == b' ')
+    {
         return false;
     }
     let (Some(h), Some(m)) = (two(&b[11..13]), two(&b[14..16])) else {
@@ -359,6 +364,17 @@ mod tests {
         assert!(is_timestamp("2024-01-01T23:59:60+02:00"));
         assert!(!is_timestamp("2024-01-01T24:00:00Z"));
         assert!(!is_timestamp("2024-01-01T10:00:00+2"));
+        assert!(
+            !is_timestamp("Jürgen Müller GmbH"),
+            "non-ASCII text is not sliced mid-character"
+        );
+        assert_eq!(
+            ingest("name\nJürgen Müller GmbH\n".as_bytes())
+                .unwrap()
+                .columns[0]
+                .kind,
+            ColumnType::Text
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod identity;
 pub mod ids;
 pub mod pii;
+pub mod plans;
 pub mod platform;
 pub mod preset;
 pub mod quota;

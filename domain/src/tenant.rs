@@ -95,6 +95,24 @@ pub enum Plan {
 }
 
 impl Plan {
+    /// Free < Pro < Enterprise: moving up is an upgrade.
+    pub fn rank(self) -> u8 {
+        match self {
+            Plan::Free => 0,
+            Plan::Pro => 1,
+            Plan::Enterprise => 2,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Plan> {
+        match s {
+            "free" => Some(Plan::Free),
+            "pro" => Some(Plan::Pro),
+            "enterprise" => Some(Plan::Enterprise),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Plan::Free => "free",
@@ -126,6 +144,7 @@ pub enum TenantCommand {
     },
     ChangePlan {
         plan: Plan,
+        reason: Option<String>,
     },
     /// Add a member; `by` is the role of who asks (an admin cannot make owners).
     AddMember {
@@ -163,6 +182,19 @@ pub struct PlanChanged {
     pub to: Plan,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// Why, as the person who changed it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanChangeScheduled {
+    pub from: Plan,
+    pub to: Plan,
+    #[serde(with = "time::serde::rfc3339")]
+    pub effective_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +228,7 @@ pub enum TenantEvent {
     SignedUp(SignedUp),
     Renamed(Renamed),
     PlanChanged(PlanChanged),
+    PlanChangeScheduled(PlanChangeScheduled),
     MemberAdded(MemberAdded),
     TokenIssued(TokenIssued),
     TokenRevoked(TokenRevoked),
@@ -208,6 +241,7 @@ impl DomainEvent for TenantEvent {
             TenantEvent::SignedUp(_) => "tenant.signed_up",
             TenantEvent::Renamed(_) => "tenant.renamed",
             TenantEvent::PlanChanged(_) => "plan.changed",
+            TenantEvent::PlanChangeScheduled(_) => "plan.change_scheduled",
             TenantEvent::MemberAdded(_) => "member.added",
             TenantEvent::TokenIssued(_) => "token.issued",
             TenantEvent::TokenRevoked(_) => "token.revoked",
@@ -220,6 +254,7 @@ impl DomainEvent for TenantEvent {
             TenantEvent::SignedUp(e) => serde_json::to_value(e),
             TenantEvent::Renamed(e) => serde_json::to_value(e),
             TenantEvent::PlanChanged(e) => serde_json::to_value(e),
+            TenantEvent::PlanChangeScheduled(e) => serde_json::to_value(e),
             TenantEvent::MemberAdded(e) => serde_json::to_value(e),
             TenantEvent::TokenIssued(e) => serde_json::to_value(e),
             TenantEvent::TokenRevoked(e) => serde_json::to_value(e),
@@ -242,6 +277,9 @@ impl DomainEvent for TenantEvent {
             }
             ("plan.changed", 1) => {
                 TenantEvent::PlanChanged(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("plan.change_scheduled", 1) => {
+                TenantEvent::PlanChangeScheduled(EventDecodeError::parse(event_type, payload)?)
             }
             ("member.added", 1) => {
                 TenantEvent::MemberAdded(EventDecodeError::parse(event_type, payload)?)
@@ -273,6 +311,12 @@ pub enum TenantError {
     SameName,
     #[error("the tenant is already on the {0} plan")]
     SamePlan(&'static str),
+    #[error("the {plan} plan has {seats} seats and the tenant has {members} members")]
+    TooManyMembers {
+        plan: &'static str,
+        seats: u64,
+        members: usize,
+    },
     #[error("{0} is already a member of this tenant")]
     EmailTaken(String),
     #[error("this user id is already a member of this tenant")]
@@ -303,9 +347,20 @@ pub struct Tenant {
     /// Token id → revoked?
     pub tokens: BTreeMap<Uuid, bool>,
     pub flags: BTreeMap<Flag, bool>,
+    /// A downgrade waiting for the next period: the plan and when it applies.
+    #[serde(default)]
+    pub pending: Option<PlanChangeScheduled>,
 }
 
 impl Tenant {
+    /// The plan in force at `now` (a scheduled downgrade applies from its period on).
+    pub fn plan_at(&self, now: OffsetDateTime) -> Plan {
+        match &self.pending {
+            Some(p) if now >= p.effective_at => p.to,
+            _ => self.plan,
+        }
+    }
+
     fn check_new_member(&self, m: &NewMember) -> Result<(), TenantError> {
         if self.members.contains_key(&m.user_id) {
             return Err(TenantError::UserIdTaken);
@@ -366,14 +421,40 @@ impl Aggregate for Tenant {
                 from: self.name.clone().expect("checked above"),
                 to: name.clone(),
             })]),
-            C::ChangePlan { plan } if *plan == self.plan => {
-                Err(TenantError::SamePlan(plan.as_str()))
+            C::ChangePlan { plan, reason } => {
+                let current = self.plan_at(now);
+                let pending = self.pending.as_ref().filter(|p| now < p.effective_at);
+                if *plan == current && pending.is_none() {
+                    return Err(TenantError::SamePlan(plan.as_str()));
+                }
+                if plan.rank() >= current.rank() {
+                    // An upgrade (or cancelling a scheduled downgrade): effective now.
+                    return Ok(vec![TenantEvent::PlanChanged(PlanChanged {
+                        from: current,
+                        to: *plan,
+                        at: now,
+                        reason: reason.clone(),
+                    })]);
+                }
+                let seats = crate::plans::definition(*plan).seats;
+                if let Some(seats) = seats
+                    && self.members.len() as u64 > seats
+                {
+                    return Err(TenantError::TooManyMembers {
+                        plan: plan.as_str(),
+                        seats,
+                        members: self.members.len(),
+                    });
+                }
+                Ok(vec![TenantEvent::PlanChangeScheduled(
+                    PlanChangeScheduled {
+                        from: current,
+                        to: *plan,
+                        effective_at: crate::quota::Period::of(now).end(),
+                        reason: reason.clone(),
+                    },
+                )])
             }
-            C::ChangePlan { plan } => Ok(vec![TenantEvent::PlanChanged(PlanChanged {
-                from: self.plan,
-                to: *plan,
-                at: now,
-            })]),
             C::AddMember { member, by } => {
                 if member.role == TenantRole::Owner && *by != TenantRole::Owner {
                     return Err(TenantError::OnlyOwnersAddOwners);
@@ -403,7 +484,11 @@ impl Aggregate for Tenant {
                 self.signed_up_at = Some(e.at);
             }
             TenantEvent::Renamed(e) => self.name = Some(e.to.clone()),
-            TenantEvent::PlanChanged(e) => self.plan = e.to,
+            TenantEvent::PlanChanged(e) => {
+                self.plan = e.to;
+                self.pending = None;
+            }
+            TenantEvent::PlanChangeScheduled(e) => self.pending = Some(e.clone()),
             TenantEvent::MemberAdded(e) => {
                 self.members.insert(
                     e.user_id,
@@ -515,7 +600,10 @@ mod tests {
             .when(TenantCommand::Rename { name: name("X") })
             .then_err(TenantError::NotFound);
         given::<Tenant>([])
-            .when(TenantCommand::ChangePlan { plan: Plan::Pro })
+            .when(TenantCommand::ChangePlan {
+                plan: Plan::Pro,
+                reason: None,
+            })
             .then_err(TenantError::NotFound);
         given::<Tenant>([])
             .when(TenantCommand::RevokeToken {
@@ -527,19 +615,71 @@ mod tests {
     #[test]
     fn change_plan_moves_the_current_plan() {
         let state = given::<Tenant>(signed_up("Acme"))
-            .when(TenantCommand::ChangePlan { plan: Plan::Pro })
+            .when(TenantCommand::ChangePlan {
+                plan: Plan::Pro,
+                reason: None,
+            })
             .then([TenantEvent::PlanChanged(PlanChanged {
                 from: Plan::Free,
                 to: Plan::Pro,
                 at: test_now(),
+                reason: None,
             })]);
         assert_eq!(state.plan, Plan::Pro);
     }
 
     #[test]
+    fn a_downgrade_waits_for_the_next_period_and_respects_seats() {
+        let upgraded = TenantEvent::PlanChanged(PlanChanged {
+            from: Plan::Free,
+            to: Plan::Pro,
+            at: test_now(),
+            reason: None,
+        });
+        let mut history = signed_up("Acme");
+        history.push(upgraded);
+        let state = given::<Tenant>(history.clone())
+            .when(TenantCommand::ChangePlan {
+                plan: Plan::Free,
+                reason: None,
+            })
+            .then([TenantEvent::PlanChangeScheduled(PlanChangeScheduled {
+                from: Plan::Pro,
+                to: Plan::Free,
+                effective_at: time::macros::datetime!(2026-03-01 00:00 UTC),
+                reason: None,
+            })]);
+        assert_eq!(state.plan_at(test_now()), Plan::Pro);
+        assert_eq!(
+            state.plan_at(time::macros::datetime!(2026-03-01 00:00 UTC)),
+            Plan::Free
+        );
+        for i in 2..=4u128 {
+            history.extend(member_events(&new_member(
+                i,
+                &format!("m{i}@example.com"),
+                TenantRole::Viewer,
+            )));
+        }
+        given::<Tenant>(history)
+            .when(TenantCommand::ChangePlan {
+                plan: Plan::Free,
+                reason: None,
+            })
+            .then_err(TenantError::TooManyMembers {
+                plan: "free",
+                seats: 3,
+                members: 4,
+            });
+    }
+
+    #[test]
     fn changing_to_the_current_plan_is_refused() {
         given::<Tenant>(signed_up("Acme"))
-            .when(TenantCommand::ChangePlan { plan: Plan::Free })
+            .when(TenantCommand::ChangePlan {
+                plan: Plan::Free,
+                reason: None,
+            })
             .then_err(TenantError::SamePlan("free"));
     }
 
@@ -651,6 +791,7 @@ mod tests {
                 from: Plan::Free,
                 to: Plan::Enterprise,
                 at: test_now(),
+                reason: None,
             }),
             TenantEvent::TokenRevoked(TokenRevoked {
                 token_id: Uuid::from_u128(7),

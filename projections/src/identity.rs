@@ -38,6 +38,18 @@ pub struct TenantView {
     pub signed_up_at: OffsetDateTime,
     pub flags: BTreeMap<Flag, bool>,
     pub members: usize,
+    /// A downgrade waiting for its period.
+    pub pending: Option<domain::tenant::PlanChangeScheduled>,
+}
+
+impl TenantView {
+    /// The plan in force at `now`.
+    pub fn plan_at(&self, now: OffsetDateTime) -> Plan {
+        match &self.pending {
+            Some(p) if now >= p.effective_at => p.to,
+            _ => self.plan,
+        }
+    }
 }
 
 /// Who a valid token speaks for.
@@ -139,6 +151,7 @@ impl Identity {
                         signed_up_at: at,
                         flags: BTreeMap::new(),
                         members: 0,
+                        pending: None,
                     },
                 );
             }
@@ -150,6 +163,12 @@ impl Identity {
             TenantEvent::PlanChanged(e) => {
                 if let Some(t) = state.tenants.get_mut(&tenant) {
                     t.plan = e.to;
+                    t.pending = None;
+                }
+            }
+            TenantEvent::PlanChangeScheduled(e) => {
+                if let Some(t) = state.tenants.get_mut(&tenant) {
+                    t.pending = Some(e);
                 }
             }
             TenantEvent::MemberAdded(e) => {
