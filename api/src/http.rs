@@ -204,6 +204,21 @@ pub async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<(),
     }
 }
 
+/// The body kept for replays: a bearer token is shown once, so it is never stored — a replay
+/// says it was issued (`"token": null, "token_redacted": true`) without repeating it.
+fn without_secrets(body: &[u8]) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return body.to_vec();
+    };
+    if map.get("token").is_some_and(|t| !t.is_null()) {
+        map.insert("token".into(), serde_json::Value::Null);
+        map.insert("token_redacted".into(), serde_json::Value::Bool(true));
+        return serde_json::to_vec(&map).unwrap_or_else(|_| body.to_vec());
+    }
+    body.to_vec()
+}
+
 /// After a command has committed: wait, bounded, for this instance's projections to apply it, so
 /// that reads here see the change. Never an error: the change is stored whatever happens here,
 /// and turning a late projection into a 5xx would make a client retry a command that went through.
@@ -299,7 +314,7 @@ where
                 let stored = StoredResponse {
                     status: reply.status.as_u16(),
                     content_type: reply.content_type.clone(),
-                    body: reply.body.clone(),
+                    body: without_secrets(&reply.body),
                 };
                 state.store.idempotency_complete(scope, &key, stored).await
             };
