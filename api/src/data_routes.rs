@@ -58,6 +58,9 @@ pub fn routes(cfg: &mut web::ServiceConfig, dataset_limit: usize) {
     .service(web::resource("/v1/exports/{export_id}/download").route(web::get().to(download)));
 }
 
+/// The most data one export may hold in memory while it is built.
+const EXPORT_MAX_BYTES: usize = 1 << 30;
+
 fn kind_name(k: ColumnType) -> &'static str {
     match k {
         ColumnType::Integer => "integer",
@@ -329,6 +332,9 @@ async fn table(
             kind: kind_of(&c.kind),
         })
         .collect();
+    if let Some(table) = state.sandbox.get(&id.to_string()) {
+        return Ok(table);
+    }
     let bytes = state
         .store
         .get_blob(tenant, &blob_id(id))
@@ -531,7 +537,8 @@ pub async fn create_export(
     let limits = Limits {
         time: Duration::from_millis(state.settings.query_time_ms.max(60_000)),
         max_rows: state.settings.export_max_rows,
-        max_result_bytes: usize::MAX,
+        // The export is built in memory: bound it.
+        max_result_bytes: EXPORT_MAX_BYTES,
     };
     let meta = RequestContext::of(&req).metadata(caller.actor());
     if let Some(blocked) = peek_blocked(&state, tenant, Meter::Exports, &meta).await? {
@@ -542,13 +549,13 @@ pub async fn create_export(
         return Err(Problem::validation(vec![(
             "sql".into(),
             format!(
-                "the export would exceed {} rows",
-                state.settings.export_max_rows
+                "the export would exceed {} rows or {} bytes",
+                state.settings.export_max_rows, EXPORT_MAX_BYTES
             ),
         )]));
     }
     let format = dto.format;
-    let key = tenant.to_string().into_bytes();
+    let key = state.pii_key(tenant);
     let exported = web::block(move || dataplane::export::export(&result, format, &rules, &key))
         .await
         .map_err(|_| Problem::internal())?;

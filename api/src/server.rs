@@ -39,6 +39,8 @@ pub struct AppState {
     pub sandbox: dataplane::sandbox::Cache,
     pub projections: Runtime,
     pub metrics: Metrics,
+    /// The platform secret that keys every tenant's PII hashes (never leaves the store).
+    pii_secret: Vec<u8>,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
         if let Err(e) = dataplane::sandbox::set_memory_cap(cap) {
             tracing::warn!(error = %e, "SQLite memory cap not set");
         }
+        let pii_secret = pii_secret(&store).await;
         let identity = Arc::new(Identity::default());
         let audit = Arc::new(Audit::default());
         let catalog = Arc::new(Catalog::default());
@@ -77,7 +80,19 @@ impl AppState {
             audit,
             projections,
             metrics: Metrics::default(),
+            pii_secret,
         }
+    }
+
+    /// The key of a tenant's PII hashes: SHA-256 of the platform secret and the tenant id, so
+    /// hashes are stable within a tenant, differ across tenants, and cannot be recomputed from
+    /// anything a client can see.
+    pub fn pii_key(&self, tenant: domain::TenantId) -> Vec<u8> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(&self.pii_secret);
+        h.update(tenant.as_uuid().as_bytes());
+        h.finalize().to_vec()
     }
 
     /// The last position a command wrote (or, for a command that wrote nothing, the head), and
@@ -91,6 +106,24 @@ impl AppState {
                 a.last_position()
             }
             None => 0,
+        }
+    }
+}
+
+/// The platform's PII secret: 32 random bytes made on first start and kept in the store (the
+/// first instance to make one wins, so every instance on one database uses the same).
+async fn pii_secret(store: &Store) -> Vec<u8> {
+    let mut fresh = uuid::Uuid::new_v4().as_bytes().to_vec();
+    fresh.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    match store
+        .put_blob_if_absent(domain::TenantId::PLATFORM, "pii-secret", fresh.clone())
+        .await
+    {
+        Ok(stored) => stored,
+        Err(e) => {
+            // Without the store there is no service anyway; hashes made now would not match later ones.
+            tracing::error!(error = %e, "PII secret not loaded; using a temporary one");
+            fresh
         }
     }
 }

@@ -287,6 +287,14 @@ fn run(conn: &Connection, sql: &str, limits: Limits) -> rusqlite::Result<QueryRe
                 _ => 8,
             };
             out.push(v);
+            // Checked per value: one row of huge values must not get past the cap.
+            if bytes > limits.max_result_bytes {
+                return Ok(QueryResult {
+                    columns,
+                    rows,
+                    truncated: true,
+                });
+            }
         }
         rows.push(out);
     }
@@ -361,6 +369,17 @@ impl Cache {
             };
         }
         Ok(table)
+    }
+
+    /// The loaded table of `key`, if it is in the cache.
+    pub fn get(&self, key: &str) -> Option<Arc<Table>> {
+        let tick = self
+            .clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut entries = self.entries.lock().expect("cache lock");
+        let (t, used) = entries.get_mut(key)?;
+        *used = tick;
+        Some(t.clone())
     }
 
     pub fn forget(&self, key: &str) {
@@ -497,6 +516,17 @@ mod tests {
             t.query("SELECT randomblob(100000000)", limits),
             Err(QueryError::Invalid(_))
         ));
+        let one_huge_row = t
+            .query(
+                "SELECT printf('%.*c', 1000000, 'x'), printf('%.*c', 1000000, 'y')",
+                Limits {
+                    max_result_bytes: 1_000,
+                    ..limits
+                },
+            )
+            .unwrap();
+        assert!(one_huge_row.truncated, "the byte cap holds within a row");
+        assert!(one_huge_row.rows.is_empty());
         // Still healthy afterwards.
         assert_eq!(
             t.query("SELECT count(*) FROM data", limits).unwrap().rows[0][0],

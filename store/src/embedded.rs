@@ -175,6 +175,39 @@ impl Embedded {
         .map_err(StoreError::backend)
     }
 
+    /// Keep `bytes` unless a blob of that id exists; either way, answer with what is stored.
+    pub(crate) async fn put_blob_if_absent(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let path = self.blob_path(tenant, id)?;
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let dir = path.parent().expect("blob paths have a folder");
+            std::fs::create_dir_all(dir)?;
+            let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            // A hard link fails if the name exists: the first writer wins, atomically.
+            let linked = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    std::fs::File::open(dir)?.sync_all()?;
+                    Ok(bytes)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(StoreError::backend)?
+        .map_err(StoreError::backend)
+    }
+
     pub(crate) async fn get_blob(&self, tenant: TenantId, id: &str) -> Result<Option<Vec<u8>>> {
         let path = self.blob_path(tenant, id)?;
         tokio::task::spawn_blocking(move || match std::fs::read(&path) {

@@ -175,6 +175,17 @@ impl Store {
         dispatch!(self.put_blob(tenant, id, bytes))
     }
 
+    /// Keep `bytes` unless a blob of that id exists (the first writer wins, also across
+    /// processes and instances); answer with what is stored.
+    pub async fn put_blob_if_absent(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        dispatch!(self.put_blob_if_absent(tenant, id, bytes))
+    }
+
     pub async fn get_blob(&self, tenant: TenantId, id: &str) -> Result<Option<Vec<u8>>> {
         dispatch!(self.get_blob(tenant, id))
     }

@@ -281,6 +281,29 @@ impl Postgres {
         Ok(())
     }
 
+    pub(crate) async fn put_blob_if_absent(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO blobs (tenant_id, blob_id, data) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id, blob_id) DO NOTHING",
+                &[tenant.as_uuid(), &id, &bytes],
+            )
+            .await?;
+        let row = client
+            .query_one(
+                "SELECT data FROM blobs WHERE tenant_id = $1 AND blob_id = $2",
+                &[tenant.as_uuid(), &id],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     pub(crate) async fn get_blob(&self, tenant: TenantId, id: &str) -> Result<Option<Vec<u8>>> {
         let mut client = self.pool.get().await?;
         let tx = tenant_scope(&mut client, tenant).await?;

@@ -628,6 +628,18 @@ async fn blobs_are_kept_per_tenant_replaced_and_removed(h: &Harness) {
         h.another_handle().await.get_blob(t, "big").await.unwrap(),
         Some(big)
     );
+    // First writer wins, across handles.
+    let first = s
+        .put_blob_if_absent(t, "once", b"a".to_vec())
+        .await
+        .unwrap();
+    let second = h
+        .another_handle()
+        .await
+        .put_blob_if_absent(t, "once", b"b".to_vec())
+        .await
+        .unwrap();
+    assert_eq!((first, second), (b"a".to_vec(), b"a".to_vec()));
     s.delete_blob(t, "b-1").await.unwrap();
     s.delete_blob(t, "b-1").await.unwrap();
     assert_eq!(s.get_blob(t, "b-1").await.unwrap(), None);
