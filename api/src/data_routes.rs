@@ -544,7 +544,27 @@ pub async fn create_export(
     if let Some(blocked) = peek_blocked(&state, tenant, Meter::Exports, &meta).await? {
         return Err(blocked.blocked_problem(&state.settings.public_url));
     }
-    let result = run_query(table, sql, limits).await?;
+    let key = state.pii_key(tenant);
+    let (result, rules) = match (&dto.sql, rules.columns.is_empty()) {
+        // A query under column rules runs over a redacted copy, so that aliases and
+        // expressions cannot reach the original values of a ruled column.
+        (Some(_), false) => {
+            let all = run_query(table, "SELECT * FROM data".into(), limits).await?;
+            let (k, r) = (key.clone(), rules.clone());
+            let redacted = web::block(move || {
+                Table::from_result(&dataplane::export::redact_columns(&all, &r, &k))
+            })
+            .await
+            .map_err(|_| Problem::internal())?
+            .map_err(query_problem)?;
+            let text_only = Rules {
+                columns: Vec::new(),
+                text: rules.text.clone(),
+            };
+            (run_query(Arc::new(redacted), sql, limits).await?, text_only)
+        }
+        _ => (run_query(table, sql, limits).await?, rules),
+    };
     if result.truncated {
         return Err(Problem::validation(vec![(
             "sql".into(),
@@ -555,7 +575,6 @@ pub async fn create_export(
         )]));
     }
     let format = dto.format;
-    let key = state.pii_key(tenant);
     let exported = web::block(move || dataplane::export::export(&result, format, &rules, &key))
         .await
         .map_err(|_| Problem::internal())?;

@@ -394,6 +394,20 @@ fn presets_are_versioned_shared_and_applied_at_export(app: TestApp) {
     assert_eq!(first[0].len(), 12, "hashed: {text}");
     assert_eq!(&first[1..], ["10.0", "2024-01", "call ****************"]);
     assert_eq!(a["badge"], "PASS");
+    // Column rules hold under any SQL: an alias cannot reach the original values, and a
+    // dropped column is not there to select.
+    let aliased = app
+        .post_json("/v1/exports", Some(&analyst), &json!({"dataset_id": id, "format": "csv", "sql": "SELECT email AS x, upper(email) AS y FROM data WHERE email IS NOT NULL AND email != ''", "preset": {"id": preset, "version": 1}}))
+        .expect(201);
+    assert_eq!(aliased["badge"], "PASS");
+    let body = String::from_utf8(
+        app.get(aliased["download_url"].as_str().unwrap(), &analyst)
+            .body,
+    )
+    .unwrap();
+    assert!(!body.contains("@example"), "{body}");
+    app.post_json("/v1/exports", Some(&analyst), &json!({"dataset_id": id, "format": "csv", "sql": "SELECT id FROM data", "preset": {"id": preset, "version": 1}}))
+        .problem(422, "query-invalid");
 
     // Edit: version 2 keeps the email as it is; the output scan catches it.
     let v2 = json!({"columns": [{"column": "email", "action": "keep"}], "text": {"detectors": ["phone"], "method": "replace"}});

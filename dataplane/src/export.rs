@@ -97,6 +97,40 @@ pub struct Exported {
     pub findings: BTreeMap<Detector, usize>,
 }
 
+/// Apply only the column rules of `rules` to a whole table: dropped columns go, the others are
+/// masked, hashed, truncated or generalized. A query is then run over this, so that renaming a
+/// column in SQL (`SELECT ssn AS x`) cannot get around a rule on `ssn`.
+pub fn redact_columns(result: &QueryResult, rules: &Rules, key: &[u8]) -> QueryResult {
+    let actions: Vec<Option<&ColumnAction>> =
+        result.columns.iter().map(|c| rules.rule_for(c)).collect();
+    let kept: Vec<usize> = (0..result.columns.len())
+        .filter(|i| actions[*i] != Some(&ColumnAction::Drop))
+        .collect();
+    let passthrough = Rules {
+        columns: Vec::new(),
+        text: domain::preset::TextRule {
+            detectors: Vec::new(),
+            method: domain::pii::Method::Replace,
+        },
+    };
+    QueryResult {
+        columns: kept.iter().map(|i| result.columns[*i].clone()).collect(),
+        rows: result
+            .rows
+            .iter()
+            .map(|row| {
+                kept.iter()
+                    .map(|i| match actions[*i] {
+                        None => row[*i].clone(),
+                        action => redact(&row[*i], action, &passthrough, key),
+                    })
+                    .collect()
+            })
+            .collect(),
+        truncated: result.truncated,
+    }
+}
+
 /// Apply `rules` (the hash method keyed by `key`), write `format`, scan the result, hash it.
 pub fn export(result: &QueryResult, format: Format, rules: &Rules, key: &[u8]) -> Exported {
     let actions: Vec<Option<&ColumnAction>> =

@@ -152,6 +152,58 @@ impl Table {
         })
     }
 
+    /// A table made from rows already in memory (a redacted copy of a dataset), columns
+    /// untyped: SQLite keeps each value's own type.
+    pub fn from_result(result: &QueryResult) -> Result<Self, QueryError> {
+        let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
+        let mut conn = Connection::open_in_memory().map_err(load)?;
+        let defs: Vec<String> = result.columns.iter().map(|c| quote_identifier(c)).collect();
+        if defs.is_empty() {
+            return Err(QueryError::Invalid(
+                "every column was dropped by the preset".into(),
+            ));
+        }
+        conn.execute_batch(&format!("CREATE TABLE data ({})", defs.join(", ")))
+            .map_err(load)?;
+        let mut approx = 64 * 1024;
+        {
+            let tx = conn.transaction().map_err(load)?;
+            {
+                let placeholders = vec!["?"; defs.len()].join(", ");
+                let mut insert = tx
+                    .prepare(&format!("INSERT INTO data VALUES ({placeholders})"))
+                    .map_err(load)?;
+                for row in &result.rows {
+                    for (i, v) in row.iter().enumerate() {
+                        let idx = i + 1;
+                        let bound = match v {
+                            Value::Null => insert.raw_bind_parameter(idx, rusqlite::types::Null),
+                            Value::Bool(b) => insert.raw_bind_parameter(idx, i64::from(*b)),
+                            Value::Number(n) => match n.as_i64() {
+                                Some(i) => insert.raw_bind_parameter(idx, i),
+                                None => insert.raw_bind_parameter(idx, n.as_f64().unwrap_or(0.0)),
+                            },
+                            Value::String(s) => {
+                                approx += s.len();
+                                insert.raw_bind_parameter(idx, s.as_str())
+                            }
+                            other => insert.raw_bind_parameter(idx, other.to_string()),
+                        };
+                        bound.map_err(load)?;
+                    }
+                    insert.raw_execute().map_err(load)?;
+                }
+            }
+            tx.commit().map_err(load)?;
+        }
+        lock_down(&conn).map_err(load)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            columns: Vec::new(),
+            approx_bytes: approx * 2,
+        })
+    }
+
     /// Run one read-only statement.
     pub fn query(&self, sql: &str, limits: Limits) -> Result<QueryResult, QueryError> {
         let conn = self
