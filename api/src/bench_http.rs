@@ -99,12 +99,19 @@ impl Conn {
     }
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Load {
+    Rename,
+    Read,
+    Usage,
+}
+
 async fn phase(
     addr: &str,
     tokens: &[String],
     cfg: &HttpBench,
     route: &'static str,
-    command: bool,
+    load: Load,
 ) -> anyhow::Result<Phase> {
     let deadline = Instant::now() + Duration::from_secs_f64(cfg.seconds);
     let started = Instant::now();
@@ -119,12 +126,18 @@ async fn phase(
             while Instant::now() < deadline {
                 n += 1;
                 let t0 = Instant::now();
-                let (status, _) = if command {
-                    let body = format!("{{\"name\":\"Bench c{c} n{n}\"}}");
-                    conn.call("PATCH", "/v1/tenant", Some(&token), Some(&body))
-                        .await?
-                } else {
-                    conn.call("GET", "/v1/tenant", Some(&token), None).await?
+                let (status, _) = match load {
+                    Load::Rename => {
+                        let body = format!("{{\"name\":\"Bench c{c} n{n}\"}}");
+                        conn.call("PATCH", "/v1/tenant", Some(&token), Some(&body))
+                            .await?
+                    }
+                    Load::Read => conn.call("GET", "/v1/tenant", Some(&token), None).await?,
+                    Load::Usage => {
+                        let body = r#"{"meter":"queries","units":1}"#;
+                        conn.call("POST", "/v1/usage", Some(&token), Some(body))
+                            .await?
+                    }
                 };
                 latencies.push(t0.elapsed());
                 if status == 200 { ok += 1 } else { errors += 1 }
@@ -155,6 +168,73 @@ async fn phase(
     })
 }
 
+async fn signup_tenants(addr: &str, n: usize, plan: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let mut conn = Conn::open(addr).await?;
+    let mut tokens = Vec::new();
+    for t in 0..n {
+        let body = format!(
+            "{{\"tenant_name\":\"Bench tenant {t}\",\"email\":\"owner{t}@bench.example\",\"name\":\"Owner {t}\"}}"
+        );
+        let (status, body) = conn.call("POST", "/v1/signup", None, Some(&body)).await?;
+        anyhow::ensure!(
+            status == 201,
+            "sign-up failed: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        let token = v["token"].as_str().unwrap_or_default().to_owned();
+        if let Some(plan) = plan {
+            let body = format!("{{\"plan\":\"{plan}\"}}");
+            let (status, body) = conn
+                .call("POST", "/v1/tenant/plan", Some(&token), Some(&body))
+                .await?;
+            anyhow::ensure!(
+                status == 200,
+                "upgrade failed: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
+#[derive(Debug, Serialize)]
+pub struct UsageBenchReport {
+    pub backend: String,
+    pub tenants: usize,
+    pub connections: usize,
+    pub seconds_per_phase: f64,
+    pub spread: Phase,
+    pub one_tenant: Phase,
+}
+
+/// `POST /v1/usage` over C connections: spread over N Enterprise tenants, then all on one.
+pub async fn run_usage(
+    addr: &str,
+    backend: String,
+    cfg: &HttpBench,
+) -> anyhow::Result<UsageBenchReport> {
+    let tokens = signup_tenants(addr, cfg.tenants, Some("enterprise")).await?;
+    let spread = phase(addr, &tokens, cfg, "POST /v1/usage (spread)", Load::Usage).await?;
+    let one = phase(
+        addr,
+        &tokens[..1],
+        cfg,
+        "POST /v1/usage (one tenant)",
+        Load::Usage,
+    )
+    .await?;
+    Ok(UsageBenchReport {
+        backend,
+        tenants: cfg.tenants,
+        connections: cfg.connections,
+        seconds_per_phase: cfg.seconds,
+        spread,
+        one_tenant: one,
+    })
+}
+
 /// Drive the server at `addr`.
 pub async fn run(addr: &str, backend: String, cfg: &HttpBench) -> anyhow::Result<HttpBenchReport> {
     anyhow::ensure!(
@@ -176,8 +256,8 @@ pub async fn run(addr: &str, backend: String, cfg: &HttpBench) -> anyhow::Result
         let v: serde_json::Value = serde_json::from_slice(&body)?;
         tokens.push(v["token"].as_str().unwrap_or_default().to_owned());
     }
-    let command = phase(addr, &tokens, cfg, "PATCH /v1/tenant", true).await?;
-    let read = phase(addr, &tokens, cfg, "GET /v1/tenant", false).await?;
+    let command = phase(addr, &tokens, cfg, "PATCH /v1/tenant", Load::Rename).await?;
+    let read = phase(addr, &tokens, cfg, "GET /v1/tenant", Load::Read).await?;
     Ok(HttpBenchReport {
         backend,
         tenants: cfg.tenants,

@@ -299,8 +299,19 @@ pub async fn delete(
             &ctx.metadata(caller.actor()),
             OffsetDateTime::now_utc(),
         )
-        .await
-        .map_err(dataset_problem)?;
+        .await;
+    let done = match done {
+        Ok(done) => done,
+        Err(e) => {
+            // A retry after a deletion whose data removal failed: finish the removal, then
+            // answer as before.
+            if matches!(e, ExecuteError::Domain(DatasetError::NotFound)) {
+                state.sandbox.forget(&id.to_string());
+                let _ = state.store.delete_blob(tenant, &blob_id(id)).await;
+            }
+            return Err(dataset_problem(e));
+        }
+    };
     // The deletion is recorded; now the data goes.
     state.sandbox.forget(&id.to_string());
     state

@@ -113,6 +113,19 @@ enum Backend {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Metering over HTTP: POST /v1/usage spread over Enterprise tenants, then all on one.
+    Usage {
+        #[arg(long, value_enum, default_value = "embedded")]
+        backend: Backend,
+        #[arg(long, env = "DATABASE_URL")]
+        url: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// Data plane: ingest, load and GROUP BY, and a default-preset export of a rows × 10 CSV.
     Data {
         #[arg(long, default_value_t = 1_000_000)]
@@ -357,6 +370,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = args.options()?;
             let stdin = std::io::stdin();
             let report = api::pii_cli::scan(&opts, &mut stdin.lock())?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Usage {
+                    backend,
+                    url,
+                    tenants,
+                    connections,
+                    seconds,
+                },
+        } => {
+            api::telemetry::init("pretty");
+            let cfg = api::bench_http::HttpBench {
+                tenants,
+                connections,
+                seconds,
+            };
+            let _temp;
+            let location = match backend {
+                Backend::Embedded => {
+                    _temp = tempfile::tempdir()?;
+                    Location::Embedded(_temp.path().to_path_buf())
+                }
+                Backend::Postgres => Location::Postgres(
+                    url.context("--url or DATABASE_URL is required for postgres")?,
+                ),
+            };
+            let settings = api::settings::Settings {
+                listen: "127.0.0.1:0".into(),
+                store: location.clone(),
+                ..Default::default()
+            };
+            let addr = start_in_background(settings, location)?;
+            let name = match backend {
+                Backend::Embedded => "embedded",
+                Backend::Postgres => "postgres",
+            };
+            let report = runtime.block_on(api::bench_http::run_usage(&addr, name.into(), &cfg))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

@@ -7,6 +7,7 @@ use store::{
     AppendRequest, Appended, Expected, Metadata, NewEvent, RawJson, Snapshot, Store, StoreError,
 };
 use time::OffsetDateTime;
+use tokio::sync::oneshot;
 
 /// How an executor caches and retries.
 #[derive(Clone, Debug)]
@@ -69,7 +70,34 @@ struct Hot<A> {
     loaded: bool,
 }
 
-type Slot<A> = Arc<tokio::sync::Mutex<Hot<A>>>;
+type Reply<A> = oneshot::Sender<Result<Executed<A>, ExecuteError<<A as Aggregate>::Error>>>;
+
+/// A command waiting for its stream.
+struct Pending<A: Aggregate> {
+    command: A::Command,
+    metadata: Metadata,
+    now: OffsetDateTime,
+    reply: Reply<A>,
+}
+
+/// One stream's hot state, and the commands queued for it. Whoever holds the state decides
+/// every queued command in order and appends all their events at once (one version check),
+/// so a busy stream costs one append per batch, not one per command.
+struct SlotInner<A: Aggregate> {
+    hot: tokio::sync::Mutex<Hot<A>>,
+    queue: Mutex<Vec<Pending<A>>>,
+}
+
+impl<A: Aggregate> std::fmt::Debug for SlotInner<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
+}
+
+type Slot<A> = Arc<SlotInner<A>>;
+
+/// The most commands decided and appended together.
+const MAX_BATCH: usize = 512;
 
 /// Executes commands for one aggregate type against one store.
 #[derive(Debug)]
@@ -94,6 +122,7 @@ fn backoff(attempt: u32) -> std::time::Duration {
 impl<A: Aggregate> Executor<A>
 where
     A::Event: Clone,
+    A::Command: Clone + Send,
 {
     pub fn new(store: Store, config: ExecutorConfig) -> Self {
         Self {
@@ -114,11 +143,14 @@ where
         }
         hot.entry((tenant, stream.to_owned()))
             .or_insert_with(|| {
-                Arc::new(tokio::sync::Mutex::new(Hot {
-                    version: 0,
-                    state: A::default(),
-                    loaded: false,
-                }))
+                Arc::new(SlotInner {
+                    hot: tokio::sync::Mutex::new(Hot {
+                        version: 0,
+                        state: A::default(),
+                        loaded: false,
+                    }),
+                    queue: Mutex::new(Vec::new()),
+                })
             })
             .clone()
     }
@@ -130,13 +162,14 @@ where
         stream: &str,
     ) -> Result<(A, u64), ExecuteError<A::Error>> {
         let slot = self.slot(tenant, stream);
-        let mut hot = slot.lock().await;
+        let mut hot = slot.hot.lock().await;
         self.catch_up(tenant, stream, &mut hot).await?;
         Ok((hot.state.clone(), hot.version))
     }
 
     /// Decide `command` against the stream's state and append the result with the expected
-    /// version; on a conflict, catch up and decide again.
+    /// version; on a conflict, catch up and decide again. Commands for the same stream that
+    /// arrive together are decided in order and appended at once.
     pub async fn execute(
         &self,
         tenant: TenantId,
@@ -146,24 +179,94 @@ where
         now: OffsetDateTime,
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
         let slot = self.slot(tenant, stream);
-        let mut hot = slot.lock().await;
-        if !hot.loaded {
-            self.catch_up(tenant, stream, &mut hot).await?;
+        let (tx, rx) = oneshot::channel();
+        slot.queue.lock().expect("queue lock").push(Pending {
+            command: command.clone(),
+            metadata: metadata.clone(),
+            now,
+            reply: tx,
+        });
+        {
+            let mut hot = slot.hot.lock().await;
+            // Our command may already have been decided by whoever held the state before us.
+            loop {
+                let (taken, batch): (usize, Vec<Pending<A>>) = {
+                    let mut queue = slot.queue.lock().expect("queue lock");
+                    let n = queue.len().min(MAX_BATCH);
+                    // A caller that went away (its request was dropped) is not served later.
+                    (
+                        n,
+                        queue.drain(..n).filter(|p| !p.reply.is_closed()).collect(),
+                    )
+                };
+                if taken == 0 {
+                    break;
+                }
+                if !batch.is_empty() {
+                    self.run_batch(tenant, stream, &mut hot, batch).await;
+                }
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ExecuteError::Store(StoreError::Closed)))
+    }
+
+    async fn run_batch(
+        &self,
+        tenant: TenantId,
+        stream: &str,
+        hot: &mut Hot<A>,
+        batch: Vec<Pending<A>>,
+    ) {
+        let fail = |batch: Vec<Pending<A>>, error: &dyn Fn() -> ExecuteError<A::Error>| {
+            for p in batch {
+                let _ = p.reply.send(Err(error()));
+            }
+        };
+        if !hot.loaded
+            && let Err(e) = self.catch_up(tenant, stream, hot).await
+        {
+            let message = e.to_string();
+            return fail(batch, &|| {
+                ExecuteError::Store(StoreError::Backend(message.clone()))
+            });
         }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let events = hot
-                .state
-                .decide(command, now)
-                .map_err(ExecuteError::Domain)?;
-            if events.is_empty() {
-                return Ok(Executed {
-                    state: hot.state.clone(),
-                    version: hot.version,
-                    appended: None,
-                    events,
-                });
+            // Decide every command in order, each on the state the ones before it left.
+            let mut state = hot.state.clone();
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut new_events = Vec::new();
+            for p in &batch {
+                match state.decide(&p.command, p.now) {
+                    Ok(events) => {
+                        for e in &events {
+                            state.evolve(e);
+                            new_events.push(
+                                NewEvent::new(e.event_type(), RawJson::from_value(&e.to_payload()))
+                                    .with_schema_version(e.schema_version())
+                                    .with_metadata(p.metadata.clone()),
+                            );
+                        }
+                        outcomes.push(Ok((events, state.clone())));
+                    }
+                    Err(e) => outcomes.push(Err(e)),
+                }
+            }
+            if new_events.is_empty() {
+                for (p, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = p.reply.send(match outcome {
+                        Ok((events, _)) => Ok(Executed {
+                            state: hot.state.clone(),
+                            version: hot.version,
+                            appended: None,
+                            events,
+                        }),
+                        Err(e) => Err(ExecuteError::Domain(e)),
+                    });
+                }
+                return;
             }
             let expected = if hot.version == 0 {
                 Expected::NoStream
@@ -174,29 +277,42 @@ where
                 tenant_id: tenant,
                 stream_id: stream.to_owned(),
                 expected,
-                events: events
-                    .iter()
-                    .map(|e| {
-                        NewEvent::new(e.event_type(), RawJson::from_value(&e.to_payload()))
-                            .with_schema_version(e.schema_version())
-                    })
-                    .collect(),
-                metadata: metadata.clone(),
+                events: new_events,
+                metadata: batch[0].metadata.clone(),
             };
             match self.store.append(request).await {
                 Ok(appended) => {
                     let before = hot.version;
-                    for e in &events {
-                        hot.state.evolve(e);
-                    }
+                    hot.state = state;
                     hot.version = appended.stream_version;
-                    self.maybe_snapshot(tenant, stream, before, &hot);
-                    return Ok(Executed {
-                        state: hot.state.clone(),
-                        version: hot.version,
-                        appended: Some(appended),
-                        events,
-                    });
+                    self.maybe_snapshot(tenant, stream, before, hot);
+                    let mut offset = 0;
+                    for (p, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = p.reply.send(match outcome {
+                            Ok((events, state)) => {
+                                let n = events.len();
+                                let version = before + (offset + n) as u64;
+                                let mine = (n > 0).then(|| Appended {
+                                    positions: appended.positions[offset..offset + n].to_vec(),
+                                    stream_version: version,
+                                    replayed: appended.replayed,
+                                });
+                                offset += n;
+                                Ok(Executed {
+                                    state,
+                                    version: if n > 0 {
+                                        version
+                                    } else {
+                                        before + offset as u64
+                                    },
+                                    appended: mine,
+                                    events,
+                                })
+                            }
+                            Err(e) => Err(ExecuteError::Domain(e)),
+                        });
+                    }
+                    return;
                 }
                 Err(e) if e.is_conflict() && attempt <= self.config.max_retries => {
                     tracing::debug!(
@@ -206,12 +322,29 @@ where
                     );
                     // A short, jittered pause so that two busy writers do not starve each other.
                     tokio::time::sleep(backoff(attempt)).await;
-                    self.catch_up(tenant, stream, &mut hot).await?;
+                    if let Err(e) = self.catch_up(tenant, stream, hot).await {
+                        let message = e.to_string();
+                        return fail(batch, &|| {
+                            ExecuteError::Store(StoreError::Backend(message.clone()))
+                        });
+                    }
                 }
                 Err(e) if e.is_conflict() => {
-                    return Err(ExecuteError::TooManyConflicts { attempts: attempt });
+                    return fail(batch, &|| ExecuteError::TooManyConflicts {
+                        attempts: attempt,
+                    });
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) if batch.len() == 1 => {
+                    let p = batch.into_iter().next().expect("one");
+                    let _ = p.reply.send(Err(e.into()));
+                    return;
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    return fail(batch, &|| {
+                        ExecuteError::Store(StoreError::Backend(message.clone()))
+                    });
+                }
             }
         }
     }

@@ -192,6 +192,48 @@ async fn snapshots_bound_the_replay_on_a_cold_start(h: TestStore) {
     assert_eq!(done.version, 28);
 }
 
+/// Commands arriving together on one stream are decided in order and appended at once; each
+/// caller still gets its own positions and version, and its own actor in the log.
+async fn concurrent_commands_on_one_stream_each_get_their_own_answer(h: TestStore) {
+    let ex = std::sync::Arc::new(executor(&h.store, 1_000));
+    let t = TenantId::from_uuid(Uuid::new_v4());
+    let stream = tenant::stream_id(t);
+    ex.execute(t, &stream, &signup("Batch"), &Metadata::system(), now())
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let (ex, stream) = (ex.clone(), stream.clone());
+            tokio::spawn(async move {
+                let meta = Metadata::actor(format!("user-{i}"));
+                ex.execute(t, &stream, &rename(&format!("Name {i}")), &meta, now())
+                    .await
+                    .map(|d| (i, d.version, d.appended.unwrap().positions))
+            })
+        })
+        .collect();
+    let mut versions = std::collections::HashSet::new();
+    let mut positions = std::collections::HashSet::new();
+    for task in tasks {
+        let (_, version, p) = task.await.unwrap().unwrap();
+        assert!(versions.insert(version), "each command has its own version");
+        assert_eq!(p.len(), 1);
+        assert!(positions.insert(p[0]));
+    }
+    assert_eq!(h.store.stream_version(t, &stream).await.unwrap(), 103);
+    let events = h.store.read_stream(t, &stream, 4, 1_000).await.unwrap();
+    let actors: std::collections::HashSet<_> = events.iter().map(|e| e.actor.clone()).collect();
+    assert_eq!(
+        actors.len(),
+        100,
+        "every event keeps its own command's actor"
+    );
+    for e in &events {
+        let i: usize = e.actor.strip_prefix("user-").unwrap().parse().unwrap();
+        assert_eq!(e.payload.to_value()["to"], format!("Name {i}"));
+    }
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),*) => {
         mod embedded {
@@ -216,5 +258,6 @@ macro_rules! on_both_stores {
 on_both_stores!(
     commands_are_decided_and_appended,
     a_stale_executor_retries_on_fresh_state,
-    snapshots_bound_the_replay_on_a_cold_start
+    snapshots_bound_the_replay_on_a_cold_start,
+    concurrent_commands_on_one_stream_each_get_their_own_answer
 );

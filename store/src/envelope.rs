@@ -109,6 +109,9 @@ pub struct NewEvent {
     pub event_type: String,
     pub schema_version: u16,
     pub payload: RawJson,
+    /// Metadata of this event when it differs from the append's (commands decided together
+    /// and appended at once keep each their own actor and correlation).
+    pub metadata: Option<Metadata>,
 }
 
 impl NewEvent {
@@ -119,7 +122,13 @@ impl NewEvent {
             event_type: event_type.into(),
             schema_version: 1,
             payload,
+            metadata: None,
         }
+    }
+
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = Some(metadata);
+        self
     }
 
     pub fn with_id(mut self, event_id: Uuid) -> Self {

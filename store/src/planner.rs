@@ -169,10 +169,28 @@ impl Plan {
                 event_type: e.event_type.clone(),
                 schema_version: e.schema_version,
                 recorded_at: now,
-                actor: request.metadata.actor.clone(),
-                correlation_id: request.metadata.correlation_id,
-                causation_id: request.metadata.causation_id,
-                trace_id: request.metadata.trace_id.clone(),
+                actor: e
+                    .metadata
+                    .as_ref()
+                    .unwrap_or(&request.metadata)
+                    .actor
+                    .clone(),
+                correlation_id: e
+                    .metadata
+                    .as_ref()
+                    .unwrap_or(&request.metadata)
+                    .correlation_id,
+                causation_id: e
+                    .metadata
+                    .as_ref()
+                    .unwrap_or(&request.metadata)
+                    .causation_id,
+                trace_id: e
+                    .metadata
+                    .as_ref()
+                    .unwrap_or(&request.metadata)
+                    .trace_id
+                    .clone(),
                 payload: e.payload.clone(),
             });
         }
