@@ -154,3 +154,91 @@ pub fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1].as_secs_f64() * 1e3
 }
+
+#[derive(Debug, Serialize)]
+pub struct ColdStartReport {
+    pub backend: &'static str,
+    pub usage_events: u64,
+    pub write_seconds: f64,
+    /// A fresh executor (empty cache) deciding the next unit: snapshot plus tail.
+    pub decide_with_snapshot_ms: f64,
+    /// The same without a snapshot: the whole stream replayed.
+    pub decide_without_snapshot_ms: f64,
+}
+
+/// An Enterprise tenant with `events` usage events in one month's stream; then the next unit is
+/// decided by a cold executor, from the latest snapshot (as a running service keeps them) and,
+/// for comparison, from nothing.
+pub async fn cold_start(store: &Store, events: u64) -> anyhow::Result<ColdStartReport> {
+    use commands::{Executor, ExecutorConfig};
+    use domain::quota::{Meter, Period, Record, Usage, stream_id};
+    use domain::{Aggregate, DomainEvent, plans, tenant::Plan};
+    let tenant = TenantId::from_uuid(Uuid::new_v4());
+    let now = time::OffsetDateTime::now_utc();
+    let stream = stream_id(Meter::Queries, Period::of(now));
+    let limits = plans::definition(Plan::Enterprise).limits(Meter::Queries);
+    let record = Record { meter: Meter::Queries, units: 1, limits };
+    let mut state = Usage::default();
+    let started = Instant::now();
+    let mut version = 0u64;
+    while version < events {
+        let mut batch = Vec::with_capacity(5_000);
+        while batch.len() < 5_000 && version + (batch.len() as u64) < events {
+            for e in state.decide(&record, now)? {
+                state.evolve(&e);
+                batch.push(NewEvent::new(e.event_type(), RawJson::from_value(&e.to_payload())));
+            }
+        }
+        let appended = store
+            .append(AppendRequest {
+                tenant_id: tenant,
+                stream_id: stream.clone(),
+                expected: if version == 0 { Expected::NoStream } else { Expected::Exact(version) },
+                events: batch,
+                metadata: Metadata::actor("bench"),
+            })
+            .await?;
+        version = appended.stream_version;
+    }
+    store
+        .save_snapshot(store::Snapshot {
+            tenant_id: tenant,
+            stream_id: stream.clone(),
+            kind: "usage/v1".into(),
+            version: version - version % 1_000,
+            state: {
+                // The snapshot a running executor would have taken at the last multiple of 1000.
+                let mut s = Usage::default();
+                let tail = store.read_stream(tenant, &stream, 1, usize::MAX).await?;
+                for e in tail.iter().take((version - version % 1_000) as usize) {
+                    s.evolve(&domain::quota::UsageEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())?);
+                }
+                serde_json::to_vec(&s)?
+            },
+        })
+        .await?;
+    let write_seconds = started.elapsed().as_secs_f64();
+    let decide = |kind: &'static str| {
+        let store = store.clone();
+        let stream = stream.clone();
+        let record = record.clone();
+        async move {
+            let ex = Executor::<Usage>::new(store, ExecutorConfig::new(kind));
+            let t0 = Instant::now();
+            ex.execute(tenant, &stream, &record, &Metadata::actor("bench"), time::OffsetDateTime::now_utc())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::Ok(t0.elapsed().as_secs_f64() * 1e3)
+        }
+    };
+    let with_snapshot = decide("usage/v1").await?;
+    // A snapshot kind that does not exist: the executor replays the whole stream.
+    let without_snapshot = decide("usage/none").await?;
+    Ok(ColdStartReport {
+        backend: store.backend_name(),
+        usage_events: version,
+        write_seconds,
+        decide_with_snapshot_ms: with_snapshot,
+        decide_without_snapshot_ms: without_snapshot,
+    })
+}

@@ -113,6 +113,15 @@ enum Backend {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// An Enterprise tenant with N usage events: the next unit decided by a cold executor.
+    ColdStart {
+        #[arg(long, value_enum, default_value = "embedded")]
+        backend: Backend,
+        #[arg(long, env = "DATABASE_URL")]
+        url: Option<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
     /// Metering over HTTP: POST /v1/usage spread over Enterprise tenants, then all on one.
     Usage {
         #[arg(long, value_enum, default_value = "embedded")]
@@ -413,6 +422,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        Command::Bench {
+            what: BenchCommand::ColdStart { backend, url, events },
+        } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
+            anyhow::ensure!((1..=100_000_000).contains(&events), "--events must be 1 to 100000000");
+            let _temp;
+            let store = match backend {
+                Backend::Embedded => {
+                    _temp = tempfile::tempdir()?;
+                    Store::open_embedded(_temp.path())?
+                }
+                Backend::Postgres => {
+                    Store::connect_postgres(&url.context("--url or DATABASE_URL is required for postgres")?).await?
+                }
+            };
+            let report = api::bench::cold_start(&store, events).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string(&report)?);
+            anyhow::Ok(())
+        }),
         Command::Bench {
             what: BenchCommand::Data { rows },
         } => {
