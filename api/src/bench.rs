@@ -177,7 +177,11 @@ pub async fn cold_start(store: &Store, events: u64) -> anyhow::Result<ColdStartR
     let now = time::OffsetDateTime::now_utc();
     let stream = stream_id(Meter::Queries, Period::of(now));
     let limits = plans::definition(Plan::Enterprise).limits(Meter::Queries);
-    let record = Record { meter: Meter::Queries, units: 1, limits };
+    let record = Record {
+        meter: Meter::Queries,
+        units: 1,
+        limits,
+    };
     let mut state = Usage::default();
     let started = Instant::now();
     let mut version = 0u64;
@@ -186,14 +190,21 @@ pub async fn cold_start(store: &Store, events: u64) -> anyhow::Result<ColdStartR
         while batch.len() < 5_000 && version + (batch.len() as u64) < events {
             for e in state.decide(&record, now)? {
                 state.evolve(&e);
-                batch.push(NewEvent::new(e.event_type(), RawJson::from_value(&e.to_payload())));
+                batch.push(NewEvent::new(
+                    e.event_type(),
+                    RawJson::from_value(&e.to_payload()),
+                ));
             }
         }
         let appended = store
             .append(AppendRequest {
                 tenant_id: tenant,
                 stream_id: stream.clone(),
-                expected: if version == 0 { Expected::NoStream } else { Expected::Exact(version) },
+                expected: if version == 0 {
+                    Expected::NoStream
+                } else {
+                    Expected::Exact(version)
+                },
                 events: batch,
                 metadata: Metadata::actor("bench"),
             })
@@ -211,7 +222,11 @@ pub async fn cold_start(store: &Store, events: u64) -> anyhow::Result<ColdStartR
                 let mut s = Usage::default();
                 let tail = store.read_stream(tenant, &stream, 1, usize::MAX).await?;
                 for e in tail.iter().take((version - version % 1_000) as usize) {
-                    s.evolve(&domain::quota::UsageEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())?);
+                    s.evolve(&domain::quota::UsageEvent::from_stored(
+                        &e.event_type,
+                        e.schema_version,
+                        e.payload.as_bytes(),
+                    )?);
                 }
                 serde_json::to_vec(&s)?
             },
@@ -225,9 +240,15 @@ pub async fn cold_start(store: &Store, events: u64) -> anyhow::Result<ColdStartR
         async move {
             let ex = Executor::<Usage>::new(store, ExecutorConfig::new(kind));
             let t0 = Instant::now();
-            ex.execute(tenant, &stream, &record, &Metadata::actor("bench"), time::OffsetDateTime::now_utc())
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            ex.execute(
+                tenant,
+                &stream,
+                &record,
+                &Metadata::actor("bench"),
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             anyhow::Ok(t0.elapsed().as_secs_f64() * 1e3)
         }
     };

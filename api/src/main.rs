@@ -423,10 +423,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
-            what: BenchCommand::ColdStart { backend, url, events },
+            what:
+                BenchCommand::ColdStart {
+                    backend,
+                    url,
+                    events,
+                },
         } => runtime.block_on(async move {
             api::telemetry::init("pretty");
-            anyhow::ensure!((1..=100_000_000).contains(&events), "--events must be 1 to 100000000");
+            anyhow::ensure!(
+                (1..=100_000_000).contains(&events),
+                "--events must be 1 to 100000000"
+            );
             let _temp;
             let store = match backend {
                 Backend::Embedded => {
@@ -434,7 +442,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Store::open_embedded(_temp.path())?
                 }
                 Backend::Postgres => {
-                    Store::connect_postgres(&url.context("--url or DATABASE_URL is required for postgres")?).await?
+                    Store::connect_postgres(
+                        &url.context("--url or DATABASE_URL is required for postgres")?,
+                    )
+                    .await?
                 }
             };
             let report = api::bench::cold_start(&store, events).await?;
