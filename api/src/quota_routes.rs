@@ -11,7 +11,6 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName};
 use actix_web::{HttpRequest, web};
 use domain::TenantId;
-use domain::plans;
 use domain::quota::{self, Meter, QuotaState, QuotaView, Record, Usage, UsageEvent};
 use domain::tenant::{self, Plan, TenantCommand};
 use serde::Deserialize;
@@ -126,7 +125,11 @@ pub async fn meter(
     metadata: &store::Metadata,
 ) -> Result<Metered, Problem> {
     let now = OffsetDateTime::now_utc();
-    let limits = plans::definition(plan_of(state, tenant, now)).limits(meter);
+    let limits = state
+        .settings
+        .plans
+        .get(plan_of(state, tenant, now))
+        .limits(meter);
     let stream = quota::stream_id(meter, quota::Period::of(now));
     let done = state
         .usage
@@ -216,7 +219,11 @@ pub async fn peek_blocked(
     metadata: &store::Metadata,
 ) -> Result<Option<Metered>, Problem> {
     let now = OffsetDateTime::now_utc();
-    let limits = plans::definition(plan_of(state, tenant, now)).limits(meter_kind);
+    let limits = state
+        .settings
+        .plans
+        .get(plan_of(state, tenant, now))
+        .limits(meter_kind);
     let (usage, _): (Usage, u64) = state
         .usage
         .load(
@@ -235,8 +242,8 @@ pub async fn peek_blocked(
     Ok((!attempt.admitted).then_some(attempt))
 }
 
-pub async fn list_plans() -> Reply {
-    Reply::json(StatusCode::OK, &j!({"plans": plans::defaults()}))
+pub async fn list_plans(state: web::Data<AppState>) -> Reply {
+    Reply::json(StatusCode::OK, &j!({"plans": state.settings.plans.all()}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,7 +326,7 @@ pub async fn quota(
     let plan = plan_of(&state, tenant, now);
     let mut meters = serde_json::Map::new();
     for m in Meter::ALL {
-        let limits = plans::definition(plan).limits(*m);
+        let limits = state.settings.plans.get(plan).limits(*m);
         let (usage, _): (Usage, u64) = state
             .usage
             .load(tenant, &quota::stream_id(*m, quota::Period::of(now)))
@@ -380,6 +387,7 @@ pub async fn change_plan(
         let command = TenantCommand::ChangePlan {
             plan,
             reason: dto.reason.clone(),
+            seats: state.settings.plans.get(plan).seats,
         };
         let done = state
             .tenants

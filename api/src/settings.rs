@@ -34,6 +34,8 @@ pub struct Settings {
     pub export_max_rows: usize,
     /// Memory for datasets kept loaded for querying, in bytes.
     pub sandbox_cache_bytes: usize,
+    /// The plan registry: the defaults of SPEC §4 with the `[plans.<name>]` overrides.
+    pub plans: domain::plans::Registry,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             query_max_rows: 10_000,
             export_max_rows: 2_000_000,
             sandbox_cache_bytes: 1024 * 1024 * 1024,
+            plans: domain::plans::Registry::default(),
         }
     }
 }
@@ -75,6 +78,8 @@ struct FileSettings {
     sandbox_cache_bytes: Option<usize>,
     #[serde(default)]
     flags: BTreeMap<String, bool>,
+    #[serde(default)]
+    plans: BTreeMap<String, domain::plans::PlanOverride>,
 }
 
 impl Settings {
@@ -134,6 +139,14 @@ impl Settings {
         if let Some(v) = f.sandbox_cache_bytes {
             self.sandbox_cache_bytes = v;
         }
+        let mut overrides = Vec::new();
+        for (name, o) in &f.plans {
+            let plan = domain::tenant::Plan::parse(name).ok_or_else(|| {
+                anyhow::anyhow!("unknown plan {name:?} in [plans] (free, pro or enterprise)")
+            })?;
+            overrides.push((plan, o));
+        }
+        self.plans = domain::plans::Registry::with_overrides(overrides);
         for (name, on) in f.flags {
             let flag = Flag::from_str(&name).map_err(|e| anyhow::anyhow!(e))?;
             self.flags.insert(flag, on);
@@ -281,6 +294,33 @@ mod tests {
         std::fs::write(&file, "lisen = \"typo\"\n").unwrap();
         let err = Settings::load(Some(&file), &[]).unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn plans_can_be_overridden_in_the_settings_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(
+            &file,
+            "[plans.free]\nqueries = 500\nseats = 5\n[plans.enterprise]\nseats = 0\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&file), &[]).unwrap();
+        let free = s.plans.get(domain::tenant::Plan::Free);
+        assert_eq!(
+            (free.queries, free.exports, free.seats, free.version),
+            (500, 20, Some(5), 2)
+        );
+        assert_eq!(s.plans.get(domain::tenant::Plan::Pro).version, 1);
+        std::fs::write(&file, "[plans.gold]\nqueries = 1\n").unwrap();
+        assert!(
+            Settings::load(Some(&file), &[])
+                .unwrap_err()
+                .to_string()
+                .contains("gold")
+        );
+        std::fs::write(&file, "[plans.free]\nquerys = 1\n").unwrap();
+        assert!(Settings::load(Some(&file), &[]).is_err());
     }
 
     #[test]

@@ -65,6 +65,7 @@ async fn commands_are_decided_and_appended(h: TestStore) {
     let upgrade = TenantCommand::ChangePlan {
         plan: Plan::Pro,
         reason: None,
+        seats: Some(25),
     };
     let done = ex
         .execute(t, &stream, &upgrade, &meta, now())

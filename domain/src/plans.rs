@@ -74,6 +74,72 @@ pub fn defaults() -> Vec<PlanDefinition> {
     ]
 }
 
+/// Changes to one plan's definition (from settings); each one given replaces the default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanOverride {
+    pub price_cents: Option<u64>,
+    pub queries: Option<u64>,
+    pub exports: Option<u64>,
+    /// 0 means unlimited.
+    pub seats: Option<u64>,
+    pub blocking: Option<bool>,
+    pub overage_query_millicents: Option<u64>,
+    pub overage_export_millicents: Option<u64>,
+}
+
+/// The plans in force: the defaults with any overrides (an overridden plan is version 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registry {
+    plans: Vec<PlanDefinition>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self { plans: defaults() }
+    }
+}
+
+impl Registry {
+    pub fn with_overrides<'a>(
+        overrides: impl IntoIterator<Item = (Plan, &'a PlanOverride)>,
+    ) -> Self {
+        let mut plans = defaults();
+        for (plan, o) in overrides {
+            let d = plans
+                .iter_mut()
+                .find(|d| d.plan == plan)
+                .expect("every plan has a definition");
+            d.version += 1;
+            d.price_cents = o.price_cents.unwrap_or(d.price_cents);
+            d.queries = o.queries.unwrap_or(d.queries);
+            d.exports = o.exports.unwrap_or(d.exports);
+            if let Some(seats) = o.seats {
+                d.seats = (seats > 0).then_some(seats);
+            }
+            d.blocking = o.blocking.unwrap_or(d.blocking);
+            d.overage_query_millicents = o
+                .overage_query_millicents
+                .unwrap_or(d.overage_query_millicents);
+            d.overage_export_millicents = o
+                .overage_export_millicents
+                .unwrap_or(d.overage_export_millicents);
+        }
+        Self { plans }
+    }
+
+    pub fn get(&self, plan: Plan) -> &PlanDefinition {
+        self.plans
+            .iter()
+            .find(|d| d.plan == plan)
+            .expect("every plan has a definition")
+    }
+
+    pub fn all(&self) -> &[PlanDefinition] {
+        &self.plans
+    }
+}
+
 pub fn definition(plan: Plan) -> PlanDefinition {
     defaults()
         .into_iter()

@@ -145,6 +145,8 @@ pub enum TenantCommand {
     ChangePlan {
         plan: Plan,
         reason: Option<String>,
+        /// The new plan's seats (from the plan registry); `None` is unlimited.
+        seats: Option<u64>,
     },
     /// Add a member; `by` is the role of who asks (an admin cannot make owners).
     AddMember {
@@ -421,7 +423,11 @@ impl Aggregate for Tenant {
                 from: self.name.clone().expect("checked above"),
                 to: name.clone(),
             })]),
-            C::ChangePlan { plan, reason } => {
+            C::ChangePlan {
+                plan,
+                reason,
+                seats,
+            } => {
                 let current = self.plan_at(now);
                 let pending = self.pending.as_ref().filter(|p| now < p.effective_at);
                 if *plan == current && pending.is_none() {
@@ -436,8 +442,7 @@ impl Aggregate for Tenant {
                         reason: reason.clone(),
                     })]);
                 }
-                let seats = crate::plans::definition(*plan).seats;
-                if let Some(seats) = seats
+                if let Some(seats) = *seats
                     && self.members.len() as u64 > seats
                 {
                     return Err(TenantError::TooManyMembers {
@@ -603,6 +608,7 @@ mod tests {
             .when(TenantCommand::ChangePlan {
                 plan: Plan::Pro,
                 reason: None,
+                seats: crate::plans::definition(Plan::Pro).seats,
             })
             .then_err(TenantError::NotFound);
         given::<Tenant>([])
@@ -618,6 +624,7 @@ mod tests {
             .when(TenantCommand::ChangePlan {
                 plan: Plan::Pro,
                 reason: None,
+                seats: crate::plans::definition(Plan::Pro).seats,
             })
             .then([TenantEvent::PlanChanged(PlanChanged {
                 from: Plan::Free,
@@ -642,6 +649,7 @@ mod tests {
             .when(TenantCommand::ChangePlan {
                 plan: Plan::Free,
                 reason: None,
+                seats: crate::plans::definition(Plan::Free).seats,
             })
             .then([TenantEvent::PlanChangeScheduled(PlanChangeScheduled {
                 from: Plan::Pro,
@@ -665,6 +673,7 @@ mod tests {
             .when(TenantCommand::ChangePlan {
                 plan: Plan::Free,
                 reason: None,
+                seats: crate::plans::definition(Plan::Free).seats,
             })
             .then_err(TenantError::TooManyMembers {
                 plan: "free",
@@ -679,6 +688,7 @@ mod tests {
             .when(TenantCommand::ChangePlan {
                 plan: Plan::Free,
                 reason: None,
+                seats: crate::plans::definition(Plan::Free).seats,
             })
             .then_err(TenantError::SamePlan("free"));
     }
