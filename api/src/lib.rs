@@ -17,6 +17,7 @@ pub mod problem;
 pub mod quota_routes;
 pub mod rbac;
 pub mod routes;
+pub mod seed;
 pub mod server;
 pub mod settings;
 pub mod telemetry;

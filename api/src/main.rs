@@ -83,6 +83,20 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Write a realistic, deterministic history through the real command path.
+    Seed {
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        #[arg(long, default_value_t = 8)]
+        weeks: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The Monday the simulated calendar starts on (YYYY-MM-DD).
+        #[arg(long, default_value = "2026-01-05")]
+        start: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// The PII engine on standard input.
     Pii {
         #[command(subcommand)]
@@ -360,6 +374,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             api::telemetry::init("pretty");
             let store = store.open().await?;
             let report = api::cli::rebuild(&store).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            anyhow::Ok(())
+        }),
+        Command::Seed {
+            tenants,
+            weeks,
+            seed,
+            start,
+            store,
+        } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
+            anyhow::ensure!(
+                (1..=100_000).contains(&tenants),
+                "--tenants must be 1 to 100000"
+            );
+            anyhow::ensure!((1..=520).contains(&weeks), "--weeks must be 1 to 520");
+            let date = time::Date::parse(
+                &start,
+                &time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .with_context(|| format!("--start {start:?} is not YYYY-MM-DD"))?;
+            let start = date.with_time(time::Time::MIDNIGHT).assume_utc();
+            let location = store.location();
+            let store = store.open().await?;
+            let settings = api::settings::Settings {
+                store: location,
+                ..Default::default()
+            };
+            let state = api::server::AppState::new(settings, store.clone()).await;
+            let report = api::seed::seed(&state, tenants, weeks, seed, start).await?;
+            state.projections.stop();
             store.close().await;
             println!("{}", serde_json::to_string_pretty(&report)?);
             anyhow::Ok(())
