@@ -474,6 +474,7 @@ pub async fn query(
         ctx.metadata(caller.actor()),
     )
     .await?;
+    settle(&state, position).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub blocked_attempts: AtomicU64,
     pub grace_entries: AtomicU64,
     pub upgrades: AtomicU64,
+    pub upgrades_after_block: AtomicU64,
 }
 
 impl Metrics {
@@ -121,6 +122,11 @@ impl Metrics {
                 "tenantry_plan_upgrades_total",
                 "Plan upgrades.",
                 &self.upgrades,
+            ),
+            (
+                "tenantry_plan_upgrades_after_block_total",
+                "Plan upgrades within 7 days of a blocked attempt.",
+                &self.upgrades_after_block,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

@@ -242,6 +242,26 @@ pub async fn peek_blocked(
     Ok((!attempt.admitted).then_some(attempt))
 }
 
+/// Whether any meter of the tenant refused an attempt in the last 7 days (this month's and last
+/// month's streams).
+async fn blocked_within_a_week(state: &AppState, tenant: TenantId) -> bool {
+    let now = OffsetDateTime::now_utc();
+    let week_ago = now - time::Duration::days(7);
+    for m in Meter::ALL {
+        for period in [quota::Period::of(now), quota::Period::of(week_ago)] {
+            if let Ok((usage, _)) = state
+                .usage
+                .load(tenant, &quota::stream_id(*m, period))
+                .await
+                && usage.last_blocked_at.is_some_and(|t| t >= week_ago)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 pub async fn list_plans(state: web::Data<AppState>) -> Reply {
     Reply::json(StatusCode::OK, &j!({"plans": state.settings.plans.all()}))
 }
@@ -414,6 +434,12 @@ pub async fn change_plan(
                     .metrics
                     .upgrades
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if blocked_within_a_week(&state, tenant).await {
+                    state
+                        .metrics
+                        .upgrades_after_block
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 j!({"plan": plan.as_str(), "effective": "now", "global_position": position})
             }
         };

@@ -127,6 +127,10 @@ fn a_free_tenant_sees_grace_then_a_402_and_one_upgrade_puts_it_back(app: TestApp
         "{metrics}"
     );
     assert!(metrics.contains("tenantry_plan_upgrades_total 1"));
+    assert!(
+        metrics.contains("tenantry_plan_upgrades_after_block_total 1"),
+        "{metrics}"
+    );
 }
 
 fn a_downgrade_waits_for_the_next_period_and_bad_requests_are_refused(app: TestApp) {

@@ -162,6 +162,8 @@ pub struct Blocked {
     pub used: u64,
     pub plan: Plan,
     pub limit: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -270,6 +272,9 @@ pub struct Usage {
     #[serde(with = "time::serde::rfc3339::option")]
     pub grace_started_at: Option<OffsetDateTime>,
     pub grace_ended: bool,
+    /// When the last attempt was refused.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_blocked_at: Option<OffsetDateTime>,
 }
 
 /// Where a meter stands, for answers and headers.
@@ -426,6 +431,7 @@ impl Aggregate for Usage {
             used: self.used,
             plan: limits.plan,
             limit: limits.limit,
+            at: now,
         }));
         Ok(events)
     }
@@ -439,6 +445,7 @@ impl Aggregate for Usage {
             UsageEvent::Blocked(e) => {
                 self.period = Some(e.period);
                 self.blocked_attempts += 1;
+                self.last_blocked_at = Some(e.at);
             }
             UsageEvent::Warning(_) => self.warned = true,
             UsageEvent::Reached(_) => self.reached = true,
