@@ -4,7 +4,7 @@
 use crate::auth::Caller;
 use crate::http::{Reply, RequestContext, json, settle, wait_for};
 use crate::problem::Problem;
-use crate::quota_routes::{meter, peek_blocked};
+use crate::quota_routes::{Peek, meter, peek_blocked};
 use crate::server::AppState;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
@@ -439,21 +439,28 @@ pub async fn query(
     // A blocked meter refuses before the query runs; recording the unit after it succeeded is
     // the real guard (a failed query costs nothing).
     let meta = RequestContext::of(&req).metadata(caller.actor());
-    if let Some(blocked) = peek_blocked(&state, tenant, Meter::Queries, &meta).await? {
-        return Err(blocked.blocked_problem(&state.settings.public_url));
-    }
+    let peeked = match peek_blocked(&state, tenant, Meter::Queries, &meta).await? {
+        Peek::Blocked(blocked) => return Err(blocked.blocked_problem(&state.settings.public_url)),
+        Peek::Metered(done) => Some(done),
+        Peek::Clear => None,
+    };
     let started = Instant::now();
     let result = run_query(table, dto.sql.clone(), limits).await?;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let ctx = RequestContext::of(&req);
-    let metered = meter(
-        &state,
-        tenant,
-        Meter::Queries,
-        1,
-        &ctx.metadata(caller.actor()),
-    )
-    .await?;
+    let metered = match peeked {
+        Some(done) => done,
+        None => {
+            meter(
+                &state,
+                tenant,
+                Meter::Queries,
+                1,
+                &ctx.metadata(caller.actor()),
+            )
+            .await?
+        }
+    };
     if !metered.admitted {
         return Err(metered.blocked_problem(&state.settings.public_url));
     }
@@ -553,9 +560,11 @@ pub async fn create_export(
         max_result_bytes: EXPORT_MAX_BYTES,
     };
     let meta = RequestContext::of(&req).metadata(caller.actor());
-    if let Some(blocked) = peek_blocked(&state, tenant, Meter::Exports, &meta).await? {
-        return Err(blocked.blocked_problem(&state.settings.public_url));
-    }
+    let peeked = match peek_blocked(&state, tenant, Meter::Exports, &meta).await? {
+        Peek::Blocked(blocked) => return Err(blocked.blocked_problem(&state.settings.public_url)),
+        Peek::Metered(done) => Some(done),
+        Peek::Clear => None,
+    };
     let key = state.pii_key(tenant);
     let (result, rules) = match (&dto.sql, rules.columns.is_empty()) {
         // A query under column rules runs over a redacted copy, so that aliases and
@@ -590,14 +599,19 @@ pub async fn create_export(
     let exported = web::block(move || dataplane::export::export(&result, format, &rules, &key))
         .await
         .map_err(|_| Problem::internal())?;
-    let metered = meter(
-        &state,
-        tenant,
-        Meter::Exports,
-        1,
-        &RequestContext::of(&req).metadata(caller.actor()),
-    )
-    .await?;
+    let metered = match peeked {
+        Some(done) => done,
+        None => {
+            meter(
+                &state,
+                tenant,
+                Meter::Exports,
+                1,
+                &RequestContext::of(&req).metadata(caller.actor()),
+            )
+            .await?
+        }
+    };
     if !metered.admitted {
         return Err(metered.blocked_problem(&state.settings.public_url));
     }

@@ -35,6 +35,8 @@ pub struct Metered {
     pub view: QuotaView,
     pub position: u64,
     pub grace_ended_at: Option<OffsetDateTime>,
+    /// What `RateLimit-Policy` announces for the period.
+    pub quota: u64,
 }
 
 impl Metered {
@@ -45,12 +47,8 @@ impl Metered {
             .whole_seconds()
             .max(1);
         let reset = (v.resets_at - now).whole_seconds().max(0);
-        let allowed = v.limit
-            + if v.state == QuotaState::Grace || v.grace_units_left > 0 {
-                v.grace_units_left.min(v.limit.div_ceil(10))
-            } else {
-                0
-            };
+        // The period's quota: the limit, plus the grace units on a plan that blocks.
+        let allowed = self.quota;
         let remaining = match v.state {
             QuotaState::Blocked => 0,
             QuotaState::Grace => v.grace_units_left,
@@ -183,10 +181,6 @@ pub async fn meter(
             .grace_entries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let ended_before = done
-        .state
-        .grace_started_at
-        .filter(|_| done.state.grace_ended);
     Ok(Metered {
         admitted,
         view: {
@@ -202,22 +196,37 @@ pub async fn meter(
             view
         },
         position: state.committed(&done.appended),
-        grace_ended_at: grace_ended_at.or(ended_before
-            .map(|s| s + time::Duration::hours(quota::GRACE_HOURS))
-            .filter(|e| *e <= now)
-            .or(ended_before.map(|_| now))),
+        grace_ended_at: grace_ended_at.or(done.state.grace_ended_at),
+        quota: limits.limit
+            + if limits.blocking {
+                limits.grace_units()
+            } else {
+                0
+            },
     })
 }
 
-/// Whether `meter` is blocked for `tenant` right now: lets a query or an export be refused
-/// before it runs. A refused attempt is recorded (`usage.blocked`) like any other; the recording
-/// after a successful run is the real guard.
+/// What the look before a query or an export found.
+#[derive(Debug)]
+pub enum Peek {
+    /// Not blocked: run, then record the unit.
+    Clear,
+    /// Blocked: the refused attempt is recorded; answer with its 402.
+    Blocked(Metered),
+    /// It looked blocked, but the attempt was admitted (the plan changed, the month turned):
+    /// the unit is already recorded; run without recording another.
+    Metered(Metered),
+}
+
+/// Look at `meter` before a query or an export runs, so a blocked tenant is refused (and the
+/// attempt recorded) without running anything. The recording after a successful run is the real
+/// guard.
 pub async fn peek_blocked(
     state: &AppState,
     tenant: TenantId,
     meter_kind: Meter,
     metadata: &store::Metadata,
-) -> Result<Option<Metered>, Problem> {
+) -> Result<Peek, Problem> {
     let now = OffsetDateTime::now_utc();
     let limits = state
         .settings
@@ -236,10 +245,14 @@ pub async fn peek_blocked(
             _ => Problem::internal(),
         })?;
     if usage.view(meter_kind, limits, now).state != QuotaState::Blocked {
-        return Ok(None);
+        return Ok(Peek::Clear);
     }
     let attempt = meter(state, tenant, meter_kind, 1, metadata).await?;
-    Ok((!attempt.admitted).then_some(attempt))
+    Ok(if attempt.admitted {
+        Peek::Metered(attempt)
+    } else {
+        Peek::Blocked(attempt)
+    })
 }
 
 /// Whether any meter of the tenant refused an attempt in the last 7 days (this month's and last

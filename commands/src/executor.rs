@@ -102,9 +102,15 @@ const MAX_BATCH: usize = 512;
 /// Executes commands for one aggregate type against one store.
 #[derive(Debug)]
 pub struct Executor<A: Aggregate> {
+    core: Core,
+    hot: Mutex<HashMap<(TenantId, String), Slot<A>>>,
+}
+
+/// What deciding and appending needs, shared with the tasks that drain a stream's queue.
+#[derive(Clone, Debug)]
+struct Core {
     store: Store,
     config: ExecutorConfig,
-    hot: Mutex<HashMap<(TenantId, String), Slot<A>>>,
 }
 
 const PAGE: usize = 10_000;
@@ -126,8 +132,7 @@ where
 {
     pub fn new(store: Store, config: ExecutorConfig) -> Self {
         Self {
-            store,
-            config,
+            core: Core { store, config },
             hot: Mutex::new(HashMap::new()),
         }
     }
@@ -137,7 +142,7 @@ where
         if let Some(slot) = hot.get(&(tenant, stream.to_owned())) {
             return slot.clone();
         }
-        if hot.len() >= self.config.max_hot_streams {
+        if hot.len() >= self.core.config.max_hot_streams {
             // Drop idle streams; they come back from their snapshot and tail when next used.
             hot.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
@@ -163,7 +168,7 @@ where
     ) -> Result<(A, u64), ExecuteError<A::Error>> {
         let slot = self.slot(tenant, stream);
         let mut hot = slot.hot.lock().await;
-        self.catch_up(tenant, stream, &mut hot).await?;
+        self.core.catch_up(tenant, stream, &mut hot).await?;
         Ok((hot.state.clone(), hot.version))
     }
 
@@ -186,38 +191,52 @@ where
             now,
             reply: tx,
         });
-        {
-            let mut hot = slot.hot.lock().await;
-            // Our command may already have been decided by whoever held the state before us.
-            loop {
-                let (taken, batch): (usize, Vec<Pending<A>>) = {
-                    let mut queue = slot.queue.lock().expect("queue lock");
-                    let n = queue.len().min(MAX_BATCH);
-                    // A caller that went away (its request was dropped) is not served later.
-                    (
-                        n,
-                        queue.drain(..n).filter(|p| !p.reply.is_closed()).collect(),
-                    )
-                };
-                if taken == 0 {
-                    break;
-                }
-                if !batch.is_empty() {
-                    self.run_batch(tenant, stream, &mut hot, batch).await;
-                }
-            }
-        }
+        // The queue is drained by a task of its own: a caller that goes away (its request was
+        // dropped) cannot abort a batch that carries other callers' commands.
+        let (core, stream_id) = (self.core.clone(), stream.to_owned());
+        tokio::spawn(async move { core.drain(tenant, &stream_id, slot).await });
         rx.await
             .unwrap_or_else(|_| Err(ExecuteError::Store(StoreError::Closed)))
     }
+}
 
-    async fn run_batch(
+impl Core {
+    /// Take the stream's state and decide everything queued for it, batch after batch.
+    async fn drain<A>(&self, tenant: TenantId, stream: &str, slot: Slot<A>)
+    where
+        A: Aggregate,
+        A::Event: Clone,
+    {
+        let mut hot = slot.hot.lock().await;
+        loop {
+            let (taken, batch): (usize, Vec<Pending<A>>) = {
+                let mut queue = slot.queue.lock().expect("queue lock");
+                let n = queue.len().min(MAX_BATCH);
+                // A caller that went away before its turn is not served later.
+                (
+                    n,
+                    queue.drain(..n).filter(|p| !p.reply.is_closed()).collect(),
+                )
+            };
+            if taken == 0 {
+                return;
+            }
+            if !batch.is_empty() {
+                self.run_batch(tenant, stream, &mut hot, batch).await;
+            }
+        }
+    }
+
+    async fn run_batch<A>(
         &self,
         tenant: TenantId,
         stream: &str,
         hot: &mut Hot<A>,
         batch: Vec<Pending<A>>,
-    ) {
+    ) where
+        A: Aggregate,
+        A::Event: Clone,
+    {
         let fail = |batch: Vec<Pending<A>>, error: &dyn Fn() -> ExecuteError<A::Error>| {
             for p in batch {
                 let _ = p.reply.send(Err(error()));
@@ -351,7 +370,7 @@ where
 
     /// Bring the hot state up to the stream's last event: from a snapshot on first use, then
     /// only the events after the version already held.
-    async fn catch_up(
+    async fn catch_up<A: Aggregate>(
         &self,
         tenant: TenantId,
         stream: &str,
@@ -393,7 +412,13 @@ where
         }
     }
 
-    fn maybe_snapshot(&self, tenant: TenantId, stream: &str, before: u64, hot: &Hot<A>) {
+    fn maybe_snapshot<A: Aggregate>(
+        &self,
+        tenant: TenantId,
+        stream: &str,
+        before: u64,
+        hot: &Hot<A>,
+    ) {
         let every = self.config.snapshot_every.max(1);
         if before / every == hot.version / every {
             return;

@@ -275,6 +275,8 @@ pub struct Usage {
     /// When the last attempt was refused.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub last_blocked_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub grace_ended_at: Option<OffsetDateTime>,
 }
 
 /// Where a meter stands, for answers and headers.
@@ -412,11 +414,18 @@ impl Aggregate for Usage {
             admit(&mut events, QuotaState::Grace);
             return Ok(events);
         }
-        if !self.grace_ended {
+        // Grace ends when its units are used up or its time has run out — not because one
+        // request was too big to fit in what is left.
+        let exhausted = self.used >= limits.limit + limits.grace_units();
+        if !self.grace_ended
+            && (exhausted || !within_time)
+            && (self.grace_started_at.is_some() || self.used >= limits.limit)
+        {
             events.push(UsageEvent::GraceEnded(GraceEnded {
                 meter,
                 period,
-                at: now,
+                // When it really ended: now for units, its 72 hours' end for time.
+                at: if within_time { now } else { ends_at },
                 reason: if within_time {
                     "units".into()
                 } else {
@@ -450,7 +459,10 @@ impl Aggregate for Usage {
             UsageEvent::Warning(_) => self.warned = true,
             UsageEvent::Reached(_) => self.reached = true,
             UsageEvent::GraceStarted(e) => self.grace_started_at = Some(e.at),
-            UsageEvent::GraceEnded(_) => self.grace_ended = true,
+            UsageEvent::GraceEnded(e) => {
+                self.grace_ended = true;
+                self.grace_ended_at = Some(e.at);
+            }
         }
     }
 }
@@ -562,6 +574,31 @@ mod tests {
         };
         assert!(!admitted(&run(&mut s, 6, FREE, test_now())));
         assert_eq!(s.used, 215);
+    }
+
+    #[test]
+    fn a_request_too_big_for_the_grace_left_does_not_end_it() {
+        let now = test_now();
+        let mut s = Usage::default();
+        run(&mut s, 200, FREE, now);
+        run(&mut s, 15, FREE, now);
+        assert_eq!(s.used, 215);
+        let events = run(&mut s, 6, FREE, now);
+        assert!(!admitted(&events));
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, UsageEvent::GraceEnded(_)))
+        );
+        assert!(
+            admitted(&run(&mut s, 5, FREE, now)),
+            "the 5 grace units left are still there"
+        );
+        // Before the limit, a request bigger than limit + grace is refused without ending grace.
+        let mut s = Usage::default();
+        assert!(!admitted(&run(&mut s, 500, FREE, now)));
+        assert!(admitted(&run(&mut s, 210, FREE, now)));
+        assert_eq!(s.view(Meter::Queries, FREE, now).grace_units_left, 10);
     }
 
     #[test]

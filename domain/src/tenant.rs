@@ -493,7 +493,12 @@ impl Aggregate for Tenant {
                 self.plan = e.to;
                 self.pending = None;
             }
-            TenantEvent::PlanChangeScheduled(e) => self.pending = Some(e.clone()),
+            TenantEvent::PlanChangeScheduled(e) => {
+                // The plan in force when it was asked for (an earlier scheduled change may have
+                // taken effect since) stays until this one applies.
+                self.plan = e.from;
+                self.pending = Some(e.clone());
+            }
             TenantEvent::MemberAdded(e) => {
                 self.members.insert(
                     e.user_id,
@@ -680,6 +685,53 @@ mod tests {
                 seats: 3,
                 members: 4,
             });
+    }
+
+    #[test]
+    fn a_second_downgrade_starts_from_the_plan_then_in_force() {
+        use time::macros::datetime;
+        let mut history = signed_up("Acme");
+        history.push(TenantEvent::PlanChanged(PlanChanged {
+            from: Plan::Free,
+            to: Plan::Enterprise,
+            at: test_now(),
+            reason: None,
+        }));
+        history.push(TenantEvent::PlanChangeScheduled(PlanChangeScheduled {
+            from: Plan::Enterprise,
+            to: Plan::Pro,
+            effective_at: datetime!(2026-03-01 00:00 UTC),
+            reason: None,
+        }));
+        let mut state = given::<Tenant>(history)
+            .when(TenantCommand::Rename {
+                name: name("Acme 2"),
+            })
+            .then([TenantEvent::Renamed(Renamed {
+                from: name("Acme"),
+                to: name("Acme 2"),
+            })]);
+        let march = datetime!(2026-03-15 00:00 UTC);
+        assert_eq!(state.plan_at(march), Plan::Pro);
+        let events = state
+            .decide(
+                &TenantCommand::ChangePlan {
+                    plan: Plan::Free,
+                    reason: None,
+                    seats: Some(3),
+                },
+                march,
+            )
+            .unwrap();
+        for e in &events {
+            state.evolve(e);
+        }
+        assert_eq!(
+            state.plan_at(march),
+            Plan::Pro,
+            "Pro stays in force until April"
+        );
+        assert_eq!(state.plan_at(datetime!(2026-04-01 00:00 UTC)), Plan::Free);
     }
 
     #[test]

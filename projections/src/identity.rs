@@ -168,6 +168,7 @@ impl Identity {
             }
             TenantEvent::PlanChangeScheduled(e) => {
                 if let Some(t) = state.tenants.get_mut(&tenant) {
+                    t.plan = e.from;
                     t.pending = Some(e);
                 }
             }
