@@ -599,28 +599,43 @@ pub async fn create_export(
     let exported = web::block(move || dataplane::export::export(&result, format, &rules, &key))
         .await
         .map_err(|_| Problem::internal())?;
-    let metered = match peeked {
-        Some(done) => done,
-        None => {
-            meter(
-                &state,
-                tenant,
-                Meter::Exports,
-                1,
-                &RequestContext::of(&req).metadata(caller.actor()),
-            )
-            .await?
-        }
-    };
-    if !metered.admitted {
-        return Err(metered.blocked_problem(&state.settings.public_url));
-    }
+    // Keep the file first: a unit is charged only for an export that can be delivered.
     let export_id = Uuid::now_v7();
     state
         .store
         .put_blob(tenant, &export_blob_id(export_id), exported.bytes.clone())
         .await
         .map_err(Problem::from)?;
+    let metered = match peeked {
+        Some(done) => done,
+        None => {
+            let m = meter(
+                &state,
+                tenant,
+                Meter::Exports,
+                1,
+                &RequestContext::of(&req).metadata(caller.actor()),
+            )
+            .await;
+            match m {
+                Ok(m) => m,
+                Err(p) => {
+                    let _ = state
+                        .store
+                        .delete_blob(tenant, &export_blob_id(export_id))
+                        .await;
+                    return Err(p);
+                }
+            }
+        }
+    };
+    if !metered.admitted {
+        let _ = state
+            .store
+            .delete_blob(tenant, &export_blob_id(export_id))
+            .await;
+        return Err(metered.blocked_problem(&state.settings.public_url));
+    }
     let fact = ExportCompleted {
         export_id,
         dataset_id: view.dataset.dataset_id,
