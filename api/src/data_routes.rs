@@ -2,7 +2,7 @@
 //! and their downloads.
 
 use crate::auth::Caller;
-use crate::http::{Reply, RequestContext, json, settle, wait_for};
+use crate::http::{ReadQuery, Reply, RequestContext, json, settle, wait_for};
 use crate::problem::Problem;
 use crate::quota_routes::{Peek, meter, peek_blocked};
 use crate::server::AppState;
@@ -129,13 +129,10 @@ fn ingest_problem(e: IngestError) -> Problem {
 }
 
 fn dataset_problem(e: ExecuteError<DatasetError>) -> Problem {
-    match e {
-        ExecuteError::Domain(DatasetError::NotFound) => Problem::not_found("no such dataset"),
-        ExecuteError::Domain(d) => Problem::conflict("dataset-exists", d.to_string()),
-        ExecuteError::Store(s) => s.into(),
-        ExecuteError::Decode(_) => Problem::internal(),
-        ExecuteError::TooManyConflicts { .. } => Problem::conflict("busy", "retry the request"),
-    }
+    crate::http::execute_problem(e, |d| match d {
+        DatasetError::NotFound => Problem::not_found("no such dataset"),
+        d => Problem::conflict("dataset-exists", d.to_string()),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,9 +219,8 @@ pub async fn upload(
             return Err(dataset_problem(e));
         }
     };
-    let position = state.committed(&done.appended);
     // The answer points at /v1/datasets/{id}: make it readable here first.
-    settle(&state, position).await;
+    let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::CREATED,
         &j!({
@@ -238,12 +234,6 @@ pub async fn upload(
         }),
     )
     .header(header::LOCATION, format!("/v1/datasets/{dataset_id}")))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    min_position: Option<u64>,
 }
 
 pub async fn list(
@@ -319,8 +309,7 @@ pub async fn delete(
         .delete_blob(tenant, &blob_id(id))
         .await
         .map_err(Problem::from)?;
-    let position = state.committed(&done.appended);
-    settle(&state, position).await;
+    let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"dataset_id": id, "deleted": true, "global_position": position}),
@@ -706,17 +695,12 @@ fn builtin_default() -> serde_json::Value {
 }
 
 fn preset_problem(e: ExecuteError<PresetError>) -> Problem {
-    match e {
-        ExecuteError::Domain(PresetError::Invalid(fields)) => Problem::validation(fields),
-        ExecuteError::Domain(PresetError::NotFound) => Problem::not_found("no such preset"),
-        ExecuteError::Domain(d @ PresetError::Deleted) => {
-            Problem::conflict("preset-deleted", d.to_string())
-        }
-        ExecuteError::Domain(d) => Problem::conflict("preset-exists", d.to_string()),
-        ExecuteError::Store(s) => s.into(),
-        ExecuteError::Decode(_) => Problem::internal(),
-        ExecuteError::TooManyConflicts { .. } => Problem::conflict("busy", "retry the request"),
-    }
+    crate::http::execute_problem(e, |d| match d {
+        PresetError::Invalid(fields) => Problem::validation(fields),
+        PresetError::NotFound => Problem::not_found("no such preset"),
+        d @ PresetError::Deleted => Problem::conflict("preset-deleted", d.to_string()),
+        d => Problem::conflict("preset-exists", d.to_string()),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -774,8 +758,7 @@ pub async fn create_preset(
         )
         .await
         .map_err(preset_problem)?;
-    let position = state.committed(&done.appended);
-    settle(&state, position).await;
+    let position = state.settled(&done.appended).await;
     let view = state
         .catalog
         .preset(tenant, preset_id)
@@ -822,8 +805,7 @@ pub async fn edit_preset(
         )
         .await
         .map_err(preset_problem)?;
-    let position = state.committed(&done.appended);
-    settle(&state, position).await;
+    let position = state.settled(&done.appended).await;
     let view = state
         .catalog
         .preset(tenant, preset_id)
@@ -859,8 +841,7 @@ pub async fn delete_preset(
         )
         .await
         .map_err(preset_problem)?;
-    let position = state.committed(&done.appended);
-    settle(&state, position).await;
+    let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"preset_id": preset_id, "deleted": true, "global_position": position}),

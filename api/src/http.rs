@@ -182,6 +182,32 @@ pub fn json<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, Pr
     })
 }
 
+/// The query of a plain read: `?min_position=N` waits for the read models (read-your-writes).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    pub min_position: Option<u64>,
+}
+
+/// Map an executor's error to a problem document; `domain` maps the aggregate's own errors.
+pub fn execute_problem<E: std::error::Error + 'static>(
+    e: commands::ExecuteError<E>,
+    domain: impl FnOnce(E) -> Problem,
+) -> Problem {
+    match e {
+        commands::ExecuteError::Domain(d) => domain(d),
+        commands::ExecuteError::Store(s) => s.into(),
+        commands::ExecuteError::Decode(d) => {
+            tracing::error!(error = %d, "stored event cannot be decoded");
+            Problem::internal()
+        }
+        commands::ExecuteError::TooManyConflicts { .. } => Problem::conflict(
+            "busy",
+            "the resource kept changing while we tried; retry the request",
+        ),
+    }
+}
+
 /// Wait, bounded, until the projections have applied `min_position` (read-your-writes).
 pub async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<(), Problem> {
     let Some(position) = min_position else {

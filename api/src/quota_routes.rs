@@ -4,7 +4,7 @@
 //! what happened and how to get out.
 
 use crate::auth::Caller;
-use crate::http::{Reply, RequestContext, idempotent, json, settle, wait_for};
+use crate::http::{ReadQuery, Reply, RequestContext, idempotent, json, wait_for};
 use crate::problem::Problem;
 use crate::server::AppState;
 use actix_web::http::StatusCode;
@@ -143,15 +143,10 @@ pub async fn meter(
             now,
         )
         .await
-        .map_err(|e| match e {
-            commands::ExecuteError::Domain(d) => {
+        .map_err(|e| {
+            crate::http::execute_problem(e, |d| {
                 Problem::validation(vec![("units".into(), d.to_string())])
-            }
-            commands::ExecuteError::Store(s) => s.into(),
-            commands::ExecuteError::Decode(_) => Problem::internal(),
-            commands::ExecuteError::TooManyConflicts { .. } => {
-                Problem::conflict("busy", "retry the request")
-            }
+            })
         })?;
     let admitted = done
         .events
@@ -341,12 +336,6 @@ pub fn grace_notice(v: &QuotaView, public_url: &str) -> serde_json::Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    min_position: Option<u64>,
-}
-
 /// `GET /v1/tenant/quota`: each meter's use, limit, state, grace and reset.
 pub async fn quota(
     state: web::Data<AppState>,
@@ -433,9 +422,8 @@ pub async fn change_plan(
             )
             .await
             .map_err(crate::routes::tenant_problem)?;
-        let position = state.committed(&done.appended);
         // The new limits must apply to the very next metered request here.
-        settle(&state, position).await;
+        let position = state.settled(&done.appended).await;
         let body = match done.events.first() {
             Some(domain::tenant::TenantEvent::PlanChangeScheduled(s)) => j!({
                 "plan": s.from.as_str(),

@@ -2,7 +2,7 @@
 //! with JSON or a problem document. Who may call what is decided by `Caller` (see `auth.rs`).
 
 use crate::auth::Caller;
-use crate::http::{Reply, RequestContext, idempotent, json, settle, wait_for};
+use crate::http::{ReadQuery, Reply, RequestContext, idempotent, json, wait_for};
 use crate::problem::Problem;
 use crate::server::AppState;
 use actix_web::http::StatusCode;
@@ -20,44 +20,21 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub fn tenant_problem(e: ExecuteError<TenantError>) -> Problem {
-    match e {
-        ExecuteError::Domain(d) => {
-            let (status, slug) = match &d {
-                TenantError::AlreadySignedUp => (StatusCode::CONFLICT, "tenant-exists"),
-                TenantError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
-                TenantError::SameName | TenantError::SamePlan(_) => {
-                    (StatusCode::CONFLICT, "no-change")
-                }
-                TenantError::EmailTaken(_) | TenantError::UserIdTaken => {
-                    (StatusCode::CONFLICT, "member-exists")
-                }
-                TenantError::OnlyOwnersAddOwners => (StatusCode::FORBIDDEN, "forbidden"),
-                TenantError::UnknownToken => (StatusCode::NOT_FOUND, "not-found"),
-                TenantError::AlreadyRevoked => (StatusCode::CONFLICT, "already-revoked"),
-                TenantError::TooManyMembers { .. } => (StatusCode::CONFLICT, "seat-limit"),
-            };
-            Problem::new(status, slug, "The request was refused").detail(d.to_string())
-        }
-        other => execute_problem(other),
-    }
-}
-
-fn execute_problem<E: std::error::Error + 'static>(e: ExecuteError<E>) -> Problem {
-    match e {
-        ExecuteError::Domain(d) => {
-            Problem::new(StatusCode::CONFLICT, "refused", "The request was refused")
-                .detail(d.to_string())
-        }
-        ExecuteError::Store(s) => s.into(),
-        ExecuteError::Decode(d) => {
-            tracing::error!(error = %d, "stored event cannot be decoded");
-            Problem::internal()
-        }
-        ExecuteError::TooManyConflicts { .. } => Problem::conflict(
-            "busy",
-            "the resource kept changing while we tried; retry the request",
-        ),
-    }
+    crate::http::execute_problem(e, |d| {
+        let (status, slug) = match &d {
+            TenantError::AlreadySignedUp => (StatusCode::CONFLICT, "tenant-exists"),
+            TenantError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+            TenantError::SameName | TenantError::SamePlan(_) => (StatusCode::CONFLICT, "no-change"),
+            TenantError::EmailTaken(_) | TenantError::UserIdTaken => {
+                (StatusCode::CONFLICT, "member-exists")
+            }
+            TenantError::OnlyOwnersAddOwners => (StatusCode::FORBIDDEN, "forbidden"),
+            TenantError::UnknownToken => (StatusCode::NOT_FOUND, "not-found"),
+            TenantError::AlreadyRevoked => (StatusCode::CONFLICT, "already-revoked"),
+            TenantError::TooManyMembers { .. } => (StatusCode::CONFLICT, "seat-limit"),
+        };
+        Problem::new(status, slug, "The request was refused").detail(d.to_string())
+    })
 }
 
 /// A validation error list: parse each field, collect every failure.
@@ -136,9 +113,8 @@ pub async fn signup(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
             )
             .await
             .map_err(tenant_problem)?;
-        let position = state.committed(&done.appended);
         // The token must work at once: wait until this instance's projections have it.
-        settle(&state, position).await;
+        let position = state.settled(&done.appended).await;
         Ok(Reply::json(
             StatusCode::CREATED,
             &j!({
@@ -153,12 +129,6 @@ pub async fn signup(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
         .header(actix_web::http::header::LOCATION, "/v1/tenant".to_string()))
     })
     .await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    min_position: Option<u64>,
 }
 
 pub async fn me(
@@ -258,8 +228,7 @@ pub async fn rename_tenant(
         )
         .await
         .map_err(tenant_problem)?;
-    let position = state.committed(&done.appended);
-    settle(&state, position).await;
+    let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"tenant_id": tenant, "name": name.as_str(), "global_position": position}),
@@ -318,8 +287,7 @@ pub async fn add_member(
             )
             .await
             .map_err(tenant_problem)?;
-        let position = state.committed(&done.appended);
-        settle(&state, position).await;
+        let position = state.settled(&done.appended).await;
         Ok(Reply::json(
             StatusCode::CREATED,
             &j!({
@@ -372,18 +340,19 @@ pub async fn revoke_current_token(
                     now,
                 )
                 .await
-                .map_err(|e| match e {
-                    ExecuteError::Domain(PlatformError::AlreadyRevoked) => {
-                        Problem::conflict("already-revoked", "the token is already revoked")
-                    }
-                    other => execute_problem(other),
+                .map_err(|e| {
+                    crate::http::execute_problem(e, |d| match d {
+                        PlatformError::AlreadyRevoked => {
+                            Problem::conflict("already-revoked", "the token is already revoked")
+                        }
+                        PlatformError::UnknownToken => Problem::not_found("no such token"),
+                    })
                 })?;
             (token_id, done.appended)
         }
     };
-    let position = state.committed(&appended);
     // From this answer on, the token must not work here.
-    settle(&state, position).await;
+    let position = state.settled(&appended).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"revoked_token_id": token_id, "global_position": position}),
@@ -486,8 +455,7 @@ pub async fn set_tenant_flag(
         )
         .await
         .map_err(tenant_problem)?;
-    let position = state.committed(&done.appended);
-    settle(&state, position).await;
+    let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::OK,
         &j!({"tenant_id": tenant, "flag": flag.as_str(), "enabled": dto.enabled, "global_position": position}),

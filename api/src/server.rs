@@ -95,6 +95,14 @@ impl AppState {
         h.finalize().to_vec()
     }
 
+    /// `committed`, then wait (bounded, never failing) for this instance's projections to apply
+    /// it, so that reads here see the change.
+    pub async fn settled(&self, appended: &Option<Appended>) -> u64 {
+        let position = self.committed(appended);
+        crate::http::settle(self, position).await;
+        position
+    }
+
     /// The last position a command wrote (or, for a command that wrote nothing, the head), and
     /// count what it appended.
     pub fn committed(&self, appended: &Option<Appended>) -> u64 {
