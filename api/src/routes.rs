@@ -281,6 +281,18 @@ pub async fn add_member(
                         token: issued,
                     },
                     by,
+                    seats: state
+                        .settings
+                        .plans
+                        .get(
+                            state
+                                .identity
+                                .tenant(tenant)
+                                .map_or(domain::tenant::Plan::Free, |t| {
+                                    t.plan_at(OffsetDateTime::now_utc())
+                                }),
+                        )
+                        .seats,
                 },
                 &ctx.metadata(caller.actor()),
                 OffsetDateTime::now_utc(),

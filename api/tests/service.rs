@@ -95,6 +95,13 @@ fn members_get_their_role_and_token_and_admins_cannot_make_owners(app: TestApp) 
     let body = json!({"email": "boss@example.com", "name": "Boss", "role": "owner"});
     app.post_json("/v1/members", Some(&admin), &body)
         .problem(403, "forbidden");
+    // The Free plan has 3 seats: a fourth member needs an upgrade.
+    let p = app
+        .post_json("/v1/members", Some(&owner), &body)
+        .problem(409, "seat-limit");
+    assert!(p["detail"].as_str().unwrap().contains("3 seats"), "{p}");
+    app.post_json("/v1/tenant/plan", Some(&owner), &json!({"plan": "pro"}))
+        .expect(200);
     app.post_json("/v1/members", Some(&owner), &body)
         .expect(201);
     let dup = json!({"email": "ANA@example.com", "name": "Again", "role": "viewer"});
@@ -149,6 +156,13 @@ fn a_revoked_token_stops_working_at_once(app: TestApp) {
 /// gate, the others get 403; a missing or bogus token gets 401.
 fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
     let (tenant, owner) = app.signup("Acme", "owner@example.com");
+    // Enough seats for a member of every role (and the members the walk adds).
+    app.post_json(
+        "/v1/tenant/plan",
+        Some(&owner),
+        &json!({"plan": "enterprise"}),
+    )
+    .expect(200);
     let mut tokens: Vec<(Role, String)> = vec![(Role::Tenant(TenantRole::Owner), owner.clone())];
     for role in TenantRole::ALL.iter().filter(|r| **r != TenantRole::Owner) {
         let token = app.add_member(&owner, &format!("{role}@example.com"), role.as_str());
@@ -455,12 +469,15 @@ fn a_retried_request_with_the_same_idempotency_key_is_applied_once(app: TestApp)
 
 fn the_audit_feed_filters_pages_and_stays_inside_the_tenant(app: TestApp) {
     let (_, a) = app.signup("A", "a@example.com");
+    app.post_json("/v1/tenant/plan", Some(&a), &json!({"plan": "pro"}))
+        .expect(200);
     let (_, b) = app.signup("B", "b@example.com");
     for i in 0..7 {
         app.add_member(&a, &format!("m{i}@example.com"), "viewer");
     }
     app.add_member(&b, "b2@example.com", "viewer");
-    // A: signed_up + member.added + token.issued, then 7 × (member.added + token.issued) = 17.
+    // A: signed_up + member.added + token.issued + plan.changed, then 7 × (member.added +
+    // token.issued) = 18.
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -478,7 +495,7 @@ fn the_audit_feed_filters_pages_and_stays_inside_the_tenant(app: TestApp) {
             None => break,
         }
     }
-    assert_eq!(seen.len(), 17, "every event once");
+    assert_eq!(seen.len(), 18, "every event once");
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "in commit order");
     let members = app
         .get("/v1/audit/events?type=member.added", &a)
@@ -494,7 +511,7 @@ fn the_audit_feed_filters_pages_and_stays_inside_the_tenant(app: TestApp) {
             &a,
         )
         .expect(200);
-    assert_eq!(mine["events"].as_array().unwrap().len(), 17);
+    assert_eq!(mine["events"].as_array().unwrap().len(), 18);
     let future = app
         .get("/v1/audit/events?from=2999-01-01T00:00:00Z", &a)
         .expect(200);

@@ -148,10 +148,12 @@ pub enum TenantCommand {
         /// The new plan's seats (from the plan registry); `None` is unlimited.
         seats: Option<u64>,
     },
-    /// Add a member; `by` is the role of who asks (an admin cannot make owners).
+    /// Add a member; `by` is the role of who asks (an admin cannot make owners); `seats` is what
+    /// the plan in force allows (`None`: unlimited).
     AddMember {
         member: NewMember,
         by: TenantRole,
+        seats: Option<u64>,
     },
     /// Revoke one token of the tenant's members.
     RevokeToken {
@@ -460,11 +462,20 @@ impl Aggregate for Tenant {
                     },
                 )])
             }
-            C::AddMember { member, by } => {
+            C::AddMember { member, by, seats } => {
                 if member.role == TenantRole::Owner && *by != TenantRole::Owner {
                     return Err(TenantError::OnlyOwnersAddOwners);
                 }
                 self.check_new_member(member)?;
+                if let Some(seats) = *seats
+                    && self.members.len() as u64 >= seats
+                {
+                    return Err(TenantError::TooManyMembers {
+                        plan: self.plan_at(now).as_str(),
+                        seats,
+                        members: self.members.len(),
+                    });
+                }
                 Ok(member_events(member).into())
             }
             C::RevokeToken { token_id } => match self.tokens.get(token_id) {
@@ -752,6 +763,7 @@ mod tests {
             .when(TenantCommand::AddMember {
                 member: m.clone(),
                 by: TenantRole::Admin,
+                seats: None,
             })
             .then(member_events(&m));
         assert_eq!(state.members.len(), 2);
@@ -764,6 +776,7 @@ mod tests {
             .when(TenantCommand::AddMember {
                 member: m,
                 by: TenantRole::Owner,
+                seats: None,
             })
             .then_err(TenantError::EmailTaken("owner@example.com".into()));
     }
@@ -775,14 +788,50 @@ mod tests {
             .when(TenantCommand::AddMember {
                 member: m.clone(),
                 by: TenantRole::Admin,
+                seats: None,
             })
             .then_err(TenantError::OnlyOwnersAddOwners);
         given::<Tenant>(signed_up("Acme"))
             .when(TenantCommand::AddMember {
                 member: m.clone(),
                 by: TenantRole::Owner,
+                seats: None,
             })
             .then(member_events(&m));
+    }
+
+    #[test]
+    fn members_fit_in_the_plans_seats() {
+        let mut history = signed_up("Acme");
+        history.extend(member_events(&new_member(
+            2,
+            "b@example.com",
+            TenantRole::Viewer,
+        )));
+        history.extend(member_events(&new_member(
+            3,
+            "c@example.com",
+            TenantRole::Viewer,
+        )));
+        let fourth = new_member(4, "d@example.com", TenantRole::Viewer);
+        given::<Tenant>(history.clone())
+            .when(TenantCommand::AddMember {
+                member: fourth.clone(),
+                by: TenantRole::Owner,
+                seats: Some(3),
+            })
+            .then_err(TenantError::TooManyMembers {
+                plan: "free",
+                seats: 3,
+                members: 3,
+            });
+        given::<Tenant>(history)
+            .when(TenantCommand::AddMember {
+                member: fourth.clone(),
+                by: TenantRole::Owner,
+                seats: None,
+            })
+            .then(member_events(&fourth));
     }
 
     #[test]
