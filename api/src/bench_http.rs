@@ -241,21 +241,7 @@ pub async fn run(addr: &str, backend: String, cfg: &HttpBench) -> anyhow::Result
         cfg.tenants > 0 && cfg.connections > 0 && cfg.seconds > 0.0,
         "sizes must be > 0"
     );
-    let mut conn = Conn::open(addr).await?;
-    let mut tokens = Vec::new();
-    for t in 0..cfg.tenants {
-        let body = format!(
-            "{{\"tenant_name\":\"Bench tenant {t}\",\"email\":\"owner{t}@bench.example\",\"name\":\"Owner {t}\"}}"
-        );
-        let (status, body) = conn.call("POST", "/v1/signup", None, Some(&body)).await?;
-        anyhow::ensure!(
-            status == 201,
-            "sign-up failed: {status} {}",
-            String::from_utf8_lossy(&body)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
-        tokens.push(v["token"].as_str().unwrap_or_default().to_owned());
-    }
+    let tokens = signup_tenants(addr, cfg.tenants, None).await?;
     let command = phase(addr, &tokens, cfg, "PATCH /v1/tenant", Load::Rename).await?;
     let read = phase(addr, &tokens, cfg, "GET /v1/tenant", Load::Read).await?;
     Ok(HttpBenchReport {

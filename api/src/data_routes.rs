@@ -721,6 +721,23 @@ fn preset_name(raw: Option<&str>) -> Result<Option<String>, Problem> {
     .transpose()
 }
 
+/// A preset's latest version as a command answers it, with the position the command wrote.
+fn preset_answer(
+    state: &AppState,
+    tenant: TenantId,
+    preset_id: Uuid,
+    position: u64,
+    status: StatusCode,
+) -> Result<Reply, Problem> {
+    let view = state
+        .catalog
+        .preset(tenant, preset_id)
+        .ok_or_else(Problem::internal)?;
+    let mut body = preset_json(&view, None).ok_or_else(Problem::internal)?;
+    body["global_position"] = position.into();
+    Ok(Reply::json(status, &body))
+}
+
 /// `POST /v1/presets`: a new preset, version 1.
 pub async fn create_preset(
     state: web::Data<AppState>,
@@ -759,14 +776,10 @@ pub async fn create_preset(
         .await
         .map_err(preset_problem)?;
     let position = state.settled(&done.appended).await;
-    let view = state
-        .catalog
-        .preset(tenant, preset_id)
-        .ok_or_else(Problem::internal)?;
-    let mut body = preset_json(&view, None).ok_or_else(Problem::internal)?;
-    body["global_position"] = position.into();
-    Ok(Reply::json(StatusCode::CREATED, &body)
-        .header(header::LOCATION, format!("/v1/presets/{preset_id}")))
+    Ok(
+        preset_answer(&state, tenant, preset_id, position, StatusCode::CREATED)?
+            .header(header::LOCATION, format!("/v1/presets/{preset_id}")),
+    )
 }
 
 /// `PUT /v1/presets/{id}`: a new version.
@@ -806,13 +819,7 @@ pub async fn edit_preset(
         .await
         .map_err(preset_problem)?;
     let position = state.settled(&done.appended).await;
-    let view = state
-        .catalog
-        .preset(tenant, preset_id)
-        .ok_or_else(Problem::internal)?;
-    let mut body = preset_json(&view, None).ok_or_else(Problem::internal)?;
-    body["global_position"] = position.into();
-    Ok(Reply::json(StatusCode::OK, &body))
+    preset_answer(&state, tenant, preset_id, position, StatusCode::OK)
 }
 
 pub async fn delete_preset(

@@ -281,6 +281,45 @@ enum EventsCommand {
     },
 }
 
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Where a benchmark's store lives: the folder given, a new temporary folder (removed when the
+/// returned guard drops), or PostgreSQL at `url`.
+fn bench_location(
+    backend: Backend,
+    url: Option<String>,
+    data: Option<PathBuf>,
+) -> anyhow::Result<(Location, Option<tempfile::TempDir>)> {
+    Ok(match (backend, data) {
+        (Backend::Embedded, Some(dir)) => (Location::Embedded(dir), None),
+        (Backend::Embedded, None) => {
+            let temp = tempfile::tempdir()?;
+            (Location::Embedded(temp.path().to_path_buf()), Some(temp))
+        }
+        (Backend::Postgres, _) => (
+            Location::Postgres(url.context("--url or DATABASE_URL is required for postgres")?),
+            None,
+        ),
+    })
+}
+
+/// Start the service for a benchmark on a free local port.
+fn start_bench_server(location: Location) -> anyhow::Result<String> {
+    let settings = api::settings::Settings {
+        listen: "127.0.0.1:0".into(),
+        store: location.clone(),
+        ..Default::default()
+    };
+    start_in_background(settings, location)
+}
+
 /// Start the service on its own thread (an actix system) and return where it listens.
 fn start_in_background(
     settings: api::settings::Settings,
@@ -444,27 +483,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 connections,
                 seconds,
             };
-            let _temp;
-            let location = match backend {
-                Backend::Embedded => {
-                    _temp = tempfile::tempdir()?;
-                    Location::Embedded(_temp.path().to_path_buf())
-                }
-                Backend::Postgres => Location::Postgres(
-                    url.context("--url or DATABASE_URL is required for postgres")?,
-                ),
-            };
-            let settings = api::settings::Settings {
-                listen: "127.0.0.1:0".into(),
-                store: location.clone(),
-                ..Default::default()
-            };
-            let addr = start_in_background(settings, location)?;
-            let name = match backend {
-                Backend::Embedded => "embedded",
-                Backend::Postgres => "postgres",
-            };
-            let report = runtime.block_on(api::bench_http::run_usage(&addr, name.into(), &cfg))?;
+            let (location, _temp) = bench_location(backend, url, None)?;
+            let addr = start_bench_server(location)?;
+            let report = runtime.block_on(api::bench_http::run_usage(
+                &addr,
+                backend.name().into(),
+                &cfg,
+            ))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -481,19 +506,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (1..=100_000_000).contains(&events),
                 "--events must be 1 to 100000000"
             );
-            let _temp;
-            let store = match backend {
-                Backend::Embedded => {
-                    _temp = tempfile::tempdir()?;
-                    Store::open_embedded(_temp.path())?
-                }
-                Backend::Postgres => {
-                    Store::connect_postgres(
-                        &url.context("--url or DATABASE_URL is required for postgres")?,
-                    )
-                    .await?
-                }
-            };
+            let (location, _temp) = bench_location(backend, url, None)?;
+            let store = Store::open(&location).await?;
             let report = api::bench::cold_start(&store, events).await?;
             store.close().await;
             println!("{}", serde_json::to_string(&report)?);
@@ -545,23 +559,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     batch,
                 },
         } => runtime.block_on(async move {
-            let _temp;
-            let store = match backend {
-                Backend::Embedded => {
-                    let dir = match data {
-                        Some(d) => d,
-                        None => {
-                            _temp = tempfile::tempdir()?;
-                            _temp.path().to_path_buf()
-                        }
-                    };
-                    Store::open_embedded(&dir)?
-                }
-                Backend::Postgres => {
-                    let url = url.context("--url or DATABASE_URL is required for postgres")?;
-                    Store::connect_postgres(&url).await?
-                }
-            };
+            let (location, _temp) = bench_location(backend, url, data)?;
+            let store = Store::open(&location).await?;
             let cfg = api::bench::StoreBench {
                 writers,
                 events,
@@ -593,29 +592,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (addr, backend_name, _temp) = match addr {
                 Some(a) => (a, "external".to_owned(), None),
                 None => {
-                    let (location, temp) = match backend {
-                        Backend::Embedded => {
-                            let t = tempfile::tempdir()?;
-                            (Location::Embedded(t.path().to_path_buf()), Some(t))
-                        }
-                        Backend::Postgres => (
-                            Location::Postgres(
-                                url.context("--url or DATABASE_URL is required for postgres")?,
-                            ),
-                            None,
-                        ),
-                    };
-                    let settings = api::settings::Settings {
-                        listen: "127.0.0.1:0".into(),
-                        store: location.clone(),
-                        ..Default::default()
-                    };
-                    let addr = start_in_background(settings, location)?;
-                    let name = match backend {
-                        Backend::Embedded => "embedded",
-                        Backend::Postgres => "postgres",
-                    };
-                    (addr, name.to_owned(), temp)
+                    let (location, temp) = bench_location(backend, url, None)?;
+                    (
+                        start_bench_server(location)?,
+                        backend.name().to_owned(),
+                        temp,
+                    )
                 }
             };
             let report = runtime.block_on(api::bench_http::run(&addr, backend_name, &cfg))?;

@@ -201,6 +201,22 @@ pub async fn meter(
     })
 }
 
+/// This month's usage of a meter, as the executor holds it.
+async fn current_usage(
+    state: &AppState,
+    tenant: TenantId,
+    meter: Meter,
+    now: OffsetDateTime,
+) -> Result<Usage, Problem> {
+    let stream = quota::stream_id(meter, quota::Period::of(now));
+    let (usage, _) = state.usage.load(tenant, &stream).await.map_err(|e| {
+        crate::http::execute_problem(e, |d| {
+            Problem::validation(vec![("units".into(), d.to_string())])
+        })
+    })?;
+    Ok(usage)
+}
+
 /// What the look before a query or an export found.
 #[derive(Debug)]
 pub enum Peek {
@@ -228,17 +244,7 @@ pub async fn peek_blocked(
         .plans
         .get(plan_of(state, tenant, now))
         .limits(meter_kind);
-    let (usage, _): (Usage, u64) = state
-        .usage
-        .load(
-            tenant,
-            &quota::stream_id(meter_kind, quota::Period::of(now)),
-        )
-        .await
-        .map_err(|e| match e {
-            commands::ExecuteError::Store(s) => Problem::from(s),
-            _ => Problem::internal(),
-        })?;
+    let usage = current_usage(state, tenant, meter_kind, now).await?;
     if usage.view(meter_kind, limits, now).state != QuotaState::Blocked {
         return Ok(Peek::Clear);
     }
@@ -349,14 +355,7 @@ pub async fn quota(
     let mut meters = serde_json::Map::new();
     for m in Meter::ALL {
         let limits = state.settings.plans.get(plan).limits(*m);
-        let (usage, _): (Usage, u64) = state
-            .usage
-            .load(tenant, &quota::stream_id(*m, quota::Period::of(now)))
-            .await
-            .map_err(|e| match e {
-                commands::ExecuteError::Store(s) => Problem::from(s),
-                _ => Problem::internal(),
-            })?;
+        let usage = current_usage(&state, tenant, *m, now).await?;
         meters.insert(
             m.as_str().into(),
             serde_json::to_value(usage.view(*m, limits, now)).unwrap_or_default(),
