@@ -278,6 +278,7 @@ mod tests {
             event_id: Uuid::from_u128(n as u128),
             event_type: e.event_type().to_owned(),
             schema_version: 1,
+            occurred_at: datetime!(2026-02-16 09:30 UTC),
             recorded_at: datetime!(2026-02-16 09:30 UTC),
             actor: "system".into(),
             correlation_id: Uuid::nil(),

@@ -29,9 +29,10 @@ const PAGE_SIZE: i64 = 4096;
 /// The most appends one group commit takes from the queue.
 const MAX_GROUP: usize = 4096;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE events (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE events (
         global_position INTEGER PRIMARY KEY,
         tenant_id BLOB NOT NULL,
         stream_id TEXT NOT NULL,
@@ -67,7 +68,20 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         state BLOB NOT NULL,
         PRIMARY KEY (tenant_id, stream_id, kind)
     );",
-)];
+    ),
+    (
+        2,
+        // Business time beside commit time (NULL for events written before it existed: read as
+        // recorded_at), and the persisted state of each read model with its checkpoint.
+        "ALTER TABLE events ADD COLUMN occurred_at INTEGER;
+    CREATE TABLE projection_state (
+        name TEXT PRIMARY KEY,
+        position INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        saved_at INTEGER NOT NULL
+    );",
+    ),
+];
 
 enum WriteOp {
     Append(AppendRequest, oneshot::Sender<Result<Appended>>),
@@ -256,6 +270,65 @@ impl Embedded {
         self.head.clone()
     }
 
+    /// Written on a connection of its own, not through the append writer: a projection's state
+    /// can be megabytes and must not hold up a group commit's queue (SQLite's write lock is
+    /// still taken for the moment of the write; the busy timeout waits for it).
+    pub(crate) async fn save_projection(&self, p: crate::ProjectionState) -> Result<()> {
+        let path = self.readers.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(Duration::from_secs(30))?;
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            conn.prepare(
+                "INSERT INTO projection_state (name, position, state, saved_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO UPDATE SET \
+                 position = excluded.position, state = excluded.state, saved_at = excluded.saved_at",
+            )?
+            .execute(params![
+                p.name,
+                p.position as i64,
+                p.state,
+                to_micros(now_micros())
+            ])?;
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    pub(crate) async fn load_projection(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::ProjectionState>> {
+        let name = name.to_owned();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached("SELECT position, state FROM projection_state WHERE name = ?1")?
+                .query_row([&name], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .optional()?;
+            Ok(row.map(|(position, state)| crate::ProjectionState {
+                name,
+                position: position as u64,
+                state,
+            }))
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_projection(&self, name: &str) -> Result<()> {
+        let (path, name) = (self.readers.path.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(Duration::from_secs(30))?;
+            conn.execute("DELETE FROM projection_state WHERE name = ?1", [&name])?;
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -393,8 +466,8 @@ impl Drop for Embedded {
 }
 
 const SELECT: &str = "SELECT global_position, tenant_id, stream_id, stream_version, event_id, \
-    event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, payload \
-    FROM events";
+    event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, payload, \
+    coalesce(occurred_at, recorded_at) FROM events";
 
 fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Envelope>> {
     let mut out = Vec::new();
@@ -407,6 +480,7 @@ fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<Envelope>> {
             event_id: uuid_col(r, 4)?,
             event_type: r.get(5)?,
             schema_version: r.get(6)?,
+            occurred_at: from_micros(r.get(13)?),
             recorded_at: from_micros(r.get(7)?),
             actor: r.get(8)?,
             correlation_id: uuid_col(r, 9)?,
@@ -819,15 +893,15 @@ fn load_ids(
     Ok(())
 }
 
-/// Rows per multi-row INSERT: 13 columns each, well under SQLite's parameter limit.
+/// Rows per multi-row INSERT: 14 columns each, well under SQLite's parameter limit.
 const ROWS_PER_INSERT: usize = 32;
-const COLUMNS: usize = 13;
+const COLUMNS: usize = 14;
 
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT OR ROLLBACK INTO events (global_position, tenant_id, stream_id, stream_version, event_id, \
          event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, \
-         payload) VALUES ",
+         payload, occurred_at) VALUES ",
     );
     for r in 0..rows {
         if r > 0 {
@@ -866,6 +940,7 @@ fn insert_rows(tx: &rusqlite::Transaction<'_>, rows: &[Envelope]) -> Result<()> 
             )?;
             stmt.raw_bind_parameter(base + 12, e.trace_id.as_deref())?;
             stmt.raw_bind_parameter(base + 13, e.payload.as_str())?;
+            stmt.raw_bind_parameter(base + 14, to_micros(e.occurred_at))?;
         }
         stmt.raw_execute()?;
     }

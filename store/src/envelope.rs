@@ -112,6 +112,9 @@ pub struct NewEvent {
     /// Metadata of this event when it differs from the append's (commands decided together
     /// and appended at once keep each their own actor and correlation).
     pub metadata: Option<Metadata>,
+    /// The business time of the fact (the decision time, from the caller's clock); `None`
+    /// means "now", the store's `recorded_at`.
+    pub occurred_at: Option<OffsetDateTime>,
 }
 
 impl NewEvent {
@@ -123,7 +126,14 @@ impl NewEvent {
             schema_version: 1,
             payload,
             metadata: None,
+            occurred_at: None,
         }
+    }
+
+    /// The business time of the fact (kept to the microsecond).
+    pub fn occurred_at(mut self, at: OffsetDateTime) -> Self {
+        self.occurred_at = Some(at);
+        self
     }
 
     pub fn with_metadata(mut self, metadata: Metadata) -> Self {
@@ -242,6 +252,11 @@ pub struct Envelope {
     pub event_id: Uuid,
     pub event_type: String,
     pub schema_version: u16,
+    /// When the fact happened in business time (the decision's clock). Periods, days and ISO
+    /// weeks are computed from it. Events written before it existed read it as `recorded_at`.
+    #[serde(serialize_with = "rfc3339_micros")]
+    pub occurred_at: OffsetDateTime,
+    /// When the store committed the event.
     #[serde(serialize_with = "rfc3339_micros")]
     pub recorded_at: OffsetDateTime,
     pub actor: String,
@@ -278,6 +293,11 @@ pub(crate) fn to_micros(t: OffsetDateTime) -> i64 {
 pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
         .expect("stored timestamps are in range")
+}
+
+/// `t` truncated to the microsecond precision the store keeps.
+pub(crate) fn truncate_micros(t: OffsetDateTime) -> OffsetDateTime {
+    from_micros(to_micros(t))
 }
 
 /// Now, truncated to the microsecond precision the store keeps.

@@ -48,6 +48,17 @@ pub struct Snapshot {
     pub state: Vec<u8>,
 }
 
+/// The persisted state of a read model and the last global position it applied. Saved by the
+/// projection itself; read back at start so that a projection resumes instead of replaying the
+/// whole log. Only a cache of the log: deleting it costs a replay, never a wrong answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectionState {
+    /// The projection's name, e.g. `identity` (a rebuild beside it uses another name).
+    pub name: String,
+    pub position: u64,
+    pub state: Vec<u8>,
+}
+
 #[derive(Debug)]
 enum Backend {
     Embedded(embedded::Embedded),
@@ -254,6 +265,20 @@ impl Store {
         kind: &str,
     ) -> Result<Option<Snapshot>> {
         dispatch!(self.load_snapshot(tenant, stream, kind))
+    }
+
+    /// Keep a projection's state and checkpoint durably, replacing what was kept under its name.
+    pub async fn save_projection(&self, state: ProjectionState) -> Result<()> {
+        dispatch!(self.save_projection(state))
+    }
+
+    pub async fn load_projection(&self, name: &str) -> Result<Option<ProjectionState>> {
+        dispatch!(self.load_projection(name))
+    }
+
+    /// Forget a projection's persisted state (it is rebuilt from position 1 when next started).
+    pub async fn delete_projection(&self, name: &str) -> Result<()> {
+        dispatch!(self.delete_projection(name))
     }
 
     /// Stop accepting appends, commit what is queued, release the backend.

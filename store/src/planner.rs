@@ -168,6 +168,7 @@ impl Plan {
                 event_id: e.event_id,
                 event_type: e.event_type.clone(),
                 schema_version: e.schema_version,
+                occurred_at: e.occurred_at.map_or(now, crate::envelope::truncate_micros),
                 recorded_at: now,
                 actor: e
                     .metadata

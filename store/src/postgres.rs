@@ -124,6 +124,19 @@ const MIGRATIONS: &[(i32, &str)] = &[
         USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
         WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);",
     ),
+    (
+        4,
+        // Business time beside commit time (NULL for events written before it existed: read as
+        // recorded_at; adding a nullable column rewrites nothing), and the persisted state of each
+        // read model with its checkpoint (platform-wide, not tenant data).
+        "ALTER TABLE events ADD COLUMN occurred_at timestamptz;
+    CREATE TABLE projection_state (
+        name text PRIMARY KEY,
+        position bigint NOT NULL,
+        state bytea NOT NULL,
+        saved_at timestamptz NOT NULL DEFAULT now()
+    );",
+    ),
 ];
 
 type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
@@ -446,6 +459,45 @@ impl Postgres {
         Ok(())
     }
 
+    pub(crate) async fn save_projection(&self, p: crate::ProjectionState) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO projection_state (name, position, state, saved_at) \
+                 VALUES ($1, $2, $3, now()) ON CONFLICT (name) DO UPDATE SET \
+                 position = excluded.position, state = excluded.state, saved_at = now()",
+                &[&p.name, &(p.position as i64), &p.state],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn load_projection(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::ProjectionState>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT position, state FROM projection_state WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        Ok(row.map(|r| crate::ProjectionState {
+            name: name.to_owned(),
+            position: r.get::<_, i64>(0) as u64,
+            state: r.get(1),
+        }))
+    }
+
+    pub(crate) async fn delete_projection(&self, name: &str) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute("DELETE FROM projection_state WHERE name = $1", &[&name])
+            .await?;
+        Ok(())
+    }
+
     pub(crate) async fn load_snapshot(
         &self,
         tenant: TenantId,
@@ -511,8 +563,8 @@ async fn tenant_scope(
 }
 
 const SELECT: &str = "SELECT global_position, tenant_id, stream_id, stream_version, event_id, \
-    event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, payload \
-    FROM events";
+    event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, payload, \
+    coalesce(occurred_at, recorded_at) FROM events";
 
 fn envelope(r: &Row) -> Result<Envelope> {
     Ok(Envelope {
@@ -523,6 +575,7 @@ fn envelope(r: &Row) -> Result<Envelope> {
         event_id: r.try_get(4)?,
         event_type: r.try_get(5)?,
         schema_version: u16::try_from(r.try_get::<_, i32>(6)?).map_err(StoreError::backend)?,
+        occurred_at: r.try_get(13)?,
         recorded_at: r.try_get(7)?,
         actor: r.try_get(8)?,
         correlation_id: r.try_get(9)?,
@@ -768,6 +821,7 @@ async fn commit_group(
     let types: Vec<&str> = rows.iter().map(|e| e.event_type.as_str()).collect();
     let schemas: Vec<i32> = rows.iter().map(|e| i32::from(e.schema_version)).collect();
     let recorded: Vec<OffsetDateTime> = rows.iter().map(|e| e.recorded_at).collect();
+    let occurred: Vec<OffsetDateTime> = rows.iter().map(|e| e.occurred_at).collect();
     let actors: Vec<&str> = rows.iter().map(|e| e.actor.as_str()).collect();
     let correlations: Vec<Uuid> = rows.iter().map(|e| e.correlation_id).collect();
     let causations: Vec<Option<Uuid>> = rows.iter().map(|e| e.causation_id).collect();
@@ -810,6 +864,7 @@ async fn commit_group(
                 &causations,
                 &traces,
                 &payloads,
+                &occurred,
             ],
         )
         .await
@@ -852,7 +907,7 @@ async fn copy_events(
         .copy_in(
             "COPY events (global_position, tenant_id, stream_id, stream_version, event_id, \
              event_type, schema_version, recorded_at, actor, correlation_id, causation_id, \
-             trace_id, payload) FROM STDIN BINARY",
+             trace_id, payload, occurred_at) FROM STDIN BINARY",
         )
         .await?;
     let writer = BinaryCopyInWriter::new(
@@ -871,6 +926,7 @@ async fn copy_events(
             Type::UUID,
             Type::TEXT,
             Type::TEXT,
+            Type::TIMESTAMPTZ,
         ],
     );
     futures_util::pin_mut!(writer);
@@ -891,6 +947,7 @@ async fn copy_events(
                 &e.causation_id,
                 &e.trace_id,
                 &e.payload.as_str(),
+                &e.occurred_at,
             ])
             .await?;
     }
@@ -927,9 +984,9 @@ const INSERT_STREAMS: &str = "INSERT INTO streams (tenant_id, stream_id, version
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])";
 const INSERT_EVENTS: &str = "INSERT INTO events (global_position, tenant_id, stream_id, \
     stream_version, event_id, event_type, schema_version, recorded_at, actor, correlation_id, \
-    causation_id, trace_id, payload) SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], \
-    $4::bigint[], $5::uuid[], $6::text[], $7::integer[], $8::timestamptz[], $9::text[], \
-    $10::uuid[], $11::uuid[], $12::text[], $13::text[])";
+    causation_id, trace_id, payload, occurred_at) SELECT * FROM unnest($1::bigint[], $2::uuid[], \
+    $3::text[], $4::bigint[], $5::uuid[], $6::text[], $7::integer[], $8::timestamptz[], $9::text[], \
+    $10::uuid[], $11::uuid[], $12::text[], $13::text[], $14::timestamptz[])";
 
 /// Keep a LISTEN connection open and move the head watch forward on every notification.
 /// Notifications only wake readers: readers always re-read the table, and also poll.

@@ -645,6 +645,60 @@ async fn blobs_are_kept_per_tenant_replaced_and_removed(h: &Harness) {
     assert_eq!(s.get_blob(t, "b-1").await.unwrap(), None);
 }
 
+async fn business_time_is_kept_beside_commit_time(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    let then = time::macros::datetime!(2026-01-05 08:00:00.123456789 UTC);
+    s.append(request(
+        t,
+        "s",
+        Expected::Any,
+        vec![event(1).occurred_at(then), event(2)],
+    ))
+    .await
+    .unwrap();
+    let events = s.read_stream(t, "s", 1, 10).await.unwrap();
+    // Kept to the microsecond, as recorded_at is.
+    assert_eq!(
+        events[0].occurred_at,
+        time::macros::datetime!(2026-01-05 08:00:00.123456 UTC)
+    );
+    assert!(events[0].recorded_at > events[0].occurred_at);
+    // Without a business time, the fact occurred when it was recorded.
+    assert_eq!(events[1].occurred_at, events[1].recorded_at);
+    let json = serde_json::to_value(&events[0]).unwrap();
+    assert_eq!(json["occurred_at"], "2026-01-05T08:00:00.123456Z");
+}
+
+async fn projection_state_is_kept_replaced_and_forgotten(h: &Harness) {
+    let s = &h.store;
+    let name = format!("test-{}", Uuid::new_v4());
+    assert_eq!(s.load_projection(&name).await.unwrap(), None);
+    let big = vec![7u8; 3 << 20];
+    for (position, state) in [(10, b"first".to_vec()), (25, big.clone())] {
+        s.save_projection(store::ProjectionState {
+            name: name.clone(),
+            position,
+            state,
+        })
+        .await
+        .unwrap();
+    }
+    let kept = s.load_projection(&name).await.unwrap().unwrap();
+    assert_eq!((kept.position, kept.state.len()), (25, big.len()));
+    assert_eq!(
+        h.another_handle()
+            .await
+            .load_projection(&name)
+            .await
+            .unwrap()
+            .map(|p| p.position),
+        Some(25)
+    );
+    s.delete_projection(&name).await.unwrap();
+    assert_eq!(s.load_projection(&name).await.unwrap(), None);
+}
+
 macro_rules! conformance {
     ($($name:ident),* ; mut $($mname:ident),*) => {
         mod embedded {
@@ -690,6 +744,8 @@ conformance!(
     a_tailing_reader_sees_every_event_once_in_commit_order,
     idempotency_records_replay_refuse_mismatches_and_outlive_the_handle,
     events_are_read_back_by_position,
-    blobs_are_kept_per_tenant_replaced_and_removed;
+    blobs_are_kept_per_tenant_replaced_and_removed,
+    business_time_is_kept_beside_commit_time,
+    projection_state_is_kept_replaced_and_forgotten;
     mut everything_survives_close_and_reopen
 );
