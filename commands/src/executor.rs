@@ -265,7 +265,8 @@ impl Core {
                             new_events.push(
                                 NewEvent::new(e.event_type(), RawJson::from_value(&e.to_payload()))
                                     .with_schema_version(e.schema_version())
-                                    .with_metadata(p.metadata.clone()),
+                                    .with_metadata(p.metadata.clone())
+                                    .occurred_at(p.now),
                             );
                         }
                         outcomes.push(Ok((events, state.clone())));
@@ -274,6 +275,32 @@ impl Core {
                 }
             }
             if new_events.is_empty() {
+                // Nothing to append means nothing checks the version: a refusal (or a no-op)
+                // decided on a stale cache would stand. One indexed read tells whether another
+                // process or instance has moved the stream; if so, catch up and decide again.
+                match self.store.stream_version(tenant, stream).await {
+                    Ok(stored) if stored != hot.version && attempt <= self.config.max_retries => {
+                        if let Err(e) = self.catch_up(tenant, stream, hot).await {
+                            let message = e.to_string();
+                            return fail(batch, &|| {
+                                ExecuteError::Store(StoreError::Backend(message.clone()))
+                            });
+                        }
+                        continue;
+                    }
+                    Ok(stored) if stored != hot.version => {
+                        return fail(batch, &|| ExecuteError::TooManyConflicts {
+                            attempts: attempt,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let message = e.to_string();
+                        return fail(batch, &|| {
+                            ExecuteError::Store(StoreError::Backend(message.clone()))
+                        });
+                    }
+                }
                 for (p, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = p.reply.send(match outcome {
                         Ok((events, _)) => Ok(Executed {

@@ -235,6 +235,108 @@ async fn concurrent_commands_on_one_stream_each_get_their_own_answer(h: TestStor
     }
 }
 
+/// A refusal appends nothing, so no version check would catch a stale cache: the executor
+/// checks the stream's stored version before it answers one, and decides again on fresh state.
+async fn a_refusal_is_never_decided_on_a_stale_cache(h: TestStore) {
+    let other = h.another_handle().await;
+    let (a, b) = (executor(&h.store, 1_000), executor(&other, 1_000));
+    let t = TenantId::from_uuid(Uuid::new_v4());
+    let stream = tenant::stream_id(t);
+    let meta = Metadata::system();
+    a.execute(t, &stream, &signup("One"), &meta, now())
+        .await
+        .unwrap();
+    assert_eq!(b.load(t, &stream).await.unwrap().1, 3);
+    a.execute(t, &stream, &rename("Two"), &meta, now())
+        .await
+        .unwrap();
+    // b's cache still says "One": renaming to "One" would be refused as the same name.
+    let done = b
+        .execute(t, &stream, &rename("One"), &meta, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            done.state.name.as_ref().map(TenantName::as_str),
+            done.version
+        ),
+        (Some("One"), 5)
+    );
+
+    // A token issued through another handle (the CLI, a second instance) can be revoked at once.
+    let member = NewMember {
+        user_id: UserId::from_uuid(Uuid::new_v4()),
+        email: Email::parse("analyst@example.com").unwrap(),
+        name: PersonName::parse("Ana").unwrap(),
+        role: TenantRole::Analyst,
+        token: IssuedToken {
+            token_id: Uuid::new_v4(),
+            token_sha256: "11".repeat(32),
+            expires_at: now() + time::Duration::days(1),
+        },
+    };
+    let token_id = member.token.token_id;
+    a.execute(
+        t,
+        &stream,
+        &TenantCommand::AddMember {
+            member,
+            by: TenantRole::Owner,
+            seats: None,
+        },
+        &meta,
+        now(),
+    )
+    .await
+    .unwrap();
+    let revoked = b
+        .execute(
+            t,
+            &stream,
+            &TenantCommand::RevokeToken { token_id },
+            &meta,
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked.events.len(), 1, "{:?}", revoked.events);
+    // An unknown token is still refused, after the check found the cache fresh.
+    let err = b
+        .execute(
+            t,
+            &stream,
+            &TenantCommand::RevokeToken {
+                token_id: Uuid::new_v4(),
+            },
+            &meta,
+            now(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecuteError::Domain(TenantError::UnknownToken)),
+        "{err:?}"
+    );
+    other.close().await;
+}
+
+/// Every event carries the decision's time as its business time, whatever the commit time.
+async fn events_carry_the_decision_time_as_occurred_at(h: TestStore) {
+    let ex = executor(&h.store, 1_000);
+    let t = TenantId::from_uuid(Uuid::new_v4());
+    let stream = tenant::stream_id(t);
+    let then = time::macros::datetime!(2025-03-03 10:15:00 UTC);
+    ex.execute(t, &stream, &signup("Then"), &Metadata::system(), then)
+        .await
+        .unwrap();
+    let stored = h.store.read_stream(t, &stream, 1, 10).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    for e in &stored {
+        assert_eq!(e.occurred_at, then, "{}", e.event_type);
+        assert!(e.recorded_at > then);
+    }
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),*) => {
         mod embedded {
@@ -260,5 +362,7 @@ on_both_stores!(
     commands_are_decided_and_appended,
     a_stale_executor_retries_on_fresh_state,
     snapshots_bound_the_replay_on_a_cold_start,
-    concurrent_commands_on_one_stream_each_get_their_own_answer
+    concurrent_commands_on_one_stream_each_get_their_own_answer,
+    a_refusal_is_never_decided_on_a_stale_cache,
+    events_carry_the_decision_time_as_occurred_at
 );
