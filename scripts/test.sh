@@ -28,5 +28,8 @@ fi
 echo "== OpenAPI document"
 scripts/validate-openapi.sh
 
+echo "== HTTP contract (schemathesis, every check, against the real server)"
+scripts/schemathesis.sh
+
 echo "== tests"
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -6,6 +6,7 @@
 use crate::problem::Problem;
 use crate::rbac::{self, Role, RouteSpec};
 use crate::server::AppState;
+use actix_web::HttpMessage;
 use actix_web::http::{StatusCode, header};
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use domain::TenantId;
@@ -88,12 +89,16 @@ async fn authorize(req: &HttpRequest) -> Result<Caller, Problem> {
         })
         .filter(|t| crate::tokens::well_formed(t))
         .ok_or_else(|| Problem::unauthorized("the bearer token is malformed"))?;
+    identity_current(state).await?;
     let hash = crate::tokens::sha256_hex(token.as_bytes());
     let now = OffsetDateTime::now_utc();
     let mut found = state.identity.authenticate(&hash, now);
     if found == Err(projections::TokenProblem::Unknown) {
         // A token issued a moment ago (here or by another instance) may not be applied yet.
-        state.projections.catch_up(Duration::from_secs(2)).await;
+        state
+            .projections
+            .catch_up_one("identity", Duration::from_secs(2))
+            .await;
         found = state.identity.authenticate(&hash, now);
     }
     let principal = found.map_err(|p| match p {
@@ -102,6 +107,9 @@ async fn authorize(req: &HttpRequest) -> Result<Caller, Problem> {
         projections::TokenProblem::Revoked => Problem::unauthorized("the token was revoked"),
     })?;
     let caller = Caller { principal, spec };
+    // Idempotency keys are scoped per caller (`http::idempotent`).
+    req.extensions_mut()
+        .insert(crate::http::CallerScope(caller.actor()));
     if !rbac::allows(spec, caller.role()) {
         return Err(Problem::forbidden(format!(
             "the {} role may not call {} {}",
@@ -128,4 +136,48 @@ async fn authorize(req: &HttpRequest) -> Result<Caller, Problem> {
         }
     }
     Ok(caller)
+}
+
+/// Authentication answers from the identity projection only while it can be trusted: it must have
+/// reached the log's head as it was when this process started (a revocation may be in the tail
+/// after its persisted checkpoint), and it must not be stopped at an event it cannot read (that
+/// event may be a revocation). Otherwise the request is refused with 503, never let through.
+async fn identity_current(state: &AppState) -> Result<(), Problem> {
+    const IDENTITY: &str = "identity";
+    let stopped = |u: projections::Unreadable| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "identity-stopped",
+            "Authentication is paused",
+        )
+        .detail(format!(
+            "the identity read model stopped at position {} ({}) and cannot tell whether a token \
+             was revoked after it; operators have been told (see /readyz)",
+            u.position, u.event_type
+        ))
+        .with("projection", IDENTITY)
+        .with("stopped_at", u.position)
+        .header(header::RETRY_AFTER, "30")
+    };
+    if let Some(u) = state.projections.stopped(IDENTITY) {
+        return Err(stopped(u));
+    }
+    if !state
+        .projections
+        .started(IDENTITY, Duration::from_secs(2))
+        .await
+    {
+        if let Some(u) = state.projections.stopped(IDENTITY) {
+            return Err(stopped(u));
+        }
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "identity-starting",
+            "Authentication is not ready yet",
+        )
+        .detail("the identity read model is still catching up with the log after a start")
+        .with("projection", IDENTITY)
+        .header(header::RETRY_AFTER, "1"));
+    }
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! `tenantry bench http`: sign up N tenants, then drive them over C keep-alive connections with
-//! an authenticated one-event command (`PATCH /v1/tenant`) and then an authenticated read
-//! (`GET /v1/tenant`), each for a fixed time. Prints one JSON object.
+//! an authenticated one-event command (`PATCH /v1/tenant`), an authenticated read
+//! (`GET /v1/tenant`), and a refused command (`PATCH /v1/tenant` to the current name: 409, the
+//! decision that writes nothing and so checks the stream's stored version first), each for a
+//! fixed time. Prints one JSON object.
 
 use crate::bench::{Latency, percentile_ms};
 use serde::Serialize;
@@ -33,6 +35,8 @@ pub struct HttpBenchReport {
     pub seconds_per_phase: f64,
     pub command: Phase,
     pub read: Phase,
+    /// Refusals answered 409 count as successes here.
+    pub refusal: Phase,
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -104,6 +108,8 @@ enum Load {
     Rename,
     Read,
     Usage,
+    /// Rename to the tenant's current name (`Steady {i}`): refused, nothing written.
+    SameName,
 }
 
 async fn phase(
@@ -116,6 +122,7 @@ async fn phase(
     let deadline = Instant::now() + Duration::from_secs_f64(cfg.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let tenants = tokens.len();
     for c in 0..cfg.connections {
         let token = tokens[c % tokens.len()].clone();
         let addr = addr.to_owned();
@@ -133,6 +140,13 @@ async fn phase(
                             .await?
                     }
                     Load::Read => conn.call("GET", "/v1/tenant", Some(&token), None).await?,
+                    Load::SameName => {
+                        let body = format!("{{\"name\":\"Steady {}\"}}", c % tenants);
+                        let (status, body) = conn
+                            .call("PATCH", "/v1/tenant", Some(&token), Some(&body))
+                            .await?;
+                        (if status == 409 { 200 } else { status }, body)
+                    }
                     Load::Usage => {
                         let body = r#"{"meter":"queries","units":1}"#;
                         conn.call("POST", "/v1/usage", Some(&token), Some(body))
@@ -244,6 +258,25 @@ pub async fn run(addr: &str, backend: String, cfg: &HttpBench) -> anyhow::Result
     let tokens = signup_tenants(addr, cfg.tenants, None).await?;
     let command = phase(addr, &tokens, cfg, "PATCH /v1/tenant", Load::Rename).await?;
     let read = phase(addr, &tokens, cfg, "GET /v1/tenant", Load::Read).await?;
+    let mut conn = Conn::open(addr).await?;
+    for (i, token) in tokens.iter().enumerate() {
+        let body = format!("{{\"name\":\"Steady {i}\"}}");
+        let (status, _) = conn
+            .call("PATCH", "/v1/tenant", Some(token), Some(&body))
+            .await?;
+        anyhow::ensure!(
+            status == 200,
+            "rename before the refusal phase failed: {status}"
+        );
+    }
+    let refusal = phase(
+        addr,
+        &tokens,
+        cfg,
+        "PATCH /v1/tenant (no change: 409)",
+        Load::SameName,
+    )
+    .await?;
     Ok(HttpBenchReport {
         backend,
         tenants: cfg.tenants,
@@ -251,5 +284,6 @@ pub async fn run(addr: &str, backend: String, cfg: &HttpBench) -> anyhow::Result
         seconds_per_phase: cfg.seconds,
         command,
         read,
+        refusal,
     })
 }

@@ -3,9 +3,9 @@
 use commands::{Executor, ExecutorConfig};
 use domain::platform::{self, Platform, PlatformCommand};
 use domain::{PlatformRole, TenantId, UserId, identity::IssuedToken};
-use projections::{Audit, Identity, Projection};
+use projections::{Audit, Catalog, Identity, Projection};
 use serde::Serialize;
-use std::time::Instant;
+use std::sync::Arc;
 use store::{Metadata, Store};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -60,37 +60,51 @@ pub async fn issue_operator_token(
 #[derive(Debug, Serialize)]
 pub struct RebuildReport {
     pub head_position: u64,
+    /// The position the rebuilt state was saved at (its checkpoint).
+    pub position: u64,
     pub events: u64,
     pub seconds: f64,
     pub events_per_sec: f64,
     pub projections: Vec<&'static str>,
 }
 
-/// Replay the whole log through every projection, as a server does at start.
-pub async fn rebuild(store: &Store) -> anyhow::Result<RebuildReport> {
-    let projections: Vec<Box<dyn Projection>> =
-        vec![Box::new(Identity::default()), Box::new(Audit::default())];
-    let head = store.head().await?;
-    let started = Instant::now();
-    let mut next = 1;
-    let mut events = 0u64;
-    while next <= head {
-        let page = store.read_all(next, 10_000).await?;
-        let Some(last) = page.last() else { break };
-        next = last.global_position + 1;
-        for e in &page {
-            for p in &projections {
-                p.apply(e);
-            }
+/// The read models a server runs, fresh (empty).
+pub fn all_projections() -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(Identity::default()),
+        Arc::new(Audit::default()),
+        Arc::new(Catalog::default()),
+    ]
+}
+
+/// Rebuild `name` (or every projection) offline: replay the log from position 1 into a fresh
+/// instance, in one pass for all of them, and save each state with its checkpoint under its name,
+/// so that the next start resumes from it. A server running on the same store keeps its own state
+/// and checkpoints over this one (both are the log applied up to a position); to rebuild under a
+/// running server without downtime use `POST /v1/ops/projections/{name}/rebuild`.
+pub async fn rebuild(store: &Store, name: Option<&str>) -> anyhow::Result<RebuildReport> {
+    let mut projections = all_projections();
+    if let Some(name) = name {
+        projections.retain(|p| p.name() == name);
+        if projections.is_empty() {
+            let known: Vec<&str> = all_projections().iter().map(|p| p.name()).collect();
+            anyhow::bail!(
+                "no projection is named {name:?} (known: {})",
+                known.join(", ")
+            );
         }
-        events += page.len() as u64;
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let head = store.head().await?;
+    let replayed = projections::replay(store, &projections, 1, Some(head)).await?;
+    for p in &projections {
+        projections::save(store, &**p, replayed.position).await?;
+    }
     Ok(RebuildReport {
         head_position: head,
-        events,
-        seconds,
-        events_per_sec: events as f64 / seconds.max(1e-9),
+        position: replayed.position,
+        events: replayed.events,
+        seconds: replayed.seconds,
+        events_per_sec: replayed.events as f64 / replayed.seconds.max(1e-9),
         projections: projections.iter().map(|p| p.name()).collect(),
     })
 }

@@ -4,8 +4,9 @@
 use crate::auth::Caller;
 use crate::http::{ReadQuery, Reply, RequestContext, json, settle, wait_for};
 use crate::problem::Problem;
-use crate::quota_routes::{Peek, meter, peek_blocked};
+use crate::quota_routes::{meter, refuse_if_blocked};
 use crate::server::AppState;
+use crate::shares::Work;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -13,50 +14,24 @@ use commands::ExecuteError;
 use dataplane::export::Format;
 use dataplane::ingest::{self, ColumnType, IngestError};
 use dataplane::sandbox::{Limits, QueryError, QueryResult, Table};
+use domain::DomainEvent;
 use domain::TenantId;
 use domain::dataset::{
-    self, DatasetColumn, DatasetCommand, DatasetError, ExportCompleted, QueryRun, Uploaded,
+    self, DataFact, DatasetColumn, DatasetCommand, DatasetError, ExportCompleted, ExportFailed,
+    FailureClass, QueryFailed, QueryRun, UploadRejected, Uploaded,
 };
 use domain::preset::{self, PresetCommand, PresetError, Rules};
-use domain::quota::Meter;
+use domain::quota::{Meter, UnitFact};
 use projections::DatasetView;
 use projections::PresetView;
-use serde::Deserialize;
-use serde_json::json as j;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{AppendRequest, Expected, NewEvent, RawJson};
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-
-pub fn routes(cfg: &mut web::ServiceConfig, dataset_limit: usize) {
-    cfg.service(
-        web::resource("/v1/datasets")
-            .app_data(web::PayloadConfig::new(dataset_limit))
-            .route(web::post().to(upload))
-            .route(web::get().to(list)),
-    )
-    .service(
-        web::resource("/v1/datasets/{dataset_id}")
-            .route(web::get().to(get))
-            .route(web::delete().to(delete)),
-    )
-    .service(web::resource("/v1/datasets/{dataset_id}/query").route(web::post().to(query)))
-    .service(
-        web::resource("/v1/presets")
-            .route(web::post().to(create_preset))
-            .route(web::get().to(list_presets)),
-    )
-    .service(
-        web::resource("/v1/presets/{preset_id}")
-            .route(web::get().to(get_preset))
-            .route(web::put().to(edit_preset))
-            .route(web::delete().to(delete_preset)),
-    )
-    .service(web::resource("/v1/exports").route(web::post().to(create_export)))
-    .service(web::resource("/v1/exports/{export_id}").route(web::get().to(get_export)))
-    .service(web::resource("/v1/exports/{export_id}/download").route(web::get().to(download)));
-}
 
 /// The most data one export may hold in memory while it is built.
 const EXPORT_MAX_BYTES: usize = 1 << 30;
@@ -83,18 +58,52 @@ fn kind_of(name: &str) -> ColumnType {
     }
 }
 
-fn dataset_json(v: &DatasetView) -> serde_json::Value {
+/// A dataset: its columns and their types, rows, bytes and SHA-256.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Dataset {
+    dataset_id: Uuid,
+    name: String,
+    #[schema(value_type = Vec<crate::openapi::Column>)]
+    columns: Vec<DatasetColumn>,
+    rows: u64,
+    bytes: u64,
+    sha256: String,
+    /// In the catalog (not in the upload's answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    uploaded_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uploaded_by: Option<String>,
+    /// In the upload's answer: the position it wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    global_position: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DatasetList {
+    datasets: Vec<Dataset>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DatasetDeleted {
+    dataset_id: Uuid,
+    deleted: bool,
+    global_position: u64,
+}
+
+fn dataset_json(v: &DatasetView) -> Dataset {
     let d = &v.dataset;
-    j!({
-        "dataset_id": d.dataset_id,
-        "name": d.name,
-        "columns": d.columns,
-        "rows": d.rows,
-        "bytes": d.bytes,
-        "sha256": d.sha256,
-        "uploaded_at": store::format_rfc3339_micros(v.uploaded_at),
-        "uploaded_by": v.uploaded_by,
-    })
+    Dataset {
+        dataset_id: d.dataset_id,
+        name: d.name.clone(),
+        columns: d.columns.clone(),
+        rows: d.rows,
+        bytes: d.bytes,
+        sha256: d.sha256.clone(),
+        uploaded_at: Some(store::format_rfc3339_micros(v.uploaded_at)),
+        uploaded_by: Some(v.uploaded_by.clone()),
+        global_position: None,
+    }
 }
 
 fn blob_id(dataset: Uuid) -> String {
@@ -103,6 +112,20 @@ fn blob_id(dataset: Uuid) -> String {
 
 fn export_blob_id(export: Uuid) -> String {
     format!("ex-{export}")
+}
+
+/// Why an upload's CSV was refused, for its fact: a stable reason and the line at fault.
+fn ingest_reason(e: &IngestError) -> (&'static str, Option<u64>) {
+    match e {
+        IngestError::Encoding { line } => ("encoding", Some(*line)),
+        IngestError::Shape { line, .. } => ("shape", Some(*line)),
+        IngestError::Malformed { line, .. } => ("malformed", Some(*line)),
+        IngestError::EmptyColumnName { .. }
+        | IngestError::DuplicateColumn { .. }
+        | IngestError::BadColumnName { .. } => ("column_names", Some(1)),
+        IngestError::TooManyColumns => ("too_many_columns", Some(1)),
+        IngestError::Empty => ("empty", None),
+    }
 }
 
 fn ingest_problem(e: IngestError) -> Problem {
@@ -135,9 +158,17 @@ fn dataset_problem(e: ExecuteError<DatasetError>) -> Problem {
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/datasets?name=…`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// The dataset's name: 1 to 100 characters, at least one not a space, no control characters.
+    #[param(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff][^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*$"
+    )]
     name: String,
 }
 
@@ -150,9 +181,27 @@ pub async fn upload(
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
-    let name = domain::tenant::TenantName::parse(&q.name)
-        .map_err(|e| Problem::validation(vec![("name".into(), e.to_string())]))?
-        .to_string();
+    // A refused upload is a fact too (never its content): first-success funnels read them.
+    let meta = RequestContext::of(&req).metadata(caller.actor());
+    let rejected = |name: Option<String>, reason: &str, line: Option<u64>| {
+        DataFact::UploadRejected(UploadRejected {
+            name,
+            bytes: body.len() as u64,
+            reason: reason.to_owned(),
+            line,
+        })
+    };
+    let name = match crate::routes::display_text(
+        &q.name,
+        domain::tenant::TenantName::MAX_CHARS,
+        domain::tenant::TenantName::parse,
+    ) {
+        Ok(name) => name.to_string(),
+        Err(e) => {
+            record_fact(&state, tenant, &rejected(None, "invalid_name", None), meta).await?;
+            return Err(Problem::validation(vec![("name".into(), e)]));
+        }
+    };
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -164,6 +213,8 @@ pub async fn upload(
         .trim()
         .to_ascii_lowercase();
     if content_type != "text/csv" {
+        let fact = rejected(Some(name), "unsupported_media_type", None);
+        record_fact(&state, tenant, &fact, meta).await?;
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
@@ -171,13 +222,26 @@ pub async fn upload(
         )
         .detail("upload the dataset as text/csv"));
     }
+    // The tenant's fair share of uploads being read and stored.
+    let _running = state
+        .shares
+        .acquire(tenant, Work::Upload, Duration::from_secs(30))
+        .await?;
     let bytes = body.to_vec();
     let described = {
         let bytes = bytes.clone();
-        web::block(move || ingest::ingest(&bytes))
+        match web::block(move || ingest::ingest(&bytes))
             .await
             .map_err(|_| Problem::internal())?
-            .map_err(ingest_problem)?
+        {
+            Ok(described) => described,
+            Err(e) => {
+                let (reason, line) = ingest_reason(&e);
+                let fact = rejected(Some(name.clone()), reason, line);
+                record_fact(&state, tenant, &fact, meta).await?;
+                return Err(ingest_problem(e));
+            }
+        }
     };
     let dataset_id = Uuid::now_v7();
     state
@@ -223,15 +287,17 @@ pub async fn upload(
     let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::CREATED,
-        &j!({
-            "dataset_id": dataset_id,
-            "name": uploaded.name,
-            "columns": uploaded.columns,
-            "rows": uploaded.rows,
-            "bytes": uploaded.bytes,
-            "sha256": uploaded.sha256,
-            "global_position": position,
-        }),
+        &Dataset {
+            dataset_id,
+            name: uploaded.name,
+            columns: uploaded.columns,
+            rows: uploaded.rows,
+            bytes: uploaded.bytes,
+            sha256: uploaded.sha256,
+            uploaded_at: None,
+            uploaded_by: None,
+            global_position: Some(position),
+        },
     )
     .header(header::LOCATION, format!("/v1/datasets/{dataset_id}")))
 }
@@ -249,7 +315,10 @@ pub async fn list(
         .iter()
         .map(dataset_json)
         .collect();
-    Ok(Reply::json(StatusCode::OK, &j!({"datasets": items})))
+    Ok(Reply::json(
+        StatusCode::OK,
+        &DatasetList { datasets: items },
+    ))
 }
 
 fn dataset_of(state: &AppState, tenant: TenantId, raw: &str) -> Result<DatasetView, Problem> {
@@ -312,7 +381,11 @@ pub async fn delete(
     let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({"dataset_id": id, "deleted": true, "global_position": position}),
+        &DatasetDeleted {
+            dataset_id: id,
+            deleted: true,
+            global_position: position,
+        },
     ))
 }
 
@@ -365,44 +438,91 @@ fn query_problem(e: QueryError) -> Problem {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, slug, title).detail(e.to_string())
 }
 
-async fn run_query(table: Arc<Table>, sql: String, limits: Limits) -> Result<QueryResult, Problem> {
-    web::block(move || table.query(&sql, limits))
-        .await
-        .map_err(|_| Problem::internal())?
-        .map_err(query_problem)
+/// A query's problem document and its class, for the failure's fact.
+fn query_failure(e: QueryError) -> (Problem, FailureClass) {
+    let class = match &e {
+        QueryError::NotAllowed(_) => FailureClass::Denied,
+        QueryError::Timeout(_) => FailureClass::Timeout,
+        QueryError::Invalid(_) => FailureClass::Syntax,
+        QueryError::Load(_) => FailureClass::Internal,
+    };
+    (query_problem(e), class)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueryRequest {
+async fn run_query(
+    table: Arc<Table>,
     sql: String,
+    limits: Limits,
+) -> Result<QueryResult, (Problem, FailureClass)> {
+    web::block(move || table.query(&sql, limits))
+        .await
+        .map_err(|_| (Problem::internal(), FailureClass::Internal))?
+        .map_err(query_failure)
+}
+
+/// `POST /v1/datasets/{dataset_id}/query`: read-only SQL over the table `data`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QueryRequest {
+    #[schema(max_length = 10000, pattern = r"\S")]
+    sql: String,
+}
+
+/// A query's result.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct QueryAnswer {
+    columns: Vec<String>,
+    #[schema(value_type = Vec<Vec<Object>>)]
+    rows: Vec<Vec<serde_json::Value>>,
+    row_count: u64,
+    /// True when the row or byte cap cut the result short.
+    truncated: bool,
+    elapsed_ms: u64,
+    global_position: u64,
+}
+
+/// The longest SQL a query or an export takes, in characters: well inside `body_limit` (64 KiB by
+/// default) however the text is encoded, so that a schema-valid body is never 413.
+const SQL_MAX_CHARS: usize = 10_000;
+
+fn sql_within_limit(sql: Option<&str>) -> Result<(), Problem> {
+    match sql {
+        Some(sql) if sql.chars().count() > SQL_MAX_CHARS => Err(Problem::validation(vec![(
+            "sql".into(),
+            format!("at most {SQL_MAX_CHARS} characters"),
+        )])),
+        _ => Ok(()),
+    }
 }
 
 fn sql_digest(sql: &str) -> String {
     crate::tokens::sha256_hex(sql.as_bytes())
 }
 
-/// Append a fact that needs no decision, to the tenant's stream of such facts.
-async fn record(
+/// Append a fact that needs no decision (a failure) to its stream.
+async fn record_fact(
     state: &AppState,
     tenant: TenantId,
-    stream: &str,
-    event_type: &str,
-    payload: &impl serde::Serialize,
+    fact: &DataFact,
     meta: store::Metadata,
 ) -> Result<u64, Problem> {
     let appended = state
         .store
         .append(AppendRequest {
             tenant_id: tenant,
-            stream_id: stream.to_owned(),
+            stream_id: fact.stream_id(),
             expected: Expected::Any,
-            events: vec![NewEvent::new(event_type, RawJson::from_value(payload))],
+            events: vec![
+                NewEvent::new(fact.event_type(), RawJson::from_value(&fact.to_payload()))
+                    .with_schema_version(fact.schema_version())
+                    .occurred_at(OffsetDateTime::now_utc()),
+            ],
             metadata: meta,
         })
         .await
         .map_err(Problem::from)?;
-    Ok(state.committed(&Some(appended)))
+    // A client that reads the feed after the refusal finds the fact here.
+    Ok(state.settled(&Some(appended)).await)
 }
 
 /// `POST /v1/datasets/{id}/query {"sql": …}`.
@@ -413,91 +533,119 @@ pub async fn query(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
+    let arrived = Instant::now();
     let tenant = caller.tenant_or_forbidden()?;
     let dto: QueryRequest = json(&req, &body)?;
     if dto.sql.trim().is_empty() {
         return Err(Problem::validation(vec![("sql".into(), "is empty".into())]));
     }
+    sql_within_limit(Some(&dto.sql))?;
     let view = dataset_of(&state, tenant, &path)?;
+    let budget = Duration::from_millis(state.settings.query_time_ms);
+    // The tenant's fair share of running queries; waiting for a slot counts against the budget.
+    let _running = state.shares.acquire(tenant, Work::Query, budget).await?;
     let table = table(&state, tenant, &view).await?;
     let limits = Limits {
-        time: Duration::from_millis(state.settings.query_time_ms),
+        time: budget,
         max_rows: state.settings.query_max_rows,
+        since: Some(arrived),
         ..Limits::default()
     };
-    // A blocked meter refuses before the query runs; recording the unit after it succeeded is
-    // the real guard (a failed query costs nothing).
+    // A blocked meter refuses before the query runs; the unit recorded with the query's fact
+    // after it succeeded is the real guard (a failed query costs nothing, and is a fact too).
     let meta = RequestContext::of(&req).metadata(caller.actor());
-    let peeked = match peek_blocked(&state, tenant, Meter::Queries, &meta).await? {
-        Peek::Blocked(blocked) => return Err(blocked.blocked_problem(&state.settings.public_url)),
-        Peek::Metered(done) => Some(done),
-        Peek::Clear => None,
-    };
+    if let Some(blocked) = refuse_if_blocked(&state, tenant, Meter::Queries, &meta).await? {
+        return Err(blocked.blocked_problem(&state.settings.public_url));
+    }
+    let query_id = Uuid::now_v7();
     let started = Instant::now();
-    let result = run_query(table, dto.sql.clone(), limits).await?;
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    let ctx = RequestContext::of(&req);
-    let metered = match peeked {
-        Some(done) => done,
-        None => {
-            meter(
-                &state,
-                tenant,
-                Meter::Queries,
-                1,
-                &ctx.metadata(caller.actor()),
-            )
-            .await?
+    let result = match run_query(table, dto.sql.clone(), limits).await {
+        Ok(result) => result,
+        Err((problem, class)) => {
+            let failed = DataFact::QueryFailed(QueryFailed {
+                query_id,
+                dataset_id: view.dataset.dataset_id,
+                sql_sha256: sql_digest(&dto.sql),
+                error_class: class,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            });
+            record_fact(&state, tenant, &failed, meta).await?;
+            return Err(problem);
         }
     };
-    if !metered.admitted {
-        return Err(metered.blocked_problem(&state.settings.public_url));
-    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
     let fact = QueryRun {
+        query_id: Some(query_id),
         dataset_id: view.dataset.dataset_id,
         sql_sha256: sql_digest(&dto.sql),
         rows: result.rows.len() as u64,
         truncated: result.truncated,
         elapsed_ms,
     };
-    let ctx = RequestContext::of(&req);
-    let position = record(
+    let metered = meter(
         &state,
         tenant,
-        dataset::QUERIES_STREAM,
-        "query.run",
-        &fact,
-        ctx.metadata(caller.actor()),
+        Meter::Queries,
+        1,
+        Some(UnitFact::Query(fact)),
+        &meta,
     )
     .await?;
+    if !metered.admitted {
+        return Err(metered.blocked_problem(&state.settings.public_url));
+    }
+    let position = metered.position;
     settle(&state, position).await;
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({
-            "columns": result.columns,
-            "rows": result.rows,
-            "row_count": result.rows.len(),
-            "truncated": result.truncated,
-            "elapsed_ms": elapsed_ms,
-            "global_position": position,
-        }),
+        &QueryAnswer {
+            row_count: result.rows.len() as u64,
+            columns: result.columns,
+            rows: result.rows,
+            truncated: result.truncated,
+            elapsed_ms,
+            global_position: position,
+        },
     )
     .with_headers(metered.headers(OffsetDateTime::now_utc())))
 }
 
-#[derive(Debug, Deserialize)]
+/// A preset and one of its versions (`default`, version 1, is built in).
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PresetRef {
+pub(crate) struct PresetRef {
     id: String,
+    #[schema(minimum = 1, maximum = 2147483647)]
     version: u32,
 }
 
-#[derive(Debug, Deserialize)]
+/// An export's file format.
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+impl From<ExportFormat> for Format {
+    fn from(f: ExportFormat) -> Self {
+        match f {
+            ExportFormat::Csv => Format::Csv,
+            ExportFormat::Jsonl => Format::Jsonl,
+        }
+    }
+}
+
+/// `POST /v1/exports`: a dataset, or a query over it, through a redaction preset.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ExportRequest {
+pub(crate) struct ExportRequest {
+    #[schema(format = Uuid)]
     dataset_id: String,
+    /// A query over the table `data`; the whole dataset when absent.
+    #[schema(max_length = 10000)]
     sql: Option<String>,
-    format: Format,
+    format: ExportFormat,
     preset: Option<PresetRef>,
 }
 
@@ -508,8 +656,10 @@ pub async fn create_export(
     caller: Caller,
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
+    let arrived = Instant::now();
     let tenant = caller.tenant_or_forbidden()?;
     let dto: ExportRequest = json(&req, &body)?;
+    sql_within_limit(dto.sql.as_deref())?;
     let (preset_id, preset_version, rules) = match &dto.preset {
         None => (preset::DEFAULT_ID.to_owned(), 1, Rules::default_preset()),
         Some(p) if p.id == preset::DEFAULT_ID && p.version == 1 => {
@@ -537,94 +687,88 @@ pub async fn create_export(
         }
     };
     let view = dataset_of(&state, tenant, &dto.dataset_id)?;
+    let budget = Duration::from_millis(state.settings.query_time_ms.max(60_000));
+    let _running = state.shares.acquire(tenant, Work::Export, budget).await?;
     let table = table(&state, tenant, &view).await?;
     let sql = dto
         .sql
         .clone()
         .unwrap_or_else(|| "SELECT * FROM data".to_owned());
     let limits = Limits {
-        time: Duration::from_millis(state.settings.query_time_ms.max(60_000)),
+        time: budget,
         max_rows: state.settings.export_max_rows,
         // The export is built in memory: bound it.
         max_result_bytes: EXPORT_MAX_BYTES,
+        since: Some(arrived),
     };
     let meta = RequestContext::of(&req).metadata(caller.actor());
-    let peeked = match peek_blocked(&state, tenant, Meter::Exports, &meta).await? {
-        Peek::Blocked(blocked) => return Err(blocked.blocked_problem(&state.settings.public_url)),
-        Peek::Metered(done) => Some(done),
-        Peek::Clear => None,
-    };
-    let key = state.pii_key(tenant);
-    let (result, rules) = match (&dto.sql, rules.columns.is_empty()) {
-        // A query under column rules runs over a redacted copy, so that aliases and
-        // expressions cannot reach the original values of a ruled column.
-        (Some(_), false) => {
-            let all = run_query(table, "SELECT * FROM data".into(), limits).await?;
-            let (k, r) = (key.clone(), rules.clone());
-            let redacted = web::block(move || {
-                Table::from_result(&dataplane::export::redact_columns(&all, &r, &k))
-            })
-            .await
-            .map_err(|_| Problem::internal())?
-            .map_err(query_problem)?;
-            let text_only = Rules {
-                columns: Vec::new(),
-                text: rules.text.clone(),
-            };
-            (run_query(Arc::new(redacted), sql, limits).await?, text_only)
-        }
-        _ => (run_query(table, sql, limits).await?, rules),
-    };
-    if result.truncated {
-        return Err(Problem::validation(vec![(
-            "sql".into(),
-            format!(
-                "the export would exceed {} rows or {} bytes",
-                state.settings.export_max_rows, EXPORT_MAX_BYTES
-            ),
-        )]));
+    if let Some(blocked) = refuse_if_blocked(&state, tenant, Meter::Exports, &meta).await? {
+        return Err(blocked.blocked_problem(&state.settings.public_url));
     }
-    let format = dto.format;
-    let exported = web::block(move || dataplane::export::export(&result, format, &rules, &key))
-        .await
-        .map_err(|_| Problem::internal())?;
-    // Keep the file first: a unit is charged only for an export that can be delivered.
     let export_id = Uuid::now_v7();
+    let format = Format::from(dto.format);
+    let key = state.pii_key(tenant);
+    let built = async {
+        let (result, rules) = match (&dto.sql, rules.columns.is_empty()) {
+            // A query under column rules runs over a redacted copy, so that aliases and
+            // expressions cannot reach the original values of a ruled column.
+            (Some(_), false) => {
+                let all = run_query(table, "SELECT * FROM data".into(), limits).await?;
+                let (k, r) = (key.clone(), rules.clone());
+                let redacted = web::block(move || {
+                    Table::from_result(&dataplane::export::redact_columns(&all, &r, &k))
+                })
+                .await
+                .map_err(|_| (Problem::internal(), FailureClass::Internal))?
+                .map_err(query_failure)?;
+                let text_only = Rules {
+                    columns: Vec::new(),
+                    text: rules.text.clone(),
+                };
+                (run_query(Arc::new(redacted), sql, limits).await?, text_only)
+            }
+            _ => (run_query(table, sql, limits).await?, rules),
+        };
+        if result.truncated {
+            return Err((
+                Problem::validation(vec![(
+                    "sql".into(),
+                    format!(
+                        "the export would exceed {} rows or {} bytes",
+                        state.settings.export_max_rows, EXPORT_MAX_BYTES
+                    ),
+                )]),
+                FailureClass::TooLarge,
+            ));
+        }
+        let key = key.clone();
+        web::block(move || dataplane::export::export(&result, format, &rules, &key))
+            .await
+            .map_err(|_| (Problem::internal(), FailureClass::Internal))
+    }
+    .await;
+    let exported = match built {
+        Ok(exported) => exported,
+        Err((problem, class)) => {
+            let failed = DataFact::ExportFailed(ExportFailed {
+                export_id,
+                dataset_id: view.dataset.dataset_id,
+                sql_sha256: dto.sql.as_deref().map(sql_digest),
+                format: format.extension().into(),
+                preset_id,
+                preset_version,
+                error_class: class,
+            });
+            record_fact(&state, tenant, &failed, meta).await?;
+            return Err(problem);
+        }
+    };
+    // Keep the file first: a unit is charged only for an export that can be delivered.
     state
         .store
         .put_blob(tenant, &export_blob_id(export_id), exported.bytes.clone())
         .await
         .map_err(Problem::from)?;
-    let metered = match peeked {
-        Some(done) => done,
-        None => {
-            let m = meter(
-                &state,
-                tenant,
-                Meter::Exports,
-                1,
-                &RequestContext::of(&req).metadata(caller.actor()),
-            )
-            .await;
-            match m {
-                Ok(m) => m,
-                Err(p) => {
-                    let _ = state
-                        .store
-                        .delete_blob(tenant, &export_blob_id(export_id))
-                        .await;
-                    return Err(p);
-                }
-            }
-        }
-    };
-    if !metered.admitted {
-        let _ = state
-            .store
-            .delete_blob(tenant, &export_blob_id(export_id))
-            .await;
-        return Err(metered.blocked_problem(&state.settings.public_url));
-    }
     let fact = ExportCompleted {
         export_id,
         dataset_id: view.dataset.dataset_id,
@@ -645,16 +789,30 @@ pub async fn create_export(
             .map(|(d, n)| (d.as_str().to_owned(), *n as u64))
             .collect(),
     };
-    let ctx = RequestContext::of(&req);
-    let position = record(
+    // The unit and the `export.completed` it pays for are one append.
+    let metered = meter(
         &state,
         tenant,
-        &dataset::export_stream_id(export_id),
-        "export.completed",
-        &fact,
-        ctx.metadata(caller.actor()),
+        Meter::Exports,
+        1,
+        Some(UnitFact::Export(fact.clone())),
+        &meta,
     )
-    .await?;
+    .await;
+    let metered = match metered {
+        Ok(m) if m.admitted => m,
+        refused => {
+            let _ = state
+                .store
+                .delete_blob(tenant, &export_blob_id(export_id))
+                .await;
+            return Err(match refused {
+                Ok(m) => m.blocked_problem(&state.settings.public_url),
+                Err(p) => p,
+            });
+        }
+    };
+    let position = metered.position;
     // The answer points at the download: make it readable here first.
     settle(&state, position).await;
     Ok(
@@ -664,34 +822,71 @@ pub async fn create_export(
     )
 }
 
-fn preset_json(v: &PresetView, version: Option<u32>) -> Option<serde_json::Value> {
+/// A version of a redaction preset.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Preset {
+    /// A UUID, or `default` for the built-in preset.
+    preset_id: String,
+    name: String,
+    version: u32,
+    versions: Vec<u32>,
+    deleted: bool,
+    /// Only on the built-in `default`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    builtin: Option<bool>,
+    #[schema(value_type = Vec<ColumnRuleDto>)]
+    columns: Vec<preset::ColumnRule>,
+    #[schema(value_type = crate::openapi::TextRule)]
+    text: preset::TextRule,
+    /// In a command's answer: the position it wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    global_position: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PresetList {
+    presets: Vec<Preset>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PresetDeleted {
+    #[schema(format = Uuid)]
+    preset_id: Uuid,
+    deleted: bool,
+    global_position: u64,
+}
+
+fn preset_json(v: &PresetView, version: Option<u32>) -> Option<Preset> {
     let shown = match version {
         Some(n) => v.versions.get(&n)?,
         None => v.latest(),
     };
-    Some(j!({
-        "preset_id": v.preset_id,
-        "name": shown.name,
-        "version": shown.version,
-        "versions": v.versions.keys().collect::<Vec<_>>(),
-        "deleted": v.deleted,
-        "columns": shown.rules.columns,
-        "text": shown.rules.text,
-    }))
+    Some(Preset {
+        preset_id: v.preset_id.to_string(),
+        name: shown.name.clone(),
+        version: shown.version,
+        versions: v.versions.keys().copied().collect(),
+        deleted: v.deleted,
+        builtin: None,
+        columns: shown.rules.columns.clone(),
+        text: shown.rules.text.clone(),
+        global_position: None,
+    })
 }
 
-fn builtin_default() -> serde_json::Value {
+fn builtin_default() -> Preset {
     let rules = Rules::default_preset();
-    j!({
-        "preset_id": preset::DEFAULT_ID,
-        "name": "default",
-        "version": 1,
-        "versions": [1],
-        "deleted": false,
-        "builtin": true,
-        "columns": rules.columns,
-        "text": rules.text,
-    })
+    Preset {
+        preset_id: preset::DEFAULT_ID.to_owned(),
+        name: "default".into(),
+        version: 1,
+        versions: vec![1],
+        deleted: false,
+        builtin: Some(true),
+        columns: rules.columns,
+        text: rules.text,
+        global_position: None,
+    }
 }
 
 fn preset_problem(e: ExecuteError<PresetError>) -> Problem {
@@ -703,20 +898,156 @@ fn preset_problem(e: ExecuteError<PresetError>) -> Problem {
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// A column rule: a column name or glob (`*`, `?`, case-insensitive) and what happens to its
+/// values.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+pub(crate) enum ColumnRuleDto {
+    Keep {
+        #[schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+        )]
+        column: String,
+    },
+    Drop {
+        #[schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+        )]
+        column: String,
+    },
+    Mask {
+        #[schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+        )]
+        column: String,
+    },
+    Hash {
+        #[schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+        )]
+        column: String,
+    },
+    /// The first `length` characters.
+    Truncate {
+        #[schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+        )]
+        column: String,
+        #[schema(minimum = 1, maximum = 10000)]
+        length: usize,
+    },
+    /// Dates and timestamps to their month; numbers down to a multiple of `bucket`.
+    Generalize {
+        #[schema(
+            min_length = 1,
+            max_length = 128,
+            pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+        )]
+        column: String,
+        #[serde(default)]
+        #[schema(minimum = 1, maximum = 9223372036854775807_u64)]
+        bucket: Option<u64>,
+    },
+}
+
+impl ColumnRuleDto {
+    /// The domain's rule; the column's text as the schema says (what is sent, not only the trimmed
+    /// text, is at most 128 characters and free of control characters).
+    fn parse(self) -> Result<preset::ColumnRule, String> {
+        use preset::ColumnAction as A;
+        let (column, action) = match self {
+            ColumnRuleDto::Keep { column } => (column, A::Keep),
+            ColumnRuleDto::Drop { column } => (column, A::Drop),
+            ColumnRuleDto::Mask { column } => (column, A::Mask),
+            ColumnRuleDto::Hash { column } => (column, A::Hash),
+            ColumnRuleDto::Truncate { column, length } => (column, A::Truncate { length }),
+            ColumnRuleDto::Generalize { column, bucket } => (column, A::Generalize { bucket }),
+        };
+        if column.chars().count() > 128 || column.chars().any(char::is_control) {
+            return Err("must be 1 to 128 characters".into());
+        }
+        if let A::Generalize { bucket: Some(b) } = action
+            && b > i64::MAX as u64
+        {
+            return Err(format!("bucket must be at most {}", i64::MAX));
+        }
+        Ok(preset::ColumnRule { column, action })
+    }
+}
+
+/// `POST /v1/presets`: a new preset's name and rules.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PresetRequest {
+pub(crate) struct NewPresetRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff][^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*$"
+    )]
+    name: String,
+    #[serde(default)]
+    #[schema(max_items = 200)]
+    columns: Vec<ColumnRuleDto>,
+    #[schema(value_type = crate::openapi::TextRule)]
+    text: preset::TextRule,
+}
+
+/// `PUT /v1/presets/{preset_id}`: the next version's rules, and a new name if one is given.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PresetRequest {
+    /// The name is kept when absent.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff][^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*$"
+    )]
     name: Option<String>,
     #[serde(default)]
-    columns: Vec<preset::ColumnRule>,
+    #[schema(max_items = 200)]
+    columns: Vec<ColumnRuleDto>,
+    #[schema(value_type = crate::openapi::TextRule)]
     text: preset::TextRule,
+}
+
+/// The rules of a preset request, every invalid column rule named.
+fn rules_of(rules: Vec<ColumnRuleDto>, text: preset::TextRule) -> Result<Rules, Problem> {
+    {
+        let mut problems = Vec::new();
+        let mut columns = Vec::new();
+        for (i, c) in rules.into_iter().enumerate() {
+            match c.parse() {
+                Ok(c) => columns.push(c),
+                Err(e) => problems.push((format!("columns[{i}].column"), e)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Rules { columns, text })
+        } else {
+            Err(Problem::validation(problems))
+        }
+    }
 }
 
 fn preset_name(raw: Option<&str>) -> Result<Option<String>, Problem> {
     raw.map(|n| {
-        domain::tenant::TenantName::parse(n)
-            .map(|n| n.to_string())
-            .map_err(|e| Problem::validation(vec![("name".into(), e.to_string())]))
+        crate::routes::display_text(
+            n,
+            domain::tenant::TenantName::MAX_CHARS,
+            domain::tenant::TenantName::parse,
+        )
+        .map(|n| n.to_string())
+        .map_err(|e| Problem::validation(vec![("name".into(), e)]))
     })
     .transpose()
 }
@@ -734,7 +1065,7 @@ fn preset_answer(
         .preset(tenant, preset_id)
         .ok_or_else(Problem::internal)?;
     let mut body = preset_json(&view, None).ok_or_else(Problem::internal)?;
-    body["global_position"] = position.into();
+    body.global_position = Some(position);
     Ok(Reply::json(status, &body))
 }
 
@@ -746,14 +1077,15 @@ pub async fn create_preset(
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
-    let dto: PresetRequest = json(&req, &body)?;
-    let name = preset_name(dto.name.as_deref())?
-        .ok_or_else(|| Problem::validation(vec![("name".into(), "is required".into())]))?;
+    let dto: NewPresetRequest = json(&req, &body)?;
+    let name = preset_name(Some(&dto.name))?.unwrap_or_default();
+    let rules = rules_of(dto.columns, dto.text)?;
     if name.eq_ignore_ascii_case(preset::DEFAULT_ID) {
-        return Err(Problem::validation(vec![(
-            "name".into(),
-            "\"default\" is the built-in preset".into(),
-        )]));
+        // A valid name that the built-in preset holds: a conflict, not a malformed request.
+        return Err(Problem::conflict(
+            "preset-builtin",
+            "\"default\" is the built-in preset's name",
+        ));
     }
     let preset_id = Uuid::now_v7();
     let ctx = RequestContext::of(&req);
@@ -765,10 +1097,7 @@ pub async fn create_preset(
             &PresetCommand::Create {
                 preset_id,
                 name,
-                rules: Rules {
-                    columns: dto.columns,
-                    text: dto.text,
-                },
+                rules,
             },
             &ctx.metadata(caller.actor()),
             OffsetDateTime::now_utc(),
@@ -800,19 +1129,14 @@ pub async fn edit_preset(
     let preset_id = Uuid::parse_str(&path).map_err(|_| Problem::not_found("no such preset"))?;
     let dto: PresetRequest = json(&req, &body)?;
     let name = preset_name(dto.name.as_deref())?;
+    let rules = rules_of(dto.columns, dto.text)?;
     let ctx = RequestContext::of(&req);
     let done = state
         .presets
         .execute(
             tenant,
             &preset::stream_id(preset_id),
-            &PresetCommand::Edit {
-                name,
-                rules: Rules {
-                    columns: dto.columns,
-                    text: dto.text,
-                },
-            },
+            &PresetCommand::Edit { name, rules },
             &ctx.metadata(caller.actor()),
             OffsetDateTime::now_utc(),
         )
@@ -851,7 +1175,11 @@ pub async fn delete_preset(
     let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({"preset_id": preset_id, "deleted": true, "global_position": position}),
+        &PresetDeleted {
+            preset_id,
+            deleted: true,
+            global_position: position,
+        },
     ))
 }
 
@@ -870,13 +1198,18 @@ pub async fn list_presets(
             .iter()
             .filter_map(|v| preset_json(v, None)),
     );
-    Ok(Reply::json(StatusCode::OK, &j!({"presets": items})))
+    Ok(Reply::json(StatusCode::OK, &PresetList { presets: items }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `GET /v1/presets/{preset_id}?version=N`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PresetQuery {
+    /// A version; the latest when absent.
+    #[param(minimum = 1)]
     version: Option<u32>,
+    /// Wait (bounded) until the read models have applied this global position.
     min_position: Option<u64>,
 }
 
@@ -898,25 +1231,57 @@ pub async fn get_preset(
         .ok()
         .and_then(|id| state.catalog.preset(tenant, id))
         .ok_or_else(|| Problem::not_found("no such preset"))?;
+    // A deleted preset is gone, every version of it: its history (each version's rules, which
+    // exports cite by id and version) stays in the audit feed.
+    if view.deleted {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "preset-deleted",
+            "The preset was deleted",
+        )
+        .detail("the preset was deleted; its versions are in the audit feed (preset.* events)"));
+    }
     let body =
         preset_json(&view, q.version).ok_or_else(|| Problem::not_found("no such version"))?;
     Ok(Reply::json(StatusCode::OK, &body))
 }
 
-fn export_json(x: &ExportCompleted, position: u64) -> serde_json::Value {
-    j!({
-        "export_id": x.export_id,
-        "dataset_id": x.dataset_id,
-        "format": x.format,
-        "preset": {"id": x.preset_id, "version": x.preset_version},
-        "rows": x.rows,
-        "bytes": x.bytes,
-        "sha256": x.sha256,
-        "badge": x.badge,
-        "findings": x.findings,
-        "download_url": format!("/v1/exports/{}/download", x.export_id),
-        "global_position": position,
-    })
+/// An export's metadata.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Export {
+    export_id: Uuid,
+    dataset_id: Uuid,
+    /// csv or jsonl.
+    format: String,
+    preset: PresetRef,
+    rows: u64,
+    bytes: u64,
+    sha256: String,
+    /// PASS or FAIL: whether the output scan found anything left.
+    badge: String,
+    /// Findings left in the output, per detector; never the values.
+    findings: BTreeMap<String, u64>,
+    download_url: String,
+    global_position: u64,
+}
+
+fn export_json(x: &ExportCompleted, position: u64) -> Export {
+    Export {
+        export_id: x.export_id,
+        dataset_id: x.dataset_id,
+        format: x.format.clone(),
+        preset: PresetRef {
+            id: x.preset_id.clone(),
+            version: x.preset_version,
+        },
+        rows: x.rows,
+        bytes: x.bytes,
+        sha256: x.sha256.clone(),
+        badge: x.badge.clone(),
+        findings: x.findings.clone(),
+        download_url: format!("/v1/exports/{}/download", x.export_id),
+        global_position: position,
+    }
 }
 
 pub async fn get_export(

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::time::Duration;
-use store::idempotency::{Begin, StoredResponse};
+use store::idempotency::Begin;
 use uuid::Uuid;
 
 /// Set by the context middleware on every request.
@@ -20,6 +20,9 @@ pub struct RequestContext {
     pub request_id: String,
     /// The W3C trace id: from `traceparent` when valid, otherwise new.
     pub trace_id: String,
+    /// Set under an `Idempotency-Key`: the seed the events' ids are derived from
+    /// ([`store::Metadata::event_id_seed`]).
+    pub event_id_seed: Option<Uuid>,
 }
 
 impl RequestContext {
@@ -30,6 +33,7 @@ impl RequestContext {
             .unwrap_or_else(|| RequestContext {
                 request_id: Uuid::now_v7().to_string(),
                 trace_id: Uuid::new_v4().simple().to_string(),
+                event_id_seed: None,
             })
     }
 
@@ -40,6 +44,7 @@ impl RequestContext {
             correlation_id: Uuid::parse_str(&self.request_id).unwrap_or_else(|_| Uuid::now_v7()),
             causation_id: None,
             trace_id: Some(self.trace_id.clone()),
+            event_id_seed: self.event_id_seed,
         }
     }
 }
@@ -167,25 +172,45 @@ pub fn json<T: DeserializeOwned>(req: &HttpRequest, body: &[u8]) -> Result<T, Pr
         )
         .detail("send the body as application/json"));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        let detail = format!(
+    let mut document: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        Problem::bad_request(format!(
             "invalid JSON body at line {} column {}: {e}",
             e.line(),
             e.column()
-        );
-        match e.classify() {
-            serde_json::error::Category::Data => {
-                Problem::validation(vec![("body".into(), e.to_string())])
+        ))
+    })?;
+    integral_numbers(&mut document);
+    T::deserialize(document).map_err(|e| Problem::validation(vec![("body".into(), e.to_string())]))
+}
+
+/// JSON has one number type: `3.0` is the integer 3 (JSON Schema says so too), but serde's
+/// integers refuse it. Turn every integral number that fits an integer into one.
+fn integral_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+            {
+                if (0.0..u64::MAX as f64).contains(&f) {
+                    *value = serde_json::Value::from(f as u64);
+                } else if (i64::MIN as f64..0.0).contains(&f) {
+                    *value = serde_json::Value::from(f as i64);
+                }
             }
-            _ => Problem::bad_request(detail),
         }
-    })
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }
 
 /// The query of a plain read: `?min_position=N` waits for the read models (read-your-writes).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadQuery {
+    /// Wait (bounded) until the read models have applied this global position; one beyond the
+    /// last position written is 404 `position-not-written`.
     pub min_position: Option<u64>,
 }
 
@@ -213,6 +238,24 @@ pub async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<(),
     let Some(position) = min_position else {
         return Ok(());
     };
+    if state.projections.wait_for(position, Duration::ZERO).await {
+        return Ok(());
+    }
+    // A position no one has written yet cannot be waited for: the client's error, not ours
+    // (SPEC §13). Only one the store has, but this instance has not applied, is worth a retry.
+    let head = state.store.head().await.map_err(Problem::from)?;
+    if position > head {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "position-not-written",
+            "No event has been written at that position",
+        )
+        .detail(format!(
+            "min_position {position} is beyond the last position written ({head})"
+        ))
+        .with("min_position", position)
+        .with("head_position", head));
+    }
     let wait = Duration::from_millis(state.settings.read_wait_ms);
     if state.projections.wait_for(position, wait).await {
         Ok(())
@@ -230,21 +273,6 @@ pub async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<(),
     }
 }
 
-/// The body kept for replays: a bearer token is shown once, so it is never stored — a replay
-/// says it was issued (`"token": null, "token_redacted": true`) without repeating it.
-fn without_secrets(body: &[u8]) -> Vec<u8> {
-    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_slice::<serde_json::Value>(body)
-    else {
-        return body.to_vec();
-    };
-    if map.get("token").is_some_and(|t| !t.is_null()) {
-        map.insert("token".into(), serde_json::Value::Null);
-        map.insert("token_redacted".into(), serde_json::Value::Bool(true));
-        return serde_json::to_vec(&map).unwrap_or_else(|_| body.to_vec());
-    }
-    body.to_vec()
-}
-
 /// After a command has committed: wait, bounded, for this instance's projections to apply it, so
 /// that reads here see the change. Never an error: the change is stored whatever happens here,
 /// and turning a late projection into a 5xx would make a client retry a command that went through.
@@ -258,9 +286,52 @@ pub async fn settle(state: &AppState, position: u64) {
     }
 }
 
+/// The UUID namespace of event-id seeds derived from idempotency keys.
+const IDEMPOTENT_EVENTS: Uuid = Uuid::from_u128(0x7465_6e61_6e74_7279_6964_656d_706f_7465);
+
+/// Who an idempotency key belongs to, set by authentication (`user:…`, `operator:…`). Keys are
+/// scoped per tenant *and* caller: two members of a tenant cannot replay each other's answers.
+#[derive(Clone, Debug)]
+pub struct CallerScope(pub String);
+
+/// The client's address: the peer's, or the first `X-Forwarded-For` entry when the settings
+/// trust a proxy to set it.
+pub fn client_address(state: &AppState, req: &HttpRequest) -> std::net::IpAddr {
+    let forwarded = state
+        .settings
+        .trust_forwarded_for
+        .then(|| req.headers().get("x-forwarded-for"))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    forwarded
+        .or_else(|| req.peer_addr().map(|a| a.ip()))
+        .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+}
+
+/// An answer worth retrying (the same request may succeed later) is never kept for replay: a
+/// retry must run again, not be told "busy" for 25 hours.
+fn retryable(reply: &Reply) -> bool {
+    let status = reply.status;
+    if status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+    {
+        return true;
+    }
+    status == StatusCode::CONFLICT
+        && serde_json::from_slice::<serde_json::Value>(&reply.body).is_ok_and(|p| {
+            p["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("/busy") || t.ends_with("/idempotency-key-in-flight"))
+        })
+}
+
 /// Run a mutating request under its `Idempotency-Key` (SPEC §13): the same key and request
-/// replay the first response; the same key with another request is 422; a key in flight is 409.
-/// Responses of 5xx are not kept, so a retry runs again.
+/// replay the first response, headers and token included; the same key with another request is
+/// 422; a key in flight is 409. Keys are scoped per tenant and caller (per client address for
+/// anonymous sign-up). Answers worth retrying (5xx, 429, 408, 409 busy) are not kept.
 pub async fn idempotent<F, Fut>(
     state: &web::Data<AppState>,
     req: &HttpRequest,
@@ -294,7 +365,13 @@ where
             }
         },
     };
-    let key = format!("{} {}", req.method(), key);
+    let caller = req
+        .extensions()
+        .get::<CallerScope>()
+        .map(|c| c.0.clone())
+        .unwrap_or_else(|| format!("addr:{}", client_address(state, req)));
+    let key = format!("{} {caller} {key}", req.method());
+    let aad = format!("{scope} {key}");
     let mut fingerprint = Vec::with_capacity(body.len() + 64);
     fingerprint.extend_from_slice(req.path().as_bytes());
     fingerprint.push(b'?');
@@ -322,26 +399,22 @@ where
                 .metrics
                 .idempotent_replays
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Reply {
-                status: StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK),
-                content_type: stored.content_type,
-                body: stored.body,
-                headers: vec![(
-                    HeaderName::from_static("idempotency-replayed"),
-                    "true".into(),
-                )],
-            }
+            crate::replay::replay(stored, state.seal_key(), &aad)
         }
         Ok(Begin::Started) => {
+            // The same key and request always derive the same event ids: a retry after a crash
+            // (the record left in flight, then taken over) cannot write its facts twice.
+            if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
+                ctx.event_id_seed = Some(Uuid::new_v5(
+                    &IDEMPOTENT_EVENTS,
+                    format!("{aad}\n{hash}").as_bytes(),
+                ));
+            }
             let reply = run().await.unwrap_or_else(Reply::from);
-            let kept = if reply.status.is_server_error() {
+            let kept = if retryable(&reply) {
                 state.store.idempotency_abandon(scope, &key).await
             } else {
-                let stored = StoredResponse {
-                    status: reply.status.as_u16(),
-                    content_type: reply.content_type.clone(),
-                    body: without_secrets(&reply.body),
-                };
+                let stored = crate::replay::keep(&reply, state.seal_key(), &aad);
                 state.store.idempotency_complete(scope, &key, stored).await
             };
             if let Err(e) = kept {

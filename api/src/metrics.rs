@@ -1,9 +1,17 @@
-//! Prometheus metrics in text format: request latency histograms by route and status, events
-//! appended, idempotent replays, projection lag.
+//! Prometheus metrics, encoded by the `prometheus-client` crate (OpenMetrics text): request
+//! latency histograms by method, route and status, events appended, idempotent replays, quota
+//! counters, projection lag.
+//!
+//! Labels are bounded: the method is one of the standard ones or `other`, the route is the
+//! matched pattern of the route table or `unmatched`, the status is a number. A client inventing
+//! methods or paths cannot grow the exposition.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -11,37 +19,93 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [u64; 13],
-    sum: f64,
-    count: u64,
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)]
+enum Method {
+    GET,
+    HEAD,
+    POST,
+    PUT,
+    PATCH,
+    DELETE,
+    OPTIONS,
+    /// Anything else a client sends.
+    OTHER,
 }
 
-#[derive(Debug, Default)]
+impl Method {
+    fn of(method: &str) -> Self {
+        match method {
+            "GET" => Method::GET,
+            "HEAD" => Method::HEAD,
+            "POST" => Method::POST,
+            "PUT" => Method::PUT,
+            "PATCH" => Method::PATCH,
+            "DELETE" => Method::DELETE,
+            "OPTIONS" => Method::OPTIONS,
+            _ => Method::OTHER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: Method,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectionLabels {
+    projection: String,
+}
+
+type Requests = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+    requests: Requests,
     pub events_appended: AtomicU64,
     pub idempotent_replays: AtomicU64,
     pub blocked_attempts: AtomicU64,
     pub grace_entries: AtomicU64,
     pub upgrades: AtomicU64,
     pub upgrades_after_block: AtomicU64,
+    pub signups_limited: AtomicU64,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS.iter().copied())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::new_with_constructor(latency_histogram),
+            events_appended: AtomicU64::new(0),
+            idempotent_replays: AtomicU64::new(0),
+            blocked_attempts: AtomicU64::new(0),
+            grace_entries: AtomicU64::new(0),
+            upgrades: AtomicU64::new(0),
+            upgrades_after_block: AtomicU64::new(0),
+            signups_limited: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Metrics {
+    /// One request's latency. `route` must be a pattern of the route table or `unmatched`.
     pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let mut map = self.requests.lock().expect("metrics lock");
-        let h = map
-            .entry((method.to_owned(), route.to_owned(), status))
-            .or_default();
-        let bucket = BUCKETS
-            .iter()
-            .position(|b| seconds <= *b)
-            .unwrap_or(BUCKETS.len());
-        h.counts[bucket] += 1;
-        h.sum += seconds;
-        h.count += 1;
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: Method::of(method),
+                route: route.to_owned(),
+                status,
+            })
+            .observe(seconds);
     }
 
     pub fn appended(&self, events: usize) {
@@ -51,106 +115,90 @@ impl Metrics {
 
     /// The exposition text; `lag` is each projection's distance behind the log's head.
     pub fn render(&self, lag: &[(&str, u64)]) -> String {
-        let mut out = String::new();
-        out.push_str(
-            "# HELP tenantry_http_request_duration_seconds Request latency by route and status.\n",
-        );
-        out.push_str("# TYPE tenantry_http_request_duration_seconds histogram\n");
-        let map = self.requests.lock().expect("metrics lock");
-        for ((method, route, status), h) in map.iter() {
-            let labels = format!(
-                "method=\"{method}\",route=\"{}\",status=\"{status}\"",
-                escape(route)
-            );
-            let mut cumulative = 0;
-            for (i, le) in BUCKETS.iter().enumerate() {
-                cumulative += h.counts[i];
-                let _ = writeln!(
-                    out,
-                    "tenantry_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "tenantry_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "tenantry_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "tenantry_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
-        }
-        drop(map);
-        let _ = writeln!(
-            out,
-            "# HELP tenantry_events_appended_total Events appended by this instance."
-        );
-        let _ = writeln!(out, "# TYPE tenantry_events_appended_total counter");
-        let _ = writeln!(
-            out,
-            "tenantry_events_appended_total {}",
-            self.events_appended.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tenantry_idempotent_replays_total Responses replayed for a repeated Idempotency-Key."
-        );
-        let _ = writeln!(out, "# TYPE tenantry_idempotent_replays_total counter");
-        let _ = writeln!(
-            out,
-            "tenantry_idempotent_replays_total {}",
-            self.idempotent_replays.load(Ordering::Relaxed)
+        let mut registry = Registry::with_prefix("tenantry");
+        registry.register(
+            "http_request_duration_seconds",
+            "Request latency by method, route and status",
+            self.requests.clone(),
         );
         for (name, help, value) in [
             (
-                "tenantry_quota_blocked_attempts_total",
-                "Metered requests refused with 402.",
+                "events_appended",
+                "Events appended by this instance",
+                &self.events_appended,
+            ),
+            (
+                "idempotent_replays",
+                "Responses replayed for a repeated Idempotency-Key",
+                &self.idempotent_replays,
+            ),
+            (
+                "quota_blocked_attempts",
+                "Metered requests refused with 402",
                 &self.blocked_attempts,
             ),
             (
-                "tenantry_quota_grace_entries_total",
-                "Meters that entered their grace period.",
+                "quota_grace_entries",
+                "Meters that entered their grace period",
                 &self.grace_entries,
             ),
+            ("plan_upgrades", "Plan upgrades", &self.upgrades),
             (
-                "tenantry_plan_upgrades_total",
-                "Plan upgrades.",
-                &self.upgrades,
-            ),
-            (
-                "tenantry_plan_upgrades_after_block_total",
-                "Plan upgrades within 7 days of a blocked attempt.",
+                "plan_upgrades_after_block",
+                "Plan upgrades within 7 days of a blocked attempt",
                 &self.upgrades_after_block,
             ),
+            (
+                "signups_rate_limited",
+                "Sign-ups refused by the per-address rate limit",
+                &self.signups_limited,
+            ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+            registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
         }
-        let _ = writeln!(
-            out,
-            "# HELP tenantry_projection_lag_events Events in the log not yet applied, per projection."
+        let lag_family = Family::<ProjectionLabels, Gauge>::default();
+        for (name, events) in lag {
+            lag_family
+                .get_or_create(&ProjectionLabels {
+                    projection: (*name).to_owned(),
+                })
+                .set(i64::try_from(*events).unwrap_or(i64::MAX));
+        }
+        registry.register(
+            "projection_lag_events",
+            "Events in the log not yet applied, per projection",
+            lag_family,
         );
-        let _ = writeln!(out, "# TYPE tenantry_projection_lag_events gauge");
-        for (name, behind) in lag {
-            let _ = writeln!(
-                out,
-                "tenantry_projection_lag_events{{projection=\"{name}\"}} {behind}"
-            );
-        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("encoding into a String cannot fail");
         out
     }
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label_value() {
+        let m = Metrics::default();
+        for method in ["GET", "BREW", "PROPFIND", "X-ANYTHING"] {
+            m.observe_request(method, "/v1/me", 200, 0.001);
+        }
+        let text = m.render(&[("identity", 3)]);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tenantry_http_request_duration_seconds_count"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(text.contains(r#"method="OTHER""#), "{text}");
+        assert!(!text.contains("BREW"), "{text}");
+        assert!(
+            text.contains(r#"tenantry_projection_lag_events{projection="identity"} 3"#),
+            "{text}"
+        );
+        assert!(text.contains("tenantry_events_appended_total 0"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
 }

@@ -199,6 +199,7 @@ pub fn bench_data(rows: usize) -> anyhow::Result<DataBenchReport> {
             max_rows: rows + 1,
             max_result_bytes: usize::MAX,
             time: std::time::Duration::from_secs(600),
+            since: None,
         },
     )?;
     let exported = dataplane::export::export(

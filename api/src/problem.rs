@@ -124,6 +124,25 @@ impl Problem {
         .header(header::RETRY_AFTER, "1")
     }
 
+    /// Too many requests (429), with `Retry-After` in whole seconds.
+    pub fn too_many_requests(
+        slug: &str,
+        detail: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, slug, "Too many requests")
+            .detail(detail)
+            .retry_after(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    /// Replace the `Retry-After` header (seconds).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.0
+            .headers
+            .retain(|(name, _)| name != header::RETRY_AFTER);
+        self.header(header::RETRY_AFTER, seconds.to_string())
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -176,10 +195,50 @@ impl From<store::StoreError> for Problem {
             E::Conflict { .. } => Problem::conflict("version-conflict", e.to_string()),
             E::DuplicateEventId { .. } => Problem::conflict("duplicate-event-id", e.to_string()),
             E::InvalidAppend(m) => Problem::validation(vec![("events".into(), m)]),
-            E::Closed | E::Backend(_) => {
+            E::Overloaded { retry_after, .. } => {
+                tracing::warn!(error = %e, "store overloaded");
+                Problem::unavailable("The event store is overloaded; retry shortly.")
+                    .retry_after(retry_after.as_secs().max(1))
+            }
+            E::Timeout(_) | E::OutcomeUnknown(_) | E::Closed | E::Backend(_) => {
                 tracing::error!(error = %e, "store unavailable");
                 Problem::unavailable("The event store is unavailable; retry shortly.")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn retry_after(p: &Problem) -> Option<&str> {
+        p.headers()
+            .iter()
+            .find(|(name, _)| name == header::RETRY_AFTER)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn store_faults_are_503_problems_with_retry_after() {
+        let overloaded = Problem::from(store::StoreError::Overloaded {
+            queued: 10,
+            retry_after: Duration::from_secs(2),
+        });
+        assert_eq!(overloaded.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&overloaded), Some("2"));
+        assert_eq!(overloaded.headers().len(), 1, "one Retry-After");
+        for e in [
+            store::StoreError::Timeout("lock".into()),
+            store::StoreError::OutcomeUnknown("cut".into()),
+            store::StoreError::Closed,
+        ] {
+            let p = Problem::from(e);
+            assert_eq!(p.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(retry_after(&p), Some("1"));
+        }
+        let invalid = Problem::from(store::StoreError::InvalidAppend("NUL".into()));
+        assert_eq!(invalid.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

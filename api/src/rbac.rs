@@ -1,8 +1,14 @@
-//! The permission table: every route, who may call it, and the flag that gates it. Enforced in one
-//! place, the `Caller` extractor (`auth.rs`); `docs/permissions.md` is generated from it.
+//! The route table: every route said once — its method and path, who may call it, the flag that
+//! gates it, its handler and its OpenAPI shape. The server registers it (`server::routes`), the
+//! `Caller` extractor (`auth.rs`) enforces it, `docs/permissions.md` and `/openapi.json` are
+//! generated from it. A new route is one entry here and nothing anywhere else.
 
+use crate::http::ReadQuery;
+use crate::{data_routes as data, quota_routes as quota, routes as r};
 use domain::{Flag, PlatformRole, TenantRole};
 use std::fmt;
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, ToSchema};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -37,6 +43,9 @@ pub enum Access {
     Roles(&'static [Role]),
 }
 
+/// One route, said once: its method and path, who may call it, the handler that answers it and
+/// how the OpenAPI document describes it. Registration (`server.rs`), the permission check
+/// (`auth.rs`), `docs/permissions.md` and `/openapi.json` (`openapi.rs`) are all read from here.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteSpec {
     pub method: &'static str,
@@ -45,6 +54,136 @@ pub struct RouteSpec {
     /// The feature flag that must be on for the caller's tenant.
     pub flag: Option<Flag>,
     pub summary: &'static str,
+    /// Attaches the handler to actix's route for this method and path.
+    pub handler: fn(actix_web::Route) -> actix_web::Route,
+    pub api: Api,
+}
+
+/// How a route's input and answer are shaped, for the OpenAPI document. Schemas come from the
+/// Rust types that parse the request and serialize the answer (`utoipa::ToSchema`), so the
+/// document cannot drift from the code.
+#[derive(Clone, Copy, Debug)]
+pub struct Api {
+    /// The query string's parameters (`utoipa::IntoParams` of the type the handler parses).
+    pub query: Option<Params>,
+    pub request: Body,
+    /// The success status.
+    pub status: u16,
+    pub response: Body,
+    /// Problem statuses the route answers besides the ones every route of its kind answers
+    /// (see `openapi::problems`).
+    pub problems: &'static [(u16, &'static str)],
+    /// Whether the route honours `Idempotency-Key` (`http::idempotent`).
+    pub idempotent: bool,
+    /// Problem statuses that may also carry the success body's type (readiness: 503 with the
+    /// report while catching up, a problem document when the store is unreachable).
+    pub body_also_on: &'static [u16],
+}
+
+/// Collects a type's schema and the schemas it refers to; returns its name.
+pub type Schema = fn(&mut Vec<(String, RefOr<utoipa::openapi::schema::Schema>)>) -> String;
+/// A query type's parameters.
+pub type Params = fn() -> Vec<utoipa::openapi::path::Parameter>;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Body {
+    None,
+    /// `application/json` of this type.
+    Json(Schema),
+    /// Any JSON object (the OpenAPI document itself, the readiness report).
+    AnyJson,
+    /// A CSV upload (limited by `dataset_limit` instead of `body_limit`).
+    Csv,
+    /// Text of this content type.
+    Text(&'static str),
+    /// An export's file: CSV or JSON Lines.
+    Download,
+}
+
+impl Body {
+    pub const fn json<T: ToSchema>() -> Body {
+        Body::Json(schema_of::<T>)
+    }
+}
+
+fn schema_of<T: ToSchema>(
+    out: &mut Vec<(String, RefOr<utoipa::openapi::schema::Schema>)>,
+) -> String {
+    T::schemas(out);
+    let name = T::name().into_owned();
+    out.push((name.clone(), T::schema()));
+    name
+}
+
+pub const fn params<T: IntoParams>() -> Option<Params> {
+    Some(params_of::<T>)
+}
+
+fn params_of<T: IntoParams>() -> Vec<utoipa::openapi::path::Parameter> {
+    T::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
+}
+
+impl Api {
+    /// A read answering 200 with `T`, with `?min_position`.
+    pub const fn read<T: ToSchema>() -> Api {
+        Api {
+            query: params::<ReadQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::json::<T>(),
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        }
+    }
+
+    /// A command taking `Req` and answering `status` with `Res`.
+    pub const fn command<Req: ToSchema, Res: ToSchema>(status: u16) -> Api {
+        Api {
+            query: None,
+            request: Body::json::<Req>(),
+            status,
+            response: Body::json::<Res>(),
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        }
+    }
+
+    /// A command without a body answering 200 with `Res`.
+    pub const fn bodiless<Res: ToSchema>() -> Api {
+        Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::json::<Res>(),
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        }
+    }
+
+    pub const fn with_query(mut self, query: Option<Params>) -> Api {
+        self.query = query;
+        self
+    }
+
+    /// Another success status (202 for work that goes on after the answer, …).
+    pub const fn with_status(mut self, status: u16) -> Api {
+        self.status = status;
+        self
+    }
+
+    /// The route runs under `Idempotency-Key`.
+    pub const fn idempotent(mut self) -> Api {
+        self.idempotent = true;
+        self
+    }
+
+    pub const fn with_problems(mut self, problems: &'static [(u16, &'static str)]) -> Api {
+        self.problems = problems;
+        self
+    }
 }
 
 use PlatformRole as P;
@@ -94,6 +233,9 @@ const DATA_READERS: &[Role] = &[
     Role::Tenant(T::Viewer),
 ];
 
+/// The problem a metered route adds.
+const METERED: &[(u16, &str)] = &[(402, "The plan's quota is used up and its grace is over")];
+
 pub const ROUTES: &[RouteSpec] = &[
     RouteSpec {
         method: "GET",
@@ -101,6 +243,16 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Public,
         flag: None,
         summary: "Liveness",
+        handler: |route| route.to(r::healthz),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::json::<r::Health>(),
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
     },
     RouteSpec {
         method: "GET",
@@ -108,13 +260,39 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Public,
         flag: None,
         summary: "Readiness: store reachable, projections caught up",
+        handler: |route| route.to(r::readyz),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::AnyJson,
+            problems: &[(
+                503,
+                "Not ready: the read models are catching up or one is stopped at an event it cannot read (the report names it), or the store is unreachable (a problem)",
+            )],
+            idempotent: false,
+            body_also_on: &[503],
+        },
     },
     RouteSpec {
         method: "GET",
         path: "/metrics",
         access: Access::Public,
         flag: None,
-        summary: "Prometheus metrics",
+        summary: "Metrics (OpenMetrics text): loopback clients, or the metrics token",
+        handler: |route| route.to(r::metrics),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::Text("application/openmetrics-text"),
+            problems: &[
+                (401, "`metrics_token` is set and this is not it"),
+                (403, "Not a loopback client, and no `metrics_token` is set"),
+            ],
+            idempotent: false,
+            body_also_on: &[],
+        },
     },
     RouteSpec {
         method: "GET",
@@ -122,6 +300,16 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Public,
         flag: None,
         summary: "This API's OpenAPI 3.1 document",
+        handler: |route| route.to(r::openapi),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::AnyJson,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
     },
     RouteSpec {
         method: "POST",
@@ -129,6 +317,10 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Public,
         flag: None,
         summary: "Create a tenant and its owner; returns the owner's first token",
+        handler: |route| route.to(r::signup),
+        api: Api::command::<r::SignupRequest, r::SignupResponse>(201)
+            .idempotent()
+            .with_problems(&[(429, "Too many sign-ups from this address (see Retry-After)")]),
     },
     RouteSpec {
         method: "GET",
@@ -136,6 +328,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(EVERYONE),
         flag: None,
         summary: "Who the token speaks for",
+        handler: |route| route.to(r::me),
+        api: Api::read::<r::Me>(),
     },
     RouteSpec {
         method: "GET",
@@ -143,6 +337,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(EVERY_TENANT_ROLE),
         flag: None,
         summary: "The caller's tenant",
+        handler: |route| route.to(r::tenant_info),
+        api: Api::read::<r::TenantInfo>(),
     },
     RouteSpec {
         method: "PATCH",
@@ -150,6 +346,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(TENANT_ADMINS),
         flag: None,
         summary: "Rename the caller's tenant",
+        handler: |route| route.to(r::rename_tenant),
+        api: Api::command::<r::RenameRequest, r::Renamed>(200),
     },
     RouteSpec {
         method: "POST",
@@ -157,6 +355,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(TENANT_ADMINS),
         flag: None,
         summary: "Add a member; returns their first token",
+        handler: |route| route.to(r::add_member),
+        api: Api::command::<r::MemberRequest, r::MemberResponse>(201).idempotent(),
     },
     RouteSpec {
         method: "DELETE",
@@ -164,6 +364,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(EVERYONE),
         flag: None,
         summary: "Revoke the token used for this request",
+        handler: |route| route.to(r::revoke_current_token),
+        api: Api::bodiless::<r::Revoked>(),
     },
     RouteSpec {
         method: "GET",
@@ -171,6 +373,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(EVERY_TENANT_ROLE),
         flag: None,
         summary: "The caller's tenant's effective feature flags",
+        handler: |route| route.to(r::my_flags),
+        api: Api::read::<r::Flags>(),
     },
     RouteSpec {
         method: "GET",
@@ -178,6 +382,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(PLATFORM_READERS),
         flag: None,
         summary: "A tenant's effective flags and overrides (platform)",
+        handler: |route| route.to(r::tenant_flags),
+        api: Api::read::<r::TenantFlags>(),
     },
     RouteSpec {
         method: "PUT",
@@ -185,6 +391,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(PLATFORM_OPS),
         flag: None,
         summary: "Override a flag for a tenant (platform ops)",
+        handler: |route| route.to(r::set_tenant_flag),
+        api: Api::command::<r::FlagRequest, r::FlagSet>(200),
     },
     RouteSpec {
         method: "GET",
@@ -192,6 +400,30 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(AUDITORS),
         flag: Some(Flag::AuditV12),
         summary: "The tenant's events: actor, time, type, payload",
+        handler: |route| route.to(r::audit_events),
+        api: Api::read::<r::AuditPage>()
+            .with_query(params::<r::AuditQuery>())
+            .with_problems(&[(422, "A filter, the cursor or the limit is invalid")]),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/ops/projections/{name}/rebuild",
+        access: Access::Roles(PLATFORM_OPS),
+        flag: None,
+        summary: "Rebuild a projection from position 1 beside the live one (platform ops)",
+        handler: |route| route.to(crate::ops_routes::rebuild_projection),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 202,
+            response: Body::json::<crate::ops_routes::RebuildStarted>(),
+            problems: &[
+                (404, "No projection of that name"),
+                (409, "A rebuild of it is already running"),
+            ],
+            idempotent: false,
+            body_also_on: &[],
+        },
     },
     RouteSpec {
         method: "POST",
@@ -199,6 +431,16 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_WRITERS),
         flag: None,
         summary: "Upload a CSV dataset (?name=…, text/csv body)",
+        handler: |route| route.to(data::upload),
+        api: Api {
+            query: params::<data::UploadQuery>(),
+            request: Body::Csv,
+            status: 201,
+            response: Body::json::<data::Dataset>(),
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
     },
     RouteSpec {
         method: "GET",
@@ -206,6 +448,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_READERS),
         flag: None,
         summary: "The tenant's datasets",
+        handler: |route| route.to(data::list),
+        api: Api::read::<data::DatasetList>(),
     },
     RouteSpec {
         method: "GET",
@@ -213,6 +457,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_READERS),
         flag: None,
         summary: "One dataset: columns and their types, rows, bytes, SHA-256",
+        handler: |route| route.to(data::get),
+        api: Api::read::<data::Dataset>(),
     },
     RouteSpec {
         method: "DELETE",
@@ -220,6 +466,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_WRITERS),
         flag: None,
         summary: "Delete a dataset (an event) and its data",
+        handler: |route| route.to(data::delete),
+        api: Api::bodiless::<data::DatasetDeleted>(),
     },
     RouteSpec {
         method: "POST",
@@ -227,6 +475,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_WRITERS),
         flag: None,
         summary: "Run read-only SQL over table `data`",
+        handler: |route| route.to(data::query),
+        api: Api::command::<data::QueryRequest, data::QueryAnswer>(200).with_problems(METERED),
     },
     RouteSpec {
         method: "POST",
@@ -234,6 +484,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_WRITERS),
         flag: None,
         summary: "Export a dataset or a query with a redaction preset; PASS or FAIL badge",
+        handler: |route| route.to(data::create_export),
+        api: Api::command::<data::ExportRequest, data::Export>(201).with_problems(METERED),
     },
     RouteSpec {
         method: "GET",
@@ -241,6 +493,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_READERS),
         flag: None,
         summary: "An export's metadata: rows, bytes, SHA-256, preset, badge",
+        handler: |route| route.to(data::get_export),
+        api: Api::read::<data::Export>(),
     },
     RouteSpec {
         method: "GET",
@@ -248,6 +502,16 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_READERS),
         flag: None,
         summary: "Download an export's file",
+        handler: |route| route.to(data::download),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::Download,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
     },
     RouteSpec {
         method: "POST",
@@ -255,6 +519,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(TENANT_ADMINS),
         flag: Some(Flag::RedactionPresetBuilder),
         summary: "Create a redaction preset (version 1)",
+        handler: |route| route.to(data::create_preset),
+        api: Api::command::<data::NewPresetRequest, data::Preset>(201),
     },
     RouteSpec {
         method: "GET",
@@ -262,6 +528,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_READERS),
         flag: Some(Flag::RedactionPresetBuilder),
         summary: "The tenant's presets with their versions, and the built-in default",
+        handler: |route| route.to(data::list_presets),
+        api: Api::read::<data::PresetList>(),
     },
     RouteSpec {
         method: "GET",
@@ -269,6 +537,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_READERS),
         flag: Some(Flag::RedactionPresetBuilder),
         summary: "A preset's latest version, or ?version=N",
+        handler: |route| route.to(data::get_preset),
+        api: Api::read::<data::Preset>().with_query(params::<data::PresetQuery>()),
     },
     RouteSpec {
         method: "PUT",
@@ -276,6 +546,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(TENANT_ADMINS),
         flag: Some(Flag::RedactionPresetBuilder),
         summary: "Edit a preset: a new version",
+        handler: |route| route.to(data::edit_preset),
+        api: Api::command::<data::PresetRequest, data::Preset>(200),
     },
     RouteSpec {
         method: "DELETE",
@@ -283,6 +555,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(TENANT_ADMINS),
         flag: Some(Flag::RedactionPresetBuilder),
         summary: "Delete a preset (its history is kept)",
+        handler: |route| route.to(data::delete_preset),
+        api: Api::bodiless::<data::PresetDeleted>(),
     },
     RouteSpec {
         method: "GET",
@@ -290,6 +564,16 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Public,
         flag: None,
         summary: "The plan registry: prices, included units, seats",
+        handler: |route| route.to(quota::list_plans),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::json::<quota::Plans>(),
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
     },
     RouteSpec {
         method: "POST",
@@ -297,6 +581,10 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(DATA_WRITERS),
         flag: None,
         summary: "Record metered units; admitted, admitted in grace, or 402",
+        handler: |route| route.to(quota::record_usage),
+        api: Api::command::<quota::UsageRequest, quota::UsageDecision>(200)
+            .with_problems(METERED)
+            .idempotent(),
     },
     RouteSpec {
         method: "GET",
@@ -304,6 +592,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(EVERY_TENANT_ROLE),
         flag: None,
         summary: "Each meter: used, limit, state, grace left, reset time",
+        handler: |route| route.to(quota::quota),
+        api: Api::read::<quota::Quota>(),
     },
     RouteSpec {
         method: "POST",
@@ -311,6 +601,8 @@ pub const ROUTES: &[RouteSpec] = &[
         access: Access::Roles(TENANT_ADMINS),
         flag: None,
         summary: "Change plan: upgrades now (lifting a block), downgrades next period",
+        handler: |route| route.to(quota::change_plan),
+        api: Api::command::<quota::PlanRequest, quota::PlanChange>(200).idempotent(),
     },
 ];
 

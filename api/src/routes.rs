@@ -13,10 +13,12 @@ use domain::platform::{PlatformCommand, PlatformError};
 use domain::tenant::{self, NewMember, TenantCommand, TenantError, TenantName};
 use domain::{Email, Flag, PersonName, TenantId, TenantRole, UserId};
 use projections::Principal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json as j;
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn tenant_problem(e: ExecuteError<TenantError>) -> Problem {
@@ -70,22 +72,126 @@ fn rfc3339(t: OffsetDateTime) -> String {
     store::format_rfc3339_micros(t)
 }
 
-#[derive(Deserialize)]
+/// Display text (a tenant's, a person's or a preset's name) of at most `max` characters as sent,
+/// parsed by `parse`: the schema's `maxLength` counts what is sent, so the edge does too.
+pub(crate) fn display_text<T, E: std::fmt::Display>(
+    raw: &str,
+    max: usize,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, String> {
+    if raw.chars().count() > max {
+        return Err(format!("at most {max} characters"));
+    }
+    // Refused anywhere in what is sent, not only inside the trimmed text, as the schema says.
+    if raw.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    }) {
+        return Err("contains a control or formatting character".into());
+    }
+    parse(raw).map_err(|e| e.to_string())
+}
+
+/// An email address as the schema describes it: ASCII, no spaces around it, then `Email::parse`.
+pub(crate) fn email_at_edge(raw: &str) -> Result<Email, String> {
+    if !raw.is_ascii() || raw.trim() != raw {
+        return Err("must be an ASCII address without surrounding spaces".into());
+    }
+    Email::parse(raw).map_err(|e| e.to_string())
+}
+
+/// A tenant role, as requests and answers spell it.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RoleName {
+    Owner,
+    Admin,
+    Analyst,
+    Viewer,
+    Billing,
+    Compliance,
+}
+
+impl From<TenantRole> for RoleName {
+    fn from(r: TenantRole) -> Self {
+        match r {
+            TenantRole::Owner => RoleName::Owner,
+            TenantRole::Admin => RoleName::Admin,
+            TenantRole::Analyst => RoleName::Analyst,
+            TenantRole::Viewer => RoleName::Viewer,
+            TenantRole::Billing => RoleName::Billing,
+            TenantRole::Compliance => RoleName::Compliance,
+        }
+    }
+}
+
+/// `POST /v1/signup`. Names are 1 to 100 (tenant) or 200 (person) characters with at least one
+/// that is not a space, and no control or bidi-spoofing characters.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SignupRequest {
+pub(crate) struct SignupRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff][^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*$"
+    )]
     tenant_name: String,
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[\x21-\x3f\x41-\x7e]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    )]
     email: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff][^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*$"
+    )]
     name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SignupResponse {
+    #[schema(value_type = uuid::Uuid)]
+    tenant_id: TenantId,
+    #[schema(value_type = uuid::Uuid)]
+    user_id: UserId,
+    role: RoleName,
+    /// The bearer token, shown once (`null` in an idempotent replay, with `token_redacted`).
+    token: Option<String>,
+    #[schema(format = DateTime)]
+    token_expires_at: String,
+    /// The global position the command wrote.
+    global_position: u64,
 }
 
 pub async fn signup(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Reply {
     let scope = TenantId::PLATFORM;
     idempotent(&state, &req, scope, &body, || async {
+        // Inside the idempotent run: a retry of a sign-up that went through is replayed without
+        // spending the limit, and a 429 is never kept for its key.
+        if let Err(wait) = state
+            .signup_limiter
+            .check(crate::http::client_address(&state, &req))
+        {
+            state
+                .metrics
+                .signups_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(Problem::too_many_requests(
+                "rate-limited",
+                "too many sign-ups from this address; try again later",
+                wait,
+            ));
+        }
         let dto: SignupRequest = json(&req, &body)?;
         let mut fields = Fields::default();
-        let tenant_name = fields.check("tenant_name", TenantName::parse(&dto.tenant_name));
-        let email = fields.check("email", Email::parse(&dto.email));
-        let name = fields.check("name", PersonName::parse(&dto.name));
+        let tenant_name = fields.check(
+            "tenant_name",
+            display_text(&dto.tenant_name, TenantName::MAX_CHARS, TenantName::parse),
+        );
+        let email = fields.check("email", email_at_edge(&dto.email));
+        let name = fields.check("name", display_text(&dto.name, 200, PersonName::parse));
         fields.finish()?;
         let (tenant_name, email, name) = (tenant_name.unwrap(), email.unwrap(), name.unwrap());
         let tenant_id = TenantId::from_uuid(Uuid::now_v7());
@@ -117,18 +223,46 @@ pub async fn signup(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
         let position = state.settled(&done.appended).await;
         Ok(Reply::json(
             StatusCode::CREATED,
-            &j!({
-                "tenant_id": tenant_id,
-                "user_id": user_id,
-                "role": "owner",
-                "token": token,
-                "token_expires_at": rfc3339(expires_at),
-                "global_position": position,
-            }),
+            &SignupResponse {
+                tenant_id,
+                user_id,
+                role: RoleName::Owner,
+                token: Some(token),
+                token_expires_at: rfc3339(expires_at),
+                global_position: position,
+            },
         )
         .header(actix_web::http::header::LOCATION, "/v1/tenant".to_string()))
     })
     .await
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PrincipalKind {
+    Member,
+    Operator,
+}
+
+/// `GET /v1/me`: a member (with tenant, user, email, name) or an operator.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Me {
+    kind: PrincipalKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
+    tenant_id: Option<TenantId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
+    user_id: Option<UserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<uuid::Uuid>)]
+    operator_id: Option<UserId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// A tenant role, or a platform role (support, pm, ops, finance).
+    role: String,
 }
 
 pub async fn me(
@@ -148,24 +282,50 @@ pub async fn me(
                 .identity
                 .member(*tenant, *user_id)
                 .ok_or_else(|| Problem::not_found("member not found"))?;
-            j!({
-                "kind": "member",
-                "tenant_id": tenant,
-                "user_id": user_id,
-                "email": member.email,
-                "name": member.name,
-                "role": role.as_str(),
-            })
+            Me {
+                kind: PrincipalKind::Member,
+                tenant_id: Some(*tenant),
+                user_id: Some(*user_id),
+                operator_id: None,
+                email: Some(member.email.to_string()),
+                name: Some(member.name.to_string()),
+                role: role.as_str().to_owned(),
+            }
         }
         Principal::Operator {
             operator_id, role, ..
-        } => j!({
-            "kind": "operator",
-            "operator_id": operator_id,
-            "role": role.as_str(),
-        }),
+        } => Me {
+            kind: PrincipalKind::Operator,
+            tenant_id: None,
+            user_id: None,
+            operator_id: Some(*operator_id),
+            email: None,
+            name: None,
+            role: role.as_str().to_owned(),
+        },
     };
     Ok(Reply::json(StatusCode::OK, &body))
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct PendingPlan {
+    plan: crate::quota_routes::PlanName,
+    #[schema(format = DateTime)]
+    effective_at: String,
+}
+
+/// `GET /v1/tenant`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TenantInfo {
+    #[schema(value_type = uuid::Uuid)]
+    tenant_id: TenantId,
+    name: String,
+    plan: crate::quota_routes::PlanName,
+    /// A downgrade scheduled for the next period.
+    pending_plan_change: Option<PendingPlan>,
+    #[schema(format = DateTime)]
+    signed_up_at: String,
+    members: u64,
 }
 
 pub async fn tenant_info(
@@ -184,24 +344,41 @@ pub async fn tenant_info(
         .pending
         .as_ref()
         .filter(|p| now < p.effective_at)
-        .map(|p| j!({"plan": p.to.as_str(), "effective_at": rfc3339(p.effective_at)}));
+        .map(|p| PendingPlan {
+            plan: p.to.into(),
+            effective_at: rfc3339(p.effective_at),
+        });
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({
-            "tenant_id": t.tenant_id,
-            "name": t.name,
-            "plan": t.plan_at(now).as_str(),
-            "pending_plan_change": pending,
-            "signed_up_at": rfc3339(t.signed_up_at),
-            "members": t.members,
-        }),
+        &TenantInfo {
+            tenant_id: t.tenant_id,
+            name: t.name.to_string(),
+            plan: t.plan_at(now).into(),
+            pending_plan_change: pending,
+            signed_up_at: rfc3339(t.signed_up_at),
+            members: t.members as u64,
+        },
     ))
 }
 
-#[derive(Deserialize)]
+/// `PATCH /v1/tenant`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RenameRequest {
+pub(crate) struct RenameRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff][^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*$"
+    )]
     name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Renamed {
+    #[schema(value_type = uuid::Uuid)]
+    tenant_id: TenantId,
+    name: String,
+    global_position: u64,
 }
 
 pub async fn rename_tenant(
@@ -213,7 +390,10 @@ pub async fn rename_tenant(
     let tenant = caller.tenant_or_forbidden()?;
     let dto: RenameRequest = json(&req, &body)?;
     let mut fields = Fields::default();
-    let name = fields.check("name", TenantName::parse(&dto.name));
+    let name = fields.check(
+        "name",
+        display_text(&dto.name, TenantName::MAX_CHARS, TenantName::parse),
+    );
     fields.finish()?;
     let name = name.expect("validated");
     let ctx = RequestContext::of(&req);
@@ -231,16 +411,48 @@ pub async fn rename_tenant(
     let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({"tenant_id": tenant, "name": name.as_str(), "global_position": position}),
+        &Renamed {
+            tenant_id: tenant,
+            name: name.as_str().to_owned(),
+            global_position: position,
+        },
     ))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/members`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MemberRequest {
+pub(crate) struct MemberRequest {
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[\x21-\x3f\x41-\x7e]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    )]
     email: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*[^\s\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff][^\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*$"
+    )]
     name: String,
+    /// Parsed at the edge so that a wrong role is reported on its field.
+    #[schema(value_type = RoleName)]
     role: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MemberResponse {
+    #[schema(value_type = uuid::Uuid)]
+    tenant_id: TenantId,
+    #[schema(value_type = uuid::Uuid)]
+    user_id: UserId,
+    email: String,
+    role: RoleName,
+    /// The member's first token, shown once (`null` in an idempotent replay).
+    token: Option<String>,
+    #[schema(format = DateTime)]
+    token_expires_at: String,
+    global_position: u64,
 }
 
 pub async fn add_member(
@@ -255,8 +467,8 @@ pub async fn add_member(
     idempotent(&state, &req, tenant, &body, || async {
         let dto: MemberRequest = json(&req, &body)?;
         let mut fields = Fields::default();
-        let email = fields.check("email", Email::parse(&dto.email));
-        let name = fields.check("name", PersonName::parse(&dto.name));
+        let email = fields.check("email", email_at_edge(&dto.email));
+        let name = fields.check("name", display_text(&dto.name, 200, PersonName::parse));
         let role = fields.check("role", TenantRole::from_str(&dto.role));
         fields.finish()?;
         let (email, name, role) = (email.unwrap(), name.unwrap(), role.unwrap());
@@ -302,18 +514,24 @@ pub async fn add_member(
         let position = state.settled(&done.appended).await;
         Ok(Reply::json(
             StatusCode::CREATED,
-            &j!({
-                "tenant_id": tenant,
-                "user_id": user_id,
-                "email": email.as_str(),
-                "role": role.as_str(),
-                "token": token,
-                "token_expires_at": rfc3339(expires_at),
-                "global_position": position,
-            }),
+            &MemberResponse {
+                tenant_id: tenant,
+                user_id,
+                email: email.as_str().to_owned(),
+                role: role.into(),
+                token: Some(token),
+                token_expires_at: rfc3339(expires_at),
+                global_position: position,
+            },
         ))
     })
     .await
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Revoked {
+    revoked_token_id: Uuid,
+    global_position: u64,
 }
 
 pub async fn revoke_current_token(
@@ -367,14 +585,30 @@ pub async fn revoke_current_token(
     let position = state.settled(&appended).await;
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({"revoked_token_id": token_id, "global_position": position}),
+        &Revoked {
+            revoked_token_id: token_id,
+            global_position: position,
+        },
     ))
 }
 
-fn effective_flags(
-    state: &AppState,
-    tenant: TenantId,
-) -> serde_json::Map<String, serde_json::Value> {
+/// `GET /v1/flags`: each flag, on or off.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Flags {
+    flags: BTreeMap<String, bool>,
+}
+
+/// `GET /v1/tenants/{tenant_id}/flags`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TenantFlags {
+    #[schema(value_type = uuid::Uuid)]
+    tenant_id: TenantId,
+    flags: BTreeMap<String, bool>,
+    /// The flags set for this tenant, overriding the defaults.
+    overrides: BTreeMap<String, bool>,
+}
+
+fn effective_flags(state: &AppState, tenant: TenantId) -> BTreeMap<String, bool> {
     let overrides = state
         .identity
         .tenant(tenant)
@@ -385,7 +619,7 @@ fn effective_flags(
         .map(|f| {
             (
                 f.as_str().to_owned(),
-                state.settings.flag_enabled(*f, &overrides).into(),
+                state.settings.flag_enabled(*f, &overrides),
             )
         })
         .collect()
@@ -400,7 +634,9 @@ pub async fn my_flags(
     let tenant = caller.tenant_or_forbidden()?;
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({"flags": effective_flags(&state, tenant)}),
+        &Flags {
+            flags: effective_flags(&state, tenant),
+        },
     ))
 }
 
@@ -421,24 +657,38 @@ pub async fn tenant_flags(
 ) -> Result<Reply, Problem> {
     wait_for(&state, q.min_position).await?;
     let tenant = tenant_path(&path, &state)?;
-    let overrides: serde_json::Map<String, serde_json::Value> = state
+    let overrides: BTreeMap<String, bool> = state
         .identity
         .tenant(tenant)
         .map(|t| t.flags)
         .unwrap_or_default()
         .into_iter()
-        .map(|(f, on)| (f.as_str().to_owned(), on.into()))
+        .map(|(f, on)| (f.as_str().to_owned(), on))
         .collect();
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({"tenant_id": tenant, "flags": effective_flags(&state, tenant), "overrides": overrides}),
+        &TenantFlags {
+            tenant_id: tenant,
+            flags: effective_flags(&state, tenant),
+            overrides,
+        },
     ))
 }
 
-#[derive(Deserialize)]
+/// `PUT /v1/tenants/{tenant_id}/flags/{flag}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct FlagRequest {
+pub(crate) struct FlagRequest {
     enabled: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct FlagSet {
+    #[schema(value_type = uuid::Uuid)]
+    tenant_id: TenantId,
+    flag: String,
+    enabled: bool,
+    global_position: u64,
 }
 
 pub async fn set_tenant_flag(
@@ -470,21 +720,49 @@ pub async fn set_tenant_flag(
     let position = state.settled(&done.appended).await;
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({"tenant_id": tenant, "flag": flag.as_str(), "enabled": dto.enabled, "global_position": position}),
+        &FlagSet {
+            tenant_id: tenant,
+            flag: flag.as_str().to_owned(),
+            enabled: dto.enabled,
+            global_position: position,
+        },
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// `GET /v1/audit/events`'s filters and page.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Only events of this type.
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     event_type: Option<String>,
+    /// Only events of this actor (`user:<id>` or `operator:<id>`).
     actor: Option<String>,
+    /// Only events recorded at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
+    /// Only events recorded before this time (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^c1[0-9a-f]{1,16}$")]
     cursor: Option<String>,
+    /// Events per page (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// Wait (bounded) until the read models have applied this global position.
     min_position: Option<u64>,
+}
+
+/// A page of the audit feed.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AuditPage {
+    #[schema(value_type = Vec<crate::openapi::AuditEvent>)]
+    events: Vec<store::Envelope>,
+    /// Where the next page starts; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 /// Cursors are opaque to clients: a version tag and the last position, in hex.
@@ -572,40 +850,138 @@ pub async fn audit_events(
     let next_cursor = more.then(|| encode_cursor(after));
     Ok(Reply::json(
         StatusCode::OK,
-        &j!({"events": events, "next_cursor": next_cursor}),
+        &AuditPage {
+            events,
+            next_cursor,
+        },
     ))
 }
 
-pub async fn healthz() -> Reply {
-    Reply::json(StatusCode::OK, &j!({"status": "ok"}))
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Health {
+    status: String,
 }
 
+pub async fn healthz() -> Reply {
+    Reply::json(
+        StatusCode::OK,
+        &Health {
+            status: "ok".into(),
+        },
+    )
+}
+
+/// Ready when the store answers and every projection has applied the log's head. A projection
+/// stopped at an event it cannot read makes it 503 with `status: "stopped"` and names it (with the
+/// position and the reason) until it is rebuilt or the process restarts with code that reads it.
 pub async fn readyz(state: web::Data<AppState>) -> Reply {
     let head = match state.store.head().await {
         Ok(h) => h,
         Err(e) => return Problem::from(e).into(),
     };
-    let checkpoints = state.projections.checkpoints();
-    let ready = checkpoints.iter().all(|(_, c)| *c >= head);
-    let projections: serde_json::Map<String, serde_json::Value> = checkpoints
-        .into_iter()
-        .map(|(n, c)| (n.to_owned(), c.into()))
+    let statuses = state.projections.status();
+    let stopped: Vec<&str> = statuses
+        .iter()
+        .filter(|s| s.stopped.is_some())
+        .map(|s| s.name)
         .collect();
+    let caught_up = statuses.iter().all(|s| s.position >= head);
+    let projections: serde_json::Map<String, serde_json::Value> = statuses
+        .iter()
+        .map(|s| (s.name.to_owned(), s.position.into()))
+        .collect();
+    let details: Vec<serde_json::Value> = statuses
+        .iter()
+        .map(|s| {
+            j!({
+                "name": s.name,
+                "position": s.position,
+                "lag": head.saturating_sub(s.position),
+                "resumed_from": s.resumed_from,
+                "stopped": s.stopped.as_ref().map(|u| j!({
+                    "at_position": u.position,
+                    "event_type": u.event_type,
+                    "reason": u.reason,
+                })),
+                "rebuild": s.rebuild.as_ref().map(|r| j!({
+                    "name": r.name,
+                    "position": r.position,
+                    "state": match &r.state {
+                        projections::RebuildState::Running => "running",
+                        projections::RebuildState::Done { .. } => "done",
+                        projections::RebuildState::Failed { .. } => "failed",
+                    },
+                    "reason": match &r.state {
+                        projections::RebuildState::Failed { reason } => Some(reason.as_str()),
+                        _ => None,
+                    },
+                })),
+            })
+        })
+        .collect();
+    let status = if !state.store.health().is_ready() {
+        "store_unavailable"
+    } else if !stopped.is_empty() {
+        "stopped"
+    } else if caught_up {
+        "ready"
+    } else {
+        "catching_up"
+    };
     let body = j!({
-        "status": if ready { "ready" } else { "catching_up" },
+        "status": status,
         "store": state.store.backend_name(),
         "head_position": head,
         "projections": projections,
+        "stopped": stopped,
+        "details": details,
+        "reader_error": state.projections.reader_error(),
     });
-    let status = if ready {
+    let code = if status == "ready" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Reply::json(status, &body)
+    Reply::json(code, &body)
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Who may scrape `/metrics`: the holder of `metrics_token` when one is set, otherwise loopback
+/// clients only (a scraper on the same host, or an operator's tunnel).
+fn may_scrape(state: &AppState, req: &HttpRequest) -> Result<(), Problem> {
+    match &state.settings.metrics_token {
+        Some(token) => {
+            let given = req
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            // Compare digests: equal-length, so the comparison's time says nothing of the token.
+            if crate::tokens::sha256_hex(given.as_bytes())
+                == crate::tokens::sha256_hex(token.0.as_bytes())
+            {
+                Ok(())
+            } else {
+                Err(
+                    Problem::unauthorized("/metrics needs the metrics token").header(
+                        actix_web::http::header::WWW_AUTHENTICATE,
+                        "Bearer realm=\"metrics\"",
+                    ),
+                )
+            }
+        }
+        None if req.peer_addr().is_some_and(|a| a.ip().is_loopback()) => Ok(()),
+        None => Err(Problem::forbidden(
+            "/metrics answers loopback clients only; set metrics_token to scrape it remotely",
+        )),
+    }
+}
+
+pub async fn metrics(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Problem> {
+    may_scrape(&state, &req)?;
     let head = state.store.head().await.unwrap_or(0);
     let lag: Vec<(&str, u64)> = state
         .projections
@@ -613,9 +989,9 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .into_iter()
         .map(|(n, c)| (n, head.saturating_sub(c)))
         .collect();
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(&lag))
+    Ok(HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(state.metrics.render(&lag)))
 }
 
 pub async fn openapi() -> HttpResponse {

@@ -4,8 +4,8 @@
 use crate::http::{RequestContext, request_id, trace_id};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
-use crate::routes;
 use crate::settings::Settings;
+use crate::{rbac, routes};
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
@@ -35,16 +35,23 @@ pub struct AppState {
     pub datasets: Executor<Dataset>,
     pub presets: Executor<Preset>,
     pub usage: Executor<Usage>,
+    pub signup_limiter: crate::limits::SignupLimiter,
+    pub shares: crate::shares::Shares,
     pub catalog: Arc<Catalog>,
     pub sandbox: dataplane::sandbox::Cache,
     pub projections: Runtime,
     pub metrics: Metrics,
     /// The platform secret that keys every tenant's PII hashes (never leaves the store).
     pii_secret: Vec<u8>,
+    seal_key: crate::replay::SealKey,
 }
 
 impl AppState {
     pub async fn new(settings: Settings, store: Store) -> Self {
+        // The plan registry in force is the one in the log (ADR 010).
+        let settings = crate::quota_routes::with_published_registry(&store, settings).await;
+        let signup_limiter = crate::limits::SignupLimiter::new(settings.signup_per_minute);
+        let shares = settings.shares();
         // Loaded tables, plus 1 GiB for queries and the store's own SQLite.
         let cap = settings.sandbox_cache_bytes as u64 + (1 << 30);
         if let Err(e) = dataplane::sandbox::set_memory_cap(cap) {
@@ -80,8 +87,16 @@ impl AppState {
             audit,
             projections,
             metrics: Metrics::default(),
+            signup_limiter,
+            shares,
+            seal_key: crate::replay::SealKey::derive(&pii_secret),
             pii_secret,
         }
+    }
+
+    /// The key that seals tokens kept in idempotency records for replay.
+    pub fn seal_key(&self) -> &crate::replay::SealKey {
+        &self.seal_key
     }
 
     /// The key of a tenant's PII hashes: SHA-256 of the platform secret and the tenant id, so
@@ -145,6 +160,7 @@ async fn context(
     let ctx = RequestContext {
         request_id: request_id(&req),
         trace_id: trace_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+        event_id_seed: None,
     };
     let request_id = ctx.request_id.clone();
     req.extensions_mut().insert(ctx);
@@ -221,35 +237,27 @@ fn render_problem<B: MessageBody + 'static>(
     ))
 }
 
+/// Register every route of the table (`rbac::ROUTES`): one resource per path, one route per
+/// method. A path whose route takes a CSV upload gets the dataset body limit.
 fn routes(cfg: &mut web::ServiceConfig, dataset_limit: usize) {
-    cfg.service(web::resource("/healthz").route(web::get().to(routes::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(routes::readyz)))
-        .service(web::resource("/metrics").route(web::get().to(routes::metrics)))
-        .service(web::resource("/openapi.json").route(web::get().to(routes::openapi)))
-        .service(web::resource("/v1/signup").route(web::post().to(routes::signup)))
-        .service(web::resource("/v1/me").route(web::get().to(routes::me)))
-        .service(
-            web::resource("/v1/tenant")
-                .route(web::get().to(routes::tenant_info))
-                .route(web::patch().to(routes::rename_tenant)),
-        )
-        .service(web::resource("/v1/members").route(web::post().to(routes::add_member)))
-        .service(
-            web::resource("/v1/tokens/current")
-                .route(web::delete().to(routes::revoke_current_token)),
-        )
-        .service(web::resource("/v1/flags").route(web::get().to(routes::my_flags)))
-        .service(
-            web::resource("/v1/tenants/{tenant_id}/flags")
-                .route(web::get().to(routes::tenant_flags)),
-        )
-        .service(
-            web::resource("/v1/tenants/{tenant_id}/flags/{flag}")
-                .route(web::put().to(routes::set_tenant_flag)),
-        )
-        .service(web::resource("/v1/audit/events").route(web::get().to(routes::audit_events)))
-        .configure(|c| crate::data_routes::routes(c, dataset_limit))
-        .configure(crate::quota_routes::routes);
+    let mut paths: Vec<&'static str> = Vec::new();
+    for spec in rbac::ROUTES {
+        if !paths.contains(&spec.path) {
+            paths.push(spec.path);
+        }
+    }
+    for path in paths {
+        let mut resource = web::resource(path);
+        for spec in rbac::ROUTES.iter().filter(|s| s.path == path) {
+            let method = actix_web::http::Method::from_bytes(spec.method.as_bytes())
+                .expect("the route table's methods are HTTP methods");
+            resource = resource.route((spec.handler)(web::method(method)));
+            if matches!(spec.api.request, rbac::Body::Csv) {
+                resource = resource.app_data(web::PayloadConfig::new(dataset_limit));
+            }
+        }
+        cfg.service(resource);
+    }
 }
 
 fn query_problem(
@@ -283,6 +291,21 @@ pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Running> 
     let body_limit = settings.body_limit;
     let dataset_limit = settings.dataset_limit;
     let state = web::Data::new(AppState::new(settings, store).await);
+    // Idempotency records past their retention are deleted (they may hold sealed tokens).
+    {
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                match store.idempotency_purge().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(records = n, "expired idempotency records deleted"),
+                    Err(e) => tracing::warn!(error = %e, "idempotency records not purged"),
+                }
+            }
+        });
+    }
     let data = state.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -307,8 +330,8 @@ pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Running> 
     })
 }
 
-/// Serve until SIGINT/SIGTERM, then drain requests, stop the projections and close the store
-/// (which commits what its writer holds).
+/// Serve until SIGINT/SIGTERM, then drain requests, checkpoint and stop the projections and close
+/// the store (which commits what its writer holds).
 pub async fn serve(settings: Settings, store: Store) -> anyhow::Result<()> {
     let running = start(settings, store.clone()).await?;
     for addr in &running.addrs {
@@ -327,7 +350,8 @@ pub async fn serve(settings: Settings, store: Store) -> anyhow::Result<()> {
         tracing::warn!("projections still catching up; /readyz says so");
     }
     running.server.await?;
-    running.state.projections.stop();
+    // Checkpoint every projection so that the next start resumes from here.
+    running.state.projections.shutdown().await;
     store.close().await;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -8,6 +8,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use store::Location;
 
+/// A secret setting: kept as given, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen: String,
@@ -36,6 +46,18 @@ pub struct Settings {
     pub sandbox_cache_bytes: usize,
     /// The plan registry: the defaults of SPEC §4 with the `[plans.<name>]` overrides.
     pub plans: domain::plans::Registry,
+    /// Anonymous sign-ups per minute per client address (0: no limit).
+    pub signup_per_minute: u32,
+    /// Take the client address from the first `X-Forwarded-For` entry (only behind a proxy that
+    /// sets it; otherwise a client could choose its own address).
+    pub trust_forwarded_for: bool,
+    /// The bearer token that `/metrics` asks for. Without one, `/metrics` answers loopback
+    /// clients only.
+    pub metrics_token: Option<Secret>,
+    /// How many queries one tenant may run at once (uploads and exports: half, at least 1).
+    pub concurrency_per_tenant: usize,
+    /// How many queries may run at once in this instance (uploads and exports: half).
+    pub concurrency_global: usize,
 }
 
 impl Default for Settings {
@@ -55,6 +77,11 @@ impl Default for Settings {
             export_max_rows: 2_000_000,
             sandbox_cache_bytes: 1024 * 1024 * 1024,
             plans: domain::plans::Registry::default(),
+            signup_per_minute: 20,
+            trust_forwarded_for: false,
+            metrics_token: None,
+            concurrency_per_tenant: 4,
+            concurrency_global: 16,
         }
     }
 }
@@ -76,6 +103,11 @@ struct FileSettings {
     query_max_rows: Option<usize>,
     export_max_rows: Option<usize>,
     sandbox_cache_bytes: Option<usize>,
+    signup_per_minute: Option<u32>,
+    trust_forwarded_for: Option<bool>,
+    metrics_token: Option<String>,
+    concurrency_per_tenant: Option<usize>,
+    concurrency_global: Option<usize>,
     #[serde(default)]
     flags: BTreeMap<String, bool>,
     #[serde(default)]
@@ -83,6 +115,24 @@ struct FileSettings {
 }
 
 impl Settings {
+    /// The fair shares of uploads, queries and exports (`shares`).
+    pub fn shares(&self) -> crate::shares::Shares {
+        use crate::shares::Share;
+        let (tenant, global) = (self.concurrency_per_tenant, self.concurrency_global);
+        let half = Share {
+            per_tenant: tenant.div_ceil(2),
+            global: global.div_ceil(2),
+        };
+        crate::shares::Shares::new(
+            half,
+            Share {
+                per_tenant: tenant,
+                global,
+            },
+            half,
+        )
+    }
+
     /// Defaults, then `file` (if given), then the environment.
     pub fn load(file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<Self> {
         let mut s = Settings::default();
@@ -139,6 +189,21 @@ impl Settings {
         if let Some(v) = f.sandbox_cache_bytes {
             self.sandbox_cache_bytes = v;
         }
+        if let Some(v) = f.signup_per_minute {
+            self.signup_per_minute = v;
+        }
+        if let Some(v) = f.trust_forwarded_for {
+            self.trust_forwarded_for = v;
+        }
+        if let Some(v) = f.metrics_token {
+            self.metrics_token = Some(Secret(v));
+        }
+        if let Some(v) = f.concurrency_per_tenant {
+            self.concurrency_per_tenant = v;
+        }
+        if let Some(v) = f.concurrency_global {
+            self.concurrency_global = v;
+        }
         let mut overrides = Vec::new();
         for (name, o) in &f.plans {
             let plan = domain::tenant::Plan::parse(name).ok_or_else(|| {
@@ -190,6 +255,23 @@ impl Settings {
                 "SANDBOX_CACHE_BYTES" => {
                     self.sandbox_cache_bytes = value.parse().map_err(|_| bad("not a byte count"))?
                 }
+                "SIGNUP_PER_MINUTE" => {
+                    self.signup_per_minute = value.parse().map_err(|_| bad("not a count"))?
+                }
+                "TRUST_FORWARDED_FOR" => {
+                    self.trust_forwarded_for = match value.to_ascii_lowercase().as_str() {
+                        "1" | "true" | "on" | "yes" => true,
+                        "0" | "false" | "off" | "no" => false,
+                        _ => return Err(bad("expected on or off")),
+                    }
+                }
+                "METRICS_TOKEN" => self.metrics_token = Some(Secret(value.clone())),
+                "CONCURRENCY_PER_TENANT" => {
+                    self.concurrency_per_tenant = value.parse().map_err(|_| bad("not a count"))?
+                }
+                "CONCURRENCY_GLOBAL" => {
+                    self.concurrency_global = value.parse().map_err(|_| bad("not a count"))?
+                }
                 other => {
                     if let Some(flag) = other.strip_prefix("FLAG_") {
                         let flag = Flag::ALL
@@ -232,6 +314,18 @@ impl Settings {
             "row caps must be at least 1"
         );
         anyhow::ensure!(
+            self.metrics_token
+                .as_ref()
+                .is_none_or(|t| t.0.len() >= 16 && t.0.bytes().all(|b| b.is_ascii_graphic())),
+            "metrics_token must be at least 16 printable characters"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.concurrency_per_tenant)
+                && (1..=100_000).contains(&self.concurrency_global)
+                && self.concurrency_per_tenant <= self.concurrency_global,
+            "concurrency_per_tenant must be 1 to concurrency_global"
+        );
+        anyhow::ensure!(
             ["auto", "json", "pretty"].contains(&self.log_format.as_str()),
             "log_format must be auto, json or pretty"
         );
@@ -257,6 +351,34 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                (
+                    "TENANTRY_STORE",
+                    "postgres://tenantry:hunter2-secret@db.internal:5432/t",
+                ),
+                ("TENANTRY_METRICS_TOKEN", "scrape-token-0123456789"),
+            ]),
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(!shown.contains("scrape-token-0123456789"), "{shown}");
+        assert!(
+            shown.contains("db.internal"),
+            "the rest of the URL still helps: {shown}"
+        );
+        assert_eq!(
+            s.metrics_token,
+            Some(Secret("scrape-token-0123456789".into()))
+        );
+        let short = Settings::load(None, &env(&[("TENANTRY_METRICS_TOKEN", "short")]));
+        assert!(short.is_err());
     }
 
     #[test]
@@ -307,11 +429,9 @@ mod tests {
         .unwrap();
         let s = Settings::load(Some(&file), &[]).unwrap();
         let free = s.plans.get(domain::tenant::Plan::Free);
-        assert_eq!(
-            (free.queries, free.exports, free.seats, free.version),
-            (500, 20, Some(5), 2)
-        );
-        assert_eq!(s.plans.get(domain::tenant::Plan::Pro).version, 1);
+        assert_eq!((free.queries, free.exports, free.seats), (500, 20, Some(5)));
+        // The version is the log's to give: publishing at start makes these version 2 (ADR 010).
+        assert_eq!(s.plans.get(domain::tenant::Plan::Pro).queries, 20_000);
         std::fs::write(&file, "[plans.gold]\nqueries = 1\n").unwrap();
         assert!(
             Settings::load(Some(&file), &[])

@@ -319,35 +319,51 @@ fn bench_pii_prints_one_json_report() {
     assert!(report["findings"].as_u64().unwrap() > 0);
 }
 
+/// The log of a seeded store, one JSON value per event, in commit order.
+fn exported(dir: &Path) -> Vec<serde_json::Value> {
+    ok(&["events", "export", "--data", dir.to_str().unwrap()])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn seed_into(dir: &Path, tenants: &str, weeks: &str, seed: &str) -> serde_json::Value {
+    let out = ok(&[
+        "seed",
+        "--tenants",
+        tenants,
+        "--weeks",
+        weeks,
+        "--seed",
+        seed,
+        "--data",
+        dir.to_str().unwrap(),
+    ]);
+    serde_json::from_str(&out).unwrap()
+}
+
 #[test]
 fn seed_writes_the_same_realistic_history_for_the_same_seed() {
     let run = |dir: &Path| {
-        let out = ok(&[
-            "seed",
-            "--tenants",
-            "12",
-            "--weeks",
-            "6",
-            "--seed",
-            "3",
-            "--data",
-            dir.to_str().unwrap(),
-        ]);
-        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let log = ok(&["events", "export", "--data", dir.to_str().unwrap()]);
-        let shape: Vec<(String, String, String, u64, String)> = log
-            .lines()
-            .map(|l| {
-                let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        let report = seed_into(dir, "12", "6", "3");
+        // Tenants run concurrently within a simulated hour: the same seed gives the same
+        // history per stream, in the same business time.
+        // The plan registry (platform tenant) is published at start, in real time (ADR 010).
+        let mut shape: Vec<(String, String, u64, String, String, String)> = exported(dir)
+            .iter()
+            .filter(|e| e["tenant_id"] != domain::TenantId::PLATFORM.to_string())
+            .map(|e| {
                 (
-                    e["event_type"].as_str().unwrap().to_owned(),
                     e["tenant_id"].as_str().unwrap().to_owned(),
                     e["stream_id"].as_str().unwrap().to_owned(),
                     e["stream_version"].as_u64().unwrap(),
+                    e["event_type"].as_str().unwrap().to_owned(),
+                    e["occurred_at"].as_str().unwrap().to_owned(),
                     e["payload"].to_string(),
                 )
             })
             .collect();
+        shape.sort();
         (report, shape)
     };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -356,20 +372,124 @@ fn seed_writes_the_same_realistic_history_for_the_same_seed() {
     assert_eq!(report_a, report_b);
     assert_eq!(log_a, log_b, "same seed, same history");
     assert_eq!(report_a["tenants"], 12);
-    assert!(report_a["queries_admitted"].as_u64().unwrap() > 100);
-    assert!(
-        report_a["blocked_attempts"].as_u64().unwrap() > 0,
-        "some Free tenants hit their quota"
-    );
-    let types: std::collections::HashSet<&str> = log_a.iter().map(|e| e.0.as_str()).collect();
+    assert!(report_a["queries_admitted"].as_u64().unwrap() > 20);
+    let types: std::collections::HashSet<&str> = log_a.iter().map(|e| e.3.as_str()).collect();
     for t in [
         "tenant.signed_up",
         "dataset.uploaded",
         "usage.recorded",
         "query.run",
-        "quota.grace_started",
-        "usage.blocked",
+        "member.added",
     ] {
         assert!(types.contains(t), "{t} in the history");
     }
+}
+
+/// ISO week number of an RFC 3339 UTC timestamp, counted from the seed's first Monday.
+fn week_of(at: &str, start: time::OffsetDateTime) -> i64 {
+    let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{at}: {e}"));
+    (t - start).whole_days().div_euclid(7)
+}
+
+/// A 12-week seed spans twelve weeks of business time, in order, with the behaviours a funnel
+/// or a cohort needs: sign-ups spread over the weeks, tenants that never upload, quota blocks
+/// and upgrades, downgrades, churn.
+#[test]
+fn a_seeded_history_is_time_true_and_spread_as_simulated() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = seed_into(dir.path(), "120", "12", "11");
+    let start = time::macros::datetime!(2026-01-05 00:00 UTC);
+    let all = exported(dir.path());
+    // What the seed wrote: everything but the plan registry published at start (ADR 010).
+    let seeded = all
+        .iter()
+        .filter(|e| e["tenant_id"] != domain::TenantId::PLATFORM.to_string())
+        .count();
+    assert_eq!(report["events"].as_u64().unwrap() as usize, seeded);
+    // The tenants' histories (platform-wide facts, such as the plan registry written at start,
+    // happen in real time).
+    let tenants: std::collections::HashSet<&str> = all
+        .iter()
+        .filter(|e| e["event_type"] == "tenant.signed_up")
+        .map(|e| e["tenant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants.len(), 120);
+    let log: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|e| tenants.contains(e["tenant_id"].as_str().unwrap()))
+        .collect();
+
+    let mut per_week = [0usize; 12];
+    let mut signups_per_week = [0usize; 12];
+    let mut previous_day = i64::MIN;
+    let mut previous_in_tenant = std::collections::HashMap::new();
+    for e in &log {
+        let at = e["occurred_at"].as_str().unwrap();
+        let week = week_of(at, start);
+        assert!(
+            (0..12).contains(&week),
+            "{at} outside the 12 simulated weeks"
+        );
+        per_week[week as usize] += 1;
+        if e["event_type"] == "tenant.signed_up" {
+            signups_per_week[week as usize] += 1;
+        }
+        // The log is in business-time order to the simulated day, and each tenant's history
+        // is in business-time order exactly.
+        let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let day = (t - start).whole_days();
+        assert!(
+            day >= previous_day,
+            "position {} at {at} goes back in time",
+            e["global_position"]
+        );
+        previous_day = day;
+        let tenant = e["tenant_id"].as_str().unwrap();
+        if let Some(before) = previous_in_tenant.insert(tenant, t) {
+            assert!(before <= t, "tenant {tenant} goes back in time at {at}");
+        }
+        // Commit time is the real time, long after the simulated calendar.
+        assert_ne!(e["recorded_at"], e["occurred_at"]);
+    }
+    // Every week has activity, none holds most of it.
+    for (week, n) in per_week.iter().enumerate() {
+        assert!(*n > 0, "week {week} is empty: {per_week:?}");
+        assert!(
+            *n * 4 < log.len(),
+            "week {week} holds {n} of {} events: {per_week:?}",
+            log.len()
+        );
+    }
+    // Sign-ups are spread over the weeks, and grow towards the end.
+    let weeks_with_signups = signups_per_week.iter().filter(|n| **n > 0).count();
+    assert!(weeks_with_signups >= 9, "{signups_per_week:?}");
+    let first_half: usize = signups_per_week[..6].iter().sum();
+    let second_half: usize = signups_per_week[6..].iter().sum();
+    assert!(second_half > first_half, "{signups_per_week:?}");
+    assert_eq!(first_half + second_half, 120);
+
+    // Behaviours, counted from the log itself.
+    let tenants_with = |event_type: &str| {
+        log.iter()
+            .filter(|e| e["event_type"] == event_type)
+            .map(|e| e["tenant_id"].as_str().unwrap())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    let uploaded = tenants_with("dataset.uploaded");
+    assert!(
+        uploaded < 110 && uploaded > 60,
+        "some tenants never upload: {uploaded} of 120 did"
+    );
+    assert_eq!(
+        120 - uploaded,
+        report["never_uploaded"].as_u64().unwrap() as usize
+    );
+    assert!(tenants_with("usage.blocked") > 0, "some hit the quota");
+    assert!(tenants_with("plan.changed") > 0, "some pay or upgrade");
+    assert!(tenants_with("plan.change_scheduled") > 0, "some downgrade");
+    assert!(report["churned"].as_u64().unwrap() > 0, "some churn");
+    assert!(report["upgrades_after_block"].as_u64().unwrap() > 0);
 }

@@ -126,7 +126,7 @@ fn datasets_are_uploaded_typed_queried_and_deleted(app: TestApp) {
     assert_eq!(blob, None);
 }
 
-fn bad_uploads_are_refused_with_the_line_and_write_nothing(app: TestApp) {
+fn bad_uploads_are_refused_with_the_line_and_write_only_their_fact(app: TestApp) {
     let (_, owner) = app.signup("Acme", "owner@example.com");
     let before = app.head();
     let p = upload(&app, &owner, "bad", "a,b\n1,2\n3\n").problem(422, "invalid-csv");
@@ -171,7 +171,31 @@ fn bad_uploads_are_refused_with_the_line_and_write_nothing(app: TestApp) {
     let big = format!("a\n{}", "1\n".repeat(40_000));
     let p = upload(&app, &owner, "big", &big).problem(413, "payload-too-large");
     assert_eq!(p["limit"], 64 * 1024);
-    assert_eq!(app.head(), before, "refused uploads write nothing");
+    // No dataset: each refusal the handler saw is one `dataset.upload_rejected` fact, never the
+    // content (the 400 and the 413 are refused before it).
+    let rejected = app
+        .get("/v1/audit/events?type=dataset.upload_rejected", &owner)
+        .expect(200)["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["reason"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        rejected,
+        [
+            "shape",
+            "encoding",
+            "empty",
+            "column_names",
+            "unsupported_media_type"
+        ]
+    );
+    assert_eq!(
+        app.head(),
+        before + 4,
+        "refused uploads write their fact only"
+    );
 }
 
 fn hostile_sql_is_refused_or_stopped_and_the_server_stays_healthy(app: TestApp) {
@@ -457,12 +481,18 @@ fn presets_are_versioned_shared_and_applied_at_export(app: TestApp) {
         json!({"name": "x", "columns": [{"column": "a", "action": "shred"}], "text": {"detectors": [], "method": "replace"}}),
         json!({"name": "x", "text": {"detectors": ["dna"], "method": "replace"}}),
         json!({"name": "x", "text": {"detectors": [], "method": "burn"}}),
-        json!({"name": "default", "text": {"detectors": [], "method": "replace"}}),
         json!({"text": {"detectors": [], "method": "replace"}}),
     ] {
         app.post_json("/v1/presets", Some(&owner), &body)
             .problem(422, "validation-failed");
     }
+    // A well-formed name the built-in preset holds is a conflict, not an invalid field.
+    app.post_json(
+        "/v1/presets",
+        Some(&owner),
+        &json!({"name": "default", "text": {"detectors": [], "method": "replace"}}),
+    )
+    .problem(409, "preset-builtin");
 
     // The built-in default cannot change; deleting keeps the history but stops new exports.
     app.send(
@@ -486,11 +516,11 @@ fn presets_are_versioned_shared_and_applied_at_export(app: TestApp) {
         None,
     )
     .expect(200);
-    assert_eq!(
-        app.get(&format!("/v1/presets/{preset}?version=1"), &viewer)
-            .expect(200)["deleted"],
-        true
-    );
+    // The preset is gone, every version of it (its history is in the audit feed).
+    app.get(&format!("/v1/presets/{preset}"), &viewer)
+        .problem(404, "preset-deleted");
+    app.get(&format!("/v1/presets/{preset}?version=1"), &viewer)
+        .problem(404, "preset-deleted");
     app.post_json(
         "/v1/exports",
         Some(&analyst),
@@ -527,7 +557,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     datasets_are_uploaded_typed_queried_and_deleted,
-    bad_uploads_are_refused_with_the_line_and_write_nothing,
+    bad_uploads_are_refused_with_the_line_and_write_only_their_fact,
     hostile_sql_is_refused_or_stopped_and_the_server_stays_healthy,
     exports_are_redacted_badged_byte_identical_and_downloadable,
     presets_are_versioned_shared_and_applied_at_export,

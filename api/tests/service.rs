@@ -215,7 +215,8 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             .replace("{flag}", "insightsV11")
             .replace("{dataset_id}", &dataset)
             .replace("{export_id}", &export)
-            .replace("{preset_id}", &preset);
+            .replace("{preset_id}", &preset)
+            .replace("{name}", "catalog");
         let mut content_type = "application/json";
         if (spec.method, spec.path) == ("POST", "/v1/datasets") {
             path.push_str("?name=walk");
@@ -427,15 +428,51 @@ fn a_retried_request_with_the_same_idempotency_key_is_applied_once(app: TestApp)
         "the first response is replayed"
     );
     assert_eq!(replayed["global_position"], first_body["global_position"]);
-    // A token is shown once: the replay does not repeat it (it is never stored).
+    // The token is kept sealed for the key's retention: a client whose first answer was lost
+    // still gets the member's token, and it works.
     assert!(first_body["token"].is_string());
-    assert_eq!(replayed["token"], Value::Null);
-    assert_eq!(replayed["token_redacted"], true);
+    assert_eq!(replayed["token"], first_body["token"]);
+    assert_eq!(replayed.get("token_redacted"), None);
+    app.get("/v1/me", replayed["token"].as_str().unwrap())
+        .expect(200);
     assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(
+        again.header("location"),
+        first.header("location"),
+        "the replay keeps the first answer's headers"
+    );
+    // Keys are per caller: another member using the same key runs their own request.
+    app.send(
+        "POST",
+        "/v1/tenant/plan",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        Some(br#"{"plan": "pro"}"#),
+    )
+    .expect(200);
+    let admin = app.add_member(&owner, "admin@example.com", "admin");
+    let admin_auth = bearer(&admin);
+    let theirs = app.send(
+        "POST",
+        "/v1/members",
+        &[
+            ("Authorization", admin_auth.as_str()),
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", "add-m-1"),
+        ],
+        Some(
+            json!({"email": "n@example.com", "name": "N", "role": "viewer"})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_ne!(theirs.expect(201)["user_id"], first_body["user_id"]);
     let other = json!({"email": "other@example.com", "name": "O", "role": "viewer"}).to_string();
     app.send("POST", "/v1/members", &headers, Some(other.as_bytes()))
         .problem(422, "idempotency-key-reused");
-    assert_eq!(app.get("/v1/tenant", &owner).expect(200)["members"], 2);
+    assert_eq!(app.get("/v1/tenant", &owner).expect(200)["members"], 4);
     // A refused request is replayed as refused; sign-up keys work without a token.
     let signup = json!({"tenant_name": "B", "email": "b@example.com", "name": "B"}).to_string();
     let sh = [
@@ -450,9 +487,8 @@ fn a_retried_request_with_the_same_idempotency_key_is_applied_once(app: TestApp)
         .expect(201);
     assert_eq!(s1["tenant_id"], s2["tenant_id"]);
     assert_eq!(
-        s2["token"],
-        Value::Null,
-        "the owner's token is not kept for replays"
+        s2["token"], s1["token"],
+        "a retried sign-up gets the owner's token back"
     );
     app.send(
         "POST",
@@ -625,7 +661,10 @@ fn errors_are_problem_documents_with_request_ids_and_traces_reach_the_events(app
     assert_ne!(r.header("x-request-id"), Some("bad id with spaces"));
 }
 
-fn reads_wait_for_min_position_and_say_so_when_it_is_not_reached(app: TestApp) {
+/// A position beyond the log's head cannot be waited for: it is the client's error (404
+/// `position-not-written`, no `Retry-After`), not the service's (503 is only for a position the
+/// store has and this instance has not applied yet).
+fn reads_wait_for_min_position_and_refuse_one_never_written(app: TestApp) {
     let (_, owner) = app.signup("Acme", "owner@example.com");
     let r = app.post_json(
         "/v1/members",
@@ -638,13 +677,18 @@ fn reads_wait_for_min_position_and_say_so_when_it_is_not_reached(app: TestApp) {
             .expect(200)["members"],
         2
     );
-    let p = app
-        .get(
-            &format!("/v1/tenant?min_position={}", position + 1_000_000),
-            &owner,
-        )
-        .problem(503, "not-caught-up");
+    let r = app.get(
+        &format!("/v1/tenant?min_position={}", position + 1_000_000),
+        &owner,
+    );
+    let p = r.problem(404, "position-not-written");
     assert_eq!(p["min_position"], position + 1_000_000);
+    assert!(
+        p["head_position"].as_u64() >= Some(position),
+        "{}",
+        r.exchange
+    );
+    assert_eq!(r.header("retry-after"), None, "{}", r.exchange);
 }
 
 fn the_openapi_document_and_metrics_describe_the_service(app: TestApp) {
@@ -663,7 +707,8 @@ fn the_openapi_document_and_metrics_describe_the_service(app: TestApp) {
     let (_, owner) = app.signup("Acme", "owner@example.com");
     app.get("/v1/me", &owner).expect(200);
     let text = String::from_utf8(app.send("GET", "/metrics", &[], None).body).unwrap();
-    assert!(text.contains("tenantry_http_request_duration_seconds_bucket{method=\"GET\",route=\"/v1/me\",status=\"200\",le=\"+Inf\"} 1"), "{text}");
+    assert!(text.contains("tenantry_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/me\",status=\"200\"} 1"), "{text}");
+    assert!(text.contains("tenantry_http_request_duration_seconds_bucket{le=\"+Inf\",method=\"GET\",route=\"/v1/me\",status=\"200\"} 1"), "{text}");
     assert!(text.contains("tenantry_projection_lag_events{projection=\"identity\"}"));
     assert!(text.contains("tenantry_events_appended_total 3"), "{text}");
 }
@@ -694,7 +739,7 @@ on_both_stores!(
 
 #[test]
 fn reads_wait_for_min_position_embedded() {
-    reads_wait_for_min_position_and_say_so_when_it_is_not_reached(spawn_app_with(
+    reads_wait_for_min_position_and_refuse_one_never_written(spawn_app_with(
         Backend::Embedded,
         |s| s.read_wait_ms = 300,
     ));
@@ -702,7 +747,7 @@ fn reads_wait_for_min_position_embedded() {
 
 #[test]
 fn reads_wait_for_min_position_postgres() {
-    reads_wait_for_min_position_and_say_so_when_it_is_not_reached(spawn_app_with(
+    reads_wait_for_min_position_and_refuse_one_never_written(spawn_app_with(
         Backend::Postgres,
         |s| s.read_wait_ms = 300,
     ));
@@ -756,7 +801,10 @@ fn two_servers_on_one_database_read_each_others_writes() {
         .send("POST", "/v1/members", &h, Some(body.as_bytes()))
         .expect(201);
     assert_eq!(a["user_id"], b["user_id"]);
-    assert_eq!(b["token_redacted"], true);
+    assert_eq!(
+        b["token"], a["token"],
+        "the other instance replays the sealed token"
+    );
     assert_eq!(
         two.get(
             &format!("/v1/tenant?min_position={}", a["global_position"]),

@@ -115,6 +115,19 @@ struct Core {
 
 const PAGE: usize = 10_000;
 
+/// How many times an append whose outcome is unknown is repeated (same event ids) before the
+/// unknown outcome is reported to the caller (HTTP 503; a retry with the same
+/// `Idempotency-Key` stays safe).
+const UNKNOWN_OUTCOME_RETRIES: u32 = 5;
+
+/// The id of the `index`-th event of a command made under an event-id seed (an idempotency
+/// key): the same seed, stream, type and index give the same id on every attempt and every
+/// instance.
+fn derived_event_id(seed: uuid::Uuid, stream: &str, event_type: &str, index: usize) -> uuid::Uuid {
+    let name = format!("{stream}\n{event_type}\n{index}");
+    uuid::Uuid::new_v5(&seed, name.as_bytes())
+}
+
 /// Up to 2^attempt × 100 µs (capped at 50 ms), uniformly jittered.
 fn backoff(attempt: u32) -> std::time::Duration {
     use std::hash::{BuildHasher, Hasher};
@@ -260,14 +273,22 @@ impl Core {
             for p in &batch {
                 match state.decide(&p.command, p.now) {
                     Ok(events) => {
-                        for e in &events {
+                        for (i, e) in events.iter().enumerate() {
                             state.evolve(e);
-                            new_events.push(
+                            let mut event =
                                 NewEvent::new(e.event_type(), RawJson::from_value(&e.to_payload()))
                                     .with_schema_version(e.schema_version())
                                     .with_metadata(p.metadata.clone())
-                                    .occurred_at(p.now),
-                            );
+                                    .occurred_at(p.now);
+                            if let Some(seed) = p.metadata.event_id_seed {
+                                event = event.with_id(derived_event_id(
+                                    seed,
+                                    stream,
+                                    e.event_type(),
+                                    i,
+                                ));
+                            }
+                            new_events.push(event);
                         }
                         outcomes.push(Ok((events, state.clone())));
                     }
@@ -326,7 +347,7 @@ impl Core {
                 events: new_events,
                 metadata: batch[0].metadata.clone(),
             };
-            match self.store.append(request).await {
+            match self.append_resolving(request).await {
                 Ok(appended) => {
                     let before = hot.version;
                     hot.state = state;
@@ -385,12 +406,44 @@ impl Core {
                     let _ = p.reply.send(Err(e.into()));
                     return;
                 }
-                Err(e) => {
-                    let message = e.to_string();
-                    return fail(batch, &|| {
-                        ExecuteError::Store(StoreError::Backend(message.clone()))
-                    });
+                Err(e) if !e.is_transient() => {
+                    // One command's events were refused (an event id already stored with other
+                    // content, an invalid value): the others must not fail for it. Decide and
+                    // append each on its own.
+                    tracing::debug!(stream, error = %e, "batch refused; running its commands one by one");
+                    for p in batch {
+                        Box::pin(self.run_batch(tenant, stream, hot, vec![p])).await;
+                    }
+                    return;
                 }
+                Err(e) => {
+                    // A passing condition: every caller gets it as it is (its kind says whether
+                    // and when to retry).
+                    return fail(batch, &|| ExecuteError::Store(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Append; when the store cannot tell whether the append committed (the connection was lost
+    /// around COMMIT), append the very same events again — same ids — until it can: the store's
+    /// idempotent append then answers the truth (the original positions, or a first write).
+    /// Deciding again with new ids instead could write the facts twice (a unit charged twice).
+    async fn append_resolving(&self, request: AppendRequest) -> Result<Appended, StoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.store.append(request.clone()).await {
+                Err(e) if e.is_outcome_unknown() && attempt < UNKNOWN_OUTCOME_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(
+                        stream = %request.stream_id,
+                        attempt,
+                        error = %e,
+                        "append outcome unknown; appending the same events again"
+                    );
+                    tokio::time::sleep(backoff(attempt + 4)).await;
+                }
+                other => return other,
             }
         }
     }

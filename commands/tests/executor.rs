@@ -66,6 +66,7 @@ async fn commands_are_decided_and_appended(h: TestStore) {
         plan: Plan::Pro,
         reason: None,
         seats: Some(25),
+        registry_version: 1,
     };
     let done = ex
         .execute(t, &stream, &upgrade, &meta, now())
@@ -337,6 +338,109 @@ async fn events_carry_the_decision_time_as_occurred_at(h: TestStore) {
     }
 }
 
+fn usage(store: &Store) -> Executor<domain::quota::Usage> {
+    Executor::new(store.clone(), ExecutorConfig::new("usage/v1"))
+}
+
+fn one_query() -> domain::quota::UsageCommand {
+    use domain::quota::{Meter, MeterLimits, Record};
+    Record::units(
+        Meter::Queries,
+        1,
+        MeterLimits {
+            plan: Plan::Pro,
+            limit: 1_000,
+            blocking: false,
+            registry_version: 1,
+        },
+    )
+    .into()
+}
+
+/// A command made under an event-id seed (a request's Idempotency-Key) writes the same ids on
+/// every attempt: a retry from a fresh process, after the first attempt was written but never
+/// answered, is refused by the store instead of recording the unit a second time.
+async fn a_retry_under_the_same_seed_never_writes_twice(h: TestStore) {
+    let t = TenantId::from_uuid(Uuid::new_v4());
+    let stream = "usage-queries-2026-03";
+    let mut meta = Metadata::actor("user-1");
+    meta.event_id_seed = Some(Uuid::new_v4());
+    let now = time::macros::datetime!(2026-03-03 10:00 UTC);
+    let first = usage(&h.store)
+        .execute(t, stream, &one_query(), &meta, now)
+        .await
+        .unwrap();
+    assert_eq!(first.version, 1);
+    // The "crashed" process is gone; a new one decides the retry on the stored state (one unit
+    // used), so the payload differs, but the ids are the same.
+    let other = h.another_handle().await;
+    let err = usage(&other)
+        .execute(t, stream, &one_query(), &meta, now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecuteError::Store(store::StoreError::DuplicateEventId { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        h.store.stream_version(t, stream).await.unwrap(),
+        1,
+        "one unit, once"
+    );
+    // Without a seed (another request), the next unit is recorded as usual.
+    let next = usage(&other)
+        .execute(t, stream, &one_query(), &Metadata::actor("user-1"), now)
+        .await
+        .unwrap();
+    assert_eq!(next.version, 2);
+    other.close().await;
+}
+
+/// One command whose events the store refuses does not fail the commands decided with it.
+async fn a_refused_command_does_not_fail_the_others_of_its_batch(h: TestStore) {
+    let t = TenantId::from_uuid(Uuid::new_v4());
+    let stream = "usage-queries-2026-03";
+    let now = time::macros::datetime!(2026-03-03 10:00 UTC);
+    let mut poisoned = Metadata::actor("user-1");
+    poisoned.event_id_seed = Some(Uuid::new_v4());
+    let ex = std::sync::Arc::new(usage(&h.store));
+    // Its ids are taken by an earlier attempt with other content.
+    ex.execute(t, stream, &one_query(), &poisoned, now)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (ex, meta) = (
+            ex.clone(),
+            if i == 20 {
+                poisoned.clone()
+            } else {
+                Metadata::actor(format!("user-{i}"))
+            },
+        );
+        tasks.push(tokio::spawn(async move {
+            ex.execute(t, stream, &one_query(), &meta, now)
+                .await
+                .map(|_| ())
+        }));
+    }
+    let mut failed = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(()) => assert_ne!(i, 20),
+            Err(e) => {
+                assert_eq!(i, 20, "{e:?}");
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!(failed, 1);
+    assert_eq!(h.store.stream_version(t, stream).await.unwrap(), 40);
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),*) => {
         mod embedded {
@@ -364,5 +468,7 @@ on_both_stores!(
     snapshots_bound_the_replay_on_a_cold_start,
     concurrent_commands_on_one_stream_each_get_their_own_answer,
     a_refusal_is_never_decided_on_a_stale_cache,
+    a_retry_under_the_same_seed_never_writes_twice,
+    a_refused_command_does_not_fail_the_others_of_its_batch,
     events_carry_the_decision_time_as_occurred_at
 );

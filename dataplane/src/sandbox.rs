@@ -20,6 +20,9 @@ pub struct Limits {
     pub time: Duration,
     pub max_rows: usize,
     pub max_result_bytes: usize,
+    /// When the time budget started (the request's arrival), so that waiting for the dataset's
+    /// connection counts against it; `None`: when the query gets its connection.
+    pub since: Option<Instant>,
 }
 
 impl Default for Limits {
@@ -28,6 +31,7 @@ impl Default for Limits {
             time: Duration::from_secs(5),
             max_rows: 10_000,
             max_result_bytes: 16 * 1024 * 1024,
+            since: None,
         }
     }
 }
@@ -210,7 +214,11 @@ impl Table {
             .conn
             .lock()
             .map_err(|_| QueryError::Load("poisoned".into()))?;
-        let deadline = Instant::now() + limits.time;
+        let deadline = limits.since.unwrap_or_else(Instant::now) + limits.time;
+        if Instant::now() >= deadline {
+            // The budget went by waiting for the connection: do not start.
+            return Err(QueryError::Timeout(limits.time));
+        }
         conn.progress_handler(1_000, Some(move || Instant::now() >= deadline));
         let result = run(&conn, sql, limits);
         conn.progress_handler(0, None::<fn() -> bool>);

@@ -1,5 +1,7 @@
 //! The `Dataset` aggregate (an uploaded CSV file: its name, columns, size and digest) and the
-//! facts of the data plane that need no decision (`query.run`, `export.completed`).
+//! facts of the data plane: the successes a unit pays for (`query.run`, `export.completed`,
+//! appended with their unit on the usage stream, see `quota.rs`) and the failures that cost
+//! nothing (`query.failed`, `export.failed`, `dataset.upload_rejected`, see [`DataFact`]).
 
 use crate::aggregate::{Aggregate, DomainEvent, EventDecodeError};
 use serde::{Deserialize, Serialize};
@@ -11,8 +13,11 @@ pub fn stream_id(dataset: Uuid) -> String {
     format!("dataset-{dataset}")
 }
 
-/// The stream of a tenant's query facts.
+/// The stream of a tenant's failed queries (and, before `query.run` v2, of its successful ones).
 pub const QUERIES_STREAM: &str = "queries";
+
+/// The stream of a tenant's rejected uploads.
+pub const UPLOADS_STREAM: &str = "uploads";
 
 pub fn export_stream_id(export: Uuid) -> String {
     format!("export-{export}")
@@ -45,6 +50,12 @@ pub struct Deleted {
 pub enum DatasetEvent {
     Uploaded(Uploaded),
     Deleted(Deleted),
+}
+
+impl DatasetEvent {
+    /// Every event type this aggregate writes, with the schema version it writes.
+    pub const ALL_EVENT_TYPES: &'static [(&'static str, u16)] =
+        &[("dataset.uploaded", 1), ("dataset.deleted", 1)];
 }
 
 impl DomainEvent for DatasetEvent {
@@ -134,8 +145,11 @@ impl Aggregate for Dataset {
 }
 
 /// `query.run`: a successful query. The SQL is kept only as its digest (it may quote PII).
+/// Version 2 added `query_id`, which its unit names (`null` in version 1 events).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryRun {
+    #[serde(default)]
+    pub query_id: Option<Uuid>,
     pub dataset_id: Uuid,
     pub sql_sha256: String,
     pub rows: u64,
@@ -159,6 +173,122 @@ pub struct ExportCompleted {
     pub badge: String,
     /// Findings left in the output, per detector; never the values.
     pub findings: BTreeMap<String, u64>,
+}
+
+/// Why a query or an export failed. Stable strings: funnels and support read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// It ran out of time.
+    Timeout,
+    /// The SQL does not parse, or names what does not exist.
+    Syntax,
+    /// The SQL tried something only reading is allowed to do without.
+    Denied,
+    /// The result would exceed the export's row or byte bounds.
+    TooLarge,
+    /// Our fault (the dataset could not be loaded, a worker failed).
+    Internal,
+}
+
+/// `query.failed`: a query that did not produce a result (no unit is charged).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryFailed {
+    pub query_id: Uuid,
+    pub dataset_id: Uuid,
+    pub sql_sha256: String,
+    pub error_class: FailureClass,
+    pub elapsed_ms: u64,
+}
+
+/// `export.failed`: an export that produced no file (no unit is charged).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportFailed {
+    pub export_id: Uuid,
+    pub dataset_id: Uuid,
+    pub sql_sha256: Option<String>,
+    pub format: String,
+    pub preset_id: String,
+    pub preset_version: u32,
+    pub error_class: FailureClass,
+}
+
+/// `dataset.upload_rejected`: an upload refused before it became a dataset. Never the content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRejected {
+    /// The name asked for, when it was a valid name.
+    pub name: Option<String>,
+    pub bytes: u64,
+    /// `invalid_name`, `unsupported_media_type`, `empty`, `encoding`, `shape`, `malformed`,
+    /// `column_names` or `too_many_columns`.
+    pub reason: String,
+    /// The CSV line at fault, when there is one.
+    pub line: Option<u64>,
+}
+
+/// Facts of the data plane that need no decision and pay for nothing: failures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataFact {
+    QueryFailed(QueryFailed),
+    ExportFailed(ExportFailed),
+    UploadRejected(UploadRejected),
+}
+
+impl DataFact {
+    pub const ALL_EVENT_TYPES: &'static [(&'static str, u16)] = &[
+        ("query.failed", 1),
+        ("export.failed", 1),
+        ("dataset.upload_rejected", 1),
+    ];
+
+    /// The stream the fact is appended to.
+    pub fn stream_id(&self) -> String {
+        match self {
+            DataFact::QueryFailed(_) => QUERIES_STREAM.to_owned(),
+            DataFact::ExportFailed(x) => export_stream_id(x.export_id),
+            DataFact::UploadRejected(_) => UPLOADS_STREAM.to_owned(),
+        }
+    }
+}
+
+impl DomainEvent for DataFact {
+    fn event_type(&self) -> &'static str {
+        match self {
+            DataFact::QueryFailed(_) => "query.failed",
+            DataFact::ExportFailed(_) => "export.failed",
+            DataFact::UploadRejected(_) => "dataset.upload_rejected",
+        }
+    }
+
+    fn to_payload(&self) -> serde_json::Value {
+        match self {
+            DataFact::QueryFailed(e) => serde_json::to_value(e),
+            DataFact::ExportFailed(e) => serde_json::to_value(e),
+            DataFact::UploadRejected(e) => serde_json::to_value(e),
+        }
+        .expect("data facts serialize")
+    }
+
+    fn from_stored(
+        event_type: &str,
+        schema_version: u16,
+        payload: &[u8],
+    ) -> Result<Self, EventDecodeError> {
+        let p = payload;
+        Ok(match (event_type, schema_version) {
+            ("query.failed", 1) => DataFact::QueryFailed(EventDecodeError::parse(event_type, p)?),
+            ("export.failed", 1) => DataFact::ExportFailed(EventDecodeError::parse(event_type, p)?),
+            ("dataset.upload_rejected", 1) => {
+                DataFact::UploadRejected(EventDecodeError::parse(event_type, p)?)
+            }
+            _ => {
+                return Err(EventDecodeError::UnknownType {
+                    event_type: event_type.to_owned(),
+                    schema_version,
+                });
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -204,5 +334,57 @@ mod tests {
         given::<Dataset>([])
             .when(DatasetCommand::Delete)
             .then_err(DatasetError::NotFound);
+    }
+
+    #[test]
+    fn failures_are_facts_that_round_trip_and_are_catalogued() {
+        let facts = vec![
+            DataFact::QueryFailed(QueryFailed {
+                query_id: Uuid::from_u128(1),
+                dataset_id: Uuid::from_u128(2),
+                sql_sha256: "ab".repeat(32),
+                error_class: FailureClass::Timeout,
+                elapsed_ms: 1_000,
+            }),
+            DataFact::ExportFailed(ExportFailed {
+                export_id: Uuid::from_u128(3),
+                dataset_id: Uuid::from_u128(2),
+                sql_sha256: None,
+                format: "csv".into(),
+                preset_id: "default".into(),
+                preset_version: 1,
+                error_class: FailureClass::TooLarge,
+            }),
+            DataFact::UploadRejected(UploadRejected {
+                name: Some("sales".into()),
+                bytes: 12,
+                reason: "shape".into(),
+                line: Some(3),
+            }),
+        ];
+        let kinds: Vec<_> = facts
+            .iter()
+            .map(|e| (e.event_type(), e.schema_version()))
+            .collect();
+        assert_eq!(kinds, DataFact::ALL_EVENT_TYPES);
+        assert_eq!(facts[0].to_payload()["error_class"], "timeout");
+        assert_eq!(facts[1].stream_id(), export_stream_id(Uuid::from_u128(3)));
+        for e in facts {
+            let bytes = serde_json::to_vec(&e.to_payload()).unwrap();
+            assert_eq!(
+                DataFact::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap(),
+                e
+            );
+        }
+        let kinds: Vec<_> = [
+            DatasetEvent::Uploaded(uploaded()),
+            DatasetEvent::Deleted(Deleted {
+                dataset_id: Uuid::from_u128(1),
+            }),
+        ]
+        .iter()
+        .map(|e| (e.event_type(), e.schema_version()))
+        .collect();
+        assert_eq!(kinds, DatasetEvent::ALL_EVENT_TYPES);
     }
 }

@@ -7,9 +7,17 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// An email address, lower-cased: `local@domain.tld`, at most 254 bytes, no spaces or controls.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "String")]
 pub struct Email(String);
+
+/// History is read leniently: a stored email decodes as it was written, even if today's rule
+/// (`Email::parse`, applied to every command) would refuse it.
+impl<'de> Deserialize<'de> for Email {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -70,9 +78,16 @@ impl fmt::Display for Email {
 }
 
 /// A person's display name: 1 to 200 characters, no control or invisible formatting characters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
 pub struct PersonName(String);
+
+/// Read leniently, like [`Email`]: validation belongs to commands.
+impl<'de> Deserialize<'de> for PersonName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
 
 impl PersonName {
     pub fn parse(raw: &str) -> Result<Self, crate::tenant::TenantNameError> {

@@ -42,6 +42,12 @@ pub enum PlatformEvent {
     OperatorTokenRevoked(OperatorTokenRevoked),
 }
 
+impl PlatformEvent {
+    /// Every event type this aggregate writes, with the schema version it writes.
+    pub const ALL_EVENT_TYPES: &'static [(&'static str, u16)] =
+        &[("operator.token_issued", 1), ("operator.token_revoked", 1)];
+}
+
 impl DomainEvent for PlatformEvent {
     fn event_type(&self) -> &'static str {
         match self {
@@ -178,5 +184,26 @@ mod tests {
         given::<Platform>([])
             .when(revoke)
             .then_err(PlatformError::UnknownToken);
+    }
+
+    #[test]
+    fn every_platform_event_type_round_trips_and_is_catalogued() {
+        let events = [
+            issued(2),
+            PlatformEvent::OperatorTokenRevoked(OperatorTokenRevoked {
+                token_id: Uuid::from_u128(2),
+            }),
+        ];
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.event_type(), e.schema_version()))
+            .collect();
+        assert_eq!(kinds, PlatformEvent::ALL_EVENT_TYPES);
+        for e in events {
+            let bytes = serde_json::to_vec(&e.to_payload()).unwrap();
+            let back =
+                PlatformEvent::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
+            assert_eq!(back, e);
+        }
     }
 }

@@ -219,6 +219,15 @@ pub enum PresetEvent {
     Deleted(PresetDeleted),
 }
 
+impl PresetEvent {
+    /// Every event type this aggregate writes, with the schema version it writes.
+    pub const ALL_EVENT_TYPES: &'static [(&'static str, u16)] = &[
+        ("preset.created", 1),
+        ("preset.edited", 1),
+        ("preset.deleted", 1),
+    ];
+}
+
 impl DomainEvent for PresetEvent {
     fn event_type(&self) -> &'static str {
         match self {

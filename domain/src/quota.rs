@@ -2,15 +2,23 @@
 //! calendar month (UTC). Each request for units is one decision: admit, admit in grace, or block;
 //! the threshold events (80 %, grace started, grace ended) happen once per period.
 //!
-//! The plan's limits come in with each command (from the plan registry and the tenant's current
-//! plan), so an upgrade lifts a block at once and usage so far is kept.
+//! The plan's limits come in with each command (from the plan registry version in force and the
+//! tenant's current plan), so an upgrade lifts a block at once and usage so far is kept; every
+//! usage event names the registry version it was decided under.
+//!
+//! A unit and the fact it pays for (`query.run`, `export.completed`) are decided together and
+//! appended in one atomic append on this stream, the unit naming its fact (`pays_for`). Refusals
+//! are coalesced: the first refused attempt of a minute is written at once, later ones in that
+//! minute are counted by the caller and written as one `usage.blocked` with their count.
 
 use crate::aggregate::{Aggregate, DomainEvent, EventDecodeError};
+use crate::dataset::{ExportCompleted, QueryRun};
 use crate::tenant::Plan;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 use time::{Date, Month, OffsetDateTime, Time, UtcOffset};
+use uuid::Uuid;
 
 /// How long grace lasts after the first unit over the limit.
 pub const GRACE_HOURS: i64 = 72;
@@ -115,6 +123,9 @@ pub struct MeterLimits {
     pub limit: u64,
     /// Free plans stop (after grace); paid plans go on and bill overage.
     pub blocking: bool,
+    /// The plan registry version these limits come from.
+    #[serde(default)]
+    pub registry_version: u32,
 }
 
 impl MeterLimits {
@@ -135,11 +146,99 @@ pub enum QuotaState {
     Overage,
 }
 
+/// The start of the minute `t` falls in (UTC): refusals are coalesced per meter per minute.
+pub fn minute_of(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(UtcOffset::UTC);
+    t.replace_time(Time::from_hms(t.hour(), t.minute(), 0).expect("valid time"))
+}
+
+/// The fact a unit pays for, decided and appended with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnitFact {
+    Query(QueryRun),
+    Export(ExportCompleted),
+}
+
+impl UnitFact {
+    fn pays_for(&self) -> PaysFor {
+        match self {
+            UnitFact::Query(q) => PaysFor {
+                event_type: "query.run".into(),
+                id: q.query_id,
+            },
+            UnitFact::Export(x) => PaysFor {
+                event_type: "export.completed".into(),
+                id: Some(x.export_id),
+            },
+        }
+    }
+
+    fn event(&self) -> UsageEvent {
+        match self {
+            UnitFact::Query(q) => UsageEvent::QueryRun(q.clone()),
+            UnitFact::Export(x) => UsageEvent::ExportCompleted(x.clone()),
+        }
+    }
+}
+
+/// Ask for `units` of `meter` under `limits`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub meter: Meter,
     pub units: u64,
     pub limits: MeterLimits,
+    /// What the units pay for: appended with them when they are admitted. `None`: units
+    /// reported directly (`POST /v1/usage`).
+    pub pays_for: Option<UnitFact>,
+    /// Only look: a refusal is decided (and recorded) as usual, an admission writes nothing.
+    /// Used before running work that a blocked meter must not run.
+    pub probe: bool,
+}
+
+impl Record {
+    /// `units` of `meter` paying for nothing in particular.
+    pub fn units(meter: Meter, units: u64, limits: MeterLimits) -> Self {
+        Self {
+            meter,
+            units,
+            limits,
+            pays_for: None,
+            probe: false,
+        }
+    }
+}
+
+/// Refused attempts of one minute that were not written one by one (see [`Usage::decide`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountRefusals {
+    pub meter: Meter,
+    pub limits: MeterLimits,
+    /// The start of the minute (UTC).
+    pub minute: OffsetDateTime,
+    pub attempts: u64,
+    pub units: u64,
+    /// The last refused attempt.
+    pub last_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsageCommand {
+    Record(Record),
+    CountRefusals(CountRefusals),
+}
+
+impl From<Record> for UsageCommand {
+    fn from(r: Record) -> Self {
+        UsageCommand::Record(r)
+    }
+}
+
+/// What a unit pays for: the fact's type and id (a query's or an export's id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaysFor {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,18 +251,41 @@ pub struct Recorded {
     pub plan: Plan,
     pub limit: u64,
     pub state: QuotaState,
+    /// The plan registry version the unit was decided under (`null` in v1 events, decided
+    /// before the registry was in the log).
+    #[serde(default)]
+    pub registry_version: Option<u32>,
+    /// The fact the units paid for (same append, just before); `null` for units reported
+    /// directly and in v1 events.
+    #[serde(default)]
+    pub pays_for: Option<PaysFor>,
 }
 
+fn one() -> u64 {
+    1
+}
+
+/// Refused attempts of one meter in one minute.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Blocked {
     pub meter: Meter,
     pub period: Period,
+    /// Units asked for by the attempts counted here.
     pub units: u64,
     pub used: u64,
     pub plan: Plan,
     pub limit: u64,
+    /// The last attempt counted here.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The minute the attempts fall in (`null` in v1 events: the minute of `at`).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub minute: Option<OffsetDateTime>,
+    /// How many attempts were refused (1 in v1 events).
+    #[serde(default = "one")]
+    pub attempts: u64,
+    #[serde(default)]
+    pub registry_version: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +294,11 @@ pub struct Threshold {
     pub period: Period,
     pub used: u64,
     pub limit: u64,
+    /// The plan whose limit this is (`null` in v1 events).
+    #[serde(default)]
+    pub plan: Option<Plan>,
+    #[serde(default)]
+    pub registry_version: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +330,23 @@ pub enum UsageEvent {
     Reached(Threshold),
     GraceStarted(GraceStarted),
     GraceEnded(GraceEnded),
+    /// The fact a unit paid for, in the unit's append.
+    QueryRun(QueryRun),
+    ExportCompleted(ExportCompleted),
+}
+
+impl UsageEvent {
+    /// Every event type this aggregate writes, with the schema version it writes.
+    pub const ALL_EVENT_TYPES: &'static [(&'static str, u16)] = &[
+        ("usage.recorded", 2),
+        ("usage.blocked", 2),
+        ("quota.warning", 2),
+        ("quota.reached", 2),
+        ("quota.grace_started", 1),
+        ("quota.grace_ended", 1),
+        ("query.run", 2),
+        ("export.completed", 1),
+    ];
 }
 
 impl DomainEvent for UsageEvent {
@@ -214,6 +358,21 @@ impl DomainEvent for UsageEvent {
             UsageEvent::Reached(_) => "quota.reached",
             UsageEvent::GraceStarted(_) => "quota.grace_started",
             UsageEvent::GraceEnded(_) => "quota.grace_ended",
+            UsageEvent::QueryRun(_) => "query.run",
+            UsageEvent::ExportCompleted(_) => "export.completed",
+        }
+    }
+
+    fn schema_version(&self) -> u16 {
+        match self {
+            UsageEvent::Recorded(_)
+            | UsageEvent::Blocked(_)
+            | UsageEvent::Warning(_)
+            | UsageEvent::Reached(_)
+            | UsageEvent::QueryRun(_) => 2,
+            UsageEvent::GraceStarted(_)
+            | UsageEvent::GraceEnded(_)
+            | UsageEvent::ExportCompleted(_) => 1,
         }
     }
 
@@ -224,6 +383,8 @@ impl DomainEvent for UsageEvent {
             UsageEvent::Warning(e) | UsageEvent::Reached(e) => serde_json::to_value(e),
             UsageEvent::GraceStarted(e) => serde_json::to_value(e),
             UsageEvent::GraceEnded(e) => serde_json::to_value(e),
+            UsageEvent::QueryRun(e) => serde_json::to_value(e),
+            UsageEvent::ExportCompleted(e) => serde_json::to_value(e),
         }
         .expect("usage events serialize")
     }
@@ -234,11 +395,25 @@ impl DomainEvent for UsageEvent {
         payload: &[u8],
     ) -> Result<Self, EventDecodeError> {
         let p = payload;
+        // Version 1 payloads read as version 2: the fields v2 added are optional (`null` when
+        // absent), which is the upcast.
         Ok(match (event_type, schema_version) {
-            ("usage.recorded", 1) => UsageEvent::Recorded(EventDecodeError::parse(event_type, p)?),
-            ("usage.blocked", 1) => UsageEvent::Blocked(EventDecodeError::parse(event_type, p)?),
-            ("quota.warning", 1) => UsageEvent::Warning(EventDecodeError::parse(event_type, p)?),
-            ("quota.reached", 1) => UsageEvent::Reached(EventDecodeError::parse(event_type, p)?),
+            ("usage.recorded", 1 | 2) => {
+                UsageEvent::Recorded(EventDecodeError::parse(event_type, p)?)
+            }
+            ("usage.blocked", 1 | 2) => {
+                UsageEvent::Blocked(EventDecodeError::parse(event_type, p)?)
+            }
+            ("quota.warning", 1 | 2) => {
+                UsageEvent::Warning(EventDecodeError::parse(event_type, p)?)
+            }
+            ("quota.reached", 1 | 2) => {
+                UsageEvent::Reached(EventDecodeError::parse(event_type, p)?)
+            }
+            ("query.run", 1 | 2) => UsageEvent::QueryRun(EventDecodeError::parse(event_type, p)?),
+            ("export.completed", 1) => {
+                UsageEvent::ExportCompleted(EventDecodeError::parse(event_type, p)?)
+            }
             ("quota.grace_started", 1) => {
                 UsageEvent::GraceStarted(EventDecodeError::parse(event_type, p)?)
             }
@@ -261,6 +436,41 @@ pub enum UsageError {
     InvalidUnits,
 }
 
+/// What a decision on a [`Record`] came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The units are recorded (with their fact).
+    Admitted,
+    /// The attempt is refused (written, or counted for its minute's coalesced event).
+    Refused,
+    /// A probe that would have been admitted: nothing was written.
+    Clear,
+}
+
+impl Outcome {
+    /// Read the outcome of `record` from the events it produced and the state they left.
+    pub fn of(record: &Record, events: &[UsageEvent], after: &Usage, now: OffsetDateTime) -> Self {
+        if events.iter().any(|e| matches!(e, UsageEvent::Recorded(_))) {
+            return Outcome::Admitted;
+        }
+        if events.iter().any(|e| matches!(e, UsageEvent::Blocked(_))) || !record.probe {
+            return Outcome::Refused;
+        }
+        // A probe that wrote nothing: a coalesced refusal, or an admission it only looked at.
+        let look = Record {
+            probe: false,
+            pays_for: None,
+            ..record.clone()
+        };
+        match after.decide_record(&look, now) {
+            Ok(events) if events.iter().any(|e| matches!(e, UsageEvent::Recorded(_))) => {
+                Outcome::Clear
+            }
+            _ => Outcome::Refused,
+        }
+    }
+}
+
 /// One tenant's usage of one meter in one period.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -277,6 +487,14 @@ pub struct Usage {
     pub last_blocked_at: Option<OffsetDateTime>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub grace_ended_at: Option<OffsetDateTime>,
+    /// The limit the 80 % warning was given for (`None` with `warned`: before limits were kept).
+    #[serde(default)]
+    pub warned_limit: Option<u64>,
+    #[serde(default)]
+    pub reached_limit: Option<u64>,
+    /// The minute whose first refusal is written; later ones in it are counted by the caller.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub refused_minute: Option<OffsetDateTime>,
 }
 
 /// Where a meter stands, for answers and headers.
@@ -340,12 +558,22 @@ impl Usage {
     }
 }
 
-impl Aggregate for Usage {
-    type Command = Record;
-    type Event = UsageEvent;
-    type Error = UsageError;
+impl Usage {
+    /// Whether the 80 % warning is still to come under `limit`: once per period and limit, so a
+    /// new limit (an upgrade, a new registry version) gets its own warning.
+    fn warning_due(&self, limit: u64) -> bool {
+        !(self.warned && self.warned_limit.is_none_or(|l| l == limit))
+    }
 
-    fn decide(&self, cmd: &Record, now: OffsetDateTime) -> Result<Vec<UsageEvent>, UsageError> {
+    fn reached_due(&self, limit: u64) -> bool {
+        !(self.reached && self.reached_limit.is_none_or(|l| l == limit))
+    }
+
+    fn decide_record(
+        &self,
+        cmd: &Record,
+        now: OffsetDateTime,
+    ) -> Result<Vec<UsageEvent>, UsageError> {
         if cmd.units == 0 || cmd.units > 10_000 {
             return Err(UsageError::InvalidUnits);
         }
@@ -358,13 +586,23 @@ impl Aggregate for Usage {
             period,
             used,
             limit: limits.limit,
+            plan: Some(limits.plan),
+            registry_version: Some(limits.registry_version),
         };
         let admit = |events: &mut Vec<UsageEvent>, state| {
-            if !self.warned && limits.limit > 0 && used * 5 >= limits.limit * 4 {
+            if cmd.probe {
+                // Only looking: an admission writes nothing.
+                events.clear();
+                return;
+            }
+            if self.warning_due(limits.limit) && limits.limit > 0 && used * 5 >= limits.limit * 4 {
                 events.push(UsageEvent::Warning(threshold(used)));
             }
-            if !self.reached && used >= limits.limit {
+            if self.reached_due(limits.limit) && used >= limits.limit {
                 events.push(UsageEvent::Reached(threshold(used)));
+            }
+            if let Some(fact) = &cmd.pays_for {
+                events.push(fact.event());
             }
             events.push(UsageEvent::Recorded(Recorded {
                 meter,
@@ -374,6 +612,8 @@ impl Aggregate for Usage {
                 plan: limits.plan,
                 limit: limits.limit,
                 state,
+                registry_version: Some(limits.registry_version),
+                pays_for: cmd.pays_for.as_ref().map(UnitFact::pays_for),
             }));
         };
         if !limits.blocking {
@@ -433,6 +673,13 @@ impl Aggregate for Usage {
                 },
             }));
         }
+        // The first refusal of a minute is written now; the later ones of that minute are
+        // counted by the caller and written together (`CountRefusals`), so a tenant hammering a
+        // blocked meter adds a bounded number of events per minute.
+        let minute = minute_of(now);
+        if events.is_empty() && self.refused_minute == Some(minute) {
+            return Ok(events);
+        }
         events.push(UsageEvent::Blocked(Blocked {
             meter,
             period,
@@ -441,8 +688,44 @@ impl Aggregate for Usage {
             plan: limits.plan,
             limit: limits.limit,
             at: now,
+            minute: Some(minute),
+            attempts: 1,
+            registry_version: Some(limits.registry_version),
         }));
         Ok(events)
+    }
+}
+
+impl Aggregate for Usage {
+    type Command = UsageCommand;
+    type Event = UsageEvent;
+    type Error = UsageError;
+
+    fn decide(
+        &self,
+        cmd: &UsageCommand,
+        now: OffsetDateTime,
+    ) -> Result<Vec<UsageEvent>, UsageError> {
+        match cmd {
+            UsageCommand::Record(r) => self.decide_record(r, now),
+            UsageCommand::CountRefusals(c) => {
+                if c.attempts == 0 {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![UsageEvent::Blocked(Blocked {
+                    meter: c.meter,
+                    period: self.period.unwrap_or_else(|| Period::of(c.minute)),
+                    units: c.units,
+                    used: self.used,
+                    plan: c.limits.plan,
+                    limit: c.limits.limit,
+                    at: c.last_at,
+                    minute: Some(c.minute),
+                    attempts: c.attempts,
+                    registry_version: Some(c.limits.registry_version),
+                })])
+            }
+        }
     }
 
     fn evolve(&mut self, event: &UsageEvent) {
@@ -453,16 +736,30 @@ impl Aggregate for Usage {
             }
             UsageEvent::Blocked(e) => {
                 self.period = Some(e.period);
-                self.blocked_attempts += 1;
-                self.last_blocked_at = Some(e.at);
+                self.blocked_attempts += e.attempts;
+                let minute = e.minute.unwrap_or_else(|| minute_of(e.at));
+                if self.last_blocked_at.is_none_or(|t| e.at >= t) {
+                    self.last_blocked_at = Some(e.at);
+                }
+                if self.refused_minute.is_none_or(|m| minute > m) {
+                    self.refused_minute = Some(minute);
+                }
             }
-            UsageEvent::Warning(_) => self.warned = true,
-            UsageEvent::Reached(_) => self.reached = true,
+            UsageEvent::Warning(e) => {
+                self.warned = true;
+                self.warned_limit = Some(e.limit);
+            }
+            UsageEvent::Reached(e) => {
+                self.reached = true;
+                self.reached_limit = Some(e.limit);
+            }
             UsageEvent::GraceStarted(e) => self.grace_started_at = Some(e.at),
             UsageEvent::GraceEnded(e) => {
                 self.grace_ended = true;
                 self.grace_ended_at = Some(e.at);
             }
+            // Facts change nothing in the meter: their unit does.
+            UsageEvent::QueryRun(_) | UsageEvent::ExportCompleted(_) => {}
         }
     }
 }
@@ -477,19 +774,17 @@ mod tests {
         plan: Plan::Free,
         limit: 200,
         blocking: true,
+        registry_version: 1,
     };
     const PRO: MeterLimits = MeterLimits {
         plan: Plan::Pro,
         limit: 20_000,
         blocking: false,
+        registry_version: 1,
     };
 
-    fn record(units: u64, limits: MeterLimits) -> Record {
-        Record {
-            meter: Meter::Queries,
-            units,
-            limits,
-        }
+    fn record(units: u64, limits: MeterLimits) -> UsageCommand {
+        Record::units(Meter::Queries, units, limits).into()
     }
 
     /// Drive the aggregate through commands, deciding each at `now`.
@@ -521,7 +816,10 @@ mod tests {
             }
         }
         assert_eq!(admitted_units, 200 + 20, "limit 200 + ceil(10 %) = 220");
-        assert_eq!(s.blocked_attempts, 80);
+        assert_eq!(
+            s.blocked_attempts, 1,
+            "the first refusal of the minute is written, the other 79 are the caller's to count"
+        );
         assert_eq!(s.view(Meter::Queries, FREE, now).state, QuotaState::Blocked);
     }
 
@@ -673,5 +971,280 @@ mod tests {
         given::<Usage>([])
             .when(record(10_001, FREE))
             .then_err(UsageError::InvalidUnits);
+    }
+
+    fn query_fact(n: u128) -> QueryRun {
+        QueryRun {
+            query_id: Some(Uuid::from_u128(n)),
+            dataset_id: Uuid::from_u128(99),
+            sql_sha256: "ab".repeat(32),
+            rows: 3,
+            truncated: false,
+            elapsed_ms: 4,
+        }
+    }
+
+    fn export_fact() -> ExportCompleted {
+        ExportCompleted {
+            export_id: Uuid::from_u128(5),
+            dataset_id: Uuid::from_u128(99),
+            sql_sha256: None,
+            format: "csv".into(),
+            preset_id: "default".into(),
+            preset_version: 1,
+            rows: 2,
+            bytes: 10,
+            sha256: "cd".repeat(32),
+            badge: "PASS".into(),
+            findings: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_unit_and_the_fact_it_pays_for_are_one_decision_naming_each_other() {
+        let period = Period::of(test_now());
+        given::<Usage>([])
+            .when(UsageCommand::Record(Record {
+                pays_for: Some(UnitFact::Query(query_fact(1))),
+                ..Record::units(Meter::Queries, 1, PRO)
+            }))
+            .then([
+                UsageEvent::QueryRun(query_fact(1)),
+                UsageEvent::Recorded(Recorded {
+                    meter: Meter::Queries,
+                    period,
+                    units: 1,
+                    used: 1,
+                    plan: Plan::Pro,
+                    limit: 20_000,
+                    state: QuotaState::Ok,
+                    registry_version: Some(1),
+                    pays_for: Some(PaysFor {
+                        event_type: "query.run".into(),
+                        id: Some(Uuid::from_u128(1)),
+                    }),
+                }),
+            ]);
+    }
+
+    #[test]
+    fn a_refused_unit_writes_no_fact() {
+        let blocked = Usage {
+            used: 220,
+            warned: true,
+            reached: true,
+            grace_started_at: Some(test_now()),
+            grace_ended: true,
+            period: Some(Period::of(test_now())),
+            ..Usage::default()
+        };
+        let cmd = Record {
+            pays_for: Some(UnitFact::Export(export_fact())),
+            ..Record::units(Meter::Exports, 1, FREE)
+        };
+        let events = blocked
+            .decide(&UsageCommand::Record(cmd.clone()), test_now())
+            .unwrap();
+        assert!(
+            matches!(events.as_slice(), [UsageEvent::Blocked(b)] if b.attempts == 1 && b.registry_version == Some(1))
+        );
+        assert_eq!(
+            Outcome::of(&cmd, &events, &blocked, test_now()),
+            Outcome::Refused
+        );
+    }
+
+    #[test]
+    fn refusals_are_written_once_per_minute_and_the_rest_counted_in_one_event() {
+        let mut s = Usage::default();
+        let now = test_now();
+        run(&mut s, 220, FREE, now);
+        let first = run(&mut s, 1, FREE, now);
+        assert!(
+            matches!(first.last(), Some(UsageEvent::Blocked(b)) if b.minute == Some(minute_of(now)))
+        );
+        // Later in the same minute: nothing is written, the attempt is still refused.
+        let later = now + time::Duration::seconds(20);
+        let cmd = Record::units(Meter::Queries, 1, FREE);
+        for _ in 0..50 {
+            let events = s.decide(&cmd.clone().into(), later).unwrap();
+            assert!(events.is_empty());
+            assert_eq!(Outcome::of(&cmd, &events, &s, later), Outcome::Refused);
+        }
+        // The caller writes the 50 it counted as one event.
+        let counted = s
+            .decide(
+                &UsageCommand::CountRefusals(CountRefusals {
+                    meter: Meter::Queries,
+                    limits: FREE,
+                    minute: minute_of(now),
+                    attempts: 50,
+                    units: 50,
+                    last_at: later,
+                }),
+                later,
+            )
+            .unwrap();
+        for e in &counted {
+            s.evolve(e);
+        }
+        assert_eq!(s.blocked_attempts, 51);
+        // A new minute writes its first refusal again.
+        let next = now + time::Duration::minutes(1);
+        assert!(
+            matches!(run(&mut s, 1, FREE, next).as_slice(), [UsageEvent::Blocked(b)] if b.attempts == 1)
+        );
+    }
+
+    #[test]
+    fn a_probe_records_a_refusal_but_writes_nothing_for_an_admission() {
+        let probe = Record {
+            probe: true,
+            ..Record::units(Meter::Queries, 1, FREE)
+        };
+        let fresh = Usage::default();
+        let events = fresh.decide(&probe.clone().into(), test_now()).unwrap();
+        assert!(events.is_empty());
+        assert_eq!(
+            Outcome::of(&probe, &events, &fresh, test_now()),
+            Outcome::Clear
+        );
+        let mut blocked = Usage::default();
+        run(&mut blocked, 220, FREE, test_now());
+        let events = blocked.decide(&probe.clone().into(), test_now()).unwrap();
+        assert!(events.iter().any(|e| matches!(e, UsageEvent::Blocked(_))));
+        assert_eq!(
+            Outcome::of(&probe, &events, &blocked, test_now()),
+            Outcome::Refused
+        );
+    }
+
+    #[test]
+    fn an_upgrade_re_arms_the_thresholds_for_the_new_limit() {
+        let mut s = Usage::default();
+        let now = test_now();
+        let kinds = |events: Vec<UsageEvent>| -> Vec<&'static str> {
+            events
+                .iter()
+                .map(|e| e.event_type())
+                .filter(|t| t.starts_with("quota."))
+                .collect()
+        };
+        assert_eq!(
+            kinds(run(&mut s, 200, FREE, now)),
+            ["quota.warning", "quota.reached"]
+        );
+        // On Pro the 80 % mark is 16,000: no warning at 201, its own warning and reach later.
+        assert!(kinds(run(&mut s, 1, PRO, now)).is_empty());
+        assert!(kinds(run(&mut s, 8_000, PRO, now)).is_empty());
+        assert_eq!(kinds(run(&mut s, 7_799, PRO, now)), ["quota.warning"]);
+        let reached = run(&mut s, 4_000, PRO, now);
+        assert!(
+            matches!(&reached[0], UsageEvent::Reached(t) if t.limit == 20_000 && t.plan == Some(Plan::Pro))
+        );
+        assert!(kinds(run(&mut s, 1, PRO, now)).is_empty(), "once per limit");
+    }
+
+    #[test]
+    fn every_usage_event_type_round_trips_and_is_catalogued() {
+        let period = Period::of(test_now());
+        let threshold = Threshold {
+            meter: Meter::Queries,
+            period,
+            used: 160,
+            limit: 200,
+            plan: Some(Plan::Free),
+            registry_version: Some(3),
+        };
+        let events = vec![
+            UsageEvent::Recorded(Recorded {
+                meter: Meter::Queries,
+                period,
+                units: 1,
+                used: 1,
+                plan: Plan::Free,
+                limit: 200,
+                state: QuotaState::Ok,
+                registry_version: Some(3),
+                pays_for: None,
+            }),
+            UsageEvent::Blocked(Blocked {
+                meter: Meter::Queries,
+                period,
+                units: 2,
+                used: 220,
+                plan: Plan::Free,
+                limit: 200,
+                at: test_now(),
+                minute: Some(minute_of(test_now())),
+                attempts: 2,
+                registry_version: Some(3),
+            }),
+            UsageEvent::Warning(threshold.clone()),
+            UsageEvent::Reached(threshold),
+            UsageEvent::GraceStarted(GraceStarted {
+                meter: Meter::Queries,
+                period,
+                at: test_now(),
+                grace_units: 20,
+                ends_at: test_now(),
+            }),
+            UsageEvent::GraceEnded(GraceEnded {
+                meter: Meter::Queries,
+                period,
+                at: test_now(),
+                reason: "units".into(),
+            }),
+            UsageEvent::QueryRun(query_fact(2)),
+            UsageEvent::ExportCompleted(export_fact()),
+        ];
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.event_type(), e.schema_version()))
+            .collect();
+        assert_eq!(kinds, UsageEvent::ALL_EVENT_TYPES);
+        for e in events {
+            let bytes = serde_json::to_vec(&e.to_payload()).unwrap();
+            let back = UsageEvent::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
+            assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn version_1_usage_events_read_as_version_2() {
+        let recorded = UsageEvent::from_stored(
+            "usage.recorded",
+            1,
+            br#"{"meter":"queries","period":{"year":2026,"month":2},"units":1,"used":5,"plan":"free","limit":200,"state":"ok"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(&recorded, UsageEvent::Recorded(r) if r.registry_version.is_none() && r.pays_for.is_none())
+        );
+        let blocked = UsageEvent::from_stored(
+            "usage.blocked",
+            1,
+            br#"{"meter":"queries","period":{"year":2026,"month":2},"units":1,"used":220,"plan":"free","limit":200,"at":"2026-02-16T09:30:42Z"}"#,
+        )
+        .unwrap();
+        let mut s = Usage::default();
+        s.evolve(&blocked);
+        assert_eq!(s.blocked_attempts, 1);
+        assert_eq!(s.refused_minute, Some(datetime!(2026-02-16 09:30 UTC)));
+        let run = UsageEvent::from_stored(
+            "query.run",
+            1,
+            br#"{"dataset_id":"00000000-0000-0000-0000-000000000001","sql_sha256":"ab","rows":1,"truncated":false,"elapsed_ms":2}"#,
+        )
+        .unwrap();
+        assert!(matches!(run, UsageEvent::QueryRun(q) if q.query_id.is_none()));
+        let warning = UsageEvent::from_stored(
+            "quota.warning",
+            1,
+            br#"{"meter":"queries","period":{"year":2026,"month":2},"used":160,"limit":200}"#,
+        )
+        .unwrap();
+        s.evolve(&warning);
+        assert_eq!(s.warned_limit, Some(200));
     }
 }

@@ -17,9 +17,17 @@ pub fn stream_id(tenant: crate::TenantId) -> String {
 
 /// A tenant's display name: trimmed, 1 to 100 characters, no control or bidirectional-override
 /// characters (they make names that render differently from what they are).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
 pub struct TenantName(String);
+
+/// History is read leniently: a stored name decodes as it was written, even if today's rule
+/// (`TenantName::parse`, applied to every command) would refuse it.
+impl<'de> Deserialize<'de> for TenantName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenantNameError {
@@ -147,6 +155,8 @@ pub enum TenantCommand {
         reason: Option<String>,
         /// The new plan's seats (from the plan registry); `None` is unlimited.
         seats: Option<u64>,
+        /// The plan registry version the change is decided under.
+        registry_version: u32,
     },
     /// Add a member; `by` is the role of who asks (an admin cannot make owners); `seats` is what
     /// the plan in force allows (`None`: unlimited).
@@ -189,6 +199,9 @@ pub struct PlanChanged {
     /// Why, as the person who changed it said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The plan registry version the change was decided under (`null` in v1 events).
+    #[serde(default)]
+    pub registry_version: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +212,9 @@ pub struct PlanChangeScheduled {
     pub effective_at: OffsetDateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The plan registry version the change was decided under (`null` in v1 events).
+    #[serde(default)]
+    pub registry_version: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +255,20 @@ pub enum TenantEvent {
     FlagSet(FlagSet),
 }
 
+impl TenantEvent {
+    /// Every event type this aggregate writes, with the schema version it writes.
+    pub const ALL_EVENT_TYPES: &'static [(&'static str, u16)] = &[
+        ("tenant.signed_up", 1),
+        ("tenant.renamed", 1),
+        ("plan.changed", 2),
+        ("plan.change_scheduled", 2),
+        ("member.added", 1),
+        ("token.issued", 1),
+        ("token.revoked", 1),
+        ("flag.set", 1),
+    ];
+}
+
 impl DomainEvent for TenantEvent {
     fn event_type(&self) -> &'static str {
         match self {
@@ -250,6 +280,14 @@ impl DomainEvent for TenantEvent {
             TenantEvent::TokenIssued(_) => "token.issued",
             TenantEvent::TokenRevoked(_) => "token.revoked",
             TenantEvent::FlagSet(_) => "flag.set",
+        }
+    }
+
+    fn schema_version(&self) -> u16 {
+        match self {
+            // v2 added `registry_version`; v1 payloads read with it `null`.
+            TenantEvent::PlanChanged(_) | TenantEvent::PlanChangeScheduled(_) => 2,
+            _ => 1,
         }
     }
 
@@ -279,10 +317,10 @@ impl DomainEvent for TenantEvent {
             ("tenant.renamed", 1) => {
                 TenantEvent::Renamed(EventDecodeError::parse(event_type, payload)?)
             }
-            ("plan.changed", 1) => {
+            ("plan.changed", 1 | 2) => {
                 TenantEvent::PlanChanged(EventDecodeError::parse(event_type, payload)?)
             }
-            ("plan.change_scheduled", 1) => {
+            ("plan.change_scheduled", 1 | 2) => {
                 TenantEvent::PlanChangeScheduled(EventDecodeError::parse(event_type, payload)?)
             }
             ("member.added", 1) => {
@@ -429,6 +467,7 @@ impl Aggregate for Tenant {
                 plan,
                 reason,
                 seats,
+                registry_version,
             } => {
                 let current = self.plan_at(now);
                 let pending = self.pending.as_ref().filter(|p| now < p.effective_at);
@@ -442,6 +481,7 @@ impl Aggregate for Tenant {
                         to: *plan,
                         at: now,
                         reason: reason.clone(),
+                        registry_version: Some(*registry_version),
                     })]);
                 }
                 if let Some(seats) = *seats
@@ -459,6 +499,7 @@ impl Aggregate for Tenant {
                         to: *plan,
                         effective_at: crate::quota::Period::of(now).end(),
                         reason: reason.clone(),
+                        registry_version: Some(*registry_version),
                     },
                 )])
             }
@@ -625,6 +666,7 @@ mod tests {
                 plan: Plan::Pro,
                 reason: None,
                 seats: crate::plans::definition(Plan::Pro).seats,
+                registry_version: 1,
             })
             .then_err(TenantError::NotFound);
         given::<Tenant>([])
@@ -641,12 +683,14 @@ mod tests {
                 plan: Plan::Pro,
                 reason: None,
                 seats: crate::plans::definition(Plan::Pro).seats,
+                registry_version: 1,
             })
             .then([TenantEvent::PlanChanged(PlanChanged {
                 from: Plan::Free,
                 to: Plan::Pro,
                 at: test_now(),
                 reason: None,
+                registry_version: Some(1),
             })]);
         assert_eq!(state.plan, Plan::Pro);
     }
@@ -658,6 +702,7 @@ mod tests {
             to: Plan::Pro,
             at: test_now(),
             reason: None,
+            registry_version: Some(1),
         });
         let mut history = signed_up("Acme");
         history.push(upgraded);
@@ -666,12 +711,14 @@ mod tests {
                 plan: Plan::Free,
                 reason: None,
                 seats: crate::plans::definition(Plan::Free).seats,
+                registry_version: 1,
             })
             .then([TenantEvent::PlanChangeScheduled(PlanChangeScheduled {
                 from: Plan::Pro,
                 to: Plan::Free,
                 effective_at: time::macros::datetime!(2026-03-01 00:00 UTC),
                 reason: None,
+                registry_version: Some(1),
             })]);
         assert_eq!(state.plan_at(test_now()), Plan::Pro);
         assert_eq!(
@@ -690,6 +737,7 @@ mod tests {
                 plan: Plan::Free,
                 reason: None,
                 seats: crate::plans::definition(Plan::Free).seats,
+                registry_version: 1,
             })
             .then_err(TenantError::TooManyMembers {
                 plan: "free",
@@ -707,12 +755,14 @@ mod tests {
             to: Plan::Enterprise,
             at: test_now(),
             reason: None,
+            registry_version: Some(1),
         }));
         history.push(TenantEvent::PlanChangeScheduled(PlanChangeScheduled {
             from: Plan::Enterprise,
             to: Plan::Pro,
             effective_at: datetime!(2026-03-01 00:00 UTC),
             reason: None,
+            registry_version: Some(1),
         }));
         let mut state = given::<Tenant>(history)
             .when(TenantCommand::Rename {
@@ -730,6 +780,7 @@ mod tests {
                     plan: Plan::Free,
                     reason: None,
                     seats: Some(3),
+                    registry_version: 1,
                 },
                 march,
             )
@@ -752,6 +803,7 @@ mod tests {
                 plan: Plan::Free,
                 reason: None,
                 seats: crate::plans::definition(Plan::Free).seats,
+                registry_version: 1,
             })
             .then_err(TenantError::SamePlan("free"));
     }
@@ -903,6 +955,14 @@ mod tests {
                 to: Plan::Enterprise,
                 at: test_now(),
                 reason: None,
+                registry_version: Some(1),
+            }),
+            TenantEvent::PlanChangeScheduled(PlanChangeScheduled {
+                from: Plan::Enterprise,
+                to: Plan::Free,
+                effective_at: test_now(),
+                reason: Some("budget".into()),
+                registry_version: Some(2),
             }),
             TenantEvent::TokenRevoked(TokenRevoked {
                 token_id: Uuid::from_u128(7),
@@ -912,6 +972,17 @@ mod tests {
                 enabled: true,
             }),
         ]);
+        let mut kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.event_type(), e.schema_version()))
+            .collect();
+        kinds.sort();
+        let mut all = TenantEvent::ALL_EVENT_TYPES.to_vec();
+        all.sort();
+        assert_eq!(
+            kinds, all,
+            "one sample of every event type, as ALL_EVENT_TYPES lists them"
+        );
         for e in events {
             let bytes = serde_json::to_vec(&e.to_payload()).unwrap();
             let back =
@@ -925,9 +996,42 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_name_that_fails_validation_is_not_read_back_silently() {
-        let err =
-            TenantEvent::from_stored("tenant.renamed", 1, br#"{"from":"a","to":""}"#).unwrap_err();
-        assert!(matches!(err, EventDecodeError::Malformed { .. }));
+    fn stored_values_that_todays_rules_refuse_still_decode() {
+        // Validation belongs to commands, never to history: an email that `Email::parse` refuses
+        // today (no domain dot), a name it would trim, an empty new name.
+        assert!(Email::parse("ops@localhost").is_err());
+        let added = TenantEvent::from_stored(
+            "member.added",
+            1,
+            br#"{"user_id":"00000000-0000-0000-0000-000000000007","email":"ops@localhost","name":" Ada\u200b ","role":"viewer"}"#,
+        )
+        .unwrap();
+        let TenantEvent::MemberAdded(m) = &added else {
+            panic!("{added:?}")
+        };
+        assert_eq!(
+            (m.email.as_str(), m.name.as_str()),
+            ("ops@localhost", " Ada\u{200b} ")
+        );
+        let renamed =
+            TenantEvent::from_stored("tenant.renamed", 1, br#"{"from":"a","to":""}"#).unwrap();
+        assert!(matches!(renamed, TenantEvent::Renamed(r) if r.to.as_str().is_empty()));
+        // And the state folds them.
+        let mut state = Tenant::default();
+        state.evolve(&added);
+        assert_eq!(state.members.len(), 1);
+        // Commands still refuse them.
+        assert!(TenantName::parse("").is_err());
+    }
+
+    #[test]
+    fn plan_changes_of_version_1_read_with_no_registry_version() {
+        let e = TenantEvent::from_stored(
+            "plan.changed",
+            1,
+            br#"{"from":"free","to":"pro","at":"2026-02-16T09:30:00Z"}"#,
+        )
+        .unwrap();
+        assert!(matches!(e, TenantEvent::PlanChanged(p) if p.registry_version.is_none()));
     }
 }

@@ -1,14 +1,18 @@
-//! The data catalog: each tenant's datasets (until deleted) and exports.
+//! The data catalog: each tenant's datasets (until deleted), exports and presets.
 
-use crate::runtime::Projection;
+use crate::codec::{CodecError, Reader, Writer};
+use crate::runtime::{Projection, Unreadable};
 use domain::dataset::{DatasetEvent, ExportCompleted, Uploaded};
 use domain::preset::{PresetEvent, PresetVersion};
 use domain::{DomainEvent, TenantId};
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use store::Envelope;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+const LAYOUT: u16 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DatasetView {
@@ -86,20 +90,13 @@ impl Catalog {
     }
 }
 
-impl Projection for Catalog {
-    fn name(&self) -> &'static str {
-        "catalog"
-    }
-
-    fn apply(&self, e: &Envelope) {
+impl Catalog {
+    /// Apply one event to the state; an event of ours that does not decode stops the batch.
+    fn apply_one(s: &mut State, e: &Envelope) -> Result<(), Unreadable> {
         if e.stream_id.starts_with("dataset-") {
-            let Ok(event) =
+            let event =
                 DatasetEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())
-            else {
-                tracing::error!(position = e.global_position, "unreadable dataset event");
-                return;
-            };
-            let mut s = self.state.write().expect("catalog lock");
+                    .map_err(|err| Unreadable::at(e, err))?;
             let datasets = s.datasets.entry(e.tenant_id).or_default();
             match event {
                 DatasetEvent::Uploaded(u) => {
@@ -117,13 +114,9 @@ impl Projection for Catalog {
                 }
             }
         } else if e.stream_id.starts_with("preset-") {
-            let Ok(event) =
+            let event =
                 PresetEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())
-            else {
-                tracing::error!(position = e.global_position, "unreadable preset event");
-                return;
-            };
-            let mut s = self.state.write().expect("catalog lock");
+                    .map_err(|err| Unreadable::at(e, err))?;
             let presets = s.presets.entry(e.tenant_id).or_default();
             match event {
                 PresetEvent::Created(v) | PresetEvent::Edited(v) => {
@@ -141,21 +134,143 @@ impl Projection for Catalog {
                 }
             }
         } else if e.event_type == "export.completed" {
-            match serde_json::from_str::<ExportCompleted>(e.payload.as_str()) {
-                Ok(x) => {
-                    let mut s = self.state.write().expect("catalog lock");
-                    s.exports.entry(e.tenant_id).or_default().insert(
-                        x.export_id,
-                        ExportView {
-                            export: x,
-                            completed_at: e.recorded_at,
-                        },
-                    );
-                }
-                Err(err) => {
-                    tracing::error!(position = e.global_position, error = %err, "unreadable export event")
+            let x = serde_json::from_str::<ExportCompleted>(e.payload.as_str())
+                .map_err(|err| Unreadable::at(e, err))?;
+            s.exports.entry(e.tenant_id).or_default().insert(
+                x.export_id,
+                ExportView {
+                    export: x,
+                    completed_at: e.recorded_at,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Projection for Catalog {
+    fn name(&self) -> &'static str {
+        "catalog"
+    }
+
+    fn apply(&self, events: &[Envelope]) -> Result<(), Unreadable> {
+        let mut s = self.state.write().expect("catalog lock");
+        for e in events {
+            Self::apply_one(&mut s, e)?;
+        }
+        Ok(())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let s = self.state.read().expect("catalog lock");
+        let mut w = Writer::new(self.name(), LAYOUT);
+        w.usize(s.datasets.len());
+        for (tenant, datasets) in &s.datasets {
+            w.uuid(tenant.as_uuid());
+            w.usize(datasets.len());
+            for d in datasets.values() {
+                w.json(&d.dataset);
+                w.time(d.uploaded_at);
+                w.str(&d.uploaded_by);
+            }
+        }
+        w.usize(s.exports.len());
+        for (tenant, exports) in &s.exports {
+            w.uuid(tenant.as_uuid());
+            w.usize(exports.len());
+            for x in exports.values() {
+                w.json(&x.export);
+                w.time(x.completed_at);
+            }
+        }
+        w.usize(s.presets.len());
+        for (tenant, presets) in &s.presets {
+            w.uuid(tenant.as_uuid());
+            w.usize(presets.len());
+            for p in presets.values() {
+                w.uuid(&p.preset_id);
+                w.bool(p.deleted);
+                w.usize(p.versions.len());
+                for v in p.versions.values() {
+                    w.json(v);
                 }
             }
         }
+        w.finish()
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<(), CodecError> {
+        let mut r = Reader::new(bytes, self.name(), LAYOUT)?;
+        let mut s = State::default();
+        for _ in 0..r.len()? {
+            let tenant = TenantId::from_uuid(r.uuid()?);
+            let mut datasets = BTreeMap::new();
+            for _ in 0..r.len()? {
+                let dataset: Uploaded = r.json()?;
+                let view = DatasetView {
+                    uploaded_at: r.time()?,
+                    uploaded_by: r.str()?,
+                    dataset,
+                };
+                datasets.insert(view.dataset.dataset_id, view);
+            }
+            s.datasets.insert(tenant, datasets);
+        }
+        for _ in 0..r.len()? {
+            let tenant = TenantId::from_uuid(r.uuid()?);
+            let mut exports = BTreeMap::new();
+            for _ in 0..r.len()? {
+                let export: ExportCompleted = r.json()?;
+                let view = ExportView {
+                    completed_at: r.time()?,
+                    export,
+                };
+                exports.insert(view.export.export_id, view);
+            }
+            s.exports.insert(tenant, exports);
+        }
+        for _ in 0..r.len()? {
+            let tenant = TenantId::from_uuid(r.uuid()?);
+            let mut presets = BTreeMap::new();
+            for _ in 0..r.len()? {
+                let preset_id = r.uuid()?;
+                let deleted = r.bool()?;
+                let mut versions = BTreeMap::new();
+                for _ in 0..r.len()? {
+                    let v: PresetVersion = r.json()?;
+                    versions.insert(v.version, v);
+                }
+                if versions.is_empty() {
+                    return Err(CodecError::Malformed("a preset without versions".into()));
+                }
+                presets.insert(
+                    preset_id,
+                    PresetView {
+                        preset_id,
+                        versions,
+                        deleted,
+                    },
+                );
+            }
+            s.presets.insert(tenant, presets);
+        }
+        r.end()?;
+        *self.state.write().expect("catalog lock") = s;
+        Ok(())
+    }
+
+    fn fresh(&self) -> Arc<dyn Projection> {
+        Arc::new(Catalog::default())
+    }
+
+    fn adopt(&self, other: &dyn Projection) {
+        if let Some(o) = other.as_any().downcast_ref::<Catalog>() {
+            let taken = std::mem::take(&mut *o.state.write().expect("catalog lock"));
+            *self.state.write().expect("catalog lock") = taken;
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }

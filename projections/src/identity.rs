@@ -1,15 +1,19 @@
 //! Who is who: tokens (by their SHA-256), members and their roles, operators, and each tenant's
 //! name, plan and flag overrides.
 
-use crate::runtime::Projection;
+use crate::codec::{CodecError, Reader, Writer};
+use crate::runtime::{Projection, Unreadable};
 use domain::platform::{self, PlatformEvent};
 use domain::tenant::{Plan, TenantEvent};
 use domain::{DomainEvent, Flag, PlatformRole, TenantId, TenantRole, UserId};
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use store::Envelope;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+const LAYOUT: u16 = 1;
 
 /// A token as authentication needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,17 +223,15 @@ impl Identity {
     }
 }
 
-impl Projection for Identity {
-    fn name(&self) -> &'static str {
-        "identity"
-    }
-
-    fn apply(&self, e: &Envelope) {
-        let mut state = self.state.write().expect("identity lock");
+impl Identity {
+    /// Apply one event; a platform or tenant event that does not decode stops the batch (a
+    /// revocation may be behind it: authentication must not go on as if it were not there).
+    fn apply_one(state: &mut State, e: &Envelope) -> Result<(), Unreadable> {
         if e.tenant_id == TenantId::PLATFORM && e.stream_id == platform::STREAM {
             match PlatformEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())
+                .map_err(|err| Unreadable::at(e, err))?
             {
-                Ok(PlatformEvent::OperatorTokenIssued(t)) => {
+                PlatformEvent::OperatorTokenIssued(t) => {
                     state.operators.insert(t.operator_id, t.role);
                     state
                         .token_hashes
@@ -245,19 +247,157 @@ impl Projection for Identity {
                         },
                     );
                 }
-                Ok(PlatformEvent::OperatorTokenRevoked(t)) => Self::revoke(&mut state, t.token_id),
-                Err(err) => {
-                    tracing::error!(position = e.global_position, error = %err, "unreadable platform event")
-                }
+                PlatformEvent::OperatorTokenRevoked(t) => Self::revoke(state, t.token_id),
             }
         } else if e.stream_id.starts_with("tenant-") {
-            match TenantEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes()) {
-                Ok(event) => Self::apply_tenant(&mut state, e.tenant_id, event, e.recorded_at),
-                Err(err) => {
-                    tracing::error!(position = e.global_position, error = %err, "unreadable tenant event")
-                }
-            }
+            let event =
+                TenantEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())
+                    .map_err(|err| Unreadable::at(e, err))?;
+            Self::apply_tenant(state, e.tenant_id, event, e.recorded_at);
         }
+        Ok(())
+    }
+}
+
+impl Projection for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+
+    fn apply(&self, events: &[Envelope]) -> Result<(), Unreadable> {
+        let mut state = self.state.write().expect("identity lock");
+        for e in events {
+            Self::apply_one(&mut state, e)?;
+        }
+        Ok(())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let s = self.state.read().expect("identity lock");
+        let mut w = Writer::new(self.name(), LAYOUT);
+        w.usize(s.tokens.len());
+        for (hash, t) in &s.tokens {
+            w.str(hash);
+            w.uuid(&t.token_id);
+            match t.tenant {
+                Some(tenant) => {
+                    w.bool(true);
+                    w.uuid(tenant.as_uuid());
+                }
+                None => w.bool(false),
+            }
+            w.uuid(t.user_id.as_uuid());
+            w.time(t.expires_at);
+            w.bool(t.revoked);
+        }
+        w.usize(s.members.len());
+        for ((tenant, user), m) in &s.members {
+            w.uuid(tenant.as_uuid());
+            w.uuid(user.as_uuid());
+            w.str(&m.email);
+            w.str(&m.name);
+            w.str(m.role.as_str());
+        }
+        w.usize(s.operators.len());
+        for (operator, role) in &s.operators {
+            w.uuid(operator.as_uuid());
+            w.str(role.as_str());
+        }
+        w.usize(s.tenants.len());
+        for t in s.tenants.values() {
+            w.uuid(t.tenant_id.as_uuid());
+            w.str(&t.name);
+            w.json(&t.plan);
+            w.time(t.signed_up_at);
+            w.usize(t.flags.len());
+            for (flag, on) in &t.flags {
+                w.str(flag.as_str());
+                w.bool(*on);
+            }
+            w.usize(t.members);
+            w.json(&t.pending);
+        }
+        w.finish()
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<(), CodecError> {
+        fn parse<T: std::str::FromStr<Err = String>>(s: String) -> Result<T, CodecError> {
+            s.parse().map_err(CodecError::Malformed)
+        }
+        let mut r = Reader::new(bytes, self.name(), LAYOUT)?;
+        let mut s = State::default();
+        for _ in 0..r.len()? {
+            let hash = r.str()?;
+            let token_id = r.uuid()?;
+            let tenant = if r.bool()? {
+                Some(TenantId::from_uuid(r.uuid()?))
+            } else {
+                None
+            };
+            let entry = TokenEntry {
+                token_id,
+                tenant,
+                user_id: UserId::from_uuid(r.uuid()?),
+                expires_at: r.time()?,
+                revoked: r.bool()?,
+            };
+            s.token_hashes.insert(token_id, hash.clone());
+            s.tokens.insert(hash, entry);
+        }
+        for _ in 0..r.len()? {
+            let tenant = TenantId::from_uuid(r.uuid()?);
+            let user_id = UserId::from_uuid(r.uuid()?);
+            let view = MemberView {
+                user_id,
+                email: r.str()?,
+                name: r.str()?,
+                role: parse(r.str()?)?,
+            };
+            s.members.insert((tenant, user_id), view);
+        }
+        for _ in 0..r.len()? {
+            let operator = UserId::from_uuid(r.uuid()?);
+            s.operators.insert(operator, parse(r.str()?)?);
+        }
+        for _ in 0..r.len()? {
+            let tenant_id = TenantId::from_uuid(r.uuid()?);
+            let name = r.str()?;
+            let plan = r.json()?;
+            let signed_up_at = r.time()?;
+            let mut flags = BTreeMap::new();
+            for _ in 0..r.len()? {
+                let flag: Flag = parse(r.str()?)?;
+                flags.insert(flag, r.bool()?);
+            }
+            let view = TenantView {
+                tenant_id,
+                name,
+                plan,
+                signed_up_at,
+                flags,
+                members: r.len()?,
+                pending: r.json()?,
+            };
+            s.tenants.insert(tenant_id, view);
+        }
+        r.end()?;
+        *self.state.write().expect("identity lock") = s;
+        Ok(())
+    }
+
+    fn fresh(&self) -> Arc<dyn Projection> {
+        Arc::new(Identity::default())
+    }
+
+    fn adopt(&self, other: &dyn Projection) {
+        if let Some(o) = other.as_any().downcast_ref::<Identity>() {
+            let taken = std::mem::take(&mut *o.state.write().expect("identity lock"));
+            *self.state.write().expect("identity lock") = taken;
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
@@ -316,7 +456,9 @@ mod tests {
             }),
         ];
         for (i, e) in events.into_iter().enumerate() {
-            identity.apply(&envelope(i as u64 + 1, tenant, e));
+            identity
+                .apply(&[envelope(i as u64 + 1, tenant, e)])
+                .unwrap();
         }
         let hash = "ab".repeat(32);
         let before = datetime!(2026-02-20 00:00 UTC);
@@ -335,13 +477,15 @@ mod tests {
             identity.authenticate(&"cd".repeat(32), before),
             Err(TokenProblem::Unknown)
         );
-        identity.apply(&envelope(
-            4,
-            tenant,
-            TenantEvent::TokenRevoked(TokenRevoked {
-                token_id: Uuid::from_u128(3),
-            }),
-        ));
+        identity
+            .apply(&[envelope(
+                4,
+                tenant,
+                TenantEvent::TokenRevoked(TokenRevoked {
+                    token_id: Uuid::from_u128(3),
+                }),
+            )])
+            .unwrap();
         assert_eq!(
             identity.authenticate(&hash, before),
             Err(TokenProblem::Revoked)

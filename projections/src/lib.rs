@@ -1,16 +1,23 @@
 //! Read models derived from the event log.
 //!
-//! Each projection follows the log through its own subscription and keeps its own checkpoint
-//! (the last position it applied). They live in memory and are rebuilt from position 1 when the
-//! process starts (ADR 004); the runtime reports each one's lag and lets readers wait until a
-//! projection has reached a position (read-your-writes).
+//! One reader per process feeds every projection in commit order (`Runtime`). Each projection
+//! persists its state and checkpoint in the store it follows and resumes from them at start, so
+//! start-up does not grow with the log; a projection that meets an event it cannot decode stops
+//! before it (fail closed) and says so; a rebuild replays one from position 1 beside the live one
+//! and switches when caught up (ADR 009). Readers can wait until the projections have reached a
+//! position (read-your-writes, ADR 004).
 
 mod audit;
 mod catalog;
+mod codec;
 mod identity;
 mod runtime;
 
 pub use audit::Audit;
 pub use catalog::{Catalog, DatasetView, ExportView, PresetView};
+pub use codec::CodecError;
 pub use identity::{Identity, MemberView, Principal, TenantView, TokenEntry, TokenProblem};
-pub use runtime::{Projection, Runtime};
+pub use runtime::{
+    Checkpointing, Projection, ProjectionStatus, RebuildError, RebuildState, RebuildStatus,
+    ReplayError, ReplayReport, Runtime, Unreadable, load, replay, save,
+};

@@ -5,23 +5,22 @@
 //! IMMEDIATE`) before reading the head position, so even a second process writing to the same
 //! file (the operator CLI beside a running server) cannot interleave positions.
 
-use crate::Snapshot;
 use crate::envelope::{
     AppendRequest, Appended, Envelope, RawJson, from_micros, now_micros, to_micros,
 };
 use crate::error::{Result, StoreError};
 use crate::idempotency;
 use crate::planner::{Plan, StoredId};
+use crate::{Health, OVERLOADED_RETRY_AFTER, Snapshot, StoreOptions, WriterState};
 use domain::TenantId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 const PAGE_SIZE: i64 = 4096;
@@ -101,26 +100,32 @@ pub(crate) struct Embedded {
     readers: Arc<ReaderPool>,
     head: watch::Receiver<u64>,
     blobs: PathBuf,
+    state: Arc<WriterState>,
+    queue_capacity: usize,
 }
 
 impl Embedded {
-    pub(crate) fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path, options: &StoreOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("events.db");
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
+        // The writer waits at most this long for SQLite's write lock (another process).
+        conn.busy_timeout(options.lock_timeout)?;
         let head = head_position(&conn)?;
         let (head_tx, head_rx) = watch::channel(head);
-        let (tx, rx) = mpsc::channel();
+        let queue_capacity = options.append_queue.max(1);
+        let (tx, rx) = mpsc::channel(queue_capacity);
+        let state = Arc::new(WriterState::default());
         let wal_frames = Arc::new(AtomicI64::new(0));
         let stop_checkpointer = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         let writer = {
-            let wal_frames = wal_frames.clone();
+            let (wal_frames, state) = (wal_frames.clone(), state.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer_loop(conn, rx, head_tx, wal_frames))
+                .spawn(move || supervise(conn, rx, head_tx, wal_frames, state))
                 .map_err(StoreError::backend)?
         };
         let checkpointer = {
@@ -141,25 +146,58 @@ impl Embedded {
                 idle: Mutex::new(Vec::new()),
             }),
             head: head_rx,
+            state,
+            queue_capacity,
         })
     }
 
+    /// Queue a write, or refuse it at once when the queue is full.
     fn submit(&self, op: WriteOp) -> Result<()> {
         let queue = self.queue.lock().expect("queue lock");
         let tx = queue.as_ref().ok_or(StoreError::Closed)?;
-        tx.send(op).map_err(|_| StoreError::Closed)
+        tx.try_send(op).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded {
+                queued: self.queue_capacity,
+                retry_after: OVERLOADED_RETRY_AFTER,
+            },
+            mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+        })
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        let (queued_appends, queue_capacity, open) = match &*self.queue.lock().expect("queue lock")
+        {
+            Some(q) => (q.max_capacity() - q.capacity(), q.max_capacity(), true),
+            None => (0, self.queue_capacity, false),
+        };
+        let thread_alive = self
+            .writer
+            .lock()
+            .expect("writer lock")
+            .as_ref()
+            .is_some_and(|t| !t.is_finished());
+        Health {
+            writer_running: open && thread_alive && !self.state.stopped.load(Ordering::SeqCst),
+            writer_restarts: self.state.restarts.load(Ordering::SeqCst),
+            queued_appends,
+            queue_capacity,
+        }
+    }
+
+    pub(crate) fn writer_state(&self) -> &WriterState {
+        &self.state
     }
 
     pub(crate) async fn append(&self, request: AppendRequest) -> Result<Appended> {
         let (tx, rx) = oneshot::channel();
         self.submit(WriteOp::Append(request, tx))?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| writer_died())?
     }
 
     pub(crate) async fn idempotency(&self, op: idempotency::Op) -> Result<idempotency::OpResult> {
         let (tx, rx) = oneshot::channel();
         self.submit(WriteOp::Idempotency(op, tx))?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| writer_died())?
     }
 
     fn blob_path(&self, tenant: TenantId, id: &str) -> Result<PathBuf> {
@@ -263,7 +301,7 @@ impl Embedded {
     pub(crate) async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.submit(WriteOp::Snapshot(snapshot, tx))?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| writer_died())?
     }
 
     pub(crate) fn head_watch(&self) -> watch::Receiver<u64> {
@@ -613,16 +651,49 @@ enum Ids {
     LookUp,
 }
 
-/// The writer: wait for work, take everything queued, commit it as one transaction, answer.
-fn writer_loop(
+/// The writer answers every write it takes, unless it dies holding it: the group may then
+/// have committed or not.
+fn writer_died() -> StoreError {
+    StoreError::OutcomeUnknown("the writer stopped while it held this write".into())
+}
+
+/// Run the writer, and start it again when it panics (a bug must not stop every append of the
+/// process). An open transaction is rolled back as the panic unwinds; the writes of the group it
+/// held answer `OutcomeUnknown`; the queue, and what waits in it, is kept for the next writer.
+fn supervise(
     mut conn: Connection,
-    rx: mpsc::Receiver<WriteOp>,
+    mut rx: mpsc::Receiver<WriteOp>,
     head: watch::Sender<u64>,
     wal_frames: Arc<AtomicI64>,
+    state: Arc<WriterState>,
 ) {
     conn.set_prepared_statement_cache_capacity(64);
+    loop {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writer_loop(&mut conn, &mut rx, &head, &wal_frames, &state)
+        }));
+        match run {
+            Ok(()) => break,
+            Err(_) => {
+                let restarts = state.restarts.fetch_add(1, Ordering::SeqCst) + 1;
+                tracing::error!(restarts, "the embedded writer died; starting it again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    state.stopped.store(true, Ordering::SeqCst);
+}
+
+/// The writer: wait for work, take everything queued, commit it as one transaction, answer.
+fn writer_loop(
+    conn: &mut Connection,
+    rx: &mut mpsc::Receiver<WriteOp>,
+    head: &watch::Sender<u64>,
+    wal_frames: &AtomicI64,
+    state: &WriterState,
+) {
     let mut cache = WriterCache::default();
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         if wal_frames.load(Ordering::Relaxed) > WAL_RESTART_FRAMES {
             // The checkpointer has copied most of the WAL; finishing here, between two groups,
             // lets the next transaction restart the WAL file from its beginning.
@@ -649,16 +720,20 @@ fn writer_loop(
                 next = rx.try_recv().ok();
             }
         }
+        state.check_injected_fault();
         let group = Group {
             appends: &appends,
             snapshots: &snapshots,
             keyed: &keyed,
         };
-        let outcome =
-            commit_group(&mut conn, &mut cache, &group, Ids::TrustUniqueIndex).or_else(|e| {
-                tracing::debug!(error = %e, "group failed; planning it again with id look-ups");
-                commit_group(&mut conn, &mut cache, &group, Ids::LookUp)
-            });
+        let outcome = commit_group(conn, &mut cache, &group, Ids::TrustUniqueIndex).or_else(|e| {
+            if matches!(e, StoreError::Timeout(_)) {
+                // The write lock is taken elsewhere: trying again would only wait again.
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "group failed; planning it again with id look-ups");
+            commit_group(conn, &mut cache, &group, Ids::LookUp)
+        });
         match outcome {
             Ok((results, keyed_results)) => {
                 head.send_if_modified(|h| {
@@ -678,15 +753,14 @@ fn writer_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; nothing of it was written");
-                let message = e.to_string();
                 for (_, reply) in appends {
-                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
+                    let _ = reply.send(Err(e.clone()));
                 }
                 for (_, reply) in snapshots {
-                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
+                    let _ = reply.send(Err(e.clone()));
                 }
                 for (_, reply) in keyed {
-                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
@@ -859,6 +933,12 @@ fn idempotency_op(
             tx.prepare_cached("DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2")?
                 .execute(params![tenant.as_uuid().as_bytes(), key])?;
             Ok(OpResult::Done)
+        }
+        Op::Purge { before_micros } => {
+            let n = tx
+                .prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
+                .execute(params![before_micros])?;
+            Ok(OpResult::Purged(n as u64))
         }
     }
 }

@@ -195,6 +195,12 @@ pub struct Metadata {
     pub correlation_id: Uuid,
     pub causation_id: Option<Uuid>,
     pub trace_id: Option<String>,
+    /// When set (a request under an `Idempotency-Key`), the command executor derives its events'
+    /// ids from this seed, the stream, the event type and the event's index in the command,
+    /// instead of drawing fresh ones: a retry of the same request then writes the same ids, and
+    /// the store's idempotent append answers whether the first attempt was written (a replay),
+    /// or refuses a different decision under the same ids — never a second copy.
+    pub event_id_seed: Option<Uuid>,
 }
 
 impl Metadata {
@@ -208,6 +214,7 @@ impl Metadata {
             correlation_id: new_event_id(),
             causation_id: None,
             trace_id: None,
+            event_id_seed: None,
         }
     }
 }

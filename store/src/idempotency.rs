@@ -49,12 +49,17 @@ pub(crate) enum Op {
         tenant: TenantId,
         key: String,
     },
+    /// Delete every record (of every tenant) begun before `before_micros`.
+    Purge {
+        before_micros: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum OpResult {
     Begin(Begin),
     Done,
+    Purged(u64),
 }
 
 /// A stored record as both backends read it.

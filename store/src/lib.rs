@@ -13,6 +13,7 @@ mod planner;
 mod postgres;
 mod subscription;
 pub mod testing;
+mod tls;
 mod upcast;
 
 pub use envelope::{
@@ -22,19 +23,123 @@ pub use envelope::{
 pub use error::{Result, StoreError};
 pub use planner::MAX_EVENTS_PER_APPEND;
 pub use subscription::Subscription;
+pub use tls::SslMode;
 pub use upcast::{Upcaster, Upcasters};
 
 use domain::TenantId;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Where a store lives, as given on the command line (`--data DIR` or `--store postgres://…`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Its `Debug` never shows a password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     Embedded(std::path::PathBuf),
     Postgres(String),
 }
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Embedded(dir) => f.debug_tuple("Embedded").field(dir).finish(),
+            Location::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&tls::redact_url(url))
+                .finish(),
+        }
+    }
+}
+
+impl Location {
+    /// The location as it may be logged: a PostgreSQL URL without its password.
+    pub fn redacted(&self) -> String {
+        match self {
+            Location::Embedded(dir) => dir.display().to_string(),
+            Location::Postgres(url) => tls::redact_url(url),
+        }
+    }
+}
+
+/// Limits of the write path. The defaults suit a service; tests make them small.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Appends waiting for the writer (beside the group it is committing) past which new ones
+    /// are refused with [`StoreError::Overloaded`] instead of queueing without bound.
+    pub append_queue: usize,
+    /// The longest wait for a lock, the global write lock included: PostgreSQL `lock_timeout`,
+    /// SQLite's busy timeout for the writer.
+    pub lock_timeout: Duration,
+    /// PostgreSQL `statement_timeout` on every connection of the store.
+    pub statement_timeout: Duration,
+    /// PostgreSQL `idle_in_transaction_session_timeout`: a session of ours that stalls inside a
+    /// transaction (and so may hold the write lock) is ended by the server after this long.
+    pub idle_in_transaction_timeout: Duration,
+    /// The client-side bound on one PostgreSQL group commit, for what the server cannot see (a
+    /// half-open connection). Past it the group fails with [`StoreError::Timeout`] before COMMIT
+    /// was sent, or [`StoreError::OutcomeUnknown`] after.
+    pub write_timeout: Duration,
+    /// TCP keepalive idle time on PostgreSQL connections (and the TCP user timeout).
+    pub keepalive_idle: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            append_queue: 16_384,
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(15),
+            keepalive_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What `/readyz` needs to know about the store's writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// False once the writer has stopped for good while the store is open: appends then fail
+    /// until the process is restarted.
+    pub writer_running: bool,
+    /// How often the writer died (a panic) and was started again since the store opened.
+    pub writer_restarts: u64,
+    /// Appends waiting for the writer now, and how many may wait before `Overloaded`.
+    pub queued_appends: usize,
+    pub queue_capacity: usize,
+}
+
+impl Health {
+    /// Whether this instance should take traffic.
+    pub fn is_ready(&self) -> bool {
+        self.writer_running && self.queued_appends < self.queue_capacity
+    }
+}
+
+/// The writer's vital signs, shared between the handle and its writer.
+#[derive(Debug, Default)]
+pub(crate) struct WriterState {
+    pub(crate) stopped: std::sync::atomic::AtomicBool,
+    pub(crate) restarts: std::sync::atomic::AtomicU64,
+    /// A fault to inject: the writer panics when it next takes a group (tests only).
+    pub(crate) panic_next: std::sync::atomic::AtomicBool,
+}
+
+impl WriterState {
+    /// Called by the writer when it takes a group: panics once if a fault was injected.
+    pub(crate) fn check_injected_fault(&self) {
+        if self
+            .panic_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("injected writer fault");
+        }
+    }
+}
+
+/// How long a refused append should wait before it is tried again.
+pub(crate) const OVERLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A cached aggregate state at a stream version. Only a cache: appends are still guarded by
 /// the expected-version check, so a stale snapshot can cost a retry but never a wrong write.
@@ -84,21 +189,60 @@ macro_rules! dispatch {
 impl Store {
     /// Open (creating if needed) the embedded store in `dir`.
     pub fn open_embedded(dir: &Path) -> Result<Self> {
-        Ok(Self::new(Backend::Embedded(embedded::Embedded::open(dir)?)))
+        Self::open_embedded_with(dir, &StoreOptions::default())
     }
 
-    /// Connect to PostgreSQL, applying any pending migrations.
+    pub fn open_embedded_with(dir: &Path, options: &StoreOptions) -> Result<Self> {
+        Ok(Self::new(Backend::Embedded(embedded::Embedded::open(
+            dir, options,
+        )?)))
+    }
+
+    /// Connect to PostgreSQL, applying any pending migrations. `sslmode` in the URL chooses TLS
+    /// (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`; `sslrootcert` names the CA
+    /// file for the verifying modes, else the platform's web roots are trusted).
     pub async fn connect_postgres(url: &str) -> Result<Self> {
+        Self::connect_postgres_with(url, &StoreOptions::default()).await
+    }
+
+    pub async fn connect_postgres_with(url: &str, options: &StoreOptions) -> Result<Self> {
         Ok(Self::new(Backend::Postgres(
-            postgres::Postgres::connect(url).await?,
+            postgres::Postgres::connect(url, options).await?,
         )))
     }
 
     pub async fn open(location: &Location) -> Result<Self> {
+        Self::open_with(location, &StoreOptions::default()).await
+    }
+
+    pub async fn open_with(location: &Location, options: &StoreOptions) -> Result<Self> {
         match location {
-            Location::Embedded(dir) => Self::open_embedded(dir),
-            Location::Postgres(url) => Self::connect_postgres(url).await,
+            Location::Embedded(dir) => Self::open_embedded_with(dir, options),
+            Location::Postgres(url) => Self::connect_postgres_with(url, options).await,
         }
+    }
+
+    /// The writer's health, without IO: whether it runs, how often it was restarted, how full
+    /// its queue is. `/readyz` turns red when [`Health::is_ready`] is false.
+    pub fn health(&self) -> Health {
+        match &*self.backend {
+            Backend::Embedded(b) => b.health(),
+            Backend::Postgres(b) => b.health(),
+        }
+    }
+
+    /// Make the writer panic when it next takes a group, as a bug would: the appends of that
+    /// group answer [`StoreError::OutcomeUnknown`] and the writer is started again. For fault
+    /// tests only.
+    #[doc(hidden)]
+    pub fn inject_writer_panic(&self) {
+        let state = match &*self.backend {
+            Backend::Embedded(b) => b.writer_state(),
+            Backend::Postgres(b) => b.writer_state(),
+        };
+        state
+            .panic_next
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn new(backend: Backend) -> Self {
@@ -226,7 +370,7 @@ impl Store {
         };
         match dispatch!(self.idempotency(op))? {
             idempotency::OpResult::Begin(b) => Ok(b),
-            idempotency::OpResult::Done => Err(StoreError::Backend("unexpected answer".into())),
+            _ => Err(StoreError::Backend("unexpected answer".into())),
         }
     }
 
@@ -252,6 +396,20 @@ impl Store {
             key: key.to_owned(),
         };
         dispatch!(self.idempotency(op)).map(|_| ())
+    }
+
+    /// Delete the idempotency records past their retention ([`idempotency::RETENTION_SECS`]):
+    /// they can no longer be replayed, and what they keep (responses, sealed tokens) must not
+    /// outlive that. Answers how many were deleted.
+    pub async fn idempotency_purge(&self) -> Result<u64> {
+        let now = envelope::to_micros(envelope::now_micros());
+        let op = idempotency::Op::Purge {
+            before_micros: now - idempotency::RETENTION_SECS * 1_000_000,
+        };
+        match dispatch!(self.idempotency(op))? {
+            idempotency::OpResult::Purged(n) => Ok(n),
+            _ => Err(StoreError::Backend("unexpected answer".into())),
+        }
     }
 
     pub async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {

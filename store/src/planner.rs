@@ -77,8 +77,65 @@ pub struct Plan {
     rows: Vec<Envelope>,
 }
 
-/// Reject malformed appends before anything is loaded.
+/// Reject malformed appends before anything is loaded, and before they join a group: whatever
+/// one backend would refuse (PostgreSQL's text cannot hold NUL, its timestamps end in year
+/// 294276 and begin in 4713 BC) is refused here for both, so an append is valid or not the same
+/// way everywhere and an invalid one can never fail the group it would have joined.
 pub fn validate(request: &AppendRequest) -> Result<()> {
+    validate_shape(request)?;
+    text("stream id", &request.stream_id)?;
+    metadata(&request.metadata)?;
+    for e in &request.events {
+        text("event type", &e.event_type)?;
+        // Valid JSON text cannot hold a raw NUL (JSON escapes it as \u0000, which PostgreSQL
+        // keeps as six characters), but the check is one pass of a fast byte search.
+        text("payload", e.payload.as_str())?;
+        if let Some(m) = &e.metadata {
+            metadata(m)?;
+        }
+        if let Some(at) = e.occurred_at
+            && !(1..=9999).contains(&at.year())
+        {
+            return Err(StoreError::InvalidAppend(format!(
+                "occurred_at {at} is outside the years 1 to 9999"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn metadata(m: &crate::envelope::Metadata) -> Result<()> {
+    text("actor", &m.actor)?;
+    if m.actor.len() > MAX_TEXT {
+        return Err(StoreError::InvalidAppend(format!(
+            "actor must be at most {MAX_TEXT} bytes"
+        )));
+    }
+    if let Some(trace) = &m.trace_id {
+        text("trace id", trace)?;
+        if trace.len() > MAX_TEXT {
+            return Err(StoreError::InvalidAppend(format!(
+                "trace id must be at most {MAX_TEXT} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The longest actor or trace id: these are identifiers, not documents.
+const MAX_TEXT: usize = 1024;
+
+/// Text both backends store the same: no NUL character.
+fn text(what: &str, value: &str) -> Result<()> {
+    if value.as_bytes().contains(&0) {
+        return Err(StoreError::InvalidAppend(format!(
+            "{what} must not contain a NUL character"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_shape(request: &AppendRequest) -> Result<()> {
     if request.events.is_empty() {
         return Err(StoreError::InvalidAppend(
             "an append needs at least one event".into(),

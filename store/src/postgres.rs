@@ -9,21 +9,25 @@
 //! reader that resumes after the last position it saw cannot jump over a late commit. Positions
 //! are also dense, because a transaction that rolls back has written none.
 
-use crate::Snapshot;
 use crate::envelope::{AppendRequest, Appended, Envelope, RawJson};
 use crate::error::{Result, StoreError};
 use crate::idempotency;
 use crate::planner::{Plan, StoredId};
+use crate::tls;
+use crate::{Health, OVERLOADED_RETRY_AFTER, Snapshot, StoreOptions, WriterState};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use domain::TenantId;
 use futures_util::StreamExt;
+use futures_util::future::{join, join3, join4};
 use std::collections::{HashMap, HashSet};
-use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Row, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 /// The advisory lock every writing transaction holds from assigning positions until commit.
@@ -137,6 +141,53 @@ const MIGRATIONS: &[(i32, &str)] = &[
         saved_at timestamptz NOT NULL DEFAULT now()
     );",
     ),
+    (
+        5,
+        // ADR 002's assumption enforced for every writer, psql included (docs/adr/011): an insert
+        // into the log takes the global write lock (127978992397940 = WRITE_LOCK) before its
+        // first row, and the rows of one statement must be the next positions after the head,
+        // without a hole. The check runs as the table owner, so a tenant-scoped session's
+        // row-level security does not hide the neighbours it looks for.
+        "CREATE FUNCTION tenantry_events_take_write_lock() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(127978992397940);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER events_take_write_lock BEFORE INSERT ON events
+        FOR EACH STATEMENT EXECUTE FUNCTION tenantry_events_take_write_lock();
+    CREATE FUNCTION tenantry_events_dense_positions() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+    DECLARE
+        lo bigint;
+        hi bigint;
+        n bigint;
+    BEGIN
+        SELECT min(global_position), max(global_position), count(*) INTO lo, hi, n
+            FROM new_events;
+        -- max() is one probe of the primary key's right edge, whatever the plan; a range
+        -- condition on a parameter could be planned as a scan of the whole log.
+        IF n > 0 AND (hi - lo + 1 <> n
+            OR (SELECT max(global_position) FROM events) <> hi
+            OR (lo > 1 AND NOT EXISTS (SELECT 1 FROM events WHERE global_position = lo - 1))) THEN
+            RAISE EXCEPTION 'events must take the positions right after the head (got % to %)',
+                lo, hi USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER events_dense_positions AFTER INSERT ON events
+        REFERENCING NEW TABLE AS new_events
+        FOR EACH STATEMENT EXECUTE FUNCTION tenantry_events_dense_positions();
+    CREATE FUNCTION tenantry_expect_streams(expected bigint, moved bigint) RETURNS bigint
+        LANGUAGE plpgsql AS $$
+    BEGIN
+        IF moved <> expected THEN
+            RAISE EXCEPTION 'a stream moved under another writer (% of % at their expected version)',
+                moved, expected USING ERRCODE = 'serialization_failure';
+        END IF;
+        RETURN moved;
+    END $$;",
+    ),
 ];
 
 type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
@@ -144,24 +195,57 @@ type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
 #[derive(Debug)]
 pub(crate) struct Postgres {
     pool: Pool,
-    queue: std::sync::Mutex<Option<mpsc::UnboundedSender<AppendReply>>>,
+    queue: std::sync::Mutex<Option<mpsc::Sender<AppendReply>>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     head: watch::Receiver<u64>,
+    state: Arc<WriterState>,
+    queue_capacity: usize,
+}
+
+/// Session settings every connection of the store starts with (as startup options, so they
+/// cost no round trip): time limits on locks, statements and idle transactions, and durable
+/// commits whatever the server's default. Options given in the URL come after and win.
+fn configure(config: &mut tokio_postgres::Config, options: &StoreOptions) {
+    let ours = format!(
+        "-c lock_timeout={} -c statement_timeout={} -c idle_in_transaction_session_timeout={} \
+         -c synchronous_commit=on",
+        options.lock_timeout.as_millis().max(1),
+        options.statement_timeout.as_millis().max(1),
+        options.idle_in_transaction_timeout.as_millis().max(1),
+    );
+    let all = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{ours} {given}"),
+        _ => ours,
+    };
+    config.options(all);
+    config.keepalives(true);
+    config.keepalives_idle(options.keepalive_idle);
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(3);
+    // Unacknowledged data on a dead peer fails the connection instead of waiting for the
+    // kernel's retransmission limit (about 15 minutes).
+    config.tcp_user_timeout(options.keepalive_idle);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
 }
 
 impl Postgres {
-    pub(crate) async fn connect(url: &str) -> Result<Self> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+    pub(crate) async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        let connect = tls::parse(url)?;
+        let mut config = connect.config.clone();
+        configure(&mut config, options);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            connect.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
         let pool = Pool::builder(manager)
             .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(options.lock_timeout + options.statement_timeout))
             .build()
             .map_err(StoreError::backend)?;
         migrate(&pool).await?;
@@ -173,14 +257,24 @@ impl Postgres {
                 .get::<_, i64>(0) as u64
         };
         let (head_tx, head_rx) = watch::channel(head);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(writer_loop(pool.clone(), rx, head_tx.clone()));
-        let listener = tokio::spawn(listen_loop(config, head_tx));
+        let queue_capacity = options.append_queue.max(1);
+        let (tx, rx) = mpsc::channel(queue_capacity);
+        let state = Arc::new(WriterState::default());
+        let writer = tokio::spawn(supervise(
+            pool.clone(),
+            rx,
+            head_tx.clone(),
+            state.clone(),
+            options.write_timeout,
+        ));
+        let listener = tokio::spawn(listen_loop(config, connect.tls, head_tx));
         Ok(Self {
             pool,
             queue: std::sync::Mutex::new(Some(tx)),
             tasks: std::sync::Mutex::new(vec![writer, listener]),
             head: head_rx,
+            state,
+            queue_capacity,
         })
     }
 
@@ -189,9 +283,43 @@ impl Postgres {
         {
             let queue = self.queue.lock().expect("queue lock");
             let queue = queue.as_ref().ok_or(StoreError::Closed)?;
-            queue.send((request, tx)).map_err(|_| StoreError::Closed)?;
+            queue.try_send((request, tx)).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded {
+                    queued: self.queue_capacity,
+                    retry_after: OVERLOADED_RETRY_AFTER,
+                },
+                mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+            })?;
         }
-        rx.await.map_err(|_| StoreError::Closed)?
+        // The writer answers every append it takes, unless it dies holding it: then the
+        // group may or may not have committed.
+        rx.await.map_err(|_| {
+            StoreError::OutcomeUnknown("the writer stopped while it held this append".into())
+        })?
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        let (queued_appends, queue_capacity, open) = match &*self.queue.lock().expect("queue lock")
+        {
+            Some(q) => (q.max_capacity() - q.capacity(), q.max_capacity(), true),
+            None => (0, self.queue_capacity, false),
+        };
+        let supervisor_alive = self
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .first()
+            .is_some_and(|t| !t.is_finished());
+        Health {
+            writer_running: open && supervisor_alive && !self.state.stopped.load(Ordering::SeqCst),
+            writer_restarts: self.state.restarts.load(Ordering::SeqCst),
+            queued_appends,
+            queue_capacity,
+        }
+    }
+
+    pub(crate) fn writer_state(&self) -> &WriterState {
+        &self.state
     }
 
     pub(crate) fn head_watch(&self) -> watch::Receiver<u64> {
@@ -436,6 +564,15 @@ impl Postgres {
                     .await?;
                 Ok(OpResult::Done)
             }
+            Op::Purge { before_micros } => {
+                let n = client
+                    .execute(
+                        "DELETE FROM idempotency WHERE created_at < $1",
+                        &[&before_micros],
+                    )
+                    .await?;
+                Ok(OpResult::Purged(n))
+            }
         }
     }
 
@@ -588,6 +725,9 @@ fn envelope(r: &Row) -> Result<Envelope> {
 async fn migrate(pool: &Pool) -> Result<()> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // Migrations may wait for another instance's, and may take long: no time limits here.
+    tx.batch_execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(
@@ -636,37 +776,59 @@ enum Mode {
     Careful,
 }
 
-/// A sign that the optimistic plan may be wrong; the group is planned again carefully.
+/// A sign that the optimistic plan may be wrong (a stream moved under another instance); the
+/// group is rolled back and planned again carefully.
 #[derive(Debug)]
 struct Replan;
+
+/// Run the writer, and start it again when it dies (a panic is a bug, but one bug must not
+/// stop every append of the process). The queue outlives each writer: appends that were
+/// waiting are taken by the next one; the group the dead writer held answers
+/// `OutcomeUnknown`. The supervisor ends when the queue is closed and drained.
+async fn supervise(
+    pool: Pool,
+    rx: mpsc::Receiver<AppendReply>,
+    head: watch::Sender<u64>,
+    state: Arc<WriterState>,
+    write_timeout: Duration,
+) {
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    loop {
+        let writer = tokio::spawn(writer_loop(
+            pool.clone(),
+            rx.clone(),
+            head.clone(),
+            state.clone(),
+            write_timeout,
+        ));
+        match writer.await {
+            Ok(()) => break,
+            Err(e) if e.is_panic() => {
+                let restarts = state.restarts.fetch_add(1, Ordering::SeqCst) + 1;
+                tracing::error!(restarts, "the PostgreSQL writer died; starting it again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => break,
+        }
+    }
+    state.stopped.store(true, Ordering::SeqCst);
+}
 
 /// The batching writer: take everything queued, commit it in one transaction, answer each.
 async fn writer_loop(
     pool: Pool,
-    mut rx: mpsc::UnboundedReceiver<AppendReply>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<AppendReply>>>,
     head: watch::Sender<u64>,
+    state: Arc<WriterState>,
+    write_timeout: Duration,
 ) {
+    let mut rx = rx.lock().await;
     let mut batch = Vec::new();
     let mut cache = WriterCache::default();
     while rx.recv_many(&mut batch, MAX_GROUP).await > 0 {
+        state.check_injected_fault();
         let requests: Vec<&AppendRequest> = batch.iter().map(|(r, _)| r).collect();
-        let outcome = match commit_group(&pool, &mut cache, &requests, Mode::Optimistic).await {
-            Ok(Ok(results)) => Ok(results),
-            Ok(Err(Replan)) => {
-                cache = WriterCache::default();
-                commit_group(&pool, &mut cache, &requests, Mode::Careful)
-                    .await
-                    .and_then(|r| r.map_err(|Replan| StoreError::Backend("replan failed".into())))
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "optimistic group failed; planning it again carefully");
-                cache = WriterCache::default();
-                commit_group(&pool, &mut cache, &requests, Mode::Careful)
-                    .await
-                    .and_then(|r| r.map_err(|Replan| StoreError::Backend("replan failed".into())))
-            }
-        };
-        match outcome {
+        match write_group(&pool, &mut cache, &requests, write_timeout).await {
             Ok(results) => {
                 let new_head = cache.head.unwrap_or(0);
                 head.send_if_modified(|h| {
@@ -679,58 +841,165 @@ async fn writer_loop(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "group commit failed; nothing of it was written");
+                match &e {
+                    StoreError::OutcomeUnknown(_) => {
+                        tracing::error!(error = %e, "group commit lost its connection during COMMIT; its outcome is unknown");
+                    }
+                    _ => {
+                        tracing::error!(error = %e, "group commit failed; nothing of it was written")
+                    }
+                }
                 cache = WriterCache::default();
-                let message = e.to_string();
                 for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Backend(message.clone())));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
     }
 }
 
-async fn commit_group(
+/// One group, optimistically from the cache first; planned again carefully (in a new
+/// transaction) only when the database caught a stale cache. A time limit or an unknown
+/// outcome ends the group at once: trying again would only wait again, or could write twice.
+async fn write_group(
+    pool: &Pool,
+    cache: &mut WriterCache,
+    requests: &[&AppendRequest],
+    write_timeout: Duration,
+) -> Result<Vec<Result<Appended>>> {
+    let careful = match commit_in_time(pool, cache, requests, Mode::Optimistic, write_timeout).await
+    {
+        Ok(Ok(results)) => return Ok(results),
+        Err(e @ (StoreError::OutcomeUnknown(_) | StoreError::Timeout(_))) => return Err(e),
+        Ok(Err(Replan)) => "a stream moved under another writer".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    tracing::debug!(reason = %careful, "optimistic group failed; planning it again carefully");
+    *cache = WriterCache::default();
+    commit_in_time(pool, cache, requests, Mode::Careful, write_timeout)
+        .await?
+        .map_err(|Replan| StoreError::Backend("the careful plan was stale".into()))
+}
+
+/// `commit_group` within `write_timeout`, the bound for what PostgreSQL's own time limits do
+/// not see (a half-open connection, a stalled network). A connection that ran out of time is
+/// closed, never returned to the pool.
+async fn commit_in_time(
     pool: &Pool,
     cache: &mut WriterCache,
     requests: &[&AppendRequest],
     mode: Mode,
+    write_timeout: Duration,
 ) -> Result<std::result::Result<Vec<Result<Appended>>, Replan>> {
-    let now = crate::envelope::now_micros();
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let lock_stmt = tx
-        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
-        .await?;
-    if mode == Mode::Careful {
-        // Careful reads must see everything committed before us: take the lock first.
-        tx.execute(&lock_stmt, &[&WRITE_LOCK]).await?;
+    let commit_sent = AtomicBool::new(false);
+    let mut held: Option<deadpool_postgres::Object> = None;
+    let outcome = tokio::time::timeout(write_timeout, async {
+        let client = held.insert(pool.get().await?);
+        commit_group(client, cache, requests, mode, &commit_sent).await
+    })
+    .await;
+    match outcome {
+        Ok(result) => result,
+        Err(_) => {
+            if let Some(client) = held.take() {
+                drop(deadpool_postgres::Object::take(client));
+            }
+            Err(if commit_sent.load(Ordering::SeqCst) {
+                StoreError::OutcomeUnknown(format!("no answer to COMMIT within {write_timeout:?}"))
+            } else {
+                StoreError::Timeout(format!(
+                    "the group did not reach COMMIT within {write_timeout:?}; nothing was written"
+                ))
+            })
+        }
     }
+}
 
-    // What the plan needs and the cache does not have (in careful mode: everything).
+/// What a group reads before it is planned.
+#[derive(Debug, Default)]
+struct Loaded {
+    head: Option<u64>,
+    /// Streams asked for that have no row (version 0).
+    unknown: HashSet<(TenantId, String)>,
+    /// Stream versions read.
+    streams: Vec<((TenantId, String), u64)>,
+    /// Event ids of the group that are already stored.
+    ids: Vec<(TenantId, Uuid, StoredId)>,
+}
+
+/// The statements of a group commit, prepared (and cached per connection) before a group
+/// starts: a pipeline must never wait for a prepare between two of its requests, or a later
+/// request could overtake an earlier one.
+struct Statements {
+    lock: Statement,
+    head: Statement,
+    streams_by_key: Statement,
+    events_by_id: Statement,
+    update_streams: Statement,
+    insert_streams: Statement,
+    insert_events: Statement,
+    notify: Statement,
+}
+
+async fn statements(
+    client: &deadpool_postgres::Object,
+) -> std::result::Result<Statements, tokio_postgres::Error> {
+    let (lock, head, streams_by_key, events_by_id, update_streams, insert_streams) = tokio::try_join!(
+        client.prepare_cached("SELECT pg_advisory_xact_lock($1)"),
+        client.prepare_cached(HEAD),
+        client.prepare_cached(STREAMS_BY_KEY),
+        client.prepare_cached(EVENTS_BY_ID),
+        client.prepare_cached(UPDATE_STREAMS),
+        client.prepare_cached(INSERT_STREAMS),
+    )?;
+    let (insert_events, notify) = tokio::try_join!(
+        client.prepare_cached(INSERT_EVENTS),
+        client.prepare_cached("SELECT pg_notify($1, $2)"),
+    )?;
+    Ok(Statements {
+        lock,
+        head,
+        streams_by_key,
+        events_by_id,
+        update_streams,
+        insert_streams,
+        insert_events,
+        notify,
+    })
+}
+
+/// Read what the plan needs and the cache does not have; `careful` reads everything (head,
+/// every stream, every event id). Sent in one pipeline after the lock, so the server runs the
+/// reads once the lock is granted: they see every commit before ours.
+async fn load(
+    client: &deadpool_postgres::Object,
+    s: &Statements,
+    cache: &WriterCache,
+    requests: &[&AppendRequest],
+    careful: bool,
+) -> std::result::Result<Loaded, tokio_postgres::Error> {
     let mut unknown = HashSet::new();
     let (mut st_tenants, mut st_ids) = (Vec::new(), Vec::new());
     let (mut id_tenants, mut id_ids) = (Vec::new(), Vec::new());
     for r in requests {
         let key = (r.tenant_id, r.stream_id.clone());
-        let cached = mode == Mode::Optimistic && cache.streams.contains_key(&key);
-        if !cached && unknown.insert(key) {
+        let cached = !careful && cache.streams.contains_key(&key);
+        if !cached && !unknown.contains(&key) {
             st_tenants.push(*r.tenant_id.as_uuid());
             st_ids.push(r.stream_id.as_str());
+            unknown.insert(key);
         }
-        if mode == Mode::Careful {
+        if careful {
             for e in &r.events {
                 id_tenants.push(*r.tenant_id.as_uuid());
                 id_ids.push(e.event_id);
             }
         }
     }
-    let need_head = mode == Mode::Careful || cache.head.is_none();
+    let need_head = careful || cache.head.is_none();
     let head_q = async {
         if need_head {
-            let row = tx
-                .query_one("SELECT coalesce(max(global_position), 0) FROM events", &[])
-                .await?;
+            let row = client.query_one(&s.head, &[]).await?;
             Ok::<_, tokio_postgres::Error>(Some(row.get::<_, i64>(0) as u64))
         } else {
             Ok(None)
@@ -740,38 +1009,50 @@ async fn commit_group(
         if st_tenants.is_empty() {
             return Ok(Vec::new());
         }
-        let stmt = tx.prepare_cached(STREAMS_BY_KEY).await?;
-        tx.query(&stmt, &[&st_tenants, &st_ids]).await
+        client
+            .query(&s.streams_by_key, &[&st_tenants, &st_ids])
+            .await
     };
     let ids_q = async {
         if id_tenants.is_empty() {
             return Ok(Vec::new());
         }
-        let stmt = tx.prepare_cached(EVENTS_BY_ID).await?;
-        tx.query(&stmt, &[&id_tenants, &id_ids]).await
+        client.query(&s.events_by_id, &[&id_tenants, &id_ids]).await
     };
-    // Optimistic reads are pipelined with the lock: whatever they return, the constraints
-    // check it again under the lock when the group writes.
-    let lock = async {
-        if mode == Mode::Optimistic {
-            tx.execute(&lock_stmt, &[&WRITE_LOCK]).await?;
-        }
-        Ok(())
+    let (head, stream_rows, id_rows) = join3(head_q, streams_q, ids_q).await;
+    let (head, stream_rows, id_rows) = (head?, stream_rows?, id_rows?);
+    let mut loaded = Loaded {
+        head,
+        ..Loaded::default()
     };
-    let ((), head_row, stream_rows, id_rows) = tokio::try_join!(lock, head_q, streams_q, ids_q)?;
+    for r in &stream_rows {
+        let key = (TenantId::from_uuid(r.get(0)), r.get::<_, String>(1));
+        unknown.remove(&key);
+        loaded.streams.push((key, r.get::<_, i64>(2) as u64));
+    }
+    loaded.unknown = unknown;
+    for r in &id_rows {
+        loaded
+            .ids
+            .push((TenantId::from_uuid(r.get(0)), r.get(1), stored_id(r)));
+    }
+    Ok(loaded)
+}
 
-    let head = head_row.or(cache.head).unwrap_or(0);
-    let mut plan = Plan::new(head);
-    let mut loaded = Vec::new();
-    for (tenant, stream) in &unknown {
+/// Decide every append of the group from what was loaded, the cache filling the rest. Also
+/// tells whether any append met a version conflict.
+fn plan_group(
+    loaded: &Loaded,
+    cache: &WriterCache,
+    requests: &[&AppendRequest],
+    now: OffsetDateTime,
+) -> (Plan, Vec<Result<Appended>>, bool) {
+    let mut plan = Plan::new(loaded.head.or(cache.head).unwrap_or(0));
+    for (tenant, stream) in &loaded.unknown {
         plan.load_stream(*tenant, stream, 0);
     }
-    for r in &stream_rows {
-        let tenant = TenantId::from_uuid(r.get(0));
-        let stream: &str = r.get(1);
-        let version = r.get::<_, i64>(2) as u64;
-        plan.load_stream(tenant, stream, version);
-        loaded.push(((tenant, stream.to_owned()), version));
+    for ((tenant, stream), version) in &loaded.streams {
+        plan.load_stream(*tenant, stream, *version);
     }
     for r in requests {
         if !plan.has_stream(r.tenant_id, &r.stream_id) {
@@ -779,25 +1060,156 @@ async fn commit_group(
             plan.load_stream(r.tenant_id, &r.stream_id, version);
         }
     }
-    for r in &id_rows {
-        plan.load_id(TenantId::from_uuid(r.get(0)), r.get(1), stored_id(r));
+    for (tenant, id, stored) in &loaded.ids {
+        plan.load_id(*tenant, *id, stored.clone());
     }
-    let mut results = Vec::with_capacity(requests.len());
-    for r in requests {
-        let result = plan.decide(r, now);
-        if mode == Mode::Optimistic && matches!(result, Err(StoreError::Conflict { .. })) {
-            // The cache may be stale, or this may be a retry of an append that went through.
-            return Ok(Err(Replan));
+    let mut conflicted = false;
+    let results = requests
+        .iter()
+        .map(|r| {
+            let result = plan.decide(r, now);
+            conflicted |= matches!(result, Err(StoreError::Conflict { .. }));
+            result
+        })
+        .collect();
+    (plan, results, conflicted)
+}
+
+/// Whether an error leaves a sent COMMIT's outcome open: the server did not say (the connection
+/// broke: no SQLSTATE, or class 08), or ended the session (an operator, a shutdown, a crash:
+/// 57P01–57P04). Any other error of the server aborted the transaction, and the COMMIT behind it
+/// became a ROLLBACK; a cancelled statement (57014, `statement_timeout`) is one of those, since
+/// PostgreSQL does not take a cancel inside COMMIT's critical section.
+fn outcome_open(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57P")
         }
-        results.push(result);
+    }
+}
+
+/// SQLSTATE of `tenantry_expect_streams`: a stream moved since it was cached.
+const STREAM_MOVED: &str = "40001";
+
+/// One group commit on `client`. Whatever it leaves open on an error is rolled back here (a
+/// ROLLBACK after a COMMIT, or on a broken connection, is harmless).
+async fn commit_group(
+    client: &mut deadpool_postgres::Object,
+    cache: &mut WriterCache,
+    requests: &[&AppendRequest],
+    mode: Mode,
+    commit_sent: &AtomicBool,
+) -> Result<std::result::Result<Vec<Result<Appended>>, Replan>> {
+    let outcome = run_group(client, cache, requests, mode, commit_sent).await;
+    if !matches!(outcome, Ok(Ok(_))) {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    outcome
+}
+
+/// The round trips of a group:
+/// - **one** when the cache knows the head and every stream and the plan meets no conflict
+///   (the steady state of a single instance): BEGIN, the write lock, the compare-and-swap, the
+///   insert, NOTIFY and COMMIT go out as one pipeline;
+/// - otherwise **two**: BEGIN, the lock and the reads as one pipeline, then the writes and COMMIT;
+///   a conflict the cache did not foresee is re-decided from fresh reads in the same
+///   transaction, never by rolling back the group (one more round trip);
+/// - a group large enough for COPY sends COMMIT after the copy ends (one more).
+async fn run_group(
+    client: &mut deadpool_postgres::Object,
+    cache: &mut WriterCache,
+    requests: &[&AppendRequest],
+    mode: Mode,
+    commit_sent: &AtomicBool,
+) -> Result<std::result::Result<Vec<Result<Appended>>, Replan>> {
+    let now = crate::envelope::now_micros();
+    let s = statements(client).await?;
+    let mut read_everything = mode == Mode::Careful;
+    if mode == Mode::Optimistic
+        && cache.head.is_some()
+        && requests.iter().all(|r| {
+            cache
+                .streams
+                .contains_key(&(r.tenant_id, r.stream_id.clone()))
+        })
+    {
+        let (plan, results, conflicted) = plan_group(&Loaded::default(), cache, requests, now);
+        if conflicted {
+            // A stale cache, or a retry of an append that went through: look it all up.
+            read_everything = true;
+        } else if plan.rows().len() <= COPY_THRESHOLD {
+            if let Err(Replan) = write_rows(client, &s, &plan, true, commit_sent).await? {
+                return Ok(Err(Replan));
+            }
+            remember(cache, &Loaded::default(), &plan);
+            return Ok(Ok(results));
+        }
+    }
+    let fresh = WriterCache::default();
+    let basis = if read_everything { &fresh } else { &*cache };
+    let (begun, locked, loaded) = join3(
+        client.batch_execute("BEGIN"),
+        client.execute(&s.lock, &[&WRITE_LOCK]),
+        load(client, &s, basis, requests, read_everything),
+    )
+    .await;
+    // The first error in pipeline order is the cause; those after it only echo it (25P02).
+    begun?;
+    locked?;
+    let loaded = loaded?;
+    let (mut plan, mut results, conflicted) = plan_group(&loaded, basis, requests, now);
+    let mut loaded = loaded;
+    if conflicted && !read_everything {
+        // The cache may be stale, or an append may be a retry of one that went through. The
+        // lock is held and nothing is written yet: read everything afresh in this same
+        // transaction and decide again. Real conflicts then fail their append alone.
+        loaded = load(client, &s, &fresh, requests, true).await?;
+        (plan, results, _) = plan_group(&loaded, &fresh, requests, now);
     }
     if plan.rows().is_empty() {
-        tx.commit().await?;
+        // Nothing to write: every answer (replays, conflicts) was decided from committed rows
+        // under the lock, and stays true whatever becomes of this read-only transaction.
+        if let Err(e) = client.batch_execute("COMMIT").await {
+            tracing::debug!(error = %e, "a group without writes failed to end; answered anyway");
+        }
         cache.head = Some(plan.head());
         return Ok(Ok(results));
     }
+    if let Err(Replan) = write_rows(client, &s, &plan, false, commit_sent).await? {
+        return Ok(Err(Replan));
+    }
+    remember(cache, &loaded, &plan);
+    Ok(Ok(results))
+}
 
-    // The compare-and-swap on each stream's version, then one multi-row insert.
+/// What a committed group teaches the cache.
+fn remember(cache: &mut WriterCache, loaded: &Loaded, plan: &Plan) {
+    cache.head = Some(plan.head());
+    if cache.streams.len() > MAX_CACHED_STREAMS {
+        cache.streams.clear();
+    }
+    cache.streams.extend(loaded.streams.iter().cloned());
+    for key in &loaded.unknown {
+        cache.streams.entry(key.clone()).or_insert(0);
+    }
+    for (tenant, stream, _, after) in plan.stream_updates() {
+        cache.streams.insert((tenant, stream.to_owned()), after);
+    }
+}
+
+/// Write the plan's rows and commit, as one pipeline: (BEGIN and the lock when `begin`), the
+/// compare-and-swap on each stream's version (an error when a stream moved, so that the COMMIT
+/// behind it turns into a ROLLBACK), new streams, the events (`INSERT … unnest` or binary COPY),
+/// NOTIFY, COMMIT. After a COPY, COMMIT waits for the copy's end.
+async fn write_rows(
+    client: &deadpool_postgres::Object,
+    s: &Statements,
+    plan: &Plan,
+    begin: bool,
+    commit_sent: &AtomicBool,
+) -> Result<std::result::Result<(), Replan>> {
     let (mut up_t, mut up_s, mut up_before, mut up_after) = (vec![], vec![], vec![], vec![]);
     let (mut new_t, mut new_s, mut new_v) = (vec![], vec![], vec![]);
     for (tenant, stream, before, after) in plan.stream_updates() {
@@ -812,7 +1224,9 @@ async fn commit_group(
             up_after.push(after as i64);
         }
     }
+    let up_count = up_t.len() as i64;
     let rows = plan.rows();
+    let copy = rows.len() > COPY_THRESHOLD;
     let positions: Vec<i64> = rows.iter().map(|e| e.global_position as i64).collect();
     let tenants: Vec<Uuid> = rows.iter().map(|e| *e.tenant_id.as_uuid()).collect();
     let streams: Vec<&str> = rows.iter().map(|e| e.stream_id.as_str()).collect();
@@ -827,70 +1241,122 @@ async fn commit_group(
     let causations: Vec<Option<Uuid>> = rows.iter().map(|e| e.causation_id).collect();
     let traces: Vec<Option<&str>> = rows.iter().map(|e| e.trace_id.as_deref()).collect();
     let payloads: Vec<&str> = rows.iter().map(|e| e.payload.as_str()).collect();
+    let notify = plan.head().to_string();
 
+    // Each future sends its request when first polled; `join`, `join3` and `join4` poll in
+    // argument order, so the server receives the requests in this order. All are awaited (an
+    // error makes the server fail the rest at once), and the first error in order is the cause.
+    let begin_q = async {
+        if begin {
+            client.batch_execute("BEGIN").await?;
+        }
+        Ok(())
+    };
+    let lock_q = async {
+        if begin {
+            client.execute(&s.lock, &[&WRITE_LOCK]).await?;
+        }
+        Ok(())
+    };
     let update_q = async {
         if up_t.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
-        let stmt = tx.prepare_cached(UPDATE_STREAMS).await?;
-        tx.execute(&stmt, &[&up_t, &up_s, &up_before, &up_after])
+        client
+            .query_one(
+                &s.update_streams,
+                &[&up_t, &up_s, &up_before, &up_after, &up_count],
+            )
             .await
+            .map(|_| ())
     };
     let insert_streams_q = async {
         if new_t.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
-        let stmt = tx.prepare_cached(INSERT_STREAMS).await?;
-        tx.execute(&stmt, &[&new_t, &new_s, &new_v]).await
+        client
+            .execute(&s.insert_streams, &[&new_t, &new_s, &new_v])
+            .await
+            .map(|_| ())
     };
     let insert_events_q = async {
-        if rows.len() > COPY_THRESHOLD {
-            return copy_events(&tx, rows).await;
+        if copy {
+            return copy_events(client, rows).await.map(|_| ());
         }
-        let stmt = tx.prepare_cached(INSERT_EVENTS).await?;
-        tx.execute(
-            &stmt,
-            &[
-                &positions,
-                &tenants,
-                &streams,
-                &versions,
-                &ids,
-                &types,
-                &schemas,
-                &recorded,
-                &actors,
-                &correlations,
-                &causations,
-                &traces,
-                &payloads,
-                &occurred,
-            ],
-        )
-        .await
+        client
+            .execute(
+                &s.insert_events,
+                &[
+                    &positions,
+                    &tenants,
+                    &streams,
+                    &versions,
+                    &ids,
+                    &types,
+                    &schemas,
+                    &recorded,
+                    &actors,
+                    &correlations,
+                    &causations,
+                    &traces,
+                    &payloads,
+                    &occurred,
+                ],
+            )
+            .await
+            .map(|_| ())
     };
-    let notify = plan.head().to_string();
     let notify_q = async {
-        let stmt = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-        tx.execute(&stmt, &[&CHANNEL, &notify]).await
+        client
+            .execute(&s.notify, &[&CHANNEL, &notify])
+            .await
+            .map(|_| ())
     };
-    let (updated, _, _, _) =
-        tokio::try_join!(update_q, insert_streams_q, insert_events_q, notify_q)?;
-    if updated as usize != up_t.len() {
-        // A stream moved since it was cached (another instance wrote to it).
-        return Ok(Err(Replan));
+    let commit_q = async {
+        if copy {
+            return Ok(());
+        }
+        commit_sent.store(true, Ordering::SeqCst);
+        client.batch_execute("COMMIT").await
+    };
+    let ((begun, locked, updated, inserted_streams), (inserted_events, notified, committed)) =
+        join(
+            join4(begin_q, lock_q, update_q, insert_streams_q),
+            join3(insert_events_q, notify_q, commit_q),
+        )
+        .await;
+    let first_error = [
+        begun,
+        locked,
+        updated,
+        inserted_streams,
+        inserted_events,
+        notified,
+        committed,
+    ]
+    .into_iter()
+    .find_map(|r| r.err());
+    let written = match first_error {
+        Some(e) => Err(e),
+        None if copy => {
+            commit_sent.store(true, Ordering::SeqCst);
+            client.batch_execute("COMMIT").await
+        }
+        None => Ok(()),
+    };
+    match written {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if commit_sent.load(Ordering::SeqCst) && outcome_open(&e) => {
+            Err(StoreError::OutcomeUnknown(format!(
+                "the connection failed while COMMIT was under way: {e}"
+            )))
+        }
+        Err(e) if e.code().map(|c| c.code()) == Some(STREAM_MOVED) => {
+            // Another instance moved a stream this writer had cached.
+            Ok(Err(Replan))
+        }
+        Err(e) => Err(e.into()),
     }
-    tx.commit().await?;
-
-    cache.head = Some(plan.head());
-    if cache.streams.len() > MAX_CACHED_STREAMS {
-        cache.streams.clear();
-    }
-    cache.streams.extend(loaded);
-    for (tenant, stream, _, after) in plan.stream_updates() {
-        cache.streams.insert((tenant, stream.to_owned()), after);
-    }
-    Ok(Ok(results))
 }
 
 /// Above this many rows a group is written with binary COPY, which PostgreSQL ingests faster
@@ -898,12 +1364,12 @@ async fn commit_group(
 const COPY_THRESHOLD: usize = 256;
 
 async fn copy_events(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &deadpool_postgres::Object,
     rows: &[Envelope],
 ) -> std::result::Result<u64, tokio_postgres::Error> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
-    let sink = tx
+    let sink = client
         .copy_in(
             "COPY events (global_position, tenant_id, stream_id, stream_version, event_id, \
              event_type, schema_version, recorded_at, actor, correlation_id, causation_id, \
@@ -976,10 +1442,15 @@ const EVENTS_BY_ID: &str = "SELECT k.tenant_id, k.event_id, e.global_position, e
     FROM unnest($1::uuid[], $2::uuid[]) AS k (tenant_id, event_id) \
     CROSS JOIN LATERAL (SELECT * FROM events e \
         WHERE e.event_id = k.event_id AND e.tenant_id = k.tenant_id LIMIT 1) e";
-const UPDATE_STREAMS: &str = "UPDATE streams s SET version = k.after \
+/// The compare-and-swap: it fails (SQLSTATE 40001, from a function of migration 5) unless every
+/// stream was at its expected version, so that a pipelined COMMIT behind it cannot commit a
+/// stale plan.
+const UPDATE_STREAMS: &str = "WITH moved AS (UPDATE streams s SET version = k.after \
     FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[]) \
          AS k (tenant_id, stream_id, before, after) \
-    WHERE s.tenant_id = k.tenant_id AND s.stream_id = k.stream_id AND s.version = k.before";
+    WHERE s.tenant_id = k.tenant_id AND s.stream_id = k.stream_id AND s.version = k.before \
+    RETURNING 1) SELECT tenantry_expect_streams($5::bigint, count(*)) FROM moved";
+const HEAD: &str = "SELECT coalesce(max(global_position), 0) FROM events";
 const INSERT_STREAMS: &str = "INSERT INTO streams (tenant_id, stream_id, version) \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])";
 const INSERT_EVENTS: &str = "INSERT INTO events (global_position, tenant_id, stream_id, \
@@ -990,9 +1461,13 @@ const INSERT_EVENTS: &str = "INSERT INTO events (global_position, tenant_id, str
 
 /// Keep a LISTEN connection open and move the head watch forward on every notification.
 /// Notifications only wake readers: readers always re-read the table, and also poll.
-async fn listen_loop(config: tokio_postgres::Config, head: watch::Sender<u64>) {
+async fn listen_loop(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    head: watch::Sender<u64>,
+) {
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {

@@ -4,7 +4,7 @@
 //! `DATABASE_URL` (set by `scripts/test.sh`, which starts a throwaway cluster when none is given)
 //! names a server the tests may create databases on.
 
-use crate::{Location, Store};
+use crate::{Location, Store, StoreOptions};
 use std::str::FromStr;
 
 /// A store made for one test, removed (embedded) or abandoned (PostgreSQL) after it.
@@ -17,9 +17,20 @@ pub struct TestStore {
 
 impl TestStore {
     pub async fn embedded() -> Self {
+        Self::embedded_with(&StoreOptions::default()).await
+    }
+
+    pub async fn postgres() -> Self {
+        Self::postgres_with(&StoreOptions::default()).await
+    }
+
+    /// An embedded store with these limits (a small queue, short timeouts).
+    pub async fn embedded_with(options: &StoreOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let location = Location::Embedded(dir.path().to_path_buf());
-        let store = Store::open(&location).await.expect("open embedded store");
+        let store = Store::open_with(&location, options)
+            .await
+            .expect("open embedded store");
         Self {
             location,
             store,
@@ -27,9 +38,12 @@ impl TestStore {
         }
     }
 
-    pub async fn postgres() -> Self {
+    /// A PostgreSQL store on a fresh database, with these limits.
+    pub async fn postgres_with(options: &StoreOptions) -> Self {
         let location = Location::Postgres(fresh_postgres_url().await);
-        let store = Store::open(&location).await.expect("connect to PostgreSQL");
+        let store = Store::open_with(&location, options)
+            .await
+            .expect("connect to PostgreSQL");
         Self {
             location,
             store,

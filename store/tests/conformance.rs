@@ -591,6 +591,72 @@ async fn idempotency_records_replay_refuse_mismatches_and_outlive_the_handle(h: 
     second.close().await;
 }
 
+/// Make every idempotency record of `tenant` look begun `hours` ago, through the backend's own SQL.
+async fn age_idempotency_records(h: &Harness, tenant: TenantId, hours: i64) {
+    let shift = hours * 3_600_000_000;
+    match &h.location {
+        store::Location::Embedded(dir) => {
+            let conn = rusqlite::Connection::open(dir.join("events.db")).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .unwrap();
+            conn.execute(
+                "UPDATE idempotency SET created_at = created_at - ?1 WHERE tenant_id = ?2",
+                rusqlite::params![shift, tenant.as_uuid().as_bytes()],
+            )
+            .unwrap();
+        }
+        store::Location::Postgres(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client
+                .execute(
+                    "UPDATE idempotency SET created_at = created_at - $1 WHERE tenant_id = $2",
+                    &[&shift, tenant.as_uuid()],
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Records past their retention are deleted, not only ignored: what they keep must not outlive it.
+async fn expired_idempotency_records_are_purged(h: &Harness) {
+    use store::idempotency::{Begin, StoredResponse};
+    let s = &h.store;
+    let (old, fresh) = (tenant(), tenant());
+    let response = StoredResponse {
+        status: 201,
+        content_type: "application/json".into(),
+        body: br#"{"ok":true}"#.to_vec(),
+    };
+    for t in [old, fresh] {
+        assert_eq!(
+            s.idempotency_begin(t, "k", "h").await.unwrap(),
+            Begin::Started
+        );
+        s.idempotency_complete(t, "k", response.clone())
+            .await
+            .unwrap();
+    }
+    age_idempotency_records(h, old, 26).await;
+    assert_eq!(
+        s.idempotency_purge().await.unwrap(),
+        1,
+        "the old record is deleted"
+    );
+    // The fresh record still replays; the old one is gone (its key starts over).
+    assert_eq!(
+        s.idempotency_begin(fresh, "k", "h").await.unwrap(),
+        Begin::Completed(response)
+    );
+    assert_eq!(
+        s.idempotency_begin(old, "k", "other").await.unwrap(),
+        Begin::Started
+    );
+}
+
 async fn events_are_read_back_by_position(h: &Harness) {
     let s = &h.store;
     let t = tenant();
@@ -746,6 +812,7 @@ conformance!(
     events_are_read_back_by_position,
     blobs_are_kept_per_tenant_replaced_and_removed,
     business_time_is_kept_beside_commit_time,
+    expired_idempotency_records_are_purged,
     projection_state_is_kept_replaced_and_forgotten;
     mut everything_survives_close_and_reopen
 );

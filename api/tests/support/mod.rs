@@ -48,6 +48,8 @@ pub fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Te
         listen: "127.0.0.1:0".into(),
         store: location.clone(),
         read_wait_ms: 3_000,
+        // Tests sign up many tenants from 127.0.0.1; the limit has tests of its own.
+        signup_per_minute: 0,
         ..Settings::default()
     };
     tweak(&mut settings);

@@ -1,0 +1,179 @@
+//! Fair shares of the expensive work — uploads, queries, exports — between tenants.
+//!
+//! Each kind of work has a per-tenant limit (how many of one tenant's requests may run at once)
+//! and a global one (how many may run at once in this instance). Past its own limit a tenant is
+//! answered at once with 429 `too-many-concurrent` and `Retry-After`; a request within its
+//! tenant's share waits for a global slot only as long as its own time budget allows (the wait
+//! counts against the budget), then gets 429 too. A tenant that floods the service fills its
+//! own share, never the others'.
+
+use crate::problem::Problem;
+use domain::TenantId;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Work {
+    Upload,
+    Query,
+    Export,
+}
+
+impl Work {
+    fn as_str(self) -> &'static str {
+        match self {
+            Work::Upload => "uploads",
+            Work::Query => "queries",
+            Work::Export => "exports",
+        }
+    }
+}
+
+/// The limits of one kind of work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub per_tenant: usize,
+    pub global: usize,
+}
+
+#[derive(Debug)]
+struct Kind {
+    share: Share,
+    global: Arc<Semaphore>,
+}
+
+#[derive(Debug)]
+pub struct Shares {
+    kinds: HashMap<Work, Kind>,
+    running: Arc<Mutex<HashMap<(TenantId, Work), usize>>>,
+}
+
+/// A running piece of work; dropping it gives its slots back.
+#[derive(Debug)]
+pub struct Permit {
+    running: Arc<Mutex<HashMap<(TenantId, Work), usize>>>,
+    key: (TenantId, Work),
+    _global: OwnedSemaphorePermit,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().expect("shares lock");
+        if let Some(n) = running.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Shares {
+    pub fn new(uploads: Share, queries: Share, exports: Share) -> Self {
+        let kind = |share: Share| Kind {
+            share,
+            global: Arc::new(Semaphore::new(share.global.max(1))),
+        };
+        Self {
+            kinds: HashMap::from([
+                (Work::Upload, kind(uploads)),
+                (Work::Query, kind(queries)),
+                (Work::Export, kind(exports)),
+            ]),
+            running: Arc::default(),
+        }
+    }
+
+    /// Take a slot for `work` of `tenant`, waiting at most `wait` for a global one.
+    pub async fn acquire(
+        &self,
+        tenant: TenantId,
+        work: Work,
+        wait: Duration,
+    ) -> Result<Permit, Problem> {
+        let kind = &self.kinds[&work];
+        let key = (tenant, work);
+        {
+            let mut running = self.running.lock().expect("shares lock");
+            let n = running.entry(key).or_default();
+            if *n >= kind.share.per_tenant.max(1) {
+                return Err(too_many(work, kind.share.per_tenant, "your tenant has"));
+            }
+            *n += 1;
+        }
+        // From here the tenant's slot is taken: give it back if no global one comes in time.
+        let release = || {
+            let mut running = self.running.lock().expect("shares lock");
+            if let Some(n) = running.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    running.remove(&key);
+                }
+            }
+        };
+        match tokio::time::timeout(wait, kind.global.clone().acquire_owned()).await {
+            Ok(Ok(global)) => Ok(Permit {
+                running: self.running.clone(),
+                key,
+                _global: global,
+            }),
+            _ => {
+                release();
+                Err(too_many(work, kind.share.global, "the service has"))
+            }
+        }
+    }
+}
+
+fn too_many(work: Work, limit: usize, whose: &str) -> Problem {
+    Problem::too_many_requests(
+        "too-many-concurrent",
+        format!(
+            "{whose} {limit} {} running at once; retry when one has finished",
+            work.as_str()
+        ),
+        Duration::from_secs(1),
+    )
+    .with("kind", work.as_str())
+    .with("limit", limit as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> TenantId {
+        TenantId::from_uuid(uuid::Uuid::new_v4())
+    }
+
+    #[tokio::test]
+    async fn a_tenant_past_its_share_is_refused_and_others_are_not() {
+        let s = Share {
+            per_tenant: 2,
+            global: 3,
+        };
+        let shares = Shares::new(s, s, s);
+        let (a, b) = (tenant(), tenant());
+        let wait = Duration::from_millis(50);
+        let a1 = shares.acquire(a, Work::Query, wait).await.unwrap();
+        let _a2 = shares.acquire(a, Work::Query, wait).await.unwrap();
+        let refused = shares.acquire(a, Work::Query, wait).await.unwrap_err();
+        assert_eq!(refused.status_code().as_u16(), 429);
+        // Other kinds and other tenants have their own shares.
+        let _ax = shares.acquire(a, Work::Export, wait).await.unwrap();
+        let _b1 = shares.acquire(b, Work::Query, wait).await.unwrap();
+        // The global limit (3) is reached: b waits, then is refused after its wait.
+        let started = std::time::Instant::now();
+        assert!(shares.acquire(b, Work::Query, wait).await.is_err());
+        assert!(started.elapsed() >= wait);
+        // A finished query gives both its slots back.
+        drop(a1);
+        let _b2 = shares.acquire(b, Work::Query, wait).await.unwrap();
+        assert!(
+            shares.acquire(a, Work::Query, wait).await.is_err(),
+            "global is full again"
+        );
+    }
+}
