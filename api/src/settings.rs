@@ -86,8 +86,8 @@ impl Default for Settings {
     }
 }
 
-/// The file form: every key optional.
-#[derive(Debug, Default, Deserialize)]
+/// The file form: every key optional. No `Debug`: it holds the raw store URL (a password).
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     listen: Option<String>,

@@ -92,8 +92,10 @@ impl StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked, DiskFull};
         match e.sqlite_error_code() {
+            // The transaction was rolled back; the store works again once there is room.
+            Some(DiskFull) => StoreError::Backend(format!("the disk is full: {e}")),
             // The busy timeout ran out waiting for another connection's write lock.
             Some(DatabaseBusy | DatabaseLocked) => {
                 StoreError::Timeout(format!("SQLite's write lock stayed taken: {e}"))

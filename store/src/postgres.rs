@@ -393,11 +393,13 @@ impl Postgres {
 
     pub(crate) async fn stream_version(&self, tenant: TenantId, stream: &str) -> Result<u64> {
         let client = self.pool.get().await?;
+        // Prepared once per connection: the check a refusal makes before it answers is then one
+        // round trip on the primary key.
+        let stmt = client
+            .prepare_cached("SELECT version FROM streams WHERE tenant_id = $1 AND stream_id = $2")
+            .await?;
         let row = client
-            .query_opt(
-                "SELECT version FROM streams WHERE tenant_id = $1 AND stream_id = $2",
-                &[tenant.as_uuid(), &stream],
-            )
+            .query_opt(&stmt, &[tenant.as_uuid(), &stream])
             .await?;
         Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
     }

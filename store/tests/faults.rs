@@ -721,3 +721,97 @@ async fn sslmode_disable_connects_and_verify_full_is_refused_by_a_server_without
         );
     }
 }
+
+// ---- Embedded only: the disk fills up ----
+
+/// A small tmpfs mounted for one test (the suite runs as root, as CI does), unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs failed: the fault suite needs root (scripts/test.sh in CI runs as root)"
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_fails_appends_cleanly_and_keeps_every_acknowledged_write() {
+    let disk = SmallDisk::mount("4m");
+    let data = disk.path().join("store");
+    // Room to give back once the disk is full.
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 512 * 1024]).expect("filler");
+    let location = Location::Embedded(data.clone());
+    let store = Store::open_with(&location, &quick()).await.expect("open");
+    let t = tenant();
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(8 * 1024));
+    let append = |n: usize| {
+        let mut r = request(t, "s", Expected::Any, 4);
+        for (i, e) in r.events.iter_mut().enumerate() {
+            e.payload = RawJson::parse(big.replace("\"pad\"", &format!("\"pad{n}-{i}\"")))
+                .expect("valid JSON");
+        }
+        r
+    };
+    let mut acknowledged = 0;
+    let err = loop {
+        match store.append(append(acknowledged)).await {
+            Ok(_) => acknowledged += 1,
+            Err(e) => break e,
+        }
+        assert!(acknowledged < 10_000, "the disk never filled");
+    };
+    assert!(acknowledged > 0, "some appends fit");
+    assert!(
+        matches!(&err, StoreError::Backend(m) if m.contains("full")),
+        "a clear error: {err:?}"
+    );
+    assert!(store.health().writer_running, "the writer survives");
+    let stored = store
+        .read_all(1, usize::MAX)
+        .await
+        .expect("reads still work");
+    assert_eq!(
+        stored.len(),
+        acknowledged * 4,
+        "every acknowledged event, nothing else"
+    );
+
+    std::fs::remove_file(&filler).expect("free some room");
+    store
+        .append(append(acknowledged))
+        .await
+        .expect("appends work again once there is room");
+    store.close().await;
+    let reopened = Store::open_with(&location, &quick()).await.expect("reopen");
+    assert_eq!(
+        reopened.read_all(1, usize::MAX).await.expect("read").len(),
+        (acknowledged + 1) * 4,
+        "nothing acknowledged was lost"
+    );
+    reopened.close().await;
+}
