@@ -428,7 +428,9 @@ async fn table(
 fn query_problem(e: QueryError) -> Problem {
     let (slug, title) = match &e {
         QueryError::NotAllowed(_) => ("query-not-allowed", "Only reading queries are allowed"),
-        QueryError::Timeout(_) => ("query-timeout", "The query ran out of time"),
+        QueryError::Timeout(_) | QueryError::Expired(_) => {
+            ("query-timeout", "The query ran out of time")
+        }
         QueryError::Invalid(_) => ("query-invalid", "The query is invalid"),
         QueryError::Load(_) => {
             tracing::error!(error = %e, "dataset load failed");
@@ -443,6 +445,7 @@ fn query_failure(e: QueryError) -> (Problem, FailureClass) {
     let class = match &e {
         QueryError::NotAllowed(_) => FailureClass::Denied,
         QueryError::Timeout(_) => FailureClass::Timeout,
+        QueryError::Expired(_) => FailureClass::Expired,
         QueryError::Invalid(_) => FailureClass::Syntax,
         QueryError::Load(_) => FailureClass::Internal,
     };
@@ -525,6 +528,40 @@ async fn record_fact(
     Ok(state.settled(&Some(appended)).await)
 }
 
+/// Record a failed query or export by the rule of ADR 015: a failure that used the service's time
+/// (a timeout, an export cut by its caps) pays one unit, appended with its fact on the usage
+/// stream (`usage.recorded` naming it); one that did not is appended alone on its own stream.
+/// A charged failure that meets a meter admitting no unit is still recorded, without one. The
+/// problem to answer with gets the quota headers when a unit was decided.
+async fn settle_failure(
+    state: &web::Data<AppState>,
+    tenant: TenantId,
+    meter_of: Meter,
+    fact: DataFact,
+    meta: store::Metadata,
+    problem: Problem,
+) -> Problem {
+    let unit = match UnitFact::failure(fact) {
+        Ok(unit) => unit,
+        Err(free) => {
+            return match record_fact(state, tenant, &free, meta).await {
+                Ok(_) => problem,
+                Err(p) => p,
+            };
+        }
+    };
+    match meter(state, tenant, meter_of, 1, Some(unit), &meta).await {
+        Ok(metered) => {
+            settle(state, metered.position).await;
+            metered
+                .headers(OffsetDateTime::now_utc())
+                .into_iter()
+                .fold(problem, |p, (name, value)| p.header(name, value))
+        }
+        Err(p) => p,
+    }
+}
+
 /// `POST /v1/datasets/{id}/query {"sql": …}`.
 pub async fn query(
     state: web::Data<AppState>,
@@ -552,7 +589,8 @@ pub async fn query(
         ..Limits::default()
     };
     // A blocked meter refuses before the query runs; the unit recorded with the query's fact
-    // after it succeeded is the real guard (a failed query costs nothing, and is a fact too).
+    // after it ran is the real guard. A failure is a fact too; it costs a unit when it used the
+    // service's time (a timeout), nothing otherwise (ADR 015).
     let meta = RequestContext::of(&req).metadata(caller.actor());
     if let Some(blocked) = refuse_if_blocked(&state, tenant, Meter::Queries, &meta).await? {
         return Err(blocked.blocked_problem(&state.settings.public_url));
@@ -569,8 +607,9 @@ pub async fn query(
                 error_class: class,
                 elapsed_ms: started.elapsed().as_millis() as u64,
             });
-            record_fact(&state, tenant, &failed, meta).await?;
-            return Err(problem);
+            return Err(
+                settle_failure(&state, tenant, Meter::Queries, failed, meta, problem).await,
+            );
         }
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -759,8 +798,9 @@ pub async fn create_export(
                 preset_version,
                 error_class: class,
             });
-            record_fact(&state, tenant, &failed, meta).await?;
-            return Err(problem);
+            return Err(
+                settle_failure(&state, tenant, Meter::Exports, failed, meta, problem).await,
+            );
         }
     };
     // Keep the file first: a unit is charged only for an export that can be delivered.

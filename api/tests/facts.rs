@@ -173,6 +173,146 @@ fn a_failed_query_or_export_is_a_fact_with_its_error_class_and_costs_nothing(app
     );
 }
 
+/// A query that never ends: stopped by its time budget.
+const ENDLESS: &str =
+    "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r";
+
+fn quota_used(app: &TestApp, token: &str, meter: &str) -> u64 {
+    let quota = app.get("/v1/tenant/quota", token).expect(200);
+    quota["meters"][meter]["used"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {meter} in {quota}"))
+}
+
+/// ADR 015: a timeout used the service's time and costs one unit, appended with its
+/// `query.failed`; SQL refused before it ran costs nothing and its fact stays on `queries`.
+fn a_timed_out_query_costs_one_unit_in_one_append_and_a_syntax_error_costs_nothing(app: TestApp) {
+    let (_, owner) = app.signup("Acme", "owner@example.com");
+    let dataset = upload(&app, &owner);
+    let r = query(&app, &owner, &dataset, ENDLESS);
+    assert!(
+        r.header("RateLimit").is_some(),
+        "a charged failure says what is left: {}",
+        r.exchange
+    );
+    r.problem(422, "query-timeout");
+    let failed = events(&app, &owner, "query.failed");
+    let units = events(&app, &owner, "usage.recorded");
+    assert_eq!((failed.len(), units.len()), (1, 1), "{failed:?}\n{units:?}");
+    assert_eq!(failed[0]["payload"]["error_class"], "timeout");
+    assert_eq!(failed[0]["schema_version"], 1);
+    assert_one_append(&failed[0], &units[0], "query.failed", "query_id");
+    assert!(
+        failed[0]["stream_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("usage-queries-")
+    );
+    assert_eq!(units[0]["payload"]["units"], 1);
+    assert_eq!(quota_used(&app, &owner, "queries"), 1);
+
+    let head = app.head();
+    let r = query(&app, &owner, &dataset, "SELEC amount FROM data");
+    assert!(r.header("RateLimit").is_none(), "{}", r.exchange);
+    r.problem(422, "query-invalid");
+    let failed = events(&app, &owner, "query.failed");
+    assert_eq!(failed.len(), 2);
+    assert_eq!(failed[1]["payload"]["error_class"], "syntax");
+    assert_eq!(failed[1]["stream_id"], "queries");
+    assert_eq!(app.head(), head + 1, "the syntax error wrote its fact only");
+    assert_eq!(events(&app, &owner, "usage.recorded").len(), 1);
+    assert_eq!(quota_used(&app, &owner, "queries"), 1, "not charged");
+}
+
+/// An export cut by its row cap read up to the cap, the same work a truncated query answers and
+/// is charged for: it costs one unit, appended with its `export.failed`.
+fn an_export_cut_by_its_row_cap_costs_one_unit_in_one_append(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.export_max_rows = 1);
+    let (_, owner) = app.signup("Acme", "owner@example.com");
+    let dataset = upload(&app, &owner);
+    let r = app.post_json(
+        "/v1/exports",
+        Some(&owner),
+        &json!({"dataset_id": dataset, "format": "csv"}),
+    );
+    assert!(r.header("RateLimit").is_some(), "{}", r.exchange);
+    r.problem(422, "validation-failed");
+    let failed = events(&app, &owner, "export.failed");
+    let units = events(&app, &owner, "usage.recorded");
+    assert_eq!((failed.len(), units.len()), (1, 1), "{failed:?}\n{units:?}");
+    assert_eq!(failed[0]["payload"]["error_class"], "too_large");
+    assert_one_append(&failed[0], &units[0], "export.failed", "export_id");
+    assert_eq!(quota_used(&app, &owner, "exports"), 1);
+    assert!(events(&app, &owner, "export.completed").is_empty());
+}
+
+#[test]
+fn an_export_cut_by_its_row_cap_costs_one_unit_on_the_embedded_store() {
+    an_export_cut_by_its_row_cap_costs_one_unit_in_one_append(Backend::Embedded);
+}
+
+#[test]
+fn an_export_cut_by_its_row_cap_costs_one_unit_on_postgres() {
+    an_export_cut_by_its_row_cap_costs_one_unit_in_one_append(Backend::Postgres);
+}
+
+/// A timeout admitted when it started (its probe passed) whose meter filled up while it ran: the
+/// failure is still a fact, on the usage stream, without a unit; it is not a refused attempt.
+fn a_timeout_settled_on_a_meter_that_filled_meanwhile_is_recorded_without_a_unit(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app_with(backend, |s| s.query_time_ms = 1_500));
+    let (_, owner) = app.signup("Acme", "owner@example.com");
+    let dataset = upload(&app, &owner);
+    // Free: 200 queries and 20 grace units. 219 used, one unit left.
+    usage(&app, &owner, "queries", 200).expect(200);
+    usage(&app, &owner, "queries", 18).expect(200);
+    query(&app, &owner, &dataset, "SELECT 1 FROM data").expect(200);
+    let running = {
+        let (app, owner, dataset) = (app.clone(), owner.clone(), dataset.clone());
+        std::thread::spawn(move || query(&app, &owner, &dataset, ENDLESS))
+    };
+    // The query is past its probe and running: take the last unit meanwhile.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    usage(&app, &owner, "queries", 1).expect(200);
+    running.join().unwrap().problem(422, "query-timeout");
+    let failed = events(&app, &owner, "query.failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["payload"]["error_class"], "timeout");
+    assert!(
+        failed[0]["stream_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("usage-queries-")
+    );
+    let units = events(&app, &owner, "usage.recorded");
+    assert_eq!(units.len(), 4, "{units:?}");
+    assert!(
+        units
+            .iter()
+            .all(|u| u["payload"]["pays_for"]["type"] != "query.failed"),
+        "no unit pays for it"
+    );
+    assert_eq!(quota_used(&app, &owner, "queries"), 220);
+    assert!(
+        events(&app, &owner, "usage.blocked").is_empty(),
+        "not a refused attempt"
+    );
+    assert!(events(&app, &owner, "quota.grace_ended").is_empty());
+}
+
+#[test]
+fn a_timeout_on_a_meter_that_filled_meanwhile_is_a_fact_without_a_unit_on_the_embedded_store() {
+    a_timeout_settled_on_a_meter_that_filled_meanwhile_is_recorded_without_a_unit(
+        Backend::Embedded,
+    );
+}
+
+#[test]
+fn a_timeout_on_a_meter_that_filled_meanwhile_is_a_fact_without_a_unit_on_postgres() {
+    a_timeout_settled_on_a_meter_that_filled_meanwhile_is_recorded_without_a_unit(
+        Backend::Postgres,
+    );
+}
+
 fn a_refused_upload_is_a_fact_without_its_content(app: TestApp) {
     let (_, owner) = app.signup("Acme", "owner@example.com");
     app.send(
@@ -434,6 +574,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     a_metered_query_and_its_fact_share_one_append_naming_the_registry_version,
     a_failed_query_or_export_is_a_fact_with_its_error_class_and_costs_nothing,
+    a_timed_out_query_costs_one_unit_in_one_append_and_a_syntax_error_costs_nothing,
     a_refused_upload_is_a_fact_without_its_content,
     refusals_of_a_blocked_meter_are_written_once_a_minute_not_once_each,
     an_upgrade_gets_its_own_warning_and_reached_events,

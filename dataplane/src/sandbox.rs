@@ -52,6 +52,10 @@ pub enum QueryError {
     /// The time budget ran out (HTTP 422, `query-timeout`).
     #[error("the query ran longer than its {0:?} budget and was stopped")]
     Timeout(Duration),
+    /// The time budget went by before the query started (waiting for the dataset's connection):
+    /// nothing ran (HTTP 422, `query-timeout`; it costs no unit, ADR 015).
+    #[error("the query's {0:?} budget went by before it could start")]
+    Expired(Duration),
     /// SQL that SQLite refuses (HTTP 422, `query-invalid`).
     #[error("{0}")]
     Invalid(String),
@@ -217,7 +221,7 @@ impl Table {
         let deadline = limits.since.unwrap_or_else(Instant::now) + limits.time;
         if Instant::now() >= deadline {
             // The budget went by waiting for the connection: do not start.
-            return Err(QueryError::Timeout(limits.time));
+            return Err(QueryError::Expired(limits.time));
         }
         conn.progress_handler(1_000, Some(move || Instant::now() >= deadline));
         let result = run(&conn, sql, limits);
@@ -541,6 +545,21 @@ mod tests {
                 .unwrap()
                 .rows[0][0],
             Value::from(3)
+        );
+    }
+
+    #[test]
+    fn a_query_whose_budget_went_by_before_it_started_expires_without_running() {
+        let t = table(CSV);
+        let limits = Limits {
+            time: Duration::from_millis(200),
+            since: Instant::now().checked_sub(Duration::from_secs(1)),
+            ..Limits::default()
+        };
+        // Distinct from a timeout: nothing ran, so it costs no unit (ADR 015).
+        assert_eq!(
+            t.query("SELECT count(*) FROM data", limits),
+            Err(QueryError::Expired(Duration::from_millis(200)))
         );
     }
 

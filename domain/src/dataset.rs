@@ -1,7 +1,10 @@
 //! The `Dataset` aggregate (an uploaded CSV file: its name, columns, size and digest) and the
 //! facts of the data plane: the successes a unit pays for (`query.run`, `export.completed`,
-//! appended with their unit on the usage stream, see `quota.rs`) and the failures that cost
-//! nothing (`query.failed`, `export.failed`, `dataset.upload_rejected`, see [`DataFact`]).
+//! appended with their unit on the usage stream, see `quota.rs`) and the failures
+//! (`query.failed`, `export.failed`, `dataset.upload_rejected`, see [`DataFact`]). A failure that
+//! used the service's time (a timeout, an export cut by its caps) costs a unit like a success and
+//! is appended with it on the usage stream; the others cost nothing (ADR 015,
+//! [`FailureClass::is_charged`]).
 
 use crate::aggregate::{Aggregate, DomainEvent, EventDecodeError};
 use serde::{Deserialize, Serialize};
@@ -179,8 +182,11 @@ pub struct ExportCompleted {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
-    /// It ran out of time.
+    /// It ran out of time while running.
     Timeout,
+    /// Its time budget went by before it started (waiting for the dataset's connection): nothing
+    /// ran.
+    Expired,
     /// The SQL does not parse, or names what does not exist.
     Syntax,
     /// The SQL tried something only reading is allowed to do without.
@@ -191,7 +197,25 @@ pub enum FailureClass {
     Internal,
 }
 
-/// `query.failed`: a query that did not produce a result (no unit is charged).
+impl FailureClass {
+    /// Whether a failure of this class costs a unit (ADR 015): work that used the service's time
+    /// is charged (a timeout ran for its whole budget; an export cut by its row or byte cap read
+    /// up to the cap, the same work a truncated query answers and is charged for). A refusal
+    /// before anything ran (SQL that does not parse or is denied, a budget gone before the start)
+    /// and our own faults cost nothing.
+    pub fn is_charged(self) -> bool {
+        match self {
+            FailureClass::Timeout | FailureClass::TooLarge => true,
+            FailureClass::Expired
+            | FailureClass::Syntax
+            | FailureClass::Denied
+            | FailureClass::Internal => false,
+        }
+    }
+}
+
+/// `query.failed`: a query that did not produce a result. Charged when its class is (appended
+/// with its unit on the usage stream), free otherwise (on the `queries` stream).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueryFailed {
     pub query_id: Uuid,
@@ -201,7 +225,8 @@ pub struct QueryFailed {
     pub elapsed_ms: u64,
 }
 
-/// `export.failed`: an export that produced no file (no unit is charged).
+/// `export.failed`: an export that produced no file. Charged when its class is (appended with its
+/// unit on the usage stream), free otherwise (on its `export-{id}` stream).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportFailed {
     pub export_id: Uuid,
@@ -226,7 +251,8 @@ pub struct UploadRejected {
     pub line: Option<u64>,
 }
 
-/// Facts of the data plane that need no decision and pay for nothing: failures.
+/// Facts of the data plane that need no decision: failures. One whose class is charged is not
+/// appended alone but paid for (`quota::UnitFact::failure`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataFact {
     QueryFailed(QueryFailed),
@@ -368,6 +394,10 @@ mod tests {
             .collect();
         assert_eq!(kinds, DataFact::ALL_EVENT_TYPES);
         assert_eq!(facts[0].to_payload()["error_class"], "timeout");
+        assert_eq!(
+            serde_json::to_value(FailureClass::Expired).unwrap(),
+            "expired"
+        );
         assert_eq!(facts[1].stream_id(), export_stream_id(Uuid::from_u128(3)));
         for e in facts {
             let bytes = serde_json::to_vec(&e.to_payload()).unwrap();

@@ -6,13 +6,15 @@
 //! tenant's current plan), so an upgrade lifts a block at once and usage so far is kept; every
 //! usage event names the registry version it was decided under.
 //!
-//! A unit and the fact it pays for (`query.run`, `export.completed`) are decided together and
-//! appended in one atomic append on this stream, the unit naming its fact (`pays_for`). Refusals
+//! A unit and the fact it pays for (`query.run`, `export.completed`, or a failure that used the
+//! service's time: `query.failed`, `export.failed` of a charged class, ADR 015) are decided
+//! together and appended in one atomic append on this stream, the unit naming its fact
+//! (`pays_for`). A charged failure that meets a blocked meter is recorded without a unit. Refusals
 //! are coalesced: the first refused attempt of a minute is written at once, later ones in that
 //! minute are counted by the caller and written as one `usage.blocked` with their count.
 
 use crate::aggregate::{Aggregate, DomainEvent, EventDecodeError};
-use crate::dataset::{ExportCompleted, QueryRun};
+use crate::dataset::{DataFact, ExportCompleted, ExportFailed, QueryFailed, QueryRun};
 use crate::tenant::Plan;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -157,9 +159,39 @@ pub fn minute_of(t: OffsetDateTime) -> OffsetDateTime {
 pub enum UnitFact {
     Query(QueryRun),
     Export(ExportCompleted),
+    /// A query that failed after using the service's time (see [`UnitFact::failure`]).
+    QueryFailed(QueryFailed),
+    /// An export that failed after using the service's time.
+    ExportFailed(ExportFailed),
 }
 
 impl UnitFact {
+    /// The unit fact of a failure that costs a unit (its class is charged, ADR 015), or the
+    /// failure back when it costs nothing (it is then appended alone, on its own stream).
+    pub fn failure(fact: DataFact) -> Result<UnitFact, DataFact> {
+        match fact {
+            DataFact::QueryFailed(q) if q.error_class.is_charged() => Ok(UnitFact::QueryFailed(q)),
+            DataFact::ExportFailed(x) if x.error_class.is_charged() => {
+                Ok(UnitFact::ExportFailed(x))
+            }
+            free => Err(free),
+        }
+    }
+
+    /// Whether the fact is a failure (recorded even when the meter admits no unit for it).
+    fn is_failure(&self) -> bool {
+        matches!(self, UnitFact::QueryFailed(_) | UnitFact::ExportFailed(_))
+    }
+
+    /// A failure whose class costs nothing cannot pay for a unit.
+    fn is_payable(&self) -> bool {
+        match self {
+            UnitFact::Query(_) | UnitFact::Export(_) => true,
+            UnitFact::QueryFailed(q) => q.error_class.is_charged(),
+            UnitFact::ExportFailed(x) => x.error_class.is_charged(),
+        }
+    }
+
     fn pays_for(&self) -> PaysFor {
         match self {
             UnitFact::Query(q) => PaysFor {
@@ -170,6 +202,14 @@ impl UnitFact {
                 event_type: "export.completed".into(),
                 id: Some(x.export_id),
             },
+            UnitFact::QueryFailed(q) => PaysFor {
+                event_type: "query.failed".into(),
+                id: Some(q.query_id),
+            },
+            UnitFact::ExportFailed(x) => PaysFor {
+                event_type: "export.failed".into(),
+                id: Some(x.export_id),
+            },
         }
     }
 
@@ -177,6 +217,8 @@ impl UnitFact {
         match self {
             UnitFact::Query(q) => UsageEvent::QueryRun(q.clone()),
             UnitFact::Export(x) => UsageEvent::ExportCompleted(x.clone()),
+            UnitFact::QueryFailed(q) => UsageEvent::QueryFailed(q.clone()),
+            UnitFact::ExportFailed(x) => UsageEvent::ExportFailed(x.clone()),
         }
     }
 }
@@ -333,10 +375,15 @@ pub enum UsageEvent {
     /// The fact a unit paid for, in the unit's append.
     QueryRun(QueryRun),
     ExportCompleted(ExportCompleted),
+    /// A charged failure, in its unit's append (or alone, when the meter admitted no unit).
+    QueryFailed(QueryFailed),
+    ExportFailed(ExportFailed),
 }
 
 impl UsageEvent {
-    /// Every event type this aggregate writes, with the schema version it writes.
+    /// Every event type this aggregate writes, with the schema version it writes. The charged
+    /// failures (`query.failed`, `export.failed`) are also written here; they are the same types
+    /// and payloads as [`DataFact`]'s and catalogued there, once.
     pub const ALL_EVENT_TYPES: &'static [(&'static str, u16)] = &[
         ("usage.recorded", 2),
         ("usage.blocked", 2),
@@ -360,6 +407,8 @@ impl DomainEvent for UsageEvent {
             UsageEvent::GraceEnded(_) => "quota.grace_ended",
             UsageEvent::QueryRun(_) => "query.run",
             UsageEvent::ExportCompleted(_) => "export.completed",
+            UsageEvent::QueryFailed(_) => "query.failed",
+            UsageEvent::ExportFailed(_) => "export.failed",
         }
     }
 
@@ -372,7 +421,9 @@ impl DomainEvent for UsageEvent {
             | UsageEvent::QueryRun(_) => 2,
             UsageEvent::GraceStarted(_)
             | UsageEvent::GraceEnded(_)
-            | UsageEvent::ExportCompleted(_) => 1,
+            | UsageEvent::ExportCompleted(_)
+            | UsageEvent::QueryFailed(_)
+            | UsageEvent::ExportFailed(_) => 1,
         }
     }
 
@@ -385,6 +436,8 @@ impl DomainEvent for UsageEvent {
             UsageEvent::GraceEnded(e) => serde_json::to_value(e),
             UsageEvent::QueryRun(e) => serde_json::to_value(e),
             UsageEvent::ExportCompleted(e) => serde_json::to_value(e),
+            UsageEvent::QueryFailed(e) => serde_json::to_value(e),
+            UsageEvent::ExportFailed(e) => serde_json::to_value(e),
         }
         .expect("usage events serialize")
     }
@@ -414,6 +467,10 @@ impl DomainEvent for UsageEvent {
             ("export.completed", 1) => {
                 UsageEvent::ExportCompleted(EventDecodeError::parse(event_type, p)?)
             }
+            ("query.failed", 1) => UsageEvent::QueryFailed(EventDecodeError::parse(event_type, p)?),
+            ("export.failed", 1) => {
+                UsageEvent::ExportFailed(EventDecodeError::parse(event_type, p)?)
+            }
             ("quota.grace_started", 1) => {
                 UsageEvent::GraceStarted(EventDecodeError::parse(event_type, p)?)
             }
@@ -434,6 +491,9 @@ impl DomainEvent for UsageEvent {
 pub enum UsageError {
     #[error("units must be 1 to 10000")]
     InvalidUnits,
+    /// A failure of a class that costs nothing was offered as what a unit pays for.
+    #[error("this failure costs nothing: it pays for no unit")]
+    FreeFailure,
 }
 
 /// What a decision on a [`Record`] came to.
@@ -445,6 +505,9 @@ pub enum Outcome {
     Refused,
     /// A probe that would have been admitted: nothing was written.
     Clear,
+    /// A charged failure met a meter that admits no unit: the failure is recorded without one,
+    /// and no refusal is counted (the work was admitted when it started).
+    Uncharged,
 }
 
 impl Outcome {
@@ -452,6 +515,9 @@ impl Outcome {
     pub fn of(record: &Record, events: &[UsageEvent], after: &Usage, now: OffsetDateTime) -> Self {
         if events.iter().any(|e| matches!(e, UsageEvent::Recorded(_))) {
             return Outcome::Admitted;
+        }
+        if record.pays_for.as_ref().is_some_and(UnitFact::is_failure) {
+            return Outcome::Uncharged;
         }
         if events.iter().any(|e| matches!(e, UsageEvent::Blocked(_))) || !record.probe {
             return Outcome::Refused;
@@ -577,6 +643,9 @@ impl Usage {
         if cmd.units == 0 || cmd.units > 10_000 {
             return Err(UsageError::InvalidUnits);
         }
+        if cmd.pays_for.as_ref().is_some_and(|f| !f.is_payable()) {
+            return Err(UsageError::FreeFailure);
+        }
         let period = self.period.unwrap_or_else(|| Period::of(now));
         let (meter, limits) = (cmd.meter, cmd.limits);
         let used = self.used + cmd.units;
@@ -653,6 +722,12 @@ impl Usage {
             }
             admit(&mut events, QuotaState::Grace);
             return Ok(events);
+        }
+        // A charged failure settles work that was admitted when it started (its probe passed):
+        // the meter filled up meanwhile. The failure is still a fact, without a unit; it is not
+        // a refused attempt, and grace ends at the next real one.
+        if let Some(fact) = cmd.pays_for.as_ref().filter(|f| f.is_failure()) {
+            return Ok(vec![fact.event()]);
         }
         // Grace ends when its units are used up or its time has run out — not because one
         // request was too big to fit in what is left.
@@ -759,7 +834,10 @@ impl Aggregate for Usage {
                 self.grace_ended_at = Some(e.at);
             }
             // Facts change nothing in the meter: their unit does.
-            UsageEvent::QueryRun(_) | UsageEvent::ExportCompleted(_) => {}
+            UsageEvent::QueryRun(_)
+            | UsageEvent::ExportCompleted(_)
+            | UsageEvent::QueryFailed(_)
+            | UsageEvent::ExportFailed(_) => {}
         }
     }
 }
@@ -768,6 +846,7 @@ impl Aggregate for Usage {
 mod tests {
     use super::*;
     use crate::aggregate::testing::{given, test_now};
+    use crate::dataset::FailureClass;
     use time::macros::datetime;
 
     const FREE: MeterLimits = MeterLimits {
@@ -1027,6 +1106,159 @@ mod tests {
             ]);
     }
 
+    fn query_failure(class: FailureClass) -> QueryFailed {
+        QueryFailed {
+            query_id: Uuid::from_u128(7),
+            dataset_id: Uuid::from_u128(99),
+            sql_sha256: "ab".repeat(32),
+            error_class: class,
+            elapsed_ms: 5_000,
+        }
+    }
+
+    fn export_failure(class: FailureClass) -> ExportFailed {
+        ExportFailed {
+            export_id: Uuid::from_u128(8),
+            dataset_id: Uuid::from_u128(99),
+            sql_sha256: None,
+            format: "csv".into(),
+            preset_id: "default".into(),
+            preset_version: 1,
+            error_class: class,
+        }
+    }
+
+    #[test]
+    fn a_timed_out_query_costs_one_unit_appended_with_its_failure_and_naming_it() {
+        let fact = UnitFact::failure(DataFact::QueryFailed(query_failure(FailureClass::Timeout)))
+            .expect("a timeout is charged");
+        given::<Usage>([])
+            .when(UsageCommand::Record(Record {
+                pays_for: Some(fact),
+                ..Record::units(Meter::Queries, 1, PRO)
+            }))
+            .then([
+                UsageEvent::QueryFailed(query_failure(FailureClass::Timeout)),
+                UsageEvent::Recorded(Recorded {
+                    meter: Meter::Queries,
+                    period: Period::of(test_now()),
+                    units: 1,
+                    used: 1,
+                    plan: Plan::Pro,
+                    limit: 20_000,
+                    state: QuotaState::Ok,
+                    registry_version: Some(1),
+                    pays_for: Some(PaysFor {
+                        event_type: "query.failed".into(),
+                        id: Some(Uuid::from_u128(7)),
+                    }),
+                }),
+            ]);
+    }
+
+    #[test]
+    fn an_export_cut_by_its_caps_costs_one_unit_like_a_truncated_query() {
+        let fact = UnitFact::failure(DataFact::ExportFailed(export_failure(
+            FailureClass::TooLarge,
+        )))
+        .expect("an export cut by its caps is charged");
+        let cmd = Record {
+            pays_for: Some(fact),
+            ..Record::units(Meter::Exports, 1, FREE)
+        };
+        let events = Usage::default()
+            .decide(&cmd.clone().into(), test_now())
+            .unwrap();
+        assert!(matches!(
+            events.as_slice(),
+            [UsageEvent::ExportFailed(x), UsageEvent::Recorded(r)]
+                if x.error_class == FailureClass::TooLarge
+                    && r.pays_for == Some(PaysFor { event_type: "export.failed".into(), id: Some(Uuid::from_u128(8)) })
+        ));
+        let mut after = Usage::default();
+        for e in &events {
+            after.evolve(e);
+        }
+        assert_eq!(after.used, 1);
+        assert_eq!(
+            Outcome::of(&cmd, &events, &after, test_now()),
+            Outcome::Admitted
+        );
+    }
+
+    #[test]
+    fn refusals_before_anything_ran_and_our_own_faults_cost_nothing() {
+        for class in [
+            FailureClass::Syntax,
+            FailureClass::Denied,
+            FailureClass::Expired,
+            FailureClass::Internal,
+        ] {
+            let free = DataFact::QueryFailed(query_failure(class));
+            assert_eq!(UnitFact::failure(free.clone()), Err(free), "{class:?}");
+            let free = DataFact::ExportFailed(export_failure(class));
+            assert_eq!(UnitFact::failure(free.clone()), Err(free), "{class:?}");
+            // Offered as what a unit pays for anyway, it is refused as a command.
+            given::<Usage>([])
+                .when(UsageCommand::Record(Record {
+                    pays_for: Some(UnitFact::QueryFailed(query_failure(class))),
+                    ..Record::units(Meter::Queries, 1, PRO)
+                }))
+                .then_err(UsageError::FreeFailure);
+        }
+        let upload = DataFact::UploadRejected(crate::dataset::UploadRejected {
+            name: None,
+            bytes: 1,
+            reason: "empty".into(),
+            line: None,
+        });
+        assert_eq!(UnitFact::failure(upload.clone()), Err(upload));
+    }
+
+    #[test]
+    fn a_charged_failure_on_a_blocked_meter_is_recorded_without_a_unit_and_is_no_refusal() {
+        let blocked = Usage {
+            used: 220,
+            warned: true,
+            reached: true,
+            grace_started_at: Some(test_now()),
+            grace_ended: true,
+            period: Some(Period::of(test_now())),
+            ..Usage::default()
+        };
+        let cmd = Record {
+            pays_for: Some(UnitFact::QueryFailed(query_failure(FailureClass::Timeout))),
+            ..Record::units(Meter::Queries, 1, FREE)
+        };
+        let events = blocked.decide(&cmd.clone().into(), test_now()).unwrap();
+        assert_eq!(
+            events,
+            [UsageEvent::QueryFailed(query_failure(
+                FailureClass::Timeout
+            ))]
+        );
+        let mut after = blocked.clone();
+        for e in &events {
+            after.evolve(e);
+        }
+        assert_eq!(after, blocked, "no unit, no refusal counted");
+        assert_eq!(
+            Outcome::of(&cmd, &events, &after, test_now()),
+            Outcome::Uncharged
+        );
+        // Grace used up but not yet ended: the failure does not end it either.
+        let grace_full = Usage {
+            grace_ended: false,
+            ..blocked
+        };
+        assert_eq!(
+            grace_full.decide(&cmd.into(), test_now()).unwrap(),
+            [UsageEvent::QueryFailed(query_failure(
+                FailureClass::Timeout
+            ))]
+        );
+    }
+
     #[test]
     fn a_refused_unit_writes_no_fact() {
         let blocked = Usage {
@@ -1203,7 +1435,23 @@ mod tests {
             .map(|e| (e.event_type(), e.schema_version()))
             .collect();
         assert_eq!(kinds, UsageEvent::ALL_EVENT_TYPES);
-        for e in events {
+        // Charged failures are written here too, with the types and versions of `DataFact`,
+        // where they are catalogued.
+        let failures = [
+            UsageEvent::QueryFailed(query_failure(FailureClass::Timeout)),
+            UsageEvent::ExportFailed(export_failure(FailureClass::TooLarge)),
+        ];
+        for e in &failures {
+            assert!(
+                DataFact::ALL_EVENT_TYPES.contains(&(e.event_type(), e.schema_version())),
+                "{} is catalogued with DataFact",
+                e.event_type()
+            );
+            let bytes = serde_json::to_vec(&e.to_payload()).unwrap();
+            let fact = DataFact::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
+            assert_eq!(fact.to_payload(), e.to_payload(), "the same payload");
+        }
+        for e in events.into_iter().chain(failures) {
             let bytes = serde_json::to_vec(&e.to_payload()).unwrap();
             let back = UsageEvent::from_stored(e.event_type(), e.schema_version(), &bytes).unwrap();
             assert_eq!(back, e);
