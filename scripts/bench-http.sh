@@ -7,7 +7,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
   # shellcheck source=scripts/pg-throwaway.sh
   source scripts/pg-throwaway.sh
 fi
-cargo build --release -p api >&2
+cargo build --release -p cli >&2
 B=${CARGO_TARGET_DIR:-target}/release/tenantry
 psql "$DATABASE_URL" -qAt -c "DROP DATABASE IF EXISTS tenantry_bench_http" -c "CREATE DATABASE tenantry_bench_http" >/dev/null
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"

@@ -12,7 +12,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
   source scripts/pg-throwaway.sh
 fi
 PGBENCH=$(ls /usr/lib/postgresql/*/bin/pgbench | head -n1)
-cargo build --release -p api >&2
+cargo build --release -p cli >&2
 B=${CARGO_TARGET_DIR:-target}/release/tenantry
 
 fresh_db() {

@@ -29,7 +29,7 @@ if [ ! -x "$VENV/bin/schemathesis" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$VERSION"
 fi
 
-cargo build --quiet -p api --bin tenantry
+cargo build --quiet -p cli --bin tenantry
 BIN=${CARGO_TARGET_DIR:-target}/debug/tenantry
 
 WORK=$(mktemp -d)

@@ -9,5 +9,5 @@ if [ ! -x "$VENV/bin/openapi-spec-validator" ]; then
 fi
 doc=$(mktemp --suffix=.json)
 trap 'rm -f "$doc"' EXIT
-cargo run --quiet -p api --bin tenantry -- docs openapi > "$doc"
+cargo run --quiet -p cli --bin tenantry -- docs openapi > "$doc"
 "$VENV/bin/openapi-spec-validator" "$doc"

@@ -1,7 +1,8 @@
 //! A decision that produces no event (a refusal) is never answered from a stale cache: the
 //! server checks the stream's stored version first. The two scenarios of issue 8, through the
-//! real server: a token issued by the CLI (another process on the same store) beside a running
-//! server, and two server instances on one PostgreSQL database.
+//! real server: a token issued by the CLI's command (from a second `Store` on the same data)
+//! beside a running server, and two server instances on one PostgreSQL database. The first
+//! scenario with the real `tenantry` binary as the other process: `cli/tests/operator_token.rs`.
 
 mod support;
 

@@ -28,10 +28,10 @@ pub async fn issue_operator_token(
 ) -> anyhow::Result<OperatorToken> {
     let executor = Executor::<Platform>::new(store.clone(), ExecutorConfig::new("platform/v1"));
     let operator_id = UserId::from_uuid(Uuid::now_v7());
-    let token = crate::tokens::generate();
+    let token = api::tokens::generate();
     let issued = IssuedToken {
         token_id: Uuid::now_v7(),
-        token_sha256: crate::tokens::sha256_hex(token.as_bytes()),
+        token_sha256: api::tokens::sha256_hex(token.as_bytes()),
         expires_at: OffsetDateTime::now_utc() + time::Duration::days(ttl_days),
     };
     let expires_at = issued.expires_at;

@@ -342,12 +342,12 @@ impl BenchServer {
                         return;
                     }
                 };
-                let settings = crate::settings::Settings {
+                let settings = api::settings::Settings {
                     listen: "127.0.0.1:0".into(),
                     store: location,
                     ..Default::default()
                 };
-                match crate::server::start(settings, store.clone()).await {
+                match api::server::start(settings, store.clone()).await {
                     Ok(running) => {
                         let _ =
                             tx.send(Ok((running.addrs[0].to_string(), running.server.handle())));
@@ -512,7 +512,7 @@ async fn fill(store: &Store, events: u64, tenants: usize) -> anyhow::Result<()> 
 async fn previous_runtime_replay(store: &Store, head: u64) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for p in crate::cli::all_projections() {
+    for p in crate::ops::all_projections() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let mut sub = store.subscribe(1);
@@ -547,7 +547,7 @@ pub async fn startup(
     let write_seconds = started.elapsed().as_secs_f64();
     let head = store.head().await?;
     let c0 = process_cpu_seconds();
-    let rebuilt = crate::cli::rebuild(store, None).await?;
+    let rebuilt = crate::ops::rebuild(store, None).await?;
     cpu.rebuild = process_cpu_seconds() - c0;
     let mut persisted_bytes = Vec::new();
     for name in &rebuilt.projections {

@@ -254,8 +254,8 @@ struct PiiArgs {
 }
 
 impl PiiArgs {
-    fn options(&self) -> anyhow::Result<api::pii_cli::Options> {
-        api::pii_cli::Options::new(
+    fn options(&self) -> anyhow::Result<cli::pii::Options> {
+        cli::pii::Options::new(
             self.preset.as_deref(),
             self.detectors.as_deref(),
             self.method.as_deref(),
@@ -426,7 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "--ttl-days must be 1 to 3650"
             );
             let store = store.open().await?;
-            let issued = api::cli::issue_operator_token(&store, role, ttl_days).await?;
+            let issued = cli::ops::issue_operator_token(&store, role, ttl_days).await?;
             store.close().await;
             println!("{}", serde_json::to_string_pretty(&issued)?);
             anyhow::Ok(())
@@ -434,7 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rebuild { name, store } => runtime.block_on(async move {
             api::telemetry::init("pretty");
             let store = store.open().await?;
-            let report = api::cli::rebuild(&store, name.as_deref()).await?;
+            let report = cli::ops::rebuild(&store, name.as_deref()).await?;
             store.close().await;
             println!("{}", serde_json::to_string_pretty(&report)?);
             anyhow::Ok(())
@@ -465,7 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let state = api::server::AppState::new(settings, store.clone()).await;
-            let report = api::seed::seed(&state, tenants, weeks, seed, start).await?;
+            let report = cli::seed::seed(&state, tenants, weeks, seed, start).await?;
             state.projections.stop();
             store.close().await;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -478,14 +478,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let stdin = std::io::stdin();
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            api::pii_cli::scrub(&opts, &mut stdin.lock(), &mut out)
+            cli::pii::scrub(&opts, &mut stdin.lock(), &mut out)
         }
         Command::Pii {
             what: PiiCommand::Scan { args },
         } => {
             let opts = args.options()?;
             let stdin = std::io::stdin();
-            let report = api::pii_cli::scan(&opts, &mut stdin.lock())?;
+            let report = cli::pii::scan(&opts, &mut stdin.lock())?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -500,14 +500,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             api::telemetry::init("pretty");
-            let cfg = api::bench_http::HttpBench {
+            let cfg = cli::bench_http::HttpBench {
                 tenants,
                 connections,
                 seconds,
             };
             let (location, _temp) = bench_location(backend, url, None)?;
             let addr = start_bench_server(location)?;
-            let report = runtime.block_on(api::bench_http::run_usage(
+            let report = runtime.block_on(cli::bench_http::run_usage(
                 &addr,
                 backend.name().into(),
                 &cfg,
@@ -530,7 +530,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let (location, _temp) = bench_location(backend, url, None)?;
             let store = Store::open(&location).await?;
-            let report = api::bench::cold_start(&store, events).await?;
+            let report = cli::bench::cold_start(&store, events).await?;
             store.close().await;
             println!("{}", serde_json::to_string(&report)?);
             anyhow::Ok(())
@@ -552,7 +552,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let (location, _temp) = bench_location(backend, url, data)?;
             let store = Store::open(&location).await?;
-            let report = api::bench::startup(&store, &location, events, tenants).await?;
+            let report = cli::bench::startup(&store, &location, events, tenants).await?;
             store.close().await;
             println!("{}", serde_json::to_string(&report)?);
             anyhow::Ok(())
@@ -564,17 +564,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (1..=20_000_000).contains(&rows),
                 "--rows must be 1 to 20000000"
             );
-            println!(
-                "{}",
-                serde_json::to_string(&api::pii_cli::bench_data(rows)?)?
-            );
+            println!("{}", serde_json::to_string(&cli::pii::bench_data(rows)?)?);
             Ok(())
         }
         Command::Bench {
             what: BenchCommand::Pii { mb },
         } => {
             anyhow::ensure!((1..=4096).contains(&mb), "--mb must be 1 to 4096");
-            println!("{}", serde_json::to_string(&api::pii_cli::bench(mb))?);
+            println!("{}", serde_json::to_string(&cli::pii::bench(mb))?);
             Ok(())
         }
         Command::Docs {
@@ -605,13 +602,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => runtime.block_on(async move {
             let (location, _temp) = bench_location(backend, url, data)?;
             let store = Store::open(&location).await?;
-            let cfg = api::bench::StoreBench {
+            let cfg = cli::bench::StoreBench {
                 writers,
                 events,
                 batch,
             };
             api::telemetry::init("pretty");
-            let report = api::bench::run(&store, &cfg).await?;
+            let report = cli::bench::run(&store, &cfg).await?;
             store.close().await;
             println!("{}", serde_json::to_string(&report)?);
             anyhow::Ok(())
@@ -628,7 +625,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             api::telemetry::init("pretty");
-            let cfg = api::bench_http::HttpBench {
+            let cfg = cli::bench_http::HttpBench {
                 tenants,
                 connections,
                 seconds,
@@ -644,7 +641,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     )
                 }
             };
-            let report = runtime.block_on(api::bench_http::run(&addr, backend_name, &cfg))?;
+            let report = runtime.block_on(cli::bench_http::run(&addr, backend_name, &cfg))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -660,7 +657,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = store.open().await?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-            let n = api::export::export(&store, from, tenant, &mut out).await?;
+            let n = cli::export::export(&store, from, tenant, &mut out).await?;
             store.close().await;
             tracing::info!(events = n, "export complete");
             anyhow::Ok(())

@@ -15,7 +15,7 @@
 //! time. The same seed gives the same history per stream (the interleaving of tenants within a
 //! day may differ between runs).
 
-use crate::server::AppState;
+use api::server::AppState;
 use domain::dataset::{self, DatasetColumn, DatasetCommand, ExportCompleted, QueryRun, Uploaded};
 use domain::identity::IssuedToken;
 use domain::quota::{self, Meter, Record, UnitFact, UsageCommand, UsageEvent};
@@ -367,7 +367,7 @@ async fn sign_up(
             role: TenantRole::Owner,
             token: IssuedToken {
                 token_id: uuid(&mut sim.rng),
-                token_sha256: crate::tokens::sha256_hex(format!("seed-{seed}-{t}").as_bytes()),
+                token_sha256: api::tokens::sha256_hex(format!("seed-{seed}-{t}").as_bytes()),
                 expires_at: at + Duration::days(30),
             },
         },
@@ -489,7 +489,7 @@ async fn add_member(state: &AppState, sim: &mut Sim, at: OffsetDateTime) -> anyh
         role,
         token: IssuedToken {
             token_id: uuid(&mut sim.rng),
-            token_sha256: crate::tokens::sha256_hex(
+            token_sha256: api::tokens::sha256_hex(
                 format!("seed-member-{}-{n}", sim.tenant).as_bytes(),
             ),
             expires_at: at + Duration::days(30),
@@ -528,7 +528,7 @@ async fn use_meter(
     let n = sim.units + 1;
     let dataset_id = sim.datasets[n as usize % sim.datasets.len()];
     let sql_sha256 =
-        crate::tokens::sha256_hex(format!("SELECT city, count(*) FROM data -- {n}").as_bytes());
+        api::tokens::sha256_hex(format!("SELECT city, count(*) FROM data -- {n}").as_bytes());
     let fact = match meter {
         Meter::Queries => UnitFact::Query(QueryRun {
             query_id: Some(uuid(&mut sim.rng)),
@@ -547,7 +547,7 @@ async fn use_meter(
             preset_version: 1,
             rows: 50,
             bytes: 4_096 + sim.rng.below(4_096) as u64,
-            sha256: crate::tokens::sha256_hex(format!("export-{}-{n}", sim.tenant).as_bytes()),
+            sha256: api::tokens::sha256_hex(format!("export-{}-{n}", sim.tenant).as_bytes()),
             badge: if chance(&mut sim.rng, 90) {
                 "PASS"
             } else {

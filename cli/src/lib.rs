@@ -1,0 +1,10 @@
+//! The `tenantry` command line's own tools: everything the binary does besides serving HTTP.
+//! The service itself (`tenantry serve`) is `api`'s; this crate starts it and drives it, and
+//! knows nothing of routes or handlers.
+
+pub mod bench;
+pub mod bench_http;
+pub mod export;
+pub mod ops;
+pub mod pii;
+pub mod seed;
