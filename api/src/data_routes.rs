@@ -2,7 +2,7 @@
 //! and their downloads.
 
 use crate::auth::Caller;
-use crate::http::{ReadQuery, Reply, RequestContext, json, settle, wait_for};
+use crate::http::{ReadQuery, Reply, RequestContext, idempotent, json, settle, wait_for};
 use crate::problem::Problem;
 use crate::quota_routes::{meter, refuse_if_blocked};
 use crate::server::AppState;
@@ -181,6 +181,21 @@ pub async fn upload(
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
+    // Under an Idempotency-Key, a retry replays the first answer (ADR 005).
+    Ok(idempotent(&state, &req, tenant, &body, || {
+        upload_once(state.clone(), req.clone(), caller.clone(), q, body.clone())
+    })
+    .await)
+}
+
+async fn upload_once(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    q: web::Query<UploadQuery>,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
     // A refused upload is a fact too (never its content): first-success funnels read them.
     let meta = RequestContext::of(&req).metadata(caller.actor());
     let rejected = |name: Option<String>, reason: &str, line: Option<u64>| {
@@ -341,6 +356,20 @@ pub async fn get(
 }
 
 pub async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    // Under an Idempotency-Key, a retry replays the first answer (ADR 005).
+    Ok(idempotent(&state, &req, tenant, &[], || {
+        delete_once(state.clone(), req.clone(), caller.clone(), path)
+    })
+    .await)
+}
+
+async fn delete_once(
     state: web::Data<AppState>,
     req: HttpRequest,
     caller: Caller,
@@ -570,6 +599,27 @@ pub async fn query(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    // Under an Idempotency-Key, a retry replays the first answer (ADR 005).
+    Ok(idempotent(&state, &req, tenant, &body, || {
+        query_once(
+            state.clone(),
+            req.clone(),
+            caller.clone(),
+            path,
+            body.clone(),
+        )
+    })
+    .await)
+}
+
+async fn query_once(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
     let arrived = Instant::now();
     let tenant = caller.tenant_or_forbidden()?;
     let dto: QueryRequest = json(&req, &body)?;
@@ -690,6 +740,20 @@ pub(crate) struct ExportRequest {
 
 /// `POST /v1/exports`: run the dataset (or a query over it) through a preset, scan, badge, keep.
 pub async fn create_export(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    // Under an Idempotency-Key, a retry replays the first answer (ADR 005).
+    Ok(idempotent(&state, &req, tenant, &body, || {
+        create_export_once(state.clone(), req.clone(), caller.clone(), body.clone())
+    })
+    .await)
+}
+
+async fn create_export_once(
     state: web::Data<AppState>,
     req: HttpRequest,
     caller: Caller,
@@ -1117,6 +1181,20 @@ pub async fn create_preset(
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
+    // Under an Idempotency-Key, a retry replays the first answer (ADR 005).
+    Ok(idempotent(&state, &req, tenant, &body, || {
+        create_preset_once(state.clone(), req.clone(), caller.clone(), body.clone())
+    })
+    .await)
+}
+
+async fn create_preset_once(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
     let dto: NewPresetRequest = json(&req, &body)?;
     let name = preset_name(Some(&dto.name))?.unwrap_or_default();
     let rules = rules_of(dto.columns, dto.text)?;
@@ -1160,6 +1238,27 @@ pub async fn edit_preset(
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
+    // Under an Idempotency-Key, a retry replays the first answer (ADR 005).
+    Ok(idempotent(&state, &req, tenant, &body, || {
+        edit_preset_once(
+            state.clone(),
+            req.clone(),
+            caller.clone(),
+            path,
+            body.clone(),
+        )
+    })
+    .await)
+}
+
+async fn edit_preset_once(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
     if path.as_str() == preset::DEFAULT_ID {
         return Err(Problem::conflict(
             "preset-builtin",
@@ -1187,6 +1286,20 @@ pub async fn edit_preset(
 }
 
 pub async fn delete_preset(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    // Under an Idempotency-Key, a retry replays the first answer (ADR 005).
+    Ok(idempotent(&state, &req, tenant, &[], || {
+        delete_preset_once(state.clone(), req.clone(), caller.clone(), path)
+    })
+    .await)
+}
+
+async fn delete_preset_once(
     state: web::Data<AppState>,
     req: HttpRequest,
     caller: Caller,

@@ -294,20 +294,32 @@ const IDEMPOTENT_EVENTS: Uuid = Uuid::from_u128(0x7465_6e61_6e74_7279_6964_656d_
 #[derive(Clone, Debug)]
 pub struct CallerScope(pub String);
 
-/// The client's address: the peer's, or the first `X-Forwarded-For` entry when the settings
-/// trust a proxy to set it.
+/// The client's address: the peer's, or — when the settings trust a proxy in front — the last
+/// `X-Forwarded-For` entry, the address that proxy saw. Entries before it are whatever the client
+/// sent and are never believed.
 pub fn client_address(state: &AppState, req: &HttpRequest) -> std::net::IpAddr {
     let forwarded = state
         .settings
         .trust_forwarded_for
-        .then(|| req.headers().get("x-forwarded-for"))
+        .then(|| req.headers().get_all("x-forwarded-for").last())
         .flatten()
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.rsplit(',').next())
         .and_then(|v| v.trim().parse().ok());
     forwarded
         .or_else(|| req.peer_addr().map(|a| a.ip()))
         .unwrap_or(std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+}
+
+/// Whether `reply` is the problem `slug` with `status`.
+fn is_problem(reply: &Reply, status: StatusCode, slug: &str) -> bool {
+    reply.status == status
+        && serde_json::from_slice::<serde_json::Value>(&reply.body).is_ok_and(|p| {
+            p["type"]
+                .as_str()
+                .and_then(|t| t.rsplit('/').next())
+                .is_some_and(|t| t == slug)
+        })
 }
 
 /// An answer worth retrying (the same request may succeed later) is never kept for replay: a
@@ -320,12 +332,8 @@ fn retryable(reply: &Reply) -> bool {
     {
         return true;
     }
-    status == StatusCode::CONFLICT
-        && serde_json::from_slice::<serde_json::Value>(&reply.body).is_ok_and(|p| {
-            p["type"]
-                .as_str()
-                .is_some_and(|t| t.ends_with("/busy") || t.ends_with("/idempotency-key-in-flight"))
-        })
+    is_problem(reply, StatusCode::CONFLICT, "busy")
+        || is_problem(reply, StatusCode::CONFLICT, "idempotency-key-in-flight")
 }
 
 /// Run a mutating request under its `Idempotency-Key` (SPEC §13): the same key and request
@@ -372,10 +380,16 @@ where
         .unwrap_or_else(|| format!("addr:{}", client_address(state, req)));
     let key = format!("{} {caller} {key}", req.method());
     let aad = format!("{scope} {key}");
-    let mut fingerprint = Vec::with_capacity(body.len() + 64);
+    // The request as the handler reads it: path, query, the body and how it is to be read.
+    let mut fingerprint = Vec::with_capacity(body.len() + 128);
     fingerprint.extend_from_slice(req.path().as_bytes());
     fingerprint.push(b'?');
     fingerprint.extend_from_slice(req.query_string().as_bytes());
+    fingerprint.push(b'\n');
+    for value in req.headers().get_all(header::CONTENT_TYPE) {
+        fingerprint.extend_from_slice(value.as_bytes());
+        fingerprint.push(b'\n');
+    }
     fingerprint.push(b'\n');
     fingerprint.extend_from_slice(body);
     let hash = crate::tokens::sha256_hex(&fingerprint);
@@ -410,7 +424,17 @@ where
                     format!("{aad}\n{hash}").as_bytes(),
                 ));
             }
-            let reply = run().await.unwrap_or_else(Reply::from);
+            let mut reply = run().await.unwrap_or_else(Reply::from);
+            if is_problem(&reply, StatusCode::CONFLICT, "duplicate-event-id") {
+                // The events this key derives are stored already, with another decision: the
+                // request went through before and its answer was lost with its process.
+                reply = Problem::conflict(
+                    "idempotency-key-already-applied",
+                    "a request under this Idempotency-Key was already applied; its first answer \
+                     was lost and cannot be replayed (the change is in the log)",
+                )
+                .into();
+            }
             let kept = if retryable(&reply) {
                 state.store.idempotency_abandon(scope, &key).await
             } else {

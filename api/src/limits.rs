@@ -38,11 +38,26 @@ impl SignupLimiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        limiter.check_key(&address).map_err(|not_until| {
+        limiter.check_key(&key_of(address)).map_err(|not_until| {
             not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
             ))
         })
+    }
+}
+
+/// The key an address is limited under: an IPv4 address, or an IPv6 address's /64 (one host
+/// commonly holds a whole /64, so per-address limits would not bind it).
+fn key_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -64,6 +79,18 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(l.check(b), Ok(()), "another address is not limited");
+    }
+
+    #[test]
+    fn an_ipv6_host_is_limited_by_its_64_not_per_address() {
+        let l = SignupLimiter::new(2);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other_in_same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(l.check(one), Ok(()));
+        assert_eq!(l.check(other_in_same_64), Ok(()));
+        assert!(l.check("2001:db8:1:2::abcd".parse().unwrap()).is_err());
+        assert_eq!(l.check(other_64), Ok(()));
     }
 
     #[test]

@@ -233,6 +233,9 @@ fn problems(spec: &RouteSpec) -> Vec<(u16, &'static str)> {
     if spec.method != "GET" {
         out.push((409, "Conflict with the current state"));
     }
+    if spec.api.idempotent && !out.iter().any(|(c, _)| *c == 422) {
+        out.push((422, "`Idempotency-Key` reused with a different request"));
+    }
     if spec.method == "GET" && spec.path.starts_with("/v1/") {
         out.push((
             503,

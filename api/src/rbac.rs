@@ -347,7 +347,7 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "Rename the caller's tenant",
         handler: |route| route.to(r::rename_tenant),
-        api: Api::command::<r::RenameRequest, r::Renamed>(200),
+        api: Api::command::<r::RenameRequest, r::Renamed>(200).idempotent(),
     },
     RouteSpec {
         method: "POST",
@@ -438,7 +438,7 @@ pub const ROUTES: &[RouteSpec] = &[
             status: 201,
             response: Body::json::<data::Dataset>(),
             problems: &[],
-            idempotent: false,
+            idempotent: true,
             body_also_on: &[],
         },
     },
@@ -467,7 +467,7 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "Delete a dataset (an event) and its data",
         handler: |route| route.to(data::delete),
-        api: Api::bodiless::<data::DatasetDeleted>(),
+        api: Api::bodiless::<data::DatasetDeleted>().idempotent(),
     },
     RouteSpec {
         method: "POST",
@@ -476,7 +476,9 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "Run read-only SQL over table `data`",
         handler: |route| route.to(data::query),
-        api: Api::command::<data::QueryRequest, data::QueryAnswer>(200).with_problems(METERED),
+        api: Api::command::<data::QueryRequest, data::QueryAnswer>(200)
+            .with_problems(METERED)
+            .idempotent(),
     },
     RouteSpec {
         method: "POST",
@@ -485,7 +487,9 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "Export a dataset or a query with a redaction preset; PASS or FAIL badge",
         handler: |route| route.to(data::create_export),
-        api: Api::command::<data::ExportRequest, data::Export>(201).with_problems(METERED),
+        api: Api::command::<data::ExportRequest, data::Export>(201)
+            .with_problems(METERED)
+            .idempotent(),
     },
     RouteSpec {
         method: "GET",
@@ -520,7 +524,7 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: Some(Flag::RedactionPresetBuilder),
         summary: "Create a redaction preset (version 1)",
         handler: |route| route.to(data::create_preset),
-        api: Api::command::<data::NewPresetRequest, data::Preset>(201),
+        api: Api::command::<data::NewPresetRequest, data::Preset>(201).idempotent(),
     },
     RouteSpec {
         method: "GET",
@@ -547,7 +551,7 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: Some(Flag::RedactionPresetBuilder),
         summary: "Edit a preset: a new version",
         handler: |route| route.to(data::edit_preset),
-        api: Api::command::<data::PresetRequest, data::Preset>(200),
+        api: Api::command::<data::PresetRequest, data::Preset>(200).idempotent(),
     },
     RouteSpec {
         method: "DELETE",
@@ -556,7 +560,7 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: Some(Flag::RedactionPresetBuilder),
         summary: "Delete a preset (its history is kept)",
         handler: |route| route.to(data::delete_preset),
-        api: Api::bodiless::<data::PresetDeleted>(),
+        api: Api::bodiless::<data::PresetDeleted>().idempotent(),
     },
     RouteSpec {
         method: "GET",

@@ -83,8 +83,11 @@ pub fn keep(reply: &Reply, key: &SealKey, aad: &str) -> StoredResponse {
         serde_json::from_slice::<serde_json::Value>(&reply.body)
         && let Some(serde_json::Value::String(token)) = map.get("token")
     {
+        // 96 random bits: the first six bytes of two version-4 UUIDs are all random (the OS's
+        // randomness, through `getrandom`); a nonce never repeats under one key in practice.
         let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..12]);
+        nonce[..6].copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..6]);
+        nonce[6..].copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..6]);
         let sealed = key.cipher().encrypt(
             Nonce::from_slice(&nonce),
             Payload {

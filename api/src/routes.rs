@@ -194,11 +194,18 @@ pub async fn signup(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
         let name = fields.check("name", display_text(&dto.name, 200, PersonName::parse));
         fields.finish()?;
         let (tenant_name, email, name) = (tenant_name.unwrap(), email.unwrap(), name.unwrap());
-        let tenant_id = TenantId::from_uuid(Uuid::now_v7());
-        let user_id = UserId::from_uuid(Uuid::now_v7());
+        // Under an Idempotency-Key the new tenant's and owner's ids come from the key: a retry
+        // after a lost answer lands on the same stream and is refused as already signed up,
+        // instead of making a second tenant.
+        let ctx = RequestContext::of(&req);
+        let id = |what: &[u8]| {
+            ctx.event_id_seed
+                .map_or_else(Uuid::now_v7, |seed| Uuid::new_v5(&seed, what))
+        };
+        let tenant_id = TenantId::from_uuid(id(b"tenant"));
+        let user_id = UserId::from_uuid(id(b"owner"));
         let (token, issued) = new_token(&state);
         let expires_at = issued.expires_at;
-        let ctx = RequestContext::of(&req);
         let done = state
             .tenants
             .execute(
@@ -382,6 +389,20 @@ pub(crate) struct Renamed {
 }
 
 pub async fn rename_tenant(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<Reply, Problem> {
+    let tenant = caller.tenant_or_forbidden()?;
+    // Under an Idempotency-Key, a retry replays the first answer (ADR 005).
+    Ok(idempotent(&state, &req, tenant, &body, || {
+        rename_tenant_once(state.clone(), req.clone(), caller.clone(), body.clone())
+    })
+    .await)
+}
+
+async fn rename_tenant_once(
     state: web::Data<AppState>,
     req: HttpRequest,
     caller: Caller,
@@ -946,7 +967,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Reply {
 }
 
 /// Who may scrape `/metrics`: the holder of `metrics_token` when one is set, otherwise loopback
-/// clients only (a scraper on the same host, or an operator's tunnel).
+/// clients only (a scraper on the same host, or an operator's tunnel) — and never through a proxy,
+/// which would make every client look like loopback.
 fn may_scrape(state: &AppState, req: &HttpRequest) -> Result<(), Problem> {
     match &state.settings.metrics_token {
         Some(token) => {
@@ -970,7 +992,14 @@ fn may_scrape(state: &AppState, req: &HttpRequest) -> Result<(), Problem> {
                 )
             }
         }
-        None if req.peer_addr().is_some_and(|a| a.ip().is_loopback()) => Ok(()),
+        // Behind a proxy on the same host every client is loopback: then only the token opens it.
+        None if !state.settings.trust_forwarded_for
+            && req.headers().get("x-forwarded-for").is_none()
+            && req.headers().get("forwarded").is_none()
+            && req.peer_addr().is_some_and(|a| a.ip().is_loopback()) =>
+        {
+            Ok(())
+        }
         None => Err(Problem::forbidden(
             "/metrics answers loopback clients only; set metrics_token to scrape it remotely",
         )),

@@ -50,15 +50,15 @@ pub struct Shares {
     running: Arc<Mutex<HashMap<(TenantId, Work), usize>>>,
 }
 
-/// A running piece of work; dropping it gives its slots back.
+/// A tenant's slot for one kind of work, given back when dropped — also when the request that
+/// holds it goes away while it waits for a global slot.
 #[derive(Debug)]
-pub struct Permit {
+struct TenantSlot {
     running: Arc<Mutex<HashMap<(TenantId, Work), usize>>>,
     key: (TenantId, Work),
-    _global: OwnedSemaphorePermit,
 }
 
-impl Drop for Permit {
+impl Drop for TenantSlot {
     fn drop(&mut self) {
         let mut running = self.running.lock().expect("shares lock");
         if let Some(n) = running.get_mut(&self.key) {
@@ -68,6 +68,13 @@ impl Drop for Permit {
             }
         }
     }
+}
+
+/// A running piece of work; dropping it gives its slots back.
+#[derive(Debug)]
+pub struct Permit {
+    _tenant: TenantSlot,
+    _global: OwnedSemaphorePermit,
 }
 
 impl Shares {
@@ -95,34 +102,26 @@ impl Shares {
     ) -> Result<Permit, Problem> {
         let kind = &self.kinds[&work];
         let key = (tenant, work);
-        {
+        let slot = {
             let mut running = self.running.lock().expect("shares lock");
             let n = running.entry(key).or_default();
             if *n >= kind.share.per_tenant.max(1) {
                 return Err(too_many(work, kind.share.per_tenant, "your tenant has"));
             }
             *n += 1;
-        }
-        // From here the tenant's slot is taken: give it back if no global one comes in time.
-        let release = || {
-            let mut running = self.running.lock().expect("shares lock");
-            if let Some(n) = running.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    running.remove(&key);
-                }
-            }
-        };
-        match tokio::time::timeout(wait, kind.global.clone().acquire_owned()).await {
-            Ok(Ok(global)) => Ok(Permit {
+            TenantSlot {
                 running: self.running.clone(),
                 key,
+            }
+        };
+        // The tenant's slot is held by `slot` from here: a timeout, or this future being dropped
+        // while it waits, gives it back.
+        match tokio::time::timeout(wait, kind.global.clone().acquire_owned()).await {
+            Ok(Ok(global)) => Ok(Permit {
+                _tenant: slot,
                 _global: global,
             }),
-            _ => {
-                release();
-                Err(too_many(work, kind.share.global, "the service has"))
-            }
+            _ => Err(too_many(work, kind.share.global, "the service has")),
         }
     }
 }
@@ -174,6 +173,41 @@ mod tests {
         assert!(
             shares.acquire(a, Work::Query, wait).await.is_err(),
             "global is full again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_goes_away_while_waiting_gives_its_tenant_slot_back() {
+        let s = Share {
+            per_tenant: 1,
+            global: 1,
+        };
+        let shares = std::sync::Arc::new(Shares::new(s, s, s));
+        let (a, b) = (tenant(), tenant());
+        let busy = shares
+            .acquire(a, Work::Upload, Duration::ZERO)
+            .await
+            .unwrap();
+        // b waits for the global slot, then its client disconnects (the future is dropped).
+        let waiting = {
+            let shares = shares.clone();
+            tokio::spawn(async move {
+                shares
+                    .acquire(b, Work::Upload, Duration::from_secs(30))
+                    .await
+                    .map(|_| ())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        drop(busy);
+        // b's slot came back: it can run at once.
+        assert!(
+            shares
+                .acquire(b, Work::Upload, Duration::from_millis(50))
+                .await
+                .is_ok()
         );
     }
 }

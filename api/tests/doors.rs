@@ -46,8 +46,9 @@ fn a_behind_proxy_setting_limits_by_the_forwarded_address() {
             Some(body.as_bytes()),
         )
     };
-    signup("198.51.100.7, 10.0.0.1", 1).expect(201);
-    signup("198.51.100.7", 2).problem(429, "rate-limited");
+    // The proxy appends the address it saw; what the client put before it is not believed.
+    signup("203.0.113.1, 198.51.100.7", 1).expect(201);
+    signup("203.0.113.2, 198.51.100.7", 2).problem(429, "rate-limited");
     signup("198.51.100.8", 3).expect(201);
 }
 
@@ -130,4 +131,24 @@ fn a_replayed_signup_does_not_spend_the_rate_limit() {
     let again = send();
     assert_eq!(again.expect(201)["tenant_id"], first["tenant_id"]);
     assert_eq!(again.header("idempotency-replayed"), Some("true"));
+}
+
+/// Behind a proxy every client connects from loopback: without a token, /metrics stays closed.
+#[test]
+fn metrics_are_not_open_to_proxied_clients_without_a_token() {
+    let direct = spawn_app_with(Backend::Embedded, |_| {});
+    let open = direct.send("GET", "/metrics", &[], None);
+    assert_eq!(open.status, 200, "{}", open.exchange);
+    direct
+        .send(
+            "GET",
+            "/metrics",
+            &[("X-Forwarded-For", "203.0.113.9")],
+            None,
+        )
+        .problem(403, "forbidden");
+    let proxied = spawn_app_with(Backend::Embedded, |s| s.trust_forwarded_for = true);
+    proxied
+        .send("GET", "/metrics", &[], None)
+        .problem(403, "forbidden");
 }

@@ -47,7 +47,7 @@ fn a_lost_answer_retried_under_its_key_is_not_metered_again(backend: Backend) {
     // As if the process had died before keeping the answer: the record is gone.
     lose_the_record(&app, &tenant, &user, "u-lost");
     let retry = app.send("POST", "/v1/usage", &h, Some(body));
-    retry.problem(409, "duplicate-event-id");
+    retry.problem(409, "idempotency-key-already-applied");
     assert_eq!(used(&app), 3, "the retry did not meter the units again");
     // Another key is another request.
     let h2 = [
@@ -67,4 +67,199 @@ fn a_lost_answer_retried_under_its_key_is_not_metered_again_embedded() {
 #[test]
 fn a_lost_answer_retried_under_its_key_is_not_metered_again_postgres() {
     a_lost_answer_retried_under_its_key_is_not_metered_again(Backend::Postgres);
+}
+
+fn keyed(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    key: &str,
+    body: &[u8],
+) -> support::Response {
+    let auth = format!("Bearer {token}");
+    app.send(
+        method,
+        path,
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", content_type),
+            ("Idempotency-Key", key),
+        ],
+        Some(body),
+    )
+}
+
+/// Every mutating data-plane route honours the key: a retried upload, export or preset edit is
+/// applied once and answered with the first answer.
+fn retried_uploads_exports_and_preset_edits_are_applied_once(backend: Backend) {
+    let app = spawn_app(backend);
+    let (_, owner) = app.signup("Acme", "owner@example.com");
+    let csv = b"id,email\n1,ada@example.com\n2,grace@example.com\n";
+    let up = |key| {
+        keyed(
+            &app,
+            "POST",
+            "/v1/datasets?name=people",
+            &owner,
+            "text/csv",
+            key,
+            csv,
+        )
+    };
+    let first = up("up-1").expect(201);
+    let again = up("up-1");
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(again.expect(201)["dataset_id"], first["dataset_id"]);
+    assert_eq!(
+        app.get("/v1/datasets", &owner).expect(200)["datasets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "one dataset"
+    );
+    let dataset = first["dataset_id"].as_str().unwrap();
+
+    let export = serde_json::json!({ "dataset_id": dataset, "format": "csv" }).to_string();
+    let ex = |key| {
+        keyed(
+            &app,
+            "POST",
+            "/v1/exports",
+            &owner,
+            "application/json",
+            key,
+            export.as_bytes(),
+        )
+    };
+    let first = ex("ex-1").expect(201);
+    let again = ex("ex-1");
+    assert_eq!(again.expect(201)["export_id"], first["export_id"]);
+    assert_eq!(
+        again.header("location"),
+        Some(format!("/v1/exports/{}", first["export_id"].as_str().unwrap()).as_str())
+    );
+    let quota = app.get("/v1/tenant/quota", &owner).expect(200);
+    assert_eq!(
+        quota["meters"]["exports"]["used"], 1,
+        "the export was charged once"
+    );
+
+    let preset =
+        serde_json::json!({"name": "p", "text": {"detectors": ["email"], "method": "mask"}});
+    let created = app
+        .post_json("/v1/presets", Some(&owner), &preset)
+        .expect(201);
+    let id = created["preset_id"].as_str().unwrap();
+    let edit =
+        serde_json::json!({"text": {"detectors": ["phone"], "method": "replace"}}).to_string();
+    let path = format!("/v1/presets/{id}");
+    let put = |key| {
+        keyed(
+            &app,
+            "PUT",
+            &path,
+            &owner,
+            "application/json",
+            key,
+            edit.as_bytes(),
+        )
+    };
+    assert_eq!(put("ed-1").expect(200)["version"], 2);
+    assert_eq!(
+        put("ed-1").expect(200)["version"],
+        2,
+        "the retry made no version 3"
+    );
+    let shown = app.get(&path, &owner).expect(200);
+    assert_eq!(shown["versions"], serde_json::json!([1, 2]));
+}
+
+#[test]
+fn retried_uploads_exports_and_preset_edits_are_applied_once_embedded() {
+    retried_uploads_exports_and_preset_edits_are_applied_once(Backend::Embedded);
+}
+
+#[test]
+fn retried_uploads_exports_and_preset_edits_are_applied_once_postgres() {
+    retried_uploads_exports_and_preset_edits_are_applied_once(Backend::Postgres);
+}
+
+/// A sign-up whose answer was lost, retried under its key, does not make a second tenant.
+fn a_lost_signup_retried_under_its_key_makes_no_second_tenant(backend: Backend) {
+    let app = spawn_app(backend);
+    let body = serde_json::json!({"tenant_name": "Once", "email": "once@example.com", "name": "O"})
+        .to_string();
+    let send = || {
+        app.send(
+            "POST",
+            "/v1/signup",
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", "su-lost"),
+            ],
+            Some(body.as_bytes()),
+        )
+    };
+    let first = send().expect(201);
+    let head = app.head();
+    // The record is lost (the process died before keeping the answer).
+    let location = app.location.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let store = Store::open(&location).await.unwrap();
+            store
+                .idempotency_abandon(domain::TenantId::PLATFORM, "POST addr:127.0.0.1 su-lost")
+                .await
+                .unwrap();
+            store.close().await;
+        });
+    let retry = send();
+    assert_eq!(retry.status, 409, "{}", retry.exchange);
+    assert_eq!(app.head(), head, "nothing written by the retry");
+    app.get("/v1/me", first["token"].as_str().unwrap())
+        .expect(200);
+}
+
+#[test]
+fn a_lost_signup_retried_under_its_key_makes_no_second_tenant_embedded() {
+    a_lost_signup_retried_under_its_key_makes_no_second_tenant(Backend::Embedded);
+}
+
+#[test]
+fn a_lost_signup_retried_under_its_key_makes_no_second_tenant_postgres() {
+    a_lost_signup_retried_under_its_key_makes_no_second_tenant(Backend::Postgres);
+}
+
+/// The same key with the same body but another content type is another request.
+#[test]
+fn the_content_type_is_part_of_the_request_a_key_stands_for() {
+    let app = spawn_app(Backend::Embedded);
+    let (_, owner) = app.signup("Acme", "owner@example.com");
+    let csv = b"id,city\n1,Paris\n";
+    keyed(
+        &app,
+        "POST",
+        "/v1/datasets?name=c",
+        &owner,
+        "text/plain",
+        "ct-1",
+        csv,
+    )
+    .problem(415, "unsupported-media-type");
+    keyed(
+        &app,
+        "POST",
+        "/v1/datasets?name=c",
+        &owner,
+        "text/csv",
+        "ct-1",
+        csv,
+    )
+    .problem(422, "idempotency-key-reused");
 }

@@ -340,6 +340,7 @@ impl Core {
             } else {
                 Expected::Exact(hot.version)
             };
+            let count = new_events.len() as u64;
             let request = AppendRequest {
                 tenant_id: tenant,
                 stream_id: stream.to_owned(),
@@ -348,6 +349,42 @@ impl Core {
                 metadata: batch[0].metadata.clone(),
             };
             match self.append_resolving(request).await {
+                Ok(appended)
+                    if appended.replayed || appended.stream_version != hot.version + count =>
+                {
+                    // The store answered with an earlier attempt's write (the same event ids,
+                    // stored before): what was decided here on this cache is not what the
+                    // stream holds. Read the stream back rather than trust the decided state.
+                    if let Err(e) = self.catch_up(tenant, stream, hot).await {
+                        let message = e.to_string();
+                        return fail(batch, &|| {
+                            ExecuteError::Store(StoreError::Backend(message.clone()))
+                        });
+                    }
+                    let first = appended.stream_version + 1 - count;
+                    let mut offset = 0;
+                    for (p, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = p.reply.send(match outcome {
+                            Ok((events, _)) => {
+                                let n = events.len();
+                                let mine = (n > 0).then(|| Appended {
+                                    positions: appended.positions[offset..offset + n].to_vec(),
+                                    stream_version: first + (offset + n) as u64 - 1,
+                                    replayed: appended.replayed,
+                                });
+                                offset += n;
+                                Ok(Executed {
+                                    state: hot.state.clone(),
+                                    version: hot.version,
+                                    appended: mine,
+                                    events,
+                                })
+                            }
+                            Err(e) => Err(ExecuteError::Domain(e)),
+                        });
+                    }
+                    return;
+                }
                 Ok(appended) => {
                     let before = hot.version;
                     hot.state = state;

@@ -441,6 +441,43 @@ async fn a_refused_command_does_not_fail_the_others_of_its_batch(h: TestStore) {
     assert_eq!(h.store.stream_version(t, stream).await.unwrap(), 40);
 }
 
+/// A retry whose append the store answers as a replay (the same event ids and content, stored by
+/// the first attempt) leaves the executor's cache equal to the log, not the events applied twice.
+async fn a_replayed_append_leaves_the_cache_equal_to_the_log(h: TestStore) {
+    use domain::quota::{CountRefusals, Meter, MeterLimits, UsageCommand};
+    let t = TenantId::from_uuid(Uuid::new_v4());
+    let stream = "usage-queries-2026-03";
+    let now = time::macros::datetime!(2026-03-03 10:00 UTC);
+    let command = UsageCommand::CountRefusals(CountRefusals {
+        meter: Meter::Queries,
+        limits: MeterLimits {
+            plan: Plan::Free,
+            limit: 200,
+            blocking: true,
+            registry_version: 1,
+        },
+        minute: now,
+        attempts: 5,
+        units: 5,
+        last_at: now,
+    });
+    let mut meta = Metadata::actor("user-1");
+    meta.event_id_seed = Some(Uuid::new_v4());
+    let ex = usage(&h.store);
+    let first = ex.execute(t, stream, &command, &meta, now).await.unwrap();
+    assert_eq!(first.state.blocked_attempts, 5);
+    let again = ex.execute(t, stream, &command, &meta, now).await.unwrap();
+    assert_eq!(again.appended.map(|a| a.replayed), Some(true));
+    assert_eq!(h.store.stream_version(t, stream).await.unwrap(), 1);
+    let (cached, version) = ex.load(t, stream).await.unwrap();
+    let (fresh, _) = usage(&h.store).load(t, stream).await.unwrap();
+    assert_eq!(
+        (cached.blocked_attempts, version),
+        (fresh.blocked_attempts, 1)
+    );
+    assert_eq!(cached.blocked_attempts, 5);
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),*) => {
         mod embedded {
@@ -469,6 +506,7 @@ on_both_stores!(
     concurrent_commands_on_one_stream_each_get_their_own_answer,
     a_refusal_is_never_decided_on_a_stale_cache,
     a_retry_under_the_same_seed_never_writes_twice,
+    a_replayed_append_leaves_the_cache_equal_to_the_log,
     a_refused_command_does_not_fail_the_others_of_its_batch,
     events_carry_the_decision_time_as_occurred_at
 );

@@ -375,7 +375,10 @@ impl Projection for Identity {
                 plan,
                 signed_up_at,
                 flags,
-                members: r.len()?,
+                // A count of members, not a length of bytes to follow.
+                members: usize::try_from(r.u64()?).map_err(|_| {
+                    crate::codec::CodecError::Malformed("member count out of range".into())
+                })?,
                 pending: r.json()?,
             };
             s.tenants.insert(tenant_id, view);
@@ -426,6 +429,33 @@ mod tests {
             trace_id: None,
             payload: RawJson::from_value(&e.to_payload()),
         }
+    }
+
+    #[test]
+    fn a_tenant_with_many_members_and_nothing_after_it_round_trips() {
+        let identity = Identity::default();
+        let tenant = TenantId::from_uuid(Uuid::from_u128(1));
+        let mut events = vec![TenantEvent::SignedUp(SignedUp {
+            name: domain::tenant::TenantName::parse("Acme").unwrap(),
+            plan: Plan::Free,
+            at: datetime!(2026-02-16 09:30 UTC),
+        })];
+        for i in 0..6u128 {
+            events.push(TenantEvent::MemberAdded(MemberAdded {
+                user_id: UserId::from_uuid(Uuid::from_u128(100 + i)),
+                email: Email::parse(&format!("m{i}@example.com")).unwrap(),
+                name: PersonName::parse("M").unwrap(),
+                role: TenantRole::Admin,
+            }));
+        }
+        for (i, e) in events.into_iter().enumerate() {
+            identity
+                .apply(&[envelope(i as u64 + 1, tenant, e)])
+                .unwrap();
+        }
+        let bytes = identity.encode();
+        let fresh = Identity::default();
+        assert_eq!(fresh.decode(&bytes), Ok(()));
     }
 
     #[test]

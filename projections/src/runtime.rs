@@ -807,6 +807,9 @@ async fn handle(
             let slot = &shared.slots[index];
             let outcome = switch(store, slot, &*fresh, position, start_head).await;
             if outcome.is_ok() {
+                // The state changed at the same position: save it even though the position did
+                // not move, or a restart would resume from the state the rebuild replaced.
+                savers[index].saved = 0;
                 savers[index].flush(store, slot).await;
             }
             let _ = reply.send(outcome);

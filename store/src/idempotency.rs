@@ -6,8 +6,12 @@
 use domain::TenantId;
 
 /// How long a key that is still "in flight" blocks retries before it is presumed abandoned
-/// (its request died with its process).
-pub const IN_FLIGHT_TIMEOUT_SECS: i64 = 60;
+/// (its request died with its process). Longer than the longest request (an export's minute of
+/// work, the executor's repeats of an append of unknown outcome), so a slow request is not
+/// taken over while it runs. A takeover cannot apply the request twice anyway (its event ids
+/// derive from the key); records carry no owner yet, so a late first owner could still
+/// overwrite the kept answer.
+pub const IN_FLIGHT_TIMEOUT_SECS: i64 = 300;
 /// How long completed records are kept.
 pub const RETENTION_SECS: i64 = 24 * 3600 + 3600;
 
@@ -115,7 +119,12 @@ mod tests {
             decide(row("h", false, now - 5 * S), "h", now),
             Some(Begin::InFlight)
         );
-        assert_eq!(decide(row("h", false, now - 61 * S), "h", now), None);
+        assert_eq!(
+            decide(row("h", false, now - 61 * S), "h", now),
+            Some(Begin::InFlight),
+            "a slow request is not taken over"
+        );
+        assert_eq!(decide(row("h", false, now - 301 * S), "h", now), None);
     }
 
     #[test]

@@ -288,36 +288,78 @@ impl ServerCertVerifier for ChainOnly {
 /// parameter), fit for logs and `Debug`.
 pub(crate) fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
-    if let Some(start) = out.find("://").map(|i| i + 3) {
-        let authority_end = out[start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |j| start + j);
-        if let Some(at) = out[start..authority_end].rfind('@').map(|j| start + j)
-            && let Some(colon) = out[start..at].find(':').map(|j| start + j)
-        {
-            out.replace_range(colon + 1..at, "***");
-        }
+    // URL form: the user-info runs from `://` to the last `@` (a password may hold `/`, `?` or
+    // `:` unencoded, which tokio-postgres accepts; a host never holds `@`).
+    if let Some(start) = out.find("://").map(|i| i + 3)
+        && let Some(at) = out[start..].rfind('@').map(|j| start + j)
+        && let Some(colon) = out[start..at].find(':').map(|j| start + j)
+    {
+        out.replace_range(colon + 1..at, "***");
     }
-    // `password=…` as a query parameter or a key=value pair.
+    // `password=…` as a query parameter or a key = value pair (spaces around `=`, a quoted value
+    // with spaces and backslash escapes).
+    let bytes = out.as_bytes();
+    let lower = out.to_ascii_lowercase();
     let mut result = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(i) = rest.find("password=") {
-        let preceded_ok = i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&' | b' ');
-        result.push_str(&rest[..i + "password=".len()]);
-        rest = &rest[i + "password=".len()..];
-        if preceded_ok {
-            let end = rest.find(['&', ' ']).unwrap_or(rest.len());
-            result.push_str("***");
-            rest = &rest[end..];
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password").map(|i| from + i) {
+        from = found + "password".len();
+        let starts_key = found == 0 || matches!(bytes[found - 1], b'?' | b'&' | b' ' | b'\t');
+        let mut i = from;
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
         }
+        if !starts_key || i >= bytes.len() || bytes[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
+        let value_start = i;
+        if i < bytes.len() && bytes[i] == b'\'' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(bytes.len());
+        } else {
+            while i < bytes.len() && !matches!(bytes[i], b'&' | b' ') {
+                i += 1;
+            }
+        }
+        result.push_str(&out[copied..value_start]);
+        result.push_str("***");
+        copied = i;
+        from = i;
     }
-    result.push_str(rest);
+    result.push_str(&out[copied..]);
     result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_survive_redaction_in_any_accepted_spelling() {
+        for (url, secret) in [
+            ("host=db user=app password='my secret' dbname=t", "secret"),
+            ("host=db password = spaced dbname=t", "spaced"),
+            ("postgres://app:pa/ss@db/t", "pa/ss"),
+            ("postgres://app:pa?ss@db/t", "pa?ss"),
+            ("postgres://app:p:a@ss@db/t", "a@ss"),
+            ("postgresql:///t?host=db&user=app&password=p%20q", "p%20q"),
+            ("host=db PASSWORD=Upper dbname=t", "Upper"),
+            ("host=db password='it\\'s' dbname=t", "it"),
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains(secret), "{url:?} -> {shown:?}");
+            assert!(shown.contains("***"), "{url:?} -> {shown:?}");
+            assert!(shown.contains("db"), "the rest stays readable: {shown:?}");
+        }
+    }
 
     #[test]
     fn passwords_never_survive_redaction() {
