@@ -393,7 +393,12 @@ where
     fingerprint.push(b'\n');
     fingerprint.extend_from_slice(body);
     let hash = crate::tokens::sha256_hex(&fingerprint);
-    match state.store.idempotency_begin(scope, &key, &hash).await {
+    let owner = Uuid::new_v4();
+    match state
+        .store
+        .idempotency_begin(scope, &key, &hash, owner)
+        .await
+    {
         Err(e) => Problem::from(e).into(),
         Ok(Begin::InFlight) => Problem::conflict(
             "idempotency-key-in-flight",
@@ -436,13 +441,20 @@ where
                 .into();
             }
             let kept = if retryable(&reply) {
-                state.store.idempotency_abandon(scope, &key).await
+                state.store.idempotency_abandon(scope, &key, owner).await
             } else {
                 let stored = crate::replay::keep(&reply, state.seal_key(), &aad);
-                state.store.idempotency_complete(scope, &key, stored).await
+                state
+                    .store
+                    .idempotency_complete(scope, &key, owner, stored)
+                    .await
             };
-            if let Err(e) = kept {
-                tracing::error!(error = %e, "idempotency record not kept");
+            match kept {
+                Ok(true) => {}
+                // Another attempt took the key over (this one ran past the in-flight timeout):
+                // its answer stands; this one is not kept.
+                Ok(false) => tracing::warn!("idempotency key taken over; this answer is not kept"),
+                Err(e) => tracing::error!(error = %e, "idempotency record not kept"),
             }
             reply
         }

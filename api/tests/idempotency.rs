@@ -5,10 +5,11 @@
 
 mod support;
 
-use store::Store;
 use support::{Backend, TestApp, spawn_app};
 
-fn lose_the_record(app: &TestApp, tenant: &str, user: &str, key: &str) {
+/// What a process that died after its append and before keeping the answer leaves behind: the
+/// key's record still in flight, begun long enough ago to be taken over.
+fn lose_the_answer(app: &TestApp, tenant: &str, user: &str, key: &str) {
     let location = app.location.clone();
     let (tenant, scoped) = (
         domain::TenantId::from_uuid(tenant.parse().unwrap()),
@@ -19,9 +20,7 @@ fn lose_the_record(app: &TestApp, tenant: &str, user: &str, key: &str) {
         .build()
         .unwrap()
         .block_on(async move {
-            let store = Store::open(&location).await.unwrap();
-            store.idempotency_abandon(tenant, &scoped).await.unwrap();
-            store.close().await;
+            store::testing::rewind_idempotency(&location, tenant, Some(&scoped), 600, true).await;
         });
 }
 
@@ -44,8 +43,9 @@ fn a_lost_answer_retried_under_its_key_is_not_metered_again(backend: Backend) {
             .unwrap()
     };
     assert_eq!(used(&app), 3);
-    // As if the process had died before keeping the answer: the record is gone.
-    lose_the_record(&app, &tenant, &user, "u-lost");
+    // As if the process had died before keeping the answer: the record is left in flight, old
+    // enough to be taken over.
+    lose_the_answer(&app, &tenant, &user, "u-lost");
     let retry = app.send("POST", "/v1/usage", &h, Some(body));
     retry.problem(409, "idempotency-key-already-applied");
     assert_eq!(used(&app), 3, "the retry did not meter the units again");
@@ -205,19 +205,21 @@ fn a_lost_signup_retried_under_its_key_makes_no_second_tenant(backend: Backend) 
     };
     let first = send().expect(201);
     let head = app.head();
-    // The record is lost (the process died before keeping the answer).
+    // The process died before keeping the answer: the record is left in flight, then taken over.
     let location = app.location.clone();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
         .block_on(async move {
-            let store = Store::open(&location).await.unwrap();
-            store
-                .idempotency_abandon(domain::TenantId::PLATFORM, "POST addr:127.0.0.1 su-lost")
-                .await
-                .unwrap();
-            store.close().await;
+            store::testing::rewind_idempotency(
+                &location,
+                domain::TenantId::PLATFORM,
+                Some("POST addr:127.0.0.1 su-lost"),
+                600,
+                true,
+            )
+            .await;
         });
     let retry = send();
     assert_eq!(retry.status, 409, "{}", retry.exchange);

@@ -80,6 +80,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
         saved_at INTEGER NOT NULL
     );",
     ),
+    (
+        3,
+        // Who holds an idempotency key: only that request may complete or abandon it (a request
+        // that took a stale key over is not undone by the late first owner).
+        "ALTER TABLE idempotency ADD COLUMN owner BLOB;",
+    ),
 ];
 
 enum WriteOp {
@@ -873,6 +879,7 @@ fn idempotency_op(
             tenant,
             key,
             request_hash,
+            owner,
         } => {
             let row = tx
                 .prepare_cached(
@@ -901,12 +908,19 @@ fn idempotency_op(
                 Some(found) => Ok(OpResult::Begin(found)),
                 None => {
                     tx.prepare_cached(
-                        "INSERT INTO idempotency (tenant_id, key, request_hash, completed, created_at) \
-                         VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (tenant_id, key) DO UPDATE SET \
+                        "INSERT INTO idempotency (tenant_id, key, request_hash, completed, created_at, owner) \
+                         VALUES (?1, ?2, ?3, 0, ?4, ?5) ON CONFLICT (tenant_id, key) DO UPDATE SET \
                          request_hash = excluded.request_hash, completed = 0, \
-                         created_at = excluded.created_at, status = NULL, content_type = NULL, body = NULL",
+                         created_at = excluded.created_at, status = NULL, content_type = NULL, \
+                         body = NULL, owner = excluded.owner",
                     )?
-                    .execute(params![tenant.as_uuid().as_bytes(), key, request_hash, now])?;
+                    .execute(params![
+                        tenant.as_uuid().as_bytes(),
+                        key,
+                        request_hash,
+                        now,
+                        &owner.as_bytes()[..]
+                    ])?;
                     Ok(OpResult::Begin(idempotency::Begin::Started))
                 }
             }
@@ -914,25 +928,36 @@ fn idempotency_op(
         Op::Complete {
             tenant,
             key,
+            owner,
             response,
         } => {
-            tx.prepare_cached(
-                "UPDATE idempotency SET completed = 1, status = ?3, content_type = ?4, body = ?5 \
-                 WHERE tenant_id = ?1 AND key = ?2",
-            )?
-            .execute(params![
-                tenant.as_uuid().as_bytes(),
-                key,
-                response.status,
-                response.content_type,
-                response.body
-            ])?;
-            Ok(OpResult::Done)
+            let n = tx
+                .prepare_cached(
+                    "UPDATE idempotency SET completed = 1, status = ?3, content_type = ?4, body = ?5 \
+                     WHERE tenant_id = ?1 AND key = ?2 AND owner = ?6 AND completed = 0",
+                )?
+                .execute(params![
+                    tenant.as_uuid().as_bytes(),
+                    key,
+                    response.status,
+                    response.content_type,
+                    response.body,
+                    &owner.as_bytes()[..]
+                ])?;
+            Ok(OpResult::Owned(n == 1))
         }
-        Op::Abandon { tenant, key } => {
-            tx.prepare_cached("DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2")?
-                .execute(params![tenant.as_uuid().as_bytes(), key])?;
-            Ok(OpResult::Done)
+        Op::Abandon { tenant, key, owner } => {
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2 AND owner = ?3 \
+                     AND completed = 0",
+                )?
+                .execute(params![
+                    tenant.as_uuid().as_bytes(),
+                    key,
+                    &owner.as_bytes()[..]
+                ])?;
+            Ok(OpResult::Owned(n == 1))
         }
         Op::Purge { before_micros } => {
             let n = tx

@@ -4,6 +4,7 @@
 //! shared by every instance on one PostgreSQL database) and expire after a retention period.
 
 use domain::TenantId;
+use uuid::Uuid;
 
 /// How long a key that is still "in flight" blocks retries before it is presumed abandoned
 /// (its request died with its process). Longer than the longest request (an export's minute of
@@ -43,26 +44,28 @@ pub(crate) enum Op {
         tenant: TenantId,
         key: String,
         request_hash: String,
+        owner: Uuid,
     },
     Complete {
         tenant: TenantId,
         key: String,
+        owner: Uuid,
         response: StoredResponse,
     },
     Abandon {
         tenant: TenantId,
         key: String,
+        owner: Uuid,
     },
     /// Delete every record (of every tenant) begun before `before_micros`.
-    Purge {
-        before_micros: i64,
-    },
+    Purge { before_micros: i64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum OpResult {
     Begin(Begin),
-    Done,
+    /// Whether the record was still the caller's to complete or abandon.
+    Owned(bool),
     Purged(u64),
 }
 

@@ -356,17 +356,20 @@ impl Store {
         self.upcasters.apply_all(events)
     }
 
-    /// Begin a request under an idempotency key (see [`idempotency`]).
+    /// Begin a request under an idempotency key (see [`idempotency`]). `owner` names this
+    /// attempt: only it may complete or abandon the key it started.
     pub async fn idempotency_begin(
         &self,
         tenant: TenantId,
         key: &str,
         request_hash: &str,
+        owner: uuid::Uuid,
     ) -> Result<idempotency::Begin> {
         let op = idempotency::Op::Begin {
             tenant,
             key: key.to_owned(),
             request_hash: request_hash.to_owned(),
+            owner,
         };
         match dispatch!(self.idempotency(op))? {
             idempotency::OpResult::Begin(b) => Ok(b),
@@ -374,28 +377,44 @@ impl Store {
         }
     }
 
-    /// Keep the response of a request begun with [`Store::idempotency_begin`].
+    /// Keep the response of a request begun with [`Store::idempotency_begin`]. False when the key
+    /// is no longer `owner`'s (another attempt took it over): nothing is changed then.
     pub async fn idempotency_complete(
         &self,
         tenant: TenantId,
         key: &str,
+        owner: uuid::Uuid,
         response: idempotency::StoredResponse,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let op = idempotency::Op::Complete {
             tenant,
             key: key.to_owned(),
+            owner,
             response,
         };
-        dispatch!(self.idempotency(op)).map(|_| ())
+        match dispatch!(self.idempotency(op))? {
+            idempotency::OpResult::Owned(owned) => Ok(owned),
+            _ => Err(StoreError::Backend("unexpected answer".into())),
+        }
     }
 
-    /// Forget a key whose request failed in a way worth retrying (a 5xx).
-    pub async fn idempotency_abandon(&self, tenant: TenantId, key: &str) -> Result<()> {
+    /// Forget a key whose request failed in a way worth retrying (a 5xx), if it is still
+    /// `owner`'s and not completed. False when it was not.
+    pub async fn idempotency_abandon(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        owner: uuid::Uuid,
+    ) -> Result<bool> {
         let op = idempotency::Op::Abandon {
             tenant,
             key: key.to_owned(),
+            owner,
         };
-        dispatch!(self.idempotency(op)).map(|_| ())
+        match dispatch!(self.idempotency(op))? {
+            idempotency::OpResult::Owned(owned) => Ok(owned),
+            _ => Err(StoreError::Backend("unexpected answer".into())),
+        }
     }
 
     /// Delete the idempotency records past their retention ([`idempotency::RETENTION_SECS`]):

@@ -188,7 +188,84 @@ const MIGRATIONS: &[(i32, &str)] = &[
         RETURN moved;
     END $$;",
     ),
+    (
+        6,
+        // Who holds an idempotency key: only that request may complete or abandon it (a request
+        // that took a stale key over is not undone by the late first owner).
+        "ALTER TABLE idempotency ADD COLUMN owner uuid;",
+    ),
+    (
+        7,
+        // Row-level security forced (docs/adr/017): the owner is bound by the policies too, and
+        // the service acts as one of three roles that own nothing (NOLOGIN, granted to the user
+        // that runs the migrations; an operator may create them beforehand, then no CREATEROLE
+        // is needed): `tenantry_tenant` sees one tenant's rows and cannot write the log;
+        // `tenantry_writer`, used only by the group commit, appends to the log for every
+        // tenant; `tenantry_platform` reads the log, keeps projection state and purges expired
+        // idempotency records by age. The dense-positions check runs as its caller (the writer
+        // sees the whole log; an owner bound by forced policies would see none of it).
+        "DO $$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenantry_writer') THEN
+            CREATE ROLE tenantry_writer NOLOGIN;
+        END IF;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END $$;
+    DO $$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenantry_platform') THEN
+            CREATE ROLE tenantry_platform NOLOGIN;
+        END IF;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    END $$;
+    DO $$
+    DECLARE
+        r text;
+    BEGIN
+        FOREACH r IN ARRAY ARRAY['tenantry_tenant', 'tenantry_writer', 'tenantry_platform'] LOOP
+            IF NOT pg_has_role(current_user, r, 'MEMBER') THEN
+                EXECUTE format('GRANT %I TO %I', r, current_user);
+            END IF;
+        END LOOP;
+    END $$;
+    REVOKE INSERT ON events, streams FROM tenantry_tenant;
+    GRANT UPDATE, DELETE ON snapshots, idempotency, blobs TO tenantry_tenant;
+    GRANT SELECT, INSERT ON events TO tenantry_writer;
+    GRANT SELECT, INSERT, UPDATE ON streams TO tenantry_writer;
+    CREATE POLICY group_commit ON events FOR ALL TO tenantry_writer
+        USING (true) WITH CHECK (true);
+    CREATE POLICY group_commit ON streams FOR ALL TO tenantry_writer
+        USING (true) WITH CHECK (true);
+    GRANT SELECT ON events TO tenantry_platform;
+    CREATE POLICY platform_reads_the_log ON events FOR SELECT TO tenantry_platform USING (true);
+    GRANT SELECT, INSERT, UPDATE, DELETE ON projection_state TO tenantry_platform;
+    GRANT SELECT (tenant_id, key, created_at), DELETE ON idempotency TO tenantry_platform;
+    CREATE POLICY platform_purges_by_age ON idempotency FOR SELECT TO tenantry_platform
+        USING (true);
+    CREATE POLICY platform_purges ON idempotency FOR DELETE TO tenantry_platform USING (true);
+    ALTER FUNCTION tenantry_events_dense_positions() SECURITY INVOKER;
+    ALTER TABLE events FORCE ROW LEVEL SECURITY;
+    ALTER TABLE streams FORCE ROW LEVEL SECURITY;
+    ALTER TABLE snapshots FORCE ROW LEVEL SECURITY;
+    ALTER TABLE idempotency FORCE ROW LEVEL SECURITY;
+    ALTER TABLE blobs FORCE ROW LEVEL SECURITY;",
+    ),
 ];
+
+/// The roles the service acts as (migration 7, docs/adr/017). Every connection of the pool
+/// starts as `TENANT_ROLE` with no tenant bound, so a statement sent outside a scope sees
+/// nothing.
+const TENANT_ROLE: &str = "tenantry_tenant";
+/// Binds a tenant-scoped transaction to its tenant (row-level security reads it).
+const BIND_TENANT: &str = "SELECT set_config('tenantry.tenant_id', $1, true)";
+
+/// Who a transaction acts as.
+#[derive(Clone, Copy, Debug)]
+enum Scope {
+    /// One tenant's rows, nothing else (`tenantry_tenant`).
+    Tenant(TenantId),
+    /// The platform's cross-tenant reads: the log, projection state, purges by age
+    /// (`tenantry_platform`).
+    Platform,
+}
 
 type AppendReply = (AppendRequest, oneshot::Sender<Result<Appended>>);
 
@@ -492,6 +569,7 @@ impl Postgres {
                 tenant,
                 key,
                 request_hash,
+                owner,
             } => {
                 let tx = client.transaction().await?;
                 // Lock the key (or its absence) for the decision, across instances.
@@ -523,12 +601,12 @@ impl Postgres {
                 let found = idempotency::decide(row, &request_hash, now);
                 if found.is_none() {
                     tx.execute(
-                        "INSERT INTO idempotency (tenant_id, key, request_hash, completed, created_at) \
-                         VALUES ($1, $2, $3, false, $4) ON CONFLICT (tenant_id, key) DO UPDATE SET \
-                         request_hash = excluded.request_hash, completed = false, \
+                        "INSERT INTO idempotency (tenant_id, key, request_hash, completed, created_at, \
+                         owner) VALUES ($1, $2, $3, false, $4, $5) ON CONFLICT (tenant_id, key) DO \
+                         UPDATE SET request_hash = excluded.request_hash, completed = false, \
                          created_at = excluded.created_at, status = NULL, content_type = NULL, \
-                         body = NULL",
-                        &[tenant.as_uuid(), &key, &request_hash, &now],
+                         body = NULL, owner = excluded.owner",
+                        &[tenant.as_uuid(), &key, &request_hash, &now, &owner],
                     )
                     .await?;
                 }
@@ -540,31 +618,35 @@ impl Postgres {
             Op::Complete {
                 tenant,
                 key,
+                owner,
                 response,
             } => {
-                client
+                let n = client
                     .execute(
                         "UPDATE idempotency SET completed = true, status = $3, content_type = $4, \
-                         body = $5 WHERE tenant_id = $1 AND key = $2",
+                         body = $5 WHERE tenant_id = $1 AND key = $2 AND owner = $6 \
+                         AND NOT completed",
                         &[
                             tenant.as_uuid(),
                             &key,
                             &i32::from(response.status),
                             &response.content_type,
                             &response.body,
+                            &owner,
                         ],
                     )
                     .await?;
-                Ok(OpResult::Done)
+                Ok(OpResult::Owned(n == 1))
             }
-            Op::Abandon { tenant, key } => {
-                client
+            Op::Abandon { tenant, key, owner } => {
+                let n = client
                     .execute(
-                        "DELETE FROM idempotency WHERE tenant_id = $1 AND key = $2",
-                        &[tenant.as_uuid(), &key],
+                        "DELETE FROM idempotency WHERE tenant_id = $1 AND key = $2 AND owner = $3 \
+                         AND NOT completed",
+                        &[tenant.as_uuid(), &key, &owner],
                     )
                     .await?;
-                Ok(OpResult::Done)
+                Ok(OpResult::Owned(n == 1))
             }
             Op::Purge { before_micros } => {
                 let n = client

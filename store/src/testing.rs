@@ -90,6 +90,50 @@ pub async fn fresh_postgres_url() -> String {
     with_database(&base, &name)
 }
 
+/// Make the idempotency records of `tenant` (only `key`'s when given) look begun `secs` seconds
+/// earlier and, with `in_flight`, not completed: what a process that died mid-request leaves
+/// behind. Raw SQL through the backend's own driver, for tests of takeovers and purges.
+pub async fn rewind_idempotency(
+    location: &Location,
+    tenant: domain::TenantId,
+    key: Option<&str>,
+    secs: i64,
+    in_flight: bool,
+) {
+    let shift = secs * 1_000_000;
+    match location {
+        Location::Embedded(dir) => {
+            let conn = rusqlite::Connection::open(dir.join("events.db")).expect("open events.db");
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .expect("busy timeout");
+            conn.execute(
+                "UPDATE idempotency SET created_at = created_at - ?1, \
+                 completed = CASE WHEN ?3 THEN 0 ELSE completed END \
+                 WHERE tenant_id = ?2 AND (?4 IS NULL OR key = ?4)",
+                rusqlite::params![shift, tenant.as_uuid().as_bytes(), in_flight, key],
+            )
+            .expect("rewind idempotency records");
+        }
+        Location::Postgres(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            let driver = tokio::spawn(conn);
+            client
+                .execute(
+                    "UPDATE idempotency SET created_at = created_at - $1, \
+                     completed = CASE WHEN $3 THEN false ELSE completed END \
+                     WHERE tenant_id = $2 AND ($4::text IS NULL OR key = $4)",
+                    &[&shift, tenant.as_uuid(), &in_flight, &key],
+                )
+                .await
+                .expect("rewind idempotency records");
+            drop(client);
+            let _ = driver.await;
+        }
+    }
+}
+
 /// `base` with its database name replaced by `name`.
 pub fn with_database(base: &str, name: &str) -> String {
     let (head, query) = match base.split_once('?') {

@@ -15,6 +15,9 @@ use uuid::Uuid;
 
 use store::testing::TestStore as Harness;
 
+/// The one attempt that owns the keys these tests begin.
+const ME: Uuid = Uuid::from_u128(0x6d65);
+
 fn tenant() -> TenantId {
     TenantId::from_uuid(Uuid::new_v4())
 }
@@ -541,21 +544,23 @@ async fn idempotency_records_replay_refuse_mismatches_and_outlive_the_handle(h: 
     let s = &h.store;
     let (t, other) = (tenant(), tenant());
     assert_eq!(
-        s.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
+        s.idempotency_begin(t, "k1", "hash-a", ME).await.unwrap(),
         Begin::Started
     );
     // In flight: the same request waits, a different one is refused.
     assert_eq!(
-        s.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
+        s.idempotency_begin(t, "k1", "hash-a", ME).await.unwrap(),
         Begin::InFlight
     );
     assert_eq!(
-        s.idempotency_begin(t, "k1", "hash-b").await.unwrap(),
+        s.idempotency_begin(t, "k1", "hash-b", ME).await.unwrap(),
         Begin::Mismatch
     );
     // Keys are per tenant.
     assert_eq!(
-        s.idempotency_begin(other, "k1", "hash-b").await.unwrap(),
+        s.idempotency_begin(other, "k1", "hash-b", ME)
+            .await
+            .unwrap(),
         Begin::Started
     );
     let response = StoredResponse {
@@ -563,62 +568,35 @@ async fn idempotency_records_replay_refuse_mismatches_and_outlive_the_handle(h: 
         content_type: "application/json".into(),
         body: br#"{"ok":true}"#.to_vec(),
     };
-    s.idempotency_complete(t, "k1", response.clone())
+    s.idempotency_complete(t, "k1", ME, response.clone())
         .await
         .unwrap();
     assert_eq!(
-        s.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
+        s.idempotency_begin(t, "k1", "hash-a", ME).await.unwrap(),
         Begin::Completed(response.clone())
     );
     assert_eq!(
-        s.idempotency_begin(t, "k1", "hash-b").await.unwrap(),
+        s.idempotency_begin(t, "k1", "hash-b", ME).await.unwrap(),
         Begin::Mismatch
     );
     // Abandoned keys start over; records survive another handle (restart, other instance).
-    s.idempotency_abandon(other, "k1").await.unwrap();
+    s.idempotency_abandon(other, "k1", ME).await.unwrap();
     let second = h.another_handle().await;
     assert_eq!(
         second
-            .idempotency_begin(other, "k1", "hash-c")
+            .idempotency_begin(other, "k1", "hash-c", ME)
             .await
             .unwrap(),
         Begin::Started
     );
     assert_eq!(
-        second.idempotency_begin(t, "k1", "hash-a").await.unwrap(),
+        second
+            .idempotency_begin(t, "k1", "hash-a", ME)
+            .await
+            .unwrap(),
         Begin::Completed(response)
     );
     second.close().await;
-}
-
-/// Make every idempotency record of `tenant` look begun `hours` ago, through the backend's own SQL.
-async fn age_idempotency_records(h: &Harness, tenant: TenantId, hours: i64) {
-    let shift = hours * 3_600_000_000;
-    match &h.location {
-        store::Location::Embedded(dir) => {
-            let conn = rusqlite::Connection::open(dir.join("events.db")).unwrap();
-            conn.busy_timeout(std::time::Duration::from_secs(10))
-                .unwrap();
-            conn.execute(
-                "UPDATE idempotency SET created_at = created_at - ?1 WHERE tenant_id = ?2",
-                rusqlite::params![shift, tenant.as_uuid().as_bytes()],
-            )
-            .unwrap();
-        }
-        store::Location::Postgres(url) => {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            client
-                .execute(
-                    "UPDATE idempotency SET created_at = created_at - $1 WHERE tenant_id = $2",
-                    &[&shift, tenant.as_uuid()],
-                )
-                .await
-                .unwrap();
-        }
-    }
 }
 
 /// Records past their retention are deleted, not only ignored: what they keep must not outlive it.
@@ -633,14 +611,14 @@ async fn expired_idempotency_records_are_purged(h: &Harness) {
     };
     for t in [old, fresh] {
         assert_eq!(
-            s.idempotency_begin(t, "k", "h").await.unwrap(),
+            s.idempotency_begin(t, "k", "h", ME).await.unwrap(),
             Begin::Started
         );
-        s.idempotency_complete(t, "k", response.clone())
+        s.idempotency_complete(t, "k", ME, response.clone())
             .await
             .unwrap();
     }
-    age_idempotency_records(h, old, 26).await;
+    store::testing::rewind_idempotency(&h.location, old, None, 26 * 3600, false).await;
     assert_eq!(
         s.idempotency_purge().await.unwrap(),
         1,
@@ -648,13 +626,57 @@ async fn expired_idempotency_records_are_purged(h: &Harness) {
     );
     // The fresh record still replays; the old one is gone (its key starts over).
     assert_eq!(
-        s.idempotency_begin(fresh, "k", "h").await.unwrap(),
+        s.idempotency_begin(fresh, "k", "h", ME).await.unwrap(),
         Begin::Completed(response)
     );
     assert_eq!(
-        s.idempotency_begin(old, "k", "other").await.unwrap(),
+        s.idempotency_begin(old, "k", "other", ME).await.unwrap(),
         Begin::Started
     );
+}
+
+/// A key begun by one attempt and taken over by another (the first ran past the in-flight
+/// timeout) is the second's: the first can neither complete it nor abandon it.
+async fn a_taken_over_idempotency_key_belongs_to_its_new_owner(h: &Harness) {
+    use store::idempotency::{Begin, StoredResponse};
+    let s = &h.store;
+    let t = tenant();
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(
+        s.idempotency_begin(t, "k", "h", first).await.unwrap(),
+        Begin::Started
+    );
+    assert_eq!(
+        s.idempotency_begin(t, "k", "h", second).await.unwrap(),
+        Begin::InFlight
+    );
+    store::testing::rewind_idempotency(&h.location, t, Some("k"), 600, true).await;
+    assert_eq!(
+        s.idempotency_begin(t, "k", "h", second).await.unwrap(),
+        Begin::Started
+    );
+    let answer = |status| StoredResponse {
+        status,
+        content_type: "application/json".into(),
+        body: b"{}".to_vec(),
+    };
+    assert!(!s.idempotency_abandon(t, "k", first).await.unwrap());
+    assert!(
+        !s.idempotency_complete(t, "k", first, answer(500))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.idempotency_complete(t, "k", second, answer(201))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.idempotency_begin(t, "k", "h", first).await.unwrap(),
+        Begin::Completed(answer(201))
+    );
+    // A completed record is kept: neither owner abandons it.
+    assert!(!s.idempotency_abandon(t, "k", second).await.unwrap());
 }
 
 async fn events_are_read_back_by_position(h: &Harness) {
@@ -813,6 +835,7 @@ conformance!(
     blobs_are_kept_per_tenant_replaced_and_removed,
     business_time_is_kept_beside_commit_time,
     expired_idempotency_records_are_purged,
+    a_taken_over_idempotency_key_belongs_to_its_new_owner,
     projection_state_is_kept_replaced_and_forgotten;
     mut everything_survives_close_and_reopen
 );
