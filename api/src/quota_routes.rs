@@ -350,40 +350,69 @@ mod refusals {
     /// Write the minute's count once it is over.
     fn schedule(state: &web::Data<AppState>, key: Key) {
         let state = state.clone();
-        let (tenant, meter, minute) = key;
+        let (_, _, minute) = key;
         let due = minute + time::Duration::seconds(61) - OffsetDateTime::now_utc();
         tokio::spawn(async move {
             tokio::time::sleep(due.try_into().unwrap_or_default()).await;
-            let Some(p) = PENDING.lock().expect("refusals lock").remove(&key) else {
-                return;
-            };
-            let Some(limits) = p.limits.filter(|_| p.attempts > 0) else {
-                return;
-            };
-            let mut meta = store::Metadata::actor("system:refusal-counter");
-            if let Some(first) = p.first
-                && let Ok(events) = state.store.read_positions(vec![first]).await
-            {
-                meta.causation_id = events.first().map(|e| e.event_id);
+            let taken = PENDING.lock().expect("refusals lock").remove(&key);
+            if let Some(p) = taken {
+                write(&state, key, p).await;
             }
-            let command = UsageCommand::CountRefusals(quota::CountRefusals {
-                meter,
-                limits,
-                minute,
-                attempts: p.attempts,
-                units: p.units,
-                last_at: p.last_at,
-            });
-            let stream = quota::stream_id(meter, quota::Period::of(minute));
-            if let Err(e) = state
+        });
+    }
+
+    /// Write every count not written yet, whatever its minute: a graceful stop must not lose
+    /// the refused attempts of the last minute.
+    pub(crate) async fn flush(state: &AppState) {
+        let pending: Vec<(Key, Pending)> = PENDING.lock().expect("refusals lock").drain().collect();
+        for (key, p) in pending {
+            write(state, key, p).await;
+        }
+    }
+
+    async fn write(state: &AppState, key: Key, p: Pending) {
+        let (tenant, meter, minute) = key;
+        let Some(limits) = p.limits.filter(|_| p.attempts > 0) else {
+            return;
+        };
+        let mut meta = store::Metadata::actor("system:refusal-counter");
+        if let Some(first) = p.first
+            && let Ok(events) = state.store.read_positions(vec![first]).await
+        {
+            meta.causation_id = events.first().map(|e| e.event_id);
+        }
+        let command = UsageCommand::CountRefusals(quota::CountRefusals {
+            meter,
+            limits,
+            minute,
+            attempts: p.attempts,
+            units: p.units,
+            last_at: p.last_at,
+        });
+        let stream = quota::stream_id(meter, quota::Period::of(minute));
+        // A passing store failure is retried a few times before the count is given up.
+        for attempt in 0..3 {
+            match state
                 .usage
                 .execute(tenant, &stream, &command, &meta, p.last_at)
                 .await
             {
-                tracing::error!(error = %e, %tenant, %meter, attempts = p.attempts, "refused attempts not counted");
+                Ok(_) => return,
+                Err(commands::ExecuteError::Store(e)) if e.is_transient() && attempt < 2 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, %tenant, %meter, attempts = p.attempts, "refused attempts not counted");
+                    return;
+                }
             }
-        });
+        }
     }
+}
+
+/// Write the coalesced refusal counts not written yet (at a graceful stop).
+pub async fn flush_refusals(state: &AppState) {
+    refusals::flush(state).await;
 }
 
 /// Publish the plan registry the settings ask for: the defaults become version 1 of an empty

@@ -350,6 +350,8 @@ pub async fn serve(settings: Settings, store: Store) -> anyhow::Result<()> {
         tracing::warn!("projections still catching up; /readyz says so");
     }
     running.server.await?;
+    // Refused attempts counted in memory for their minute are written now, not lost.
+    crate::quota_routes::flush_refusals(&running.state).await;
     // Checkpoint every projection so that the next start resumes from here.
     running.state.projections.shutdown().await;
     store.close().await;

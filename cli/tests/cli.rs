@@ -493,3 +493,95 @@ fn a_seeded_history_is_time_true_and_spread_as_simulated() {
     assert!(report["churned"].as_u64().unwrap() > 0, "some churn");
     assert!(report["upgrades_after_block"].as_u64().unwrap() > 0);
 }
+
+/// One HTTP/1.1 request on a new connection; the status code and the body.
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        conn,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// Refusals are coalesced per minute: the first is written at once, the rest counted in memory.
+/// A graceful stop writes the count, so no refused attempt is lost with the process.
+#[test]
+fn a_graceful_stop_writes_the_refused_attempts_counted_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the server stopped"
+        );
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/signup",
+        None,
+        r#"{"tenant_name": "Busy", "email": "busy@example.com", "name": "B"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let token = serde_json::from_str::<serde_json::Value>(&body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The Free plan's 200 queries and 20 of grace, then refusals.
+    for units in [200, 20] {
+        let body = format!(r#"{{"meter": "queries", "units": {units}}}"#);
+        let (status, answer) = http(&addr, "POST", "/v1/usage", Some(&token), &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+    for _ in 0..4 {
+        let (status, answer) = http(
+            &addr,
+            "POST",
+            "/v1/usage",
+            Some(&token),
+            r#"{"meter": "queries", "units": 1}"#,
+        );
+        assert_eq!(status, 402, "{answer}");
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(child.wait().unwrap().success());
+    let log = ok(&["events", "export", "--data", data.to_str().unwrap()]);
+    let refused: u64 = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event_type"] == "usage.blocked")
+        .map(|e| e["payload"]["attempts"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(refused, 4, "every refused attempt is in the log:\n{log}");
+}
