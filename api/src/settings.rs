@@ -58,10 +58,17 @@ pub struct Settings {
     pub concurrency_per_tenant: usize,
     /// How many queries may run at once in this instance (uploads and exports: half).
     pub concurrency_global: usize,
+    /// The store's time limits and queue (ADR 011): lock wait, statement, one group commit, in
+    /// milliseconds; appends allowed to wait for the writer.
+    pub store_lock_timeout_ms: u64,
+    pub store_statement_timeout_ms: u64,
+    pub store_write_timeout_ms: u64,
+    pub store_append_queue: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
+        let defaults = store::StoreOptions::default();
         Self {
             listen: "127.0.0.1:8080".into(),
             store: Location::Embedded(PathBuf::from("./tenantry-data")),
@@ -82,6 +89,10 @@ impl Default for Settings {
             metrics_token: None,
             concurrency_per_tenant: 4,
             concurrency_global: 16,
+            store_lock_timeout_ms: defaults.lock_timeout.as_millis() as u64,
+            store_statement_timeout_ms: defaults.statement_timeout.as_millis() as u64,
+            store_write_timeout_ms: defaults.write_timeout.as_millis() as u64,
+            store_append_queue: defaults.append_queue,
         }
     }
 }
@@ -108,6 +119,10 @@ struct FileSettings {
     metrics_token: Option<String>,
     concurrency_per_tenant: Option<usize>,
     concurrency_global: Option<usize>,
+    store_lock_timeout_ms: Option<u64>,
+    store_statement_timeout_ms: Option<u64>,
+    store_write_timeout_ms: Option<u64>,
+    store_append_queue: Option<usize>,
     #[serde(default)]
     flags: BTreeMap<String, bool>,
     #[serde(default)]
@@ -115,6 +130,18 @@ struct FileSettings {
 }
 
 impl Settings {
+    /// The store's limits from these settings (the rest at their defaults).
+    pub fn store_options(&self) -> store::StoreOptions {
+        let ms = std::time::Duration::from_millis;
+        store::StoreOptions {
+            append_queue: self.store_append_queue,
+            lock_timeout: ms(self.store_lock_timeout_ms),
+            statement_timeout: ms(self.store_statement_timeout_ms),
+            write_timeout: ms(self.store_write_timeout_ms),
+            ..store::StoreOptions::default()
+        }
+    }
+
     /// The fair shares of uploads, queries and exports (`shares`).
     pub fn shares(&self) -> crate::shares::Shares {
         use crate::shares::Share;
@@ -204,6 +231,18 @@ impl Settings {
         if let Some(v) = f.concurrency_global {
             self.concurrency_global = v;
         }
+        if let Some(v) = f.store_lock_timeout_ms {
+            self.store_lock_timeout_ms = v;
+        }
+        if let Some(v) = f.store_statement_timeout_ms {
+            self.store_statement_timeout_ms = v;
+        }
+        if let Some(v) = f.store_write_timeout_ms {
+            self.store_write_timeout_ms = v;
+        }
+        if let Some(v) = f.store_append_queue {
+            self.store_append_queue = v;
+        }
         let mut overrides = Vec::new();
         for (name, o) in &f.plans {
             let plan = domain::tenant::Plan::parse(name).ok_or_else(|| {
@@ -272,6 +311,21 @@ impl Settings {
                 "CONCURRENCY_GLOBAL" => {
                     self.concurrency_global = value.parse().map_err(|_| bad("not a count"))?
                 }
+                "STORE_LOCK_TIMEOUT_MS" => {
+                    self.store_lock_timeout_ms =
+                        value.parse().map_err(|_| bad("not milliseconds"))?
+                }
+                "STORE_STATEMENT_TIMEOUT_MS" => {
+                    self.store_statement_timeout_ms =
+                        value.parse().map_err(|_| bad("not milliseconds"))?
+                }
+                "STORE_WRITE_TIMEOUT_MS" => {
+                    self.store_write_timeout_ms =
+                        value.parse().map_err(|_| bad("not milliseconds"))?
+                }
+                "STORE_APPEND_QUEUE" => {
+                    self.store_append_queue = value.parse().map_err(|_| bad("not a count"))?
+                }
                 other => {
                     if let Some(flag) = other.strip_prefix("FLAG_") {
                         let flag = Flag::ALL
@@ -326,6 +380,13 @@ impl Settings {
             "concurrency_per_tenant must be 1 to concurrency_global"
         );
         anyhow::ensure!(
+            (10..=3_600_000).contains(&self.store_lock_timeout_ms)
+                && (10..=3_600_000).contains(&self.store_statement_timeout_ms)
+                && (10..=3_600_000).contains(&self.store_write_timeout_ms)
+                && (1..=10_000_000).contains(&self.store_append_queue),
+            "store time limits must be 10 ms to 1 h, store_append_queue 1 to 10000000"
+        );
+        anyhow::ensure!(
             ["auto", "json", "pretty"].contains(&self.log_format.as_str()),
             "log_format must be auto, json or pretty"
         );
@@ -351,6 +412,26 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn store_limits_come_from_the_settings() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("TENANTRY_STORE_LOCK_TIMEOUT_MS", "250"),
+                ("TENANTRY_STORE_APPEND_QUEUE", "64"),
+            ]),
+        )
+        .unwrap();
+        let o = s.store_options();
+        assert_eq!(o.lock_timeout, std::time::Duration::from_millis(250));
+        assert_eq!(o.append_queue, 64);
+        assert_eq!(
+            o.write_timeout,
+            store::StoreOptions::default().write_timeout
+        );
+        assert!(Settings::load(None, &env(&[("TENANTRY_STORE_WRITE_TIMEOUT_MS", "0")])).is_err());
     }
 
     #[test]
