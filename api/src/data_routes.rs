@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use commands::ExecuteError;
-use dataplane::export::Format;
+use dataplane::export::{ExportError, Format};
 use dataplane::ingest::{self, ColumnType, IngestError};
 use dataplane::sandbox::{Limits, QueryError, QueryResult, Table};
 use domain::DomainEvent;
@@ -28,13 +28,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::{AppendRequest, Expected, NewEvent, RawJson};
+use store::{AppendRequest, BlobBody, Expected, NewEvent, RawJson};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-/// The most data one export may hold in memory while it is built.
-const EXPORT_MAX_BYTES: usize = 1 << 30;
+/// The largest file one export may write (it is written to a temporary file as the rows are
+/// read, then kept as a blob): the bound on an export's temporary storage.
+const EXPORT_MAX_BYTES: u64 = 1 << 30;
+
+/// The most memory an export may hold at once (counted as `sandbox::row_memory` counts it): one
+/// row of a streamed export, or the whole redacted copy a query under column rules runs over.
+const EXPORT_MAX_MEMORY: usize = 64 << 20;
 
 fn kind_name(k: ColumnType) -> &'static str {
     match k {
@@ -800,8 +805,8 @@ async fn create_export_once(
     let limits = Limits {
         time: budget,
         max_rows: state.settings.export_max_rows,
-        // The export is built in memory: bound it.
-        max_result_bytes: EXPORT_MAX_BYTES,
+        // Counted as memory: a streamed export holds one row at a time, a redacted copy all.
+        max_result_bytes: EXPORT_MAX_MEMORY,
         since: Some(arrived),
     };
     let meta = RequestContext::of(&req).metadata(caller.actor());
@@ -811,12 +816,28 @@ async fn create_export_once(
     let export_id = Uuid::now_v7();
     let format = Format::from(dto.format);
     let key = state.pii_key(tenant);
+    let too_large = || {
+        (
+            Problem::validation(vec![(
+                "sql".into(),
+                format!(
+                    "the export would exceed {} rows, {EXPORT_MAX_BYTES} bytes, or \
+                     {EXPORT_MAX_MEMORY} bytes of memory",
+                    state.settings.export_max_rows
+                ),
+            )]),
+            FailureClass::TooLarge,
+        )
+    };
     let built = async {
-        let (result, rules) = match (&dto.sql, rules.columns.is_empty()) {
+        let (table, rules) = match (&dto.sql, rules.columns.is_empty()) {
             // A query under column rules runs over a redacted copy, so that aliases and
             // expressions cannot reach the original values of a ruled column.
             (Some(_), false) => {
                 let all = run_query(table, "SELECT * FROM data".into(), limits).await?;
+                if all.truncated {
+                    return Err(too_large());
+                }
                 let (k, r) = (key.clone(), rules.clone());
                 let redacted = web::block(move || {
                     Table::from_result(&dataplane::export::redact_columns(&all, &r, &k))
@@ -828,30 +849,43 @@ async fn create_export_once(
                     columns: Vec::new(),
                     text: rules.text.clone(),
                 };
-                (run_query(Arc::new(redacted), sql, limits).await?, text_only)
+                (Arc::new(redacted), text_only)
             }
-            _ => (run_query(table, sql, limits).await?, rules),
+            _ => (table, rules),
         };
-        if result.truncated {
-            return Err((
-                Problem::validation(vec![(
-                    "sql".into(),
-                    format!(
-                        "the export would exceed {} rows or {} bytes",
-                        state.settings.export_max_rows, EXPORT_MAX_BYTES
-                    ),
-                )]),
-                FailureClass::TooLarge,
-            ));
-        }
+        // Rows are redacted and written to a temporary file as they are read: the result is
+        // never held whole (ADR 015).
         let key = key.clone();
-        web::block(move || dataplane::export::export(&result, format, &rules, &key))
-            .await
-            .map_err(|_| (Problem::internal(), FailureClass::Internal))
+        let written = web::block(move || {
+            dataplane::export::to_temp_file(
+                &std::env::temp_dir(),
+                &table,
+                &sql,
+                limits,
+                dataplane::export::Spec {
+                    format,
+                    rules: &rules,
+                    key: &key,
+                    max_bytes: EXPORT_MAX_BYTES,
+                },
+            )
+        })
+        .await
+        .map_err(|_| (Problem::internal(), FailureClass::Internal))?;
+        match written {
+            Ok(written) => Ok(written),
+            Err(ExportError::Query(e)) => Err(query_failure(e)),
+            Err(ExportError::TooLarge { .. }) => Err(too_large()),
+            Err(ExportError::Io(e)) => {
+                tracing::error!(error = %e, "export file not written");
+                Err((Problem::internal(), FailureClass::Internal))
+            }
+        }
     }
     .await;
-    let exported = match built {
-        Ok(exported) => exported,
+    // The temporary file is removed when `file` is dropped: on every path out of here.
+    let (file, exported) = match built {
+        Ok(written) => written,
         Err((problem, class)) => {
             let failed = DataFact::ExportFailed(ExportFailed {
                 export_id,
@@ -870,9 +904,10 @@ async fn create_export_once(
     // Keep the file first: a unit is charged only for an export that can be delivered.
     state
         .store
-        .put_blob(tenant, &export_blob_id(export_id), exported.bytes.clone())
+        .put_blob_file(tenant, &export_blob_id(export_id), file.path())
         .await
         .map_err(Problem::from)?;
+    drop(file);
     let fact = ExportCompleted {
         export_id,
         dataset_id: view.dataset.dataset_id,
@@ -1482,9 +1517,9 @@ pub async fn download(
         .ok()
         .and_then(|id| state.catalog.export(tenant, id))
         .ok_or_else(|| Problem::not_found("no such export"))?;
-    let bytes = state
+    let blob = state
         .store
-        .get_blob(tenant, &export_blob_id(x.export.export_id))
+        .open_blob(tenant, &export_blob_id(x.export.export_id))
         .await
         .map_err(Problem::from)?
         .ok_or_else(|| Problem::not_found("the export's file is gone"))?;
@@ -1496,7 +1531,8 @@ pub async fn download(
     } else {
         Format::Csv
     };
-    Ok(HttpResponse::Ok()
+    let mut answer = HttpResponse::Ok();
+    answer
         .insert_header((header::CONTENT_TYPE, format.content_type()))
         .insert_header((
             header::CONTENT_DISPOSITION,
@@ -1508,8 +1544,34 @@ pub async fn download(
         ))
         .insert_header(("Repr-Digest", format!("sha-256=:{}:", base64(&digest))))
         .insert_header(("X-Tenantry-Badge", x.export.badge.clone()))
-        .insert_header((header::ETAG, format!("\"{}\"", x.export.sha256)))
-        .body(bytes))
+        .insert_header((header::ETAG, format!("\"{}\"", x.export.sha256)));
+    Ok(match blob {
+        // The embedded store's blob is a file: sent in pieces, never read whole.
+        BlobBody::File(file, len) => answer.no_chunking(len).streaming(file_chunks(file)),
+        // PostgreSQL keeps a blob as one value: it arrives whole.
+        BlobBody::Bytes(bytes) => answer.body(bytes),
+    })
+}
+
+/// A file read in pieces of 256 KiB on the blocking pool, as a response body.
+fn file_chunks(
+    file: std::fs::File,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> {
+    futures_util::stream::try_unfold(file, |mut file| async move {
+        let (file, chunk) = web::block(move || {
+            use std::io::Read;
+            let mut chunk = vec![0u8; 256 * 1024];
+            let n = file.read(&mut chunk)?;
+            chunk.truncate(n);
+            Ok::<_, std::io::Error>((file, chunk))
+        })
+        .await??;
+        Ok(if chunk.is_empty() {
+            None
+        } else {
+            Some((web::Bytes::from(chunk), file))
+        })
+    })
 }
 
 #[cfg(test)]

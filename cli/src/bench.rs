@@ -580,3 +580,434 @@ pub async fn startup(
         load_average: (load_before, load_average()),
     })
 }
+
+/// `tenantry bench noisy`: tenant A uploads a wide CSV and saturates exports of it (and their
+/// downloads) from more clients than its fair share allows, retrying 429s after a short pause;
+/// tenant B runs a small query at a steady rate. Both against the server at `addr`, which runs in
+/// this process, so that `VmHWM` is the server's peak memory.
+#[derive(Clone, Debug)]
+pub struct NoisyBench {
+    /// Size of A's CSV, in MB (10^6 bytes).
+    pub mb: usize,
+    /// Columns of A's CSV.
+    pub columns: usize,
+    pub seconds: f64,
+    /// A's concurrent export clients.
+    pub a_clients: usize,
+    /// B's queries per second.
+    pub b_rate: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NoisyReport {
+    pub backend: String,
+    pub csv_bytes: usize,
+    pub csv_columns: usize,
+    pub csv_rows: usize,
+    pub upload_seconds: f64,
+    pub seconds: f64,
+    pub a: NoisyA,
+    pub b: NoisyB,
+    /// This process's resident memory before A's upload (MiB).
+    pub rss_start_mib: f64,
+    /// The highest resident memory of the process (`VmHWM`, MiB): server and load together.
+    pub rss_peak_mib: f64,
+    /// Resident memory at the end of the run (MiB).
+    pub rss_end_mib: f64,
+    /// `/proc/loadavg` (1 min) before and after the run.
+    pub load_average: (f64, f64),
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct NoisyA {
+    pub clients: usize,
+    pub exports_ok: u64,
+    pub exports_per_sec: f64,
+    pub export_bytes: u64,
+    pub downloads_ok: u64,
+    /// 429 `too-many-concurrent`: backpressure, not errors.
+    pub refused_429: u64,
+    pub errors: u64,
+    pub export_latency_ms: Option<Latency>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NoisyB {
+    pub queries: u64,
+    pub errors: u64,
+    pub latency_ms: Latency,
+}
+
+/// A blocking keep-alive HTTP/1.1 client, enough for the bench: Content-Length or chunked
+/// answers; a body can be read into a sink without keeping it.
+struct Client {
+    stream: std::io::BufReader<std::net::TcpStream>,
+    addr: String,
+}
+
+impl Client {
+    fn open(addr: &str) -> anyhow::Result<Self> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream: std::io::BufReader::new(stream),
+            addr: addr.to_owned(),
+        })
+    }
+
+    /// Send a request; answer the status and the body (kept when `keep`, otherwise counted).
+    fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &[u8])>,
+        keep: bool,
+    ) -> anyhow::Result<(u16, Vec<u8>, u64)> {
+        use std::io::{BufRead, Read, Write};
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or(("application/json", b""));
+        head.push_str(&format!(
+            "Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
+            body.0,
+            body.1.len()
+        ));
+        let s = self.stream.get_mut();
+        s.write_all(head.as_bytes())?;
+        s.write_all(body.1)?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line)?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("bad status line {line:?}"))?;
+        let (mut length, mut chunked) = (0u64, false);
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = l.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.trim().eq_ignore_ascii_case("chunked");
+                }
+            }
+        }
+        let mut kept = Vec::new();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut take =
+            |r: &mut std::io::BufReader<std::net::TcpStream>, mut n: u64| -> anyhow::Result<()> {
+                while n > 0 {
+                    let want = n.min(buf.len() as u64) as usize;
+                    r.read_exact(&mut buf[..want])?;
+                    if keep {
+                        kept.extend_from_slice(&buf[..want]);
+                    }
+                    total += want as u64;
+                    n -= want as u64;
+                }
+                Ok(())
+            };
+        if chunked {
+            loop {
+                line.clear();
+                self.stream.read_line(&mut line)?;
+                let size = u64::from_str_radix(line.trim(), 16)?;
+                take(&mut self.stream, size)?;
+                line.clear();
+                self.stream.read_line(&mut line)?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            take(&mut self.stream, length)?;
+        }
+        Ok((status, kept, total))
+    }
+
+    fn json(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let body = serde_json::to_vec(body)?;
+        let (status, answer, _) =
+            self.call(method, path, token, Some(("application/json", &body)), true)?;
+        Ok((
+            status,
+            serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+}
+
+/// A `/proc/self/status` field in MiB (0 where there is no `/proc`).
+fn status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// A wide CSV of about `bytes` bytes and `columns` columns: an id, then short numbers, short
+/// words and an email every tenth column (the default preset scrubs it). Answers the CSV and its
+/// row count.
+fn wide_csv(bytes: usize, columns: usize) -> (Vec<u8>, usize) {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(bytes + 4096);
+    let header: Vec<String> = (0..columns).map(|c| format!("c{c}")).collect();
+    out.extend_from_slice(header.join(",").as_bytes());
+    out.push(b'\n');
+    let mut rows = 0;
+    while out.len() < bytes {
+        let r = rows as u64;
+        let _ = write!(out, "{r}");
+        for c in 1..columns as u64 {
+            let _ = match c % 10 {
+                0 => write!(out, ",u{}@example.com", (r * 7 + c) % 100_000),
+                1 | 4 | 7 => write!(out, ",w{}", (r + c) % 997),
+                _ => write!(out, ",{}", (r * 31 + c) % 1_000),
+            };
+        }
+        out.push(b'\n');
+        rows += 1;
+    }
+    (out, rows)
+}
+
+fn signup(c: &mut Client, name: &str) -> anyhow::Result<String> {
+    let (status, v) = c.json(
+        "POST",
+        "/v1/signup",
+        None,
+        &serde_json::json!({"tenant_name": name, "email": format!("{}@bench.example", name.to_lowercase()), "name": name}),
+    )?;
+    anyhow::ensure!(status == 201, "sign-up failed: {status} {v}");
+    let token = v["token"].as_str().unwrap_or_default().to_owned();
+    let (status, v) = c.json(
+        "POST",
+        "/v1/tenant/plan",
+        Some(&token),
+        &serde_json::json!({"plan": "enterprise"}),
+    )?;
+    anyhow::ensure!(status == 200, "upgrade failed: {status} {v}");
+    Ok(token)
+}
+
+fn upload(c: &mut Client, token: &str, name: &str, csv: &[u8]) -> anyhow::Result<String> {
+    let (status, body, _) = c.call(
+        "POST",
+        &format!("/v1/datasets?name={name}"),
+        Some(token),
+        Some(("text/csv", csv)),
+        true,
+    )?;
+    anyhow::ensure!(
+        status == 201,
+        "upload failed: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    Ok(v["dataset_id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Run the noisy-neighbour bench against the server at `addr` (in this process).
+pub fn noisy(addr: &str, backend: String, cfg: &NoisyBench) -> anyhow::Result<NoisyReport> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    anyhow::ensure!(
+        cfg.mb > 0
+            && cfg.columns >= 2
+            && cfg.seconds > 0.0
+            && cfg.a_clients > 0
+            && cfg.b_rate > 0.0,
+        "sizes must be > 0"
+    );
+    let load_before = load_average();
+    let rss_start_mib = status_mib("VmRSS:");
+    let mut c = Client::open(addr)?;
+    let a = signup(&mut c, "Noisy")?;
+    let b = signup(&mut c, "Quiet")?;
+    let (csv, csv_rows) = wide_csv(cfg.mb * 1_000_000, cfg.columns);
+    let started = Instant::now();
+    let a_data = upload(&mut c, &a, "wide", &csv)?;
+    let upload_seconds = started.elapsed().as_secs_f64();
+    let csv_bytes = csv.len();
+    drop(csv);
+    let mut small = String::from("id,city,amount\n");
+    for i in 0..200 {
+        small.push_str(&format!("{i},city {},{}\n", i % 17, i * 3));
+    }
+    let b_data = upload(&mut c, &b, "small", small.as_bytes())?;
+    // Load A's table before the clock starts, as a running service would have it.
+    let (status, v) = c.json(
+        "POST",
+        &format!("/v1/datasets/{a_data}/query"),
+        Some(&a),
+        &serde_json::json!({"sql": "SELECT count(*) FROM data"}),
+    )?;
+    anyhow::ensure!(status == 200, "A's first query failed: {status} {v}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let downloads = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let clock = Instant::now();
+    let a_clients: Vec<_> = (0..cfg.a_clients)
+        .map(|_| {
+            let (addr, a, a_data) = (addr.to_owned(), a.clone(), a_data.clone());
+            let (stop, ok, bytes, downloads, refused, errors) = (
+                stop.clone(),
+                ok.clone(),
+                bytes.clone(),
+                downloads.clone(),
+                refused.clone(),
+                errors.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let Ok(mut c) = Client::open(&addr) else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return latencies;
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let body = serde_json::json!({"dataset_id": a_data, "format": "csv"});
+                    match c.json("POST", "/v1/exports", Some(&a), &body) {
+                        Ok((201, v)) => {
+                            latencies.push(t.elapsed());
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(v["bytes"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                            let url = v["download_url"].as_str().unwrap_or_default().to_owned();
+                            match c.call("GET", &url, Some(&a), None, false) {
+                                Ok((200, _, _)) => {
+                                    downloads.fetch_add(1, Ordering::Relaxed);
+                                }
+                                _ => {
+                                    errors.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        // Backpressure: a pushy client tries again soon, ignoring Retry-After.
+                        Ok((429, _)) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Ok(_) | Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(100));
+                            match Client::open(&addr) {
+                                Ok(fresh) => c = fresh,
+                                Err(_) => return latencies,
+                            }
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+
+    // Tenant B: one small query every 1/rate seconds, on its own connection.
+    let interval = Duration::from_secs_f64(1.0 / cfg.b_rate);
+    let mut b_latencies = Vec::new();
+    let mut b_errors = 0u64;
+    let mut bc = Client::open(addr)?;
+    let mut next = Instant::now();
+    let sqls = [
+        "SELECT city, count(*), sum(amount) FROM data GROUP BY city ORDER BY city",
+        "SELECT * FROM data WHERE id < 20",
+        "SELECT count(*) FROM data WHERE amount > 300",
+    ];
+    let mut i = 0usize;
+    while clock.elapsed().as_secs_f64() < cfg.seconds {
+        let t = Instant::now();
+        let body = serde_json::json!({"sql": sqls[i % sqls.len()]});
+        i += 1;
+        match bc.json(
+            "POST",
+            &format!("/v1/datasets/{b_data}/query"),
+            Some(&b),
+            &body,
+        ) {
+            Ok((200, _)) => b_latencies.push(t.elapsed()),
+            Ok(_) | Err(_) => {
+                b_latencies.push(t.elapsed());
+                b_errors += 1;
+                bc = Client::open(addr)?;
+            }
+        }
+        next += interval;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    let seconds = clock.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut a_latencies = Vec::new();
+    for t in a_clients {
+        a_latencies.extend(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("an export client panicked"))?,
+        );
+    }
+    let latency = |mut l: Vec<Duration>| {
+        l.sort();
+        Latency {
+            p50: percentile_ms(&l, 0.50),
+            p99: percentile_ms(&l, 0.99),
+            max: l.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        }
+    };
+    let exports_ok = ok.load(Ordering::Relaxed);
+    Ok(NoisyReport {
+        backend,
+        csv_bytes,
+        csv_columns: cfg.columns,
+        csv_rows,
+        upload_seconds,
+        seconds,
+        a: NoisyA {
+            clients: cfg.a_clients,
+            exports_ok,
+            exports_per_sec: exports_ok as f64 / seconds,
+            export_bytes: bytes.load(Ordering::Relaxed),
+            downloads_ok: downloads.load(Ordering::Relaxed),
+            refused_429: refused.load(Ordering::Relaxed),
+            errors: errors.load(Ordering::Relaxed),
+            export_latency_ms: (!a_latencies.is_empty()).then(|| latency(a_latencies)),
+        },
+        b: NoisyB {
+            queries: b_latencies.len() as u64,
+            errors: b_errors,
+            latency_ms: latency(b_latencies),
+        },
+        rss_start_mib,
+        rss_peak_mib: status_mib("VmHWM:"),
+        rss_end_mib: status_mib("VmRSS:"),
+        load_average: (load_before, load_average()),
+    })
+}

@@ -169,6 +169,29 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
+    /// Noisy neighbour: tenant A saturates exports (and downloads) of a wide CSV from more
+    /// clients than its fair share, tenant B runs small queries at a steady rate; a server in
+    /// this process. Prints one JSON object: B's latency and errors, A's exports/s and 429s,
+    /// peak RSS.
+    Noisy {
+        #[arg(long, value_enum, default_value = "embedded")]
+        backend: Backend,
+        #[arg(long, env = "DATABASE_URL")]
+        url: Option<String>,
+        /// Size of A's CSV in MB (10^6 bytes; the upload limit is 50 MiB).
+        #[arg(long, default_value_t = 50)]
+        mb: usize,
+        #[arg(long, default_value_t = 40)]
+        columns: usize,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// A's concurrent export clients (its fair share is 2 running exports).
+        #[arg(long, default_value_t = 6)]
+        a_clients: usize,
+        /// B's queries per second.
+        #[arg(long, default_value_t = 20.0)]
+        b_rate: f64,
+    },
     /// Data plane: ingest, load and GROUP BY, and a default-preset export of a rows × 10 CSV.
     Data {
         #[arg(long, default_value_t = 1_000_000)]
@@ -406,9 +429,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             api::telemetry::init(&settings.log_format);
             actix_web::rt::System::new().block_on(async move {
-                let store = Store::open(&settings.store).await.with_context(|| {
-                    format!("cannot open the store at {}", describe(&settings.store))
-                })?;
+                let options = settings.store_options();
+                let store = Store::open_with(&settings.store, &options)
+                    .await
+                    .with_context(|| {
+                        format!("cannot open the store at {}", describe(&settings.store))
+                    })?;
                 api::server::serve(settings, store).await
             })
         }
@@ -557,6 +583,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             anyhow::Ok(())
         }),
+        Command::Bench {
+            what:
+                BenchCommand::Noisy {
+                    backend,
+                    url,
+                    mb,
+                    columns,
+                    seconds,
+                    a_clients,
+                    b_rate,
+                },
+        } => {
+            anyhow::ensure!((1..=52).contains(&mb), "--mb must be 1 to 52");
+            anyhow::ensure!(
+                (2..=1_000).contains(&columns),
+                "--columns must be 2 to 1000"
+            );
+            api::telemetry::init("pretty");
+            let (location, _temp) = bench_location(backend, url, None)?;
+            let addr = start_bench_server(location)?;
+            let cfg = cli::bench::NoisyBench {
+                mb,
+                columns,
+                seconds,
+                a_clients,
+                b_rate,
+            };
+            let report = cli::bench::noisy(&addr, backend.name().to_owned(), &cfg)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::Bench {
             what: BenchCommand::Data { rows },
         } => {

@@ -1,14 +1,20 @@
 //! Exports: a query result written as CSV or JSON Lines with the redaction preset applied, then
 //! scanned again: zero findings earn the PASS badge. The same input and preset give the same
-//! bytes.
+//! bytes. An export of a table is streamed: each row is redacted, written, hashed and scanned as
+//! the query yields it, into any `Write` (the service's is a temporary file, `to_temp_file`),
+//! so that no result is held whole in memory; the file's size is capped as it grows.
 
-use crate::sandbox::QueryResult;
+use crate::sandbox::{Limits, QueryError, QueryResult, Streamed, Table};
 use domain::pii::{self, Detector};
 use domain::preset::ColumnAction;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,69 +139,317 @@ pub fn redact_columns(result: &QueryResult, rules: &Rules, key: &[u8]) -> QueryR
 
 /// Apply `rules` (the hash method keyed by `key`), write `format`, scan the result, hash it.
 pub fn export(result: &QueryResult, format: Format, rules: &Rules, key: &[u8]) -> Exported {
-    let actions: Vec<Option<&ColumnAction>> =
-        result.columns.iter().map(|c| rules.rule_for(c)).collect();
-    let kept: Vec<usize> = (0..result.columns.len())
-        .filter(|i| actions[*i] != Some(&ColumnAction::Drop))
-        .collect();
     let mut out = Vec::with_capacity(result.rows.len() * 64);
-    match format {
-        Format::Csv => {
-            let mut w = csv::WriterBuilder::new()
-                .terminator(csv::Terminator::Any(b'\n'))
-                .from_writer(&mut out);
-            w.write_record(kept.iter().map(|i| &result.columns[*i]))
-                .expect("writing to memory");
-            for row in &result.rows {
-                let cells: Vec<String> = kept
+    let spec = Spec {
+        format,
+        rules,
+        key,
+        max_bytes: u64::MAX,
+    };
+    let mut w = RowWriter::new(&result.columns, spec, &mut out).expect("writing to memory");
+    for row in &result.rows {
+        w.row(row).expect("writing to memory");
+    }
+    let mut exported = w.finish().expect("writing to memory");
+    exported.bytes = out;
+    exported
+}
+
+/// Why a streamed export did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The query failed (see `QueryError` for its HTTP mapping).
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The export would go past its row cap, its file-size cap, or one row past the memory cap
+    /// (HTTP 422, `validation`; class `too_large`, charged by ADR 015). Nothing is kept.
+    #[error("the export would exceed {max_rows} rows or {max_bytes} bytes")]
+    TooLarge { max_rows: usize, max_bytes: u64 },
+    /// Writing the file failed (HTTP 500).
+    #[error("the export could not be written: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How a streamed export is written: its format, its preset (the hash method keyed by `key`)
+/// and the most bytes its file may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Spec<'a> {
+    pub format: Format,
+    pub rules: &'a Rules,
+    pub key: &'a [u8],
+    pub max_bytes: u64,
+}
+
+/// Run `sql` over `table` and stream its rows through the preset into `out`, no more than
+/// `limits.max_rows` rows and `spec.max_bytes` bytes: past either the export fails as
+/// `TooLarge` (an export is never silently partial). `out` is flushed; the answer's `bytes` is
+/// empty (the output is the file).
+pub fn export_table<W: Write>(
+    table: &Table,
+    sql: &str,
+    limits: Limits,
+    spec: Spec<'_>,
+    out: W,
+) -> Result<Exported, ExportError> {
+    let too_large = || ExportError::TooLarge {
+        max_rows: limits.max_rows,
+        max_bytes: spec.max_bytes,
+    };
+    // Both visitors share the writer: it is made from the columns, then fed the rows.
+    let writer: RefCell<Option<RowWriter<'_, W>>> = RefCell::new(None);
+    let failure: RefCell<Option<ExportError>> = RefCell::new(None);
+    let streamed = table.for_each_row(
+        sql,
+        limits,
+        |columns| match RowWriter::new(columns, spec, out) {
+            Ok(w) => *writer.borrow_mut() = Some(w),
+            Err(e) => *failure.borrow_mut() = Some(e),
+        },
+        |row| {
+            let written = match writer.borrow_mut().as_mut() {
+                Some(w) => w.row(&row),
+                None => return ControlFlow::Break(()),
+            };
+            match written {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    *failure.borrow_mut() = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        },
+    )?;
+    match failure.into_inner() {
+        Some(ExportError::TooLarge { .. }) => return Err(too_large()),
+        Some(e) => return Err(e),
+        None => {}
+    }
+    if streamed == Streamed::Stopped {
+        return Err(too_large());
+    }
+    match writer.into_inner() {
+        Some(w) => w.finish(),
+        None => Err(too_large()),
+    }
+}
+
+/// `export_table` into a new temporary file in `dir`. The file is removed when the returned
+/// handle is dropped, and at once on any failure: the caller keeps it as a blob, then drops it.
+pub fn to_temp_file(
+    dir: &Path,
+    table: &Table,
+    sql: &str,
+    limits: Limits,
+    spec: Spec<'_>,
+) -> Result<(tempfile::NamedTempFile, Exported), ExportError> {
+    let file = tempfile::Builder::new()
+        .prefix("tenantry-export-")
+        .tempfile_in(dir)?;
+    let out = std::io::BufWriter::with_capacity(256 * 1024, file.as_file());
+    let exported = export_table(table, sql, limits, spec, out)?;
+    Ok((file, exported))
+}
+
+/// Writes rows as they come: redacts them, and counts, hashes and scans every byte written.
+struct RowWriter<'a, W: Write> {
+    out: Out<W>,
+    actions: Vec<Option<&'a ColumnAction>>,
+    kept: Vec<usize>,
+    keys: Vec<String>,
+    rules: &'a Rules,
+    key: &'a [u8],
+    rows: u64,
+    line: Vec<u8>,
+}
+
+enum Out<W: Write> {
+    Csv(Box<csv::Writer<Sink<W>>>),
+    Jsonl(Sink<W>),
+}
+
+/// The output, with its running digest, size, cap and the output scan line by line.
+struct Sink<W: Write> {
+    out: W,
+    hasher: Sha256,
+    size: u64,
+    max_bytes: u64,
+    /// Set when a write would have gone past `max_bytes` (that write fails).
+    too_large: bool,
+    findings: BTreeMap<Detector, usize>,
+    partial: Vec<u8>,
+}
+
+impl<W: Write> Write for Sink<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.size + bytes.len() as u64 > self.max_bytes {
+            self.too_large = true;
+            return Err(std::io::Error::other("the export's size cap"));
+        }
+        self.out.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        self.hasher.update(bytes);
+        let mut rest = bytes;
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            self.partial.extend_from_slice(&rest[..i]);
+            self.scan_line();
+            rest = &rest[i + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl<W: Write> Sink<W> {
+    /// Scan the line written so far, as `scan_output` does.
+    fn scan_line(&mut self) {
+        let mut line = &self.partial[..];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        for f in pii::scan(&String::from_utf8_lossy(line), Detector::ALL) {
+            *self.findings.entry(f.detector).or_default() += 1;
+        }
+        self.partial.clear();
+    }
+
+    /// A failed write's error: the cap, or the file's own.
+    fn error(&self, e: std::io::Error) -> ExportError {
+        if self.too_large {
+            ExportError::TooLarge {
+                max_rows: usize::MAX,
+                max_bytes: self.max_bytes,
+            }
+        } else {
+            ExportError::Io(e)
+        }
+    }
+}
+
+fn csv_error<W: Write>(w: &csv::Writer<Sink<W>>, e: csv::Error) -> ExportError {
+    w.get_ref().error(std::io::Error::other(e))
+}
+
+impl<'a, W: Write> RowWriter<'a, W> {
+    fn new(columns: &[String], spec: Spec<'a>, out: W) -> Result<Self, ExportError> {
+        let actions: Vec<Option<&ColumnAction>> =
+            columns.iter().map(|c| spec.rules.rule_for(c)).collect();
+        let kept: Vec<usize> = (0..columns.len())
+            .filter(|i| actions[*i] != Some(&ColumnAction::Drop))
+            .collect();
+        let sink = Sink {
+            out,
+            hasher: Sha256::new(),
+            size: 0,
+            max_bytes: spec.max_bytes,
+            too_large: false,
+            findings: BTreeMap::new(),
+            partial: Vec::new(),
+        };
+        let (out, keys) = match spec.format {
+            Format::Csv => {
+                let mut csv = csv::WriterBuilder::new()
+                    .terminator(csv::Terminator::Any(b'\n'))
+                    .from_writer(sink);
+                if let Err(e) = csv.write_record(kept.iter().map(|i| &columns[*i])) {
+                    return Err(csv_error(&csv, e));
+                }
+                (Out::Csv(Box::new(csv)), Vec::new())
+            }
+            // Written by hand to keep the columns in their order.
+            Format::Jsonl => (
+                Out::Jsonl(sink),
+                kept.iter()
+                    .map(|i| serde_json::to_string(&columns[*i]).expect("strings serialize"))
+                    .collect(),
+            ),
+        };
+        Ok(Self {
+            out,
+            actions,
+            kept,
+            keys,
+            rules: spec.rules,
+            key: spec.key,
+            rows: 0,
+            line: Vec::with_capacity(1024),
+        })
+    }
+
+    fn row(&mut self, row: &[Value]) -> Result<(), ExportError> {
+        self.rows += 1;
+        let redacted = |i: usize| redact(&row[i], self.actions[i], self.rules, self.key);
+        match &mut self.out {
+            Out::Csv(csv) => {
+                let cells: Vec<String> = self
+                    .kept
                     .iter()
-                    .map(|i| match redact(&row[*i], actions[*i], rules, key) {
+                    .map(|i| match redacted(*i) {
                         Value::Null => String::new(),
                         Value::String(s) => s,
                         other => other.to_string(),
                     })
                     .collect();
-                w.write_record(&cells).expect("writing to memory");
-            }
-            w.flush().expect("writing to memory");
-        }
-        Format::Jsonl => {
-            // Written by hand to keep the columns in their order.
-            let keys: Vec<String> = kept
-                .iter()
-                .map(|i| serde_json::to_string(&result.columns[*i]).expect("strings serialize"))
-                .collect();
-            for row in &result.rows {
-                out.push(b'{');
-                for (k, (name, i)) in keys.iter().zip(&kept).enumerate() {
-                    if k > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(name.as_bytes());
-                    out.push(b':');
-                    serde_json::to_writer(&mut out, &redact(&row[*i], actions[*i], rules, key))
-                        .expect("writing to memory");
+                match csv.write_record(&cells) {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(csv_error(csv, e)),
                 }
-                out.extend_from_slice(b"}\n");
+            }
+            Out::Jsonl(sink) => {
+                let line = &mut self.line;
+                line.clear();
+                line.push(b'{');
+                for (k, (name, i)) in self.keys.iter().zip(&self.kept).enumerate() {
+                    if k > 0 {
+                        line.push(b',');
+                    }
+                    line.extend_from_slice(name.as_bytes());
+                    line.push(b':');
+                    serde_json::to_writer(&mut *line, &redacted(*i))
+                        .map_err(std::io::Error::other)?;
+                }
+                line.extend_from_slice(b"}\n");
+                sink.write_all(line).map_err(|e| sink.error(e))
             }
         }
     }
-    let findings = scan_output(&out);
-    let sha256 = Sha256::digest(&out)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Exported {
-        rows: result.rows.len() as u64,
-        size: out.len() as u64,
-        sha256,
-        badge: if findings.is_empty() {
-            Badge::Pass
-        } else {
-            Badge::Fail
-        },
-        findings,
-        bytes: out,
+
+    fn finish(self) -> Result<Exported, ExportError> {
+        let mut sink = match self.out {
+            Out::Csv(mut csv) => {
+                if let Err(e) = csv.flush() {
+                    return Err(csv.get_ref().error(e));
+                }
+                csv.into_inner()
+                    .map_err(|e| ExportError::Io(std::io::Error::other(e.to_string())))?
+            }
+            Out::Jsonl(sink) => sink,
+        };
+        if !sink.partial.is_empty() {
+            sink.scan_line();
+        }
+        sink.out.flush()?;
+        let findings = sink.findings;
+        Ok(Exported {
+            bytes: Vec::new(),
+            rows: self.rows,
+            size: sink.size,
+            sha256: sink
+                .hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            badge: if findings.is_empty() {
+                Badge::Pass
+            } else {
+                Badge::Fail
+            },
+            findings,
+        })
     }
 }
 
@@ -344,5 +598,118 @@ mod tests {
                 .unwrap()
                 .contains("ada@example.com")
         );
+    }
+
+    fn wide_table(rows: usize) -> Table {
+        let mut csv = String::from("id,email,note\n");
+        for i in 0..rows {
+            csv.push_str(&format!(
+                "{i},user{i}@example.com,call +44 20 7946 0958 about {i}\n"
+            ));
+        }
+        let d = crate::ingest::ingest(csv.as_bytes()).unwrap();
+        Table::load(csv.as_bytes(), &d.columns).unwrap()
+    }
+
+    fn spec(format: Format, rules: &Rules, max_bytes: u64) -> Spec<'_> {
+        Spec {
+            format,
+            rules,
+            key: b"t",
+            max_bytes,
+        }
+    }
+
+    #[test]
+    fn a_streamed_export_writes_the_same_bytes_digest_and_badge_as_one_built_in_memory() {
+        let t = wide_table(500);
+        let rules = Rules::default_preset();
+        for format in [Format::Csv, Format::Jsonl] {
+            let whole = t.query("SELECT * FROM data", Limits::default()).unwrap();
+            let expected = export(&whole, format, &rules, b"t");
+            let mut out = Vec::new();
+            let streamed = export_table(
+                &t,
+                "SELECT * FROM data",
+                Limits::default(),
+                spec(format, &rules, u64::MAX),
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(out, expected.bytes, "{format:?}");
+            assert_eq!(
+                Exported {
+                    bytes: expected.bytes.clone(),
+                    ..streamed
+                },
+                expected
+            );
+        }
+    }
+
+    fn files_in(dir: &Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn an_exports_temp_file_is_removed_after_success_and_after_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = wide_table(200);
+        let rules = Rules::default_preset();
+        let (file, exported) = to_temp_file(
+            dir.path(),
+            &t,
+            "SELECT * FROM data",
+            Limits::default(),
+            spec(Format::Csv, &rules, 1 << 20),
+        )
+        .unwrap();
+        assert_eq!(exported.rows, 200);
+        assert_eq!(std::fs::metadata(file.path()).unwrap().len(), exported.size);
+        assert_eq!(files_in(dir.path()), 1);
+        drop(file);
+        assert_eq!(files_in(dir.path()), 0, "removed once kept");
+
+        // Past the size cap, past the row cap, and a failed query: nothing is left behind.
+        let too_big = to_temp_file(
+            dir.path(),
+            &t,
+            "SELECT * FROM data",
+            Limits::default(),
+            spec(Format::Jsonl, &rules, 1_000),
+        );
+        assert!(matches!(
+            too_big,
+            Err(ExportError::TooLarge {
+                max_bytes: 1_000,
+                ..
+            })
+        ));
+        let too_many = to_temp_file(
+            dir.path(),
+            &t,
+            "SELECT * FROM data",
+            Limits {
+                max_rows: 10,
+                ..Limits::default()
+            },
+            spec(Format::Csv, &rules, 1 << 20),
+        );
+        assert!(matches!(
+            too_many,
+            Err(ExportError::TooLarge { max_rows: 10, .. })
+        ));
+        let invalid = to_temp_file(
+            dir.path(),
+            &t,
+            "SELECT nope FROM data",
+            Limits::default(),
+            spec(Format::Csv, &rules, 1 << 20),
+        );
+        assert!(matches!(
+            invalid,
+            Err(ExportError::Query(QueryError::Invalid(_)))
+        ));
+        assert_eq!(files_in(dir.path()), 0);
     }
 }

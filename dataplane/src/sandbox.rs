@@ -1,8 +1,12 @@
 //! The query sandbox: one dataset loaded as table `data` into an in-memory SQLite database that
 //! can only be read. An authorizer allows reading and nothing else (no ATTACH, no PRAGMA, no
 //! writes, no temporary tables, no extensions); a progress handler stops a query at its time
-//! budget; results stop at a row cap and a byte cap; SQLite's own limits bound string sizes and
-//! expression depth. Loaded tables are cached per dataset, within a memory budget.
+//! budget; results stop at a row cap and a memory cap (the memory the rows take in this process,
+//! not their serialized size); SQLite's own limits bound string sizes and expression depth, and
+//! its temporary storage (sorts, intermediate tables) is kept in memory under its heap limit
+//! instead of in unbounded temporary files. Rows can also be streamed one at a time
+//! (`Table::for_each_row`), which is how exports are written. Loaded tables are cached per
+//! dataset, within a memory budget.
 
 use crate::ingest::{self, Column, ColumnType};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
@@ -19,6 +23,9 @@ use std::time::{Duration, Instant};
 pub struct Limits {
     pub time: Duration,
     pub max_rows: usize,
+    /// The most memory a collected result may take: every value, its text and the row vectors
+    /// (`value_memory`, `ROW_MEMORY`), not the bytes it serializes to (a wide row of short
+    /// values takes many times its CSV size). The per-query memory budget of a result.
     pub max_result_bytes: usize,
     /// When the time budget started (the request's arrival), so that waiting for the dataset's
     /// connection counts against it; `None`: when the query gets its connection.
@@ -40,8 +47,37 @@ impl Default for Limits {
 pub struct QueryResult {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Value>>,
-    /// True when the row or byte cap cut the result short.
+    /// True when the row or memory cap cut the result short.
     pub truncated: bool,
+}
+
+/// What one row's vector takes besides its values.
+pub const ROW_MEMORY: usize = std::mem::size_of::<Vec<Value>>();
+
+/// The memory one value takes in a collected result: the `Value` itself and the heap its text
+/// holds.
+pub fn value_memory(v: &Value) -> usize {
+    std::mem::size_of::<Value>()
+        + match v {
+            Value::String(s) => s.capacity(),
+            _ => 0,
+        }
+}
+
+/// The memory one collected row takes: its vector and its values.
+pub fn row_memory(row: &Vec<Value>) -> usize {
+    ROW_MEMORY
+        + (row.capacity() - row.len()) * std::mem::size_of::<Value>()
+        + row.iter().map(value_memory).sum::<usize>()
+}
+
+/// Whether a streamed query went on to its end or was stopped by its visitor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Streamed {
+    /// Every row was visited.
+    Complete,
+    /// The visitor asked to stop (a cap), or the row cap was reached.
+    Stopped,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -212,8 +248,44 @@ impl Table {
         })
     }
 
-    /// Run one read-only statement.
+    /// Run one read-only statement and collect its rows, within the row and memory caps.
     pub fn query(&self, sql: &str, limits: Limits) -> Result<QueryResult, QueryError> {
+        let mut columns = Vec::new();
+        let mut rows = Vec::new();
+        let mut memory = 0usize;
+        let streamed = self.for_each_row(
+            sql,
+            limits,
+            |c| columns = c.to_vec(),
+            |row| {
+                memory += row_memory(&row);
+                if memory > limits.max_result_bytes {
+                    return std::ops::ControlFlow::Break(());
+                }
+                rows.push(row);
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
+        Ok(QueryResult {
+            columns,
+            rows,
+            truncated: streamed == Streamed::Stopped,
+        })
+    }
+
+    /// Run one read-only statement and hand its rows to `row` one at a time, without keeping
+    /// them: `columns` first, then each row until the end, the row cap of `limits`, or `row`
+    /// answers `Break`. The time budget holds as in `query`; one row that alone would take more
+    /// memory than `limits.max_result_bytes` stops the query too (checked value by value, so a
+    /// row of huge values is never built whole); the memory of the rows together is the
+    /// visitor's to count.
+    pub fn for_each_row(
+        &self,
+        sql: &str,
+        limits: Limits,
+        columns: impl FnOnce(&[String]),
+        row: impl FnMut(Vec<Value>) -> std::ops::ControlFlow<()>,
+    ) -> Result<Streamed, QueryError> {
         let conn = self
             .conn
             .lock()
@@ -224,7 +296,7 @@ impl Table {
             return Err(QueryError::Expired(limits.time));
         }
         conn.progress_handler(1_000, Some(move || Instant::now() >= deadline));
-        let result = run(&conn, sql, limits);
+        let result = run(&conn, sql, limits, columns, row);
         conn.progress_handler(0, None::<fn() -> bool>);
         result.map_err(|e| classify(e, limits.time, deadline))
     }
@@ -242,8 +314,12 @@ pub fn set_memory_cap(bytes: u64) -> Result<(), QueryError> {
 
 /// After loading: read-only, tight limits, and the authorizer.
 fn lock_down(conn: &Connection) -> rusqlite::Result<()> {
-    // Sorts and temporary b-trees beyond this spill to temporary files instead of memory.
+    // The page cache of one connection (and so of its sorts) is bounded by this.
     conn.pragma_update(None, "cache_size", -32_768)?;
+    // What a sort or an intermediate table holds beyond the cache stays in SQLite's heap, under
+    // its hard heap limit (`set_memory_cap`), instead of in temporary files that nothing bounds:
+    // a query that needs more fails cleanly (ADR 015).
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "query_only", true)?;
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, 8 * 1024 * 1024)?;
     conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
@@ -313,7 +389,13 @@ fn several_statements(sql: &str) -> bool {
     false
 }
 
-fn run(conn: &Connection, sql: &str, limits: Limits) -> rusqlite::Result<QueryResult> {
+fn run(
+    conn: &Connection,
+    sql: &str,
+    limits: Limits,
+    on_columns: impl FnOnce(&[String]),
+    mut on_row: impl FnMut(Vec<Value>) -> std::ops::ControlFlow<()>,
+) -> rusqlite::Result<Streamed> {
     if several_statements(sql) {
         return Err(rusqlite::Error::MultipleStatement);
     }
@@ -326,16 +408,16 @@ fn run(conn: &Connection, sql: &str, limits: Limits) -> rusqlite::Result<QueryRe
     }
     let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
     let n = columns.len();
-    let mut rows = Vec::new();
-    let mut bytes = 0usize;
-    let mut truncated = false;
+    on_columns(&columns);
+    let mut seen = 0usize;
     let mut cursor = stmt.raw_query();
     while let Some(row) = cursor.next()? {
-        if rows.len() >= limits.max_rows || bytes >= limits.max_result_bytes {
-            truncated = true;
-            break;
+        if seen >= limits.max_rows {
+            return Ok(Streamed::Stopped);
         }
+        seen += 1;
         let mut out = Vec::with_capacity(n);
+        let mut memory = ROW_MEMORY + n * std::mem::size_of::<Value>();
         for i in 0..n {
             let v = match row.get_ref(i)? {
                 ValueRef::Null => Value::Null,
@@ -346,33 +428,29 @@ fn run(conn: &Connection, sql: &str, limits: Limits) -> rusqlite::Result<QueryRe
                 ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
                 ValueRef::Blob(b) => Value::String(b.iter().map(|x| format!("{x:02x}")).collect()),
             };
-            bytes += match &v {
-                Value::String(s) => s.len() + 2,
-                _ => 8,
-            };
-            out.push(v);
-            // Checked per value: one row of huge values must not get past the cap.
-            if bytes > limits.max_result_bytes {
-                return Ok(QueryResult {
-                    columns,
-                    rows,
-                    truncated: true,
-                });
+            memory += value_memory(&v) - std::mem::size_of::<Value>();
+            if memory > limits.max_result_bytes {
+                return Ok(Streamed::Stopped);
             }
+            out.push(v);
         }
-        rows.push(out);
+        if on_row(out).is_break() {
+            return Ok(Streamed::Stopped);
+        }
     }
-    Ok(QueryResult {
-        columns,
-        rows,
-        truncated,
-    })
+    Ok(Streamed::Complete)
 }
 
 fn classify(e: rusqlite::Error, budget: Duration, deadline: Instant) -> QueryError {
     match &e {
         rusqlite::Error::SqliteFailure(err, msg) => match err.code {
             rusqlite::ErrorCode::OperationInterrupted => QueryError::Timeout(budget),
+            // Past SQLite's heap limit, temporary storage included (`temp_store = MEMORY`).
+            rusqlite::ErrorCode::OutOfMemory => QueryError::Invalid(
+                "the query needs more memory than the sandbox allows (sorts and intermediate \
+                 results included)"
+                    .into(),
+            ),
             rusqlite::ErrorCode::AuthorizationForStatementDenied => {
                 QueryError::NotAllowed(msg.clone().unwrap_or_else(|| "not authorized".into()))
             }
@@ -621,5 +699,101 @@ mod tests {
             cache.get_or_load(&key, || Ok(table(CSV))).unwrap();
         }
         assert!(cache.loaded_bytes() <= 400 * 1024);
+    }
+
+    #[test]
+    fn a_result_is_capped_by_the_memory_its_rows_take_not_their_serialized_size() {
+        // Twenty one-digit columns: about 40 bytes of CSV a row, but twenty `Value`s and a
+        // vector in memory.
+        let header: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        let mut csv = header.join(",") + "\n";
+        for _ in 0..1_000 {
+            csv.push_str(&vec!["7"; 20].join(","));
+            csv.push('\n');
+        }
+        let t = table(&csv);
+        let per_row = ROW_MEMORY + 20 * std::mem::size_of::<Value>();
+        assert!(
+            per_row > 10 * 40,
+            "a wide row takes many times its CSV size"
+        );
+        let limits = Limits {
+            max_result_bytes: 100 * per_row,
+            ..Limits::default()
+        };
+        let r = t.query("SELECT * FROM data", limits).unwrap();
+        assert!(r.truncated);
+        assert_eq!(
+            r.rows.len(),
+            100,
+            "1,000 rows of 40 bytes stop at 100 by memory"
+        );
+        assert_eq!(r.rows.iter().map(row_memory).sum::<usize>(), 100 * per_row);
+        let whole = t
+            .query(
+                "SELECT * FROM data",
+                Limits {
+                    max_result_bytes: 1_000 * per_row,
+                    ..Limits::default()
+                },
+            )
+            .unwrap();
+        assert!(!whole.truncated);
+        assert_eq!(whole.rows.len(), 1_000);
+    }
+
+    #[test]
+    fn rows_stream_one_at_a_time_and_the_visitor_can_stop_them() {
+        let t = table(CSV);
+        let mut seen = Vec::new();
+        let mut names = Vec::new();
+        let streamed = t
+            .for_each_row(
+                "SELECT id FROM data ORDER BY id",
+                Limits::default(),
+                |c| names = c.to_vec(),
+                |row| {
+                    seen.push(row[0].clone());
+                    if seen.len() == 2 {
+                        std::ops::ControlFlow::Break(())
+                    } else {
+                        std::ops::ControlFlow::Continue(())
+                    }
+                },
+            )
+            .unwrap();
+        assert_eq!(streamed, Streamed::Stopped);
+        assert_eq!(names, ["id"]);
+        assert_eq!(seen, [Value::from(1), Value::from(2)]);
+    }
+
+    #[test]
+    fn a_sort_past_the_heap_limit_fails_cleanly_instead_of_spilling_to_disk() {
+        // The limit is process-wide: nextest runs this test in its own process.
+        set_memory_cap(48 << 20).unwrap();
+        let t = table(CSV);
+        let limits = Limits {
+            time: Duration::from_secs(120),
+            ..Limits::default()
+        };
+        // About 200 MB of rows to sort for the GROUP BY: with temporary files this would spill
+        // to disk and succeed; kept in memory (`temp_store = MEMORY`) it stops at the heap limit.
+        let err = t
+            .query(
+                "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 100000) \
+                 SELECT count(*) FROM (SELECT printf('%.*c', 2000, 'x') || x AS s FROM r \
+                 GROUP BY s)",
+                limits,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, QueryError::Invalid(m) if m.contains("more memory")),
+            "{err:?}"
+        );
+        // The table still answers.
+        assert_eq!(
+            t.query("SELECT count(*) FROM data", limits).unwrap().rows[0][0],
+            Value::from(3)
+        );
     }
 }

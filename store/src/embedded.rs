@@ -206,7 +206,7 @@ impl Embedded {
         rx.await.map_err(|_| writer_died())?
     }
 
-    fn blob_path(&self, tenant: TenantId, id: &str) -> Result<PathBuf> {
+    pub(crate) fn blob_path(&self, tenant: TenantId, id: &str) -> Result<PathBuf> {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(StoreError::Backend(format!("invalid blob id {id:?}")));
         }

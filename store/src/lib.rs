@@ -177,6 +177,15 @@ pub struct Store {
     upcasters: Arc<Upcasters>,
 }
 
+/// A blob opened for reading (`Store::open_blob`).
+#[derive(Debug)]
+pub enum BlobBody {
+    /// A file and its length, to read in pieces.
+    File(std::fs::File, u64),
+    /// The whole blob, from a backend that keeps it in one value.
+    Bytes(Vec<u8>),
+}
+
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
         match &*$self.backend {
@@ -348,6 +357,59 @@ impl Store {
     /// Remove a blob; removing one that does not exist is not an error.
     pub async fn delete_blob(&self, tenant: TenantId, id: &str) -> Result<()> {
         dispatch!(self.delete_blob(tenant, id))
+    }
+
+    /// Keep the file at `path` as a blob, like `put_blob`, without reading it into memory where
+    /// the backend allows: the embedded store copies it into place (a temporary name, fsync,
+    /// rename); PostgreSQL keeps a blob as one `bytea`, so the file is read whole and sent.
+    pub async fn put_blob_file(&self, tenant: TenantId, id: &str, path: &Path) -> Result<()> {
+        match &*self.backend {
+            Backend::Embedded(b) => {
+                let to = b.blob_path(tenant, id)?;
+                let from = path.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    let dir = to.parent().expect("blob paths have a folder");
+                    std::fs::create_dir_all(dir)?;
+                    let tmp = to.with_extension("tmp");
+                    std::fs::copy(&from, &tmp)?;
+                    std::fs::File::open(&tmp)?.sync_all()?;
+                    std::fs::rename(&tmp, &to)?;
+                    std::fs::File::open(dir)?.sync_all()
+                })
+                .await
+                .map_err(StoreError::backend)?
+                .map_err(StoreError::backend)
+            }
+            Backend::Postgres(b) => {
+                let from = path.to_owned();
+                let bytes = tokio::task::spawn_blocking(move || std::fs::read(from))
+                    .await
+                    .map_err(StoreError::backend)?
+                    .map_err(StoreError::backend)?;
+                b.put_blob(tenant, id, bytes).await
+            }
+        }
+    }
+
+    /// A blob to read as a stream where the backend allows: the embedded store's blob is a file,
+    /// opened; PostgreSQL's is one `bytea`, read whole.
+    pub async fn open_blob(&self, tenant: TenantId, id: &str) -> Result<Option<BlobBody>> {
+        match &*self.backend {
+            Backend::Embedded(b) => {
+                let path = b.blob_path(tenant, id)?;
+                tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+                    Ok(f) => {
+                        let len = f.metadata().map_err(StoreError::backend)?.len();
+                        Ok(Some(BlobBody::File(f, len)))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(StoreError::backend(e)),
+                })
+                .await
+                .map_err(StoreError::backend)?
+            }
+            Backend::Postgres(b) => Ok(b.get_blob(tenant, id).await?.map(BlobBody::Bytes)),
+        }
     }
 
     /// The events at these positions (those that exist), in position order.

@@ -312,6 +312,15 @@ impl Postgres {
         let connect = tls::parse(url)?;
         let mut config = connect.config.clone();
         configure(&mut config, options);
+        // Migrations run as the URL's user (the tables' owner), on a connection of their own;
+        // every other connection starts as the tenant role, bound to no tenant (docs/adr/017).
+        migrate(&config, &connect.tls).await?;
+        let role = format!("-c role={TENANT_ROLE}");
+        let all = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {role}"),
+            _ => role,
+        };
+        config.options(all);
         let manager = Manager::from_config(
             config.clone(),
             connect.tls.clone(),
@@ -325,13 +334,11 @@ impl Postgres {
             .wait_timeout(Some(options.lock_timeout + options.statement_timeout))
             .build()
             .map_err(StoreError::backend)?;
-        migrate(&pool).await?;
         let head = {
             let client = pool.get().await?;
-            client
-                .query_one("SELECT coalesce(max(global_position), 0) FROM events", &[])
-                .await?
-                .get::<_, i64>(0) as u64
+            let stmt = client.prepare_cached(HEAD).await?;
+            let rows = in_scope(&client, Scope::Platform, client.query(&stmt, &[])).await?;
+            head_of(&rows)
         };
         let (head_tx, head_rx) = watch::channel(head);
         let queue_capacity = options.append_queue.max(1);
@@ -413,26 +420,33 @@ impl Postgres {
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = match tenant {
+            // The projections' reader: every tenant's events, through the platform role.
             None => {
                 let stmt = client
                     .prepare_cached(&format!(
                         "{SELECT} WHERE global_position >= $1 ORDER BY global_position LIMIT $2"
                     ))
                     .await?;
-                client.query(&stmt, &[&from, &limit]).await?
+                in_scope(
+                    &client,
+                    Scope::Platform,
+                    client.query(&stmt, &[&from, &limit]),
+                )
+                .await?
             }
             Some(t) => {
-                let mut client = client;
-                let tx = tenant_scope(&mut client, t).await?;
-                let stmt = tx
+                let stmt = client
                     .prepare_cached(&format!(
                         "{SELECT} WHERE tenant_id = $1 AND global_position >= $2 \
                          ORDER BY global_position LIMIT $3"
                     ))
                     .await?;
-                let rows = tx.query(&stmt, &[t.as_uuid(), &from, &limit]).await?;
-                tx.commit().await?;
-                rows
+                in_scope(
+                    &client,
+                    Scope::Tenant(t),
+                    client.query(&stmt, &[t.as_uuid(), &from, &limit]),
+                )
+                .await?
             }
         };
         rows.iter().map(envelope).collect()
@@ -445,59 +459,61 @@ impl Postgres {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<Envelope>> {
-        let mut client = self.pool.get().await?;
-        let tx = tenant_scope(&mut client, tenant).await?;
-        let stmt = tx
+        let client = self.pool.get().await?;
+        let stmt = client
             .prepare_cached(&format!(
                 "{SELECT} WHERE tenant_id = $1 AND stream_id = $2 AND stream_version >= $3 \
                  ORDER BY stream_version LIMIT $4"
             ))
             .await?;
-        let rows = tx
-            .query(
-                &stmt,
-                &[
-                    tenant.as_uuid(),
-                    &stream,
-                    &i64::try_from(from_version).unwrap_or(i64::MAX),
-                    &i64::try_from(limit).unwrap_or(i64::MAX),
-                ],
-            )
-            .await?;
-        tx.commit().await?;
+        let from = i64::try_from(from_version).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = in_scope(
+            &client,
+            Scope::Tenant(tenant),
+            client.query(&stmt, &[tenant.as_uuid(), &stream, &from, &limit]),
+        )
+        .await?;
         rows.iter().map(envelope).collect()
     }
 
     pub(crate) async fn stream_version(&self, tenant: TenantId, stream: &str) -> Result<u64> {
         let client = self.pool.get().await?;
         // Prepared once per connection: the check a refusal makes before it answers is then one
-        // round trip on the primary key.
+        // round trip on the primary key (the tenant scope rides in the same pipeline).
         let stmt = client
             .prepare_cached("SELECT version FROM streams WHERE tenant_id = $1 AND stream_id = $2")
             .await?;
-        let row = client
-            .query_opt(&stmt, &[tenant.as_uuid(), &stream])
-            .await?;
-        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+        let rows = in_scope(
+            &client,
+            Scope::Tenant(tenant),
+            client.query(&stmt, &[tenant.as_uuid(), &stream]),
+        )
+        .await?;
+        Ok(head_of(&rows))
     }
 
     pub(crate) async fn head(&self) -> Result<u64> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_one("SELECT coalesce(max(global_position), 0) FROM events", &[])
-            .await?;
-        Ok(row.get::<_, i64>(0) as u64)
+        let stmt = client.prepare_cached(HEAD).await?;
+        let rows = in_scope(&client, Scope::Platform, client.query(&stmt, &[])).await?;
+        Ok(head_of(&rows))
     }
 
     pub(crate) async fn put_blob(&self, tenant: TenantId, id: &str, bytes: Vec<u8>) -> Result<()> {
         let client = self.pool.get().await?;
-        client
-            .execute(
+        let stmt = client
+            .prepare_cached(
                 "INSERT INTO blobs (tenant_id, blob_id, data) VALUES ($1, $2, $3) \
                  ON CONFLICT (tenant_id, blob_id) DO UPDATE SET data = excluded.data",
-                &[tenant.as_uuid(), &id, &bytes],
             )
             .await?;
+        in_scope(
+            &client,
+            Scope::Tenant(tenant),
+            client.execute(&stmt, &[tenant.as_uuid(), &id, &bytes]),
+        )
+        .await?;
         Ok(())
     }
 
@@ -507,47 +523,53 @@ impl Postgres {
         id: &str,
         bytes: Vec<u8>,
     ) -> Result<Vec<u8>> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO blobs (tenant_id, blob_id, data) VALUES ($1, $2, $3) \
-                 ON CONFLICT (tenant_id, blob_id) DO NOTHING",
-                &[tenant.as_uuid(), &id, &bytes],
-            )
-            .await?;
-        let row = client
+        let mut client = self.pool.get().await?;
+        let tx = tenant_scope(&mut client, tenant).await?;
+        tx.execute(
+            "INSERT INTO blobs (tenant_id, blob_id, data) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, blob_id) DO NOTHING",
+            &[tenant.as_uuid(), &id, &bytes],
+        )
+        .await?;
+        let row = tx
             .query_one(
                 "SELECT data FROM blobs WHERE tenant_id = $1 AND blob_id = $2",
                 &[tenant.as_uuid(), &id],
             )
             .await?;
+        tx.commit().await?;
         Ok(row.get(0))
     }
 
     pub(crate) async fn get_blob(&self, tenant: TenantId, id: &str) -> Result<Option<Vec<u8>>> {
-        let mut client = self.pool.get().await?;
-        let tx = tenant_scope(&mut client, tenant).await?;
-        let row = tx
-            .query_opt(
-                "SELECT data FROM blobs WHERE tenant_id = $1 AND blob_id = $2",
-                &[tenant.as_uuid(), &id],
-            )
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT data FROM blobs WHERE tenant_id = $1 AND blob_id = $2")
             .await?;
-        tx.commit().await?;
-        Ok(row.map(|r| r.get(0)))
+        let rows = in_scope(
+            &client,
+            Scope::Tenant(tenant),
+            client.query(&stmt, &[tenant.as_uuid(), &id]),
+        )
+        .await?;
+        Ok(rows.first().map(|r| r.get(0)))
     }
 
     pub(crate) async fn delete_blob(&self, tenant: TenantId, id: &str) -> Result<()> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                "DELETE FROM blobs WHERE tenant_id = $1 AND blob_id = $2",
-                &[tenant.as_uuid(), &id],
-            )
+        let stmt = client
+            .prepare_cached("DELETE FROM blobs WHERE tenant_id = $1 AND blob_id = $2")
             .await?;
+        in_scope(
+            &client,
+            Scope::Tenant(tenant),
+            client.execute(&stmt, &[tenant.as_uuid(), &id]),
+        )
+        .await?;
         Ok(())
     }
 
+    /// Events by position, whoever's they are: the projections' look-ups (platform role).
     pub(crate) async fn read_positions(&self, positions: Vec<u64>) -> Result<Vec<Envelope>> {
         let client = self.pool.get().await?;
         let stmt = client
@@ -556,7 +578,7 @@ impl Postgres {
             ))
             .await?;
         let positions: Vec<i64> = positions.into_iter().map(|p| p as i64).collect();
-        let rows = client.query(&stmt, &[&positions]).await?;
+        let rows = in_scope(&client, Scope::Platform, client.query(&stmt, &[&positions])).await?;
         rows.iter().map(envelope).collect()
     }
 
@@ -571,7 +593,7 @@ impl Postgres {
                 request_hash,
                 owner,
             } => {
-                let tx = client.transaction().await?;
+                let tx = tenant_scope(&mut client, tenant).await?;
                 // Lock the key (or its absence) for the decision, across instances.
                 tx.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended($1::text || $2, 0))",
@@ -621,7 +643,8 @@ impl Postgres {
                 owner,
                 response,
             } => {
-                let n = client
+                let tx = tenant_scope(&mut client, tenant).await?;
+                let n = tx
                     .execute(
                         "UPDATE idempotency SET completed = true, status = $3, content_type = $4, \
                          body = $5 WHERE tenant_id = $1 AND key = $2 AND owner = $6 \
@@ -636,25 +659,31 @@ impl Postgres {
                         ],
                     )
                     .await?;
+                tx.commit().await?;
                 Ok(OpResult::Owned(n == 1))
             }
             Op::Abandon { tenant, key, owner } => {
-                let n = client
+                let tx = tenant_scope(&mut client, tenant).await?;
+                let n = tx
                     .execute(
                         "DELETE FROM idempotency WHERE tenant_id = $1 AND key = $2 AND owner = $3 \
                          AND NOT completed",
                         &[tenant.as_uuid(), &key, &owner],
                     )
                     .await?;
+                tx.commit().await?;
                 Ok(OpResult::Owned(n == 1))
             }
             Op::Purge { before_micros } => {
-                let n = client
+                // Every tenant's expired records, by age alone (platform role).
+                let tx = platform_scope(&mut client).await?;
+                let n = tx
                     .execute(
                         "DELETE FROM idempotency WHERE created_at < $1",
                         &[&before_micros],
                     )
                     .await?;
+                tx.commit().await?;
                 Ok(OpResult::Purged(n))
             }
         }
@@ -662,34 +691,49 @@ impl Postgres {
 
     pub(crate) async fn save_snapshot(&self, s: Snapshot) -> Result<()> {
         let client = self.pool.get().await?;
-        client
-            .execute(
+        let stmt = client
+            .prepare_cached(
                 "INSERT INTO snapshots (tenant_id, stream_id, kind, version, state) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, stream_id, kind) \
                  DO UPDATE SET version = excluded.version, state = excluded.state \
                  WHERE excluded.version >= snapshots.version",
+            )
+            .await?;
+        let version = s.version as i64;
+        in_scope(
+            &client,
+            Scope::Tenant(s.tenant_id),
+            client.execute(
+                &stmt,
                 &[
                     s.tenant_id.as_uuid(),
                     &s.stream_id,
                     &s.kind,
-                    &(s.version as i64),
+                    &version,
                     &s.state,
                 ],
-            )
-            .await?;
+            ),
+        )
+        .await?;
         Ok(())
     }
 
     pub(crate) async fn save_projection(&self, p: crate::ProjectionState) -> Result<()> {
         let client = self.pool.get().await?;
-        client
-            .execute(
+        let stmt = client
+            .prepare_cached(
                 "INSERT INTO projection_state (name, position, state, saved_at) \
                  VALUES ($1, $2, $3, now()) ON CONFLICT (name) DO UPDATE SET \
                  position = excluded.position, state = excluded.state, saved_at = now()",
-                &[&p.name, &(p.position as i64), &p.state],
             )
             .await?;
+        let position = p.position as i64;
+        in_scope(
+            &client,
+            Scope::Platform,
+            client.execute(&stmt, &[&p.name, &position, &p.state]),
+        )
+        .await?;
         Ok(())
     }
 
@@ -698,13 +742,11 @@ impl Postgres {
         name: &str,
     ) -> Result<Option<crate::ProjectionState>> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT position, state FROM projection_state WHERE name = $1",
-                &[&name],
-            )
+        let stmt = client
+            .prepare_cached("SELECT position, state FROM projection_state WHERE name = $1")
             .await?;
-        Ok(row.map(|r| crate::ProjectionState {
+        let rows = in_scope(&client, Scope::Platform, client.query(&stmt, &[&name])).await?;
+        Ok(rows.first().map(|r| crate::ProjectionState {
             name: name.to_owned(),
             position: r.get::<_, i64>(0) as u64,
             state: r.get(1),
@@ -713,9 +755,10 @@ impl Postgres {
 
     pub(crate) async fn delete_projection(&self, name: &str) -> Result<()> {
         let client = self.pool.get().await?;
-        client
-            .execute("DELETE FROM projection_state WHERE name = $1", &[&name])
+        let stmt = client
+            .prepare_cached("DELETE FROM projection_state WHERE name = $1")
             .await?;
+        in_scope(&client, Scope::Platform, client.execute(&stmt, &[&name])).await?;
         Ok(())
     }
 
@@ -726,14 +769,19 @@ impl Postgres {
         kind: &str,
     ) -> Result<Option<Snapshot>> {
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
+        let stmt = client
+            .prepare_cached(
                 "SELECT version, state FROM snapshots \
                  WHERE tenant_id = $1 AND stream_id = $2 AND kind = $3",
-                &[tenant.as_uuid(), &stream, &kind],
             )
             .await?;
-        Ok(row.map(|r| Snapshot {
+        let rows = in_scope(
+            &client,
+            Scope::Tenant(tenant),
+            client.query(&stmt, &[tenant.as_uuid(), &stream, &kind]),
+        )
+        .await?;
+        Ok(rows.first().map(|r| Snapshot {
             tenant_id: tenant,
             stream_id: stream.to_owned(),
             kind: kind.to_owned(),
@@ -775,12 +823,59 @@ async fn tenant_scope(
 ) -> Result<deadpool_postgres::Transaction<'_>> {
     let tx = client.transaction().await?;
     let role = tx.prepare_cached("SET LOCAL ROLE tenantry_tenant");
-    let scope = tx.prepare_cached("SELECT set_config('tenantry.tenant_id', $1, true)");
+    let scope = tx.prepare_cached(BIND_TENANT);
     let (role, scope) = tokio::try_join!(role, scope)?;
     let tenant = tenant.to_string();
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&tenant];
     tokio::try_join!(tx.execute(&role, &[]), tx.execute(&scope, &params))?;
     Ok(tx)
+}
+
+/// A transaction that acts as `tenantry_platform`: the platform's cross-tenant work.
+async fn platform_scope(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL ROLE tenantry_platform").await?;
+    Ok(tx)
+}
+
+/// Run one statement (`work`, not yet polled, one request: a prepared statement) in a transaction that acts as `scope`, as one
+/// pipeline and one round trip: BEGIN with SET LOCAL ROLE, the tenant binding, the statement,
+/// COMMIT. A failed statement turns the COMMIT into a ROLLBACK, so no transaction stays open.
+async fn in_scope<T>(
+    client: &deadpool_postgres::Object,
+    scope: Scope,
+    work: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    let bind = client.prepare_cached(BIND_TENANT).await?;
+    let (begin, tenant) = match scope {
+        Scope::Tenant(t) => ("BEGIN; SET LOCAL ROLE tenantry_tenant", Some(t.to_string())),
+        Scope::Platform => ("BEGIN; SET LOCAL ROLE tenantry_platform", None),
+    };
+    let bind_q = async {
+        match &tenant {
+            Some(t) => client.execute(&bind, &[t]).await.map(|_| ()),
+            None => Ok(()),
+        }
+    };
+    let (begun, bound, done, committed) = join4(
+        client.batch_execute(begin),
+        bind_q,
+        work,
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    // The first error in pipeline order is the cause; those after it only echo it (25P02).
+    begun?;
+    bound?;
+    let done = done?;
+    committed?;
+    Ok(done)
+}
+
+fn head_of(rows: &[Row]) -> u64 {
+    rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64)
 }
 
 const SELECT: &str = "SELECT global_position, tenant_id, stream_id, stream_version, event_id, \
@@ -806,8 +901,16 @@ fn envelope(r: &Row) -> Result<Envelope> {
     })
 }
 
-async fn migrate(pool: &Pool) -> Result<()> {
-    let mut client = pool.get().await?;
+async fn migrate(config: &tokio_postgres::Config, tls: &MakeRustlsConnect) -> Result<()> {
+    let (mut client, connection) = config.connect(tls.clone()).await?;
+    let driver = tokio::spawn(connection);
+    let migrated = migrate_on(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    migrated
+}
+
+async fn migrate_on(client: &mut tokio_postgres::Client) -> Result<()> {
     let tx = client.transaction().await?;
     // Migrations may wait for another instance's, and may take long: no time limits here.
     tx.batch_execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
@@ -1234,7 +1337,7 @@ async fn run_group(
     let fresh = WriterCache::default();
     let basis = if read_everything { &fresh } else { &*cache };
     let (begun, locked, loaded) = join3(
-        client.batch_execute("BEGIN"),
+        client.batch_execute(WRITER_BEGIN),
         client.execute(&s.lock, &[&WRITE_LOCK]),
         load(client, &s, basis, requests, read_everything),
     )
@@ -1332,7 +1435,7 @@ async fn write_rows(
     // error makes the server fail the rest at once), and the first error in order is the cause.
     let begin_q = async {
         if begin {
-            client.batch_execute("BEGIN").await?;
+            client.batch_execute(WRITER_BEGIN).await?;
         }
         Ok(())
     };
@@ -1443,9 +1546,27 @@ async fn write_rows(
     }
 }
 
+/// A group commit's transaction acts as the writer's role: the one path that appends to the log
+/// and moves stream versions for every tenant (docs/adr/017).
+const WRITER_BEGIN: &str = "BEGIN; SET LOCAL ROLE tenantry_writer";
+
 /// Above this many rows a group is written with binary COPY, which PostgreSQL ingests faster
 /// than an INSERT of unnested arrays; below it the INSERT saves a round trip.
 const COPY_THRESHOLD: usize = 256;
+
+/// PostgreSQL refuses `COPY FROM` into a table whose row-level security applies (forced on
+/// `events`, docs/adr/017), so a large group is copied into a temporary table of the writer's
+/// session (emptied at commit; gone with a rollback that created it) and moved into the log
+/// with one `INSERT … SELECT`, which the policies and triggers see like any insert.
+const COPY_STAGING: &str = "SET LOCAL client_min_messages = warning; \
+    CREATE TEMP TABLE IF NOT EXISTS tenantry_copy (global_position bigint, tenant_id uuid, \
+    stream_id text, stream_version bigint, event_id uuid, event_type text, \
+    schema_version integer, recorded_at timestamptz, actor text, correlation_id uuid, \
+    causation_id uuid, trace_id text, payload text, occurred_at timestamptz) \
+    ON COMMIT DELETE ROWS";
+const COPY_COLUMNS: &str = "global_position, tenant_id, stream_id, stream_version, event_id, \
+    event_type, schema_version, recorded_at, actor, correlation_id, causation_id, trace_id, \
+    payload, occurred_at";
 
 async fn copy_events(
     client: &deadpool_postgres::Object,
@@ -1453,13 +1574,14 @@ async fn copy_events(
 ) -> std::result::Result<u64, tokio_postgres::Error> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
-    let sink = client
-        .copy_in(
-            "COPY events (global_position, tenant_id, stream_id, stream_version, event_id, \
-             event_type, schema_version, recorded_at, actor, correlation_id, causation_id, \
-             trace_id, payload, occurred_at) FROM STDIN BINARY",
-        )
-        .await?;
+    let copy = format!("COPY tenantry_copy ({COPY_COLUMNS}) FROM STDIN BINARY");
+    let (staged, sink) = join(
+        client.batch_execute(COPY_STAGING),
+        client.copy_in(copy.as_str()),
+    )
+    .await;
+    staged?;
+    let sink = sink?;
     let writer = BinaryCopyInWriter::new(
         sink,
         &[
@@ -1501,7 +1623,13 @@ async fn copy_events(
             ])
             .await?;
     }
-    writer.finish().await
+    let n = writer.finish().await?;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO events ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM tenantry_copy"
+        ))
+        .await?;
+    Ok(n)
 }
 
 fn stored_id(r: &Row) -> StoredId {
