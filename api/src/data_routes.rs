@@ -36,6 +36,9 @@ use uuid::Uuid;
 /// The largest file one export may write (it is written to a temporary file as the rows are
 /// read, then kept as a blob): the bound on an export's temporary storage.
 const EXPORT_MAX_BYTES: u64 = 1 << 30;
+/// On PostgreSQL a blob is one `bytea`, sent in one protocol message: both are capped just under
+/// 1 GiB by the server, so exports stop well below.
+const EXPORT_MAX_BYTES_POSTGRES: u64 = 512 << 20;
 
 /// The most memory an export may hold at once (counted as `sandbox::row_memory` counts it): one
 /// row of a streamed export, or the whole redacted copy a query under column rules runs over.
@@ -816,12 +819,17 @@ async fn create_export_once(
     let export_id = Uuid::now_v7();
     let format = Format::from(dto.format);
     let key = state.pii_key(tenant);
+    let max_bytes = if state.store.backend_name() == "postgres" {
+        EXPORT_MAX_BYTES_POSTGRES
+    } else {
+        EXPORT_MAX_BYTES
+    };
     let too_large = || {
         (
             Problem::validation(vec![(
                 "sql".into(),
                 format!(
-                    "the export would exceed {} rows, {EXPORT_MAX_BYTES} bytes, or \
+                    "the export would exceed {} rows, {max_bytes} bytes, or \
                      {EXPORT_MAX_MEMORY} bytes of memory",
                     state.settings.export_max_rows
                 ),
@@ -866,7 +874,7 @@ async fn create_export_once(
                     format,
                     rules: &rules,
                     key: &key,
-                    max_bytes: EXPORT_MAX_BYTES,
+                    max_bytes,
                 },
             )
         })
@@ -941,10 +949,19 @@ async fn create_export_once(
     let metered = match metered {
         Ok(m) if m.admitted => m,
         refused => {
-            let _ = state
-                .store
-                .delete_blob(tenant, &export_blob_id(export_id))
-                .await;
+            // Only a definite refusal drops the file: after a 5xx the unit and its
+            // `export.completed` may have been stored (an outcome the store could not tell), and
+            // a charged export must keep its download.
+            let definite = match &refused {
+                Ok(_) => true,
+                Err(p) => !p.status_code().is_server_error(),
+            };
+            if definite {
+                let _ = state
+                    .store
+                    .delete_blob(tenant, &export_blob_id(export_id))
+                    .await;
+            }
             return Err(match refused {
                 Ok(m) => m.blocked_problem(&state.settings.public_url),
                 Err(p) => p,

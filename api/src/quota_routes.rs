@@ -398,7 +398,11 @@ mod refusals {
                 .await
             {
                 Ok(_) => return,
-                Err(commands::ExecuteError::Store(e)) if e.is_transient() && attempt < 2 => {
+                // Not after an unknown outcome: the executor has already repeated that append
+                // with the same ids, and deciding again would count the attempts twice.
+                Err(commands::ExecuteError::Store(e))
+                    if e.is_transient() && !e.is_outcome_unknown() && attempt < 2 =>
+                {
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
                 Err(e) => {

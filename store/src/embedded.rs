@@ -218,15 +218,11 @@ impl Embedded {
         let path = self.blob_path(tenant, id)?;
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let dir = path.parent().expect("blob paths have a folder");
-            std::fs::create_dir_all(dir)?;
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()?;
-            Ok::<_, std::io::Error>(())
+            write_blob_file(&path, |tmp| {
+                let mut f = std::fs::File::create(tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()
+            })
         })
         .await
         .map_err(StoreError::backend)?
@@ -1050,6 +1046,24 @@ fn insert_rows(tx: &rusqlite::Transaction<'_>, rows: &[Envelope]) -> Result<()> 
         stmt.raw_execute()?;
     }
     Ok(())
+}
+
+/// Write a blob durably at `path`: `fill` writes a temporary file of a unique name beside it
+/// (fsynced), which is renamed into place, then the folder is fsynced. On any failure the
+/// temporary file is removed: a failed write on a full disk must not keep the disk full.
+pub(crate) fn write_blob_file(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let dir = path.parent().expect("blob paths have a folder");
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp-{}", Uuid::new_v4().simple()));
+    let written = fill(&tmp).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Reader connections, reused across reads.

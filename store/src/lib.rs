@@ -368,13 +368,10 @@ impl Store {
                 let to = b.blob_path(tenant, id)?;
                 let from = path.to_owned();
                 tokio::task::spawn_blocking(move || {
-                    let dir = to.parent().expect("blob paths have a folder");
-                    std::fs::create_dir_all(dir)?;
-                    let tmp = to.with_extension("tmp");
-                    std::fs::copy(&from, &tmp)?;
-                    std::fs::File::open(&tmp)?.sync_all()?;
-                    std::fs::rename(&tmp, &to)?;
-                    std::fs::File::open(dir)?.sync_all()
+                    embedded::write_blob_file(&to, |tmp| {
+                        std::fs::copy(&from, tmp)?;
+                        std::fs::File::open(tmp)?.sync_all()
+                    })
                 })
                 .await
                 .map_err(StoreError::backend)?

@@ -248,6 +248,31 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ALTER TABLE idempotency FORCE ROW LEVEL SECURITY;
     ALTER TABLE blobs FORCE ROW LEVEL SECURITY;",
     ),
+    (
+        8,
+        // PostgreSQL 16 and later: a non-superuser login that created the roles holds them with
+        // ADMIN OPTION only, not SET, so it could not act as them (migration 7's MEMBER check
+        // passes on such a grant). Grant SET where it is missing. And the writer stages large
+        // groups in a temporary table: it needs TEMPORARY on the database even where PUBLIC
+        // lost it (granted when the login may; otherwise an operator step, runbook).
+        "DO $$
+    DECLARE
+        r text;
+    BEGIN
+        IF current_setting('server_version_num')::int >= 160000 THEN
+            FOREACH r IN ARRAY ARRAY['tenantry_tenant', 'tenantry_writer', 'tenantry_platform'] LOOP
+                IF NOT pg_has_role(current_user, r, 'SET') THEN
+                    EXECUTE format('GRANT %I TO %I WITH SET TRUE', r, current_user);
+                END IF;
+            END LOOP;
+        END IF;
+    END $$;
+    DO $$ BEGIN
+        EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO tenantry_writer', current_database());
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'tenantry_writer needs TEMPORARY on this database (see the runbook)';
+    END $$;",
+    ),
 ];
 
 /// The roles the service acts as (migration 7, docs/adr/017). Every connection of the pool

@@ -815,3 +815,32 @@ async fn a_full_disk_fails_appends_cleanly_and_keeps_every_acknowledged_write() 
     );
     reopened.close().await;
 }
+
+/// A blob that does not fit fails cleanly and leaves no partial file behind: a failed export on a
+/// nearly full disk must not keep the disk full (and the event store down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_that_does_not_fit_leaves_no_partial_file() {
+    let disk = SmallDisk::mount("4m");
+    let data = disk.path().join("store");
+    let store = Store::open_with(&Location::Embedded(data.clone()), &quick())
+        .await
+        .expect("open");
+    let t = tenant();
+    let big = vec![7u8; 6 * 1024 * 1024];
+    assert!(store.put_blob(t, "too-big", big.clone()).await.is_err());
+    let source = tempfile::NamedTempFile::new().expect("source");
+    std::fs::write(source.path(), &big).expect("write source");
+    assert!(
+        store
+            .put_blob_file(t, "too-big-file", source.path())
+            .await
+            .is_err()
+    );
+    let left: Vec<_> = std::fs::read_dir(data.join("blobs").join(t.to_string()))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "partial files left: {left:?}");
+    // The room is there again: a small blob fits.
+    store.put_blob(t, "small", vec![1; 1024]).await.unwrap();
+    store.close().await;
+}
