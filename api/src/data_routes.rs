@@ -910,11 +910,25 @@ async fn create_export_once(
         }
     };
     // Keep the file first: a unit is charged only for an export that can be delivered.
-    state
+    if let Err(e) = state
         .store
         .put_blob_file(tenant, &export_blob_id(export_id), file.path())
         .await
-        .map_err(Problem::from)?;
+    {
+        // Our fault, so free (ADR 015), but a fact like every failure.
+        tracing::error!(error = %e, "export file not stored");
+        let failed = DataFact::ExportFailed(ExportFailed {
+            export_id,
+            dataset_id: view.dataset.dataset_id,
+            sql_sha256: dto.sql.as_deref().map(sql_digest),
+            format: format.extension().into(),
+            preset_id,
+            preset_version,
+            error_class: FailureClass::Internal,
+        });
+        let problem = Problem::from(e);
+        return Err(settle_failure(&state, tenant, Meter::Exports, failed, meta, problem).await);
+    }
     drop(file);
     let fact = ExportCompleted {
         export_id,
