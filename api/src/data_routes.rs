@@ -892,18 +892,22 @@ async fn create_export_once(
     }
     .await;
     // The temporary file is removed when `file` is dropped: on every path out of here.
+    // A failed export is a fact, charged or not by its class (ADR 015).
+    let failed = |preset_id: String, error_class: FailureClass| {
+        DataFact::ExportFailed(ExportFailed {
+            export_id,
+            dataset_id: view.dataset.dataset_id,
+            sql_sha256: dto.sql.as_deref().map(sql_digest),
+            format: format.extension().into(),
+            preset_id,
+            preset_version,
+            error_class,
+        })
+    };
     let (file, exported) = match built {
         Ok(written) => written,
         Err((problem, class)) => {
-            let failed = DataFact::ExportFailed(ExportFailed {
-                export_id,
-                dataset_id: view.dataset.dataset_id,
-                sql_sha256: dto.sql.as_deref().map(sql_digest),
-                format: format.extension().into(),
-                preset_id,
-                preset_version,
-                error_class: class,
-            });
+            let failed = failed(preset_id, class);
             return Err(
                 settle_failure(&state, tenant, Meter::Exports, failed, meta, problem).await,
             );
@@ -917,15 +921,7 @@ async fn create_export_once(
     {
         // Our fault, so free (ADR 015), but a fact like every failure.
         tracing::error!(error = %e, "export file not stored");
-        let failed = DataFact::ExportFailed(ExportFailed {
-            export_id,
-            dataset_id: view.dataset.dataset_id,
-            sql_sha256: dto.sql.as_deref().map(sql_digest),
-            format: format.extension().into(),
-            preset_id,
-            preset_version,
-            error_class: FailureClass::Internal,
-        });
+        let failed = failed(preset_id, FailureClass::Internal);
         let problem = Problem::from(e);
         return Err(settle_failure(&state, tenant, Meter::Exports, failed, meta, problem).await);
     }

@@ -380,19 +380,19 @@ where
         .unwrap_or_else(|| format!("addr:{}", client_address(state, req)));
     let key = format!("{} {caller} {key}", req.method());
     let aad = format!("{scope} {key}");
-    // The request as the handler reads it: path, query, the body and how it is to be read.
-    let mut fingerprint = Vec::with_capacity(body.len() + 128);
-    fingerprint.extend_from_slice(req.path().as_bytes());
-    fingerprint.push(b'?');
-    fingerprint.extend_from_slice(req.query_string().as_bytes());
-    fingerprint.push(b'\n');
+    // The request as the handler reads it: path, query, the body and how it is to be read,
+    // hashed as it is read (an upload's body is not copied for it).
+    let mut parts: Vec<&[u8]> = vec![
+        req.path().as_bytes(),
+        b"?",
+        req.query_string().as_bytes(),
+        b"\n",
+    ];
     for value in req.headers().get_all(header::CONTENT_TYPE) {
-        fingerprint.extend_from_slice(value.as_bytes());
-        fingerprint.push(b'\n');
+        parts.extend([value.as_bytes(), b"\n"]);
     }
-    fingerprint.push(b'\n');
-    fingerprint.extend_from_slice(body);
-    let hash = crate::tokens::sha256_hex(&fingerprint);
+    parts.extend([b"\n".as_slice(), body]);
+    let hash = crate::tokens::sha256_hex_of(parts);
     let owner = Uuid::new_v4();
     match state
         .store

@@ -299,23 +299,14 @@ mod refusals {
         now: OffsetDateTime,
         position: Option<u64>,
     ) {
-        let key = (tenant, meter, quota::minute_of(now));
-        let fresh = {
-            let mut pending = PENDING.lock().expect("refusals lock");
-            let fresh = !pending.contains_key(&key);
-            let entry = pending.entry(key).or_insert(Pending {
-                attempts: 0,
-                units: 0,
-                last_at: now,
-                limits: None,
-                first: None,
-            });
-            entry.first = entry.first.or(position);
-            fresh
-        };
-        if fresh {
-            schedule(state, key);
-        }
+        note(
+            state,
+            (tenant, meter, quota::minute_of(now)),
+            now,
+            |entry| {
+                entry.first = entry.first.or(position);
+            },
+        );
     }
 
     /// A refusal that the aggregate did not write: count it for its minute's event.
@@ -325,21 +316,36 @@ mod refusals {
         record: &Record,
         now: OffsetDateTime,
     ) {
-        let key = (tenant, record.meter, quota::minute_of(now));
+        note(
+            state,
+            (tenant, record.meter, quota::minute_of(now)),
+            now,
+            |entry| {
+                entry.attempts += 1;
+                entry.units += record.units;
+                entry.last_at = entry.last_at.max(now);
+                entry.limits = Some(record.limits);
+            },
+        );
+    }
+
+    /// Update the minute's entry; the first note of a minute schedules its write.
+    fn note(
+        state: &web::Data<AppState>,
+        key: Key,
+        now: OffsetDateTime,
+        update: impl FnOnce(&mut Pending),
+    ) {
         let fresh = {
             let mut pending = PENDING.lock().expect("refusals lock");
             let fresh = !pending.contains_key(&key);
-            let entry = pending.entry(key).or_insert(Pending {
+            update(pending.entry(key).or_insert(Pending {
                 attempts: 0,
                 units: 0,
                 last_at: now,
                 limits: None,
                 first: None,
-            });
-            entry.attempts += 1;
-            entry.units += record.units;
-            entry.last_at = entry.last_at.max(now);
-            entry.limits = Some(record.limits);
+            }));
             fresh
         };
         if fresh {

@@ -12,7 +12,16 @@ pub fn generate() -> String {
 
 /// Lower-case hex SHA-256 of `text`.
 pub fn sha256_hex(text: &[u8]) -> String {
-    let digest = Sha256::digest(text);
+    sha256_hex_of([text])
+}
+
+/// The SHA-256 of the parts one after the other, in lower-case hex, without joining them first.
+pub fn sha256_hex_of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update(part);
+    }
+    let digest = h.finalize();
     let mut out = String::with_capacity(64);
     for byte in digest.iter() {
         out.push_str(&format!("{byte:02x}"));

@@ -160,10 +160,8 @@ fn bench_store_prints_one_json_report() {
     );
 }
 
-#[test]
-fn serve_answers_healthz_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// `tenantry serve` on an embedded store in `data`, on a free port; the child and its address.
+fn serve(data: &Path) -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
         .args([
             "serve",
@@ -177,16 +175,27 @@ fn serve_answers_healthz_and_stops_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
     let mut line = String::new();
-    while stderr.read_line(&mut line).unwrap() > 0 {
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            addr = Some(rest.split_whitespace().next().unwrap().to_owned());
-            break;
-        }
+    let addr = loop {
         line.clear();
-    }
-    let addr = addr.expect("the server says where it listens");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the server stopped before saying where it listens"
+        );
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep reading what the server says, so that its writes never meet a closed or full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, addr)
+}
+
+#[test]
+fn serve_answers_healthz_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = serve(&data);
     let mut conn = TcpStream::connect(&addr).unwrap();
     write!(
         conn,
@@ -518,30 +527,7 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -
 fn a_graceful_stop_writes_the_refused_attempts_counted_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data.to_str().unwrap(),
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the server stopped"
-        );
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (mut child, addr) = serve(&data);
     let (status, body) = http(
         &addr,
         "POST",

@@ -349,23 +349,28 @@ impl Core {
                 metadata: batch[0].metadata.clone(),
             };
             match self.append_resolving(request).await {
-                Ok(appended)
-                    if appended.replayed || appended.stream_version != hot.version + count =>
-                {
-                    // The store answered with an earlier attempt's write (the same event ids,
-                    // stored before): what was decided here on this cache is not what the
-                    // stream holds. Read the stream back rather than trust the decided state.
-                    if let Err(e) = self.catch_up(tenant, stream, hot).await {
+                Ok(appended) => {
+                    // The stream version this batch's first event got.
+                    let first = appended.stream_version + 1 - count;
+                    // A replay (the same event ids, stored by an earlier attempt) or a write at
+                    // another version is not what was decided here on this cache: read the
+                    // stream back rather than trust the decided state.
+                    let trusted = !appended.replayed && first == hot.version + 1;
+                    if trusted {
+                        let before = hot.version;
+                        hot.state = state;
+                        hot.version = appended.stream_version;
+                        self.maybe_snapshot(tenant, stream, before, hot);
+                    } else if let Err(e) = self.catch_up(tenant, stream, hot).await {
                         let message = e.to_string();
                         return fail(batch, &|| {
                             ExecuteError::Store(StoreError::Backend(message.clone()))
                         });
                     }
-                    let first = appended.stream_version + 1 - count;
                     let mut offset = 0;
                     for (p, outcome) in batch.into_iter().zip(outcomes) {
                         let _ = p.reply.send(match outcome {
-                            Ok((events, _)) => {
+                            Ok((events, decided)) => {
                                 let n = events.len();
                                 let mine = (n > 0).then(|| Appended {
                                     positions: appended.positions[offset..offset + n].to_vec(),
@@ -373,44 +378,20 @@ impl Core {
                                     replayed: appended.replayed,
                                 });
                                 offset += n;
-                                Ok(Executed {
-                                    state: hot.state.clone(),
-                                    version: hot.version,
-                                    appended: mine,
-                                    events,
-                                })
-                            }
-                            Err(e) => Err(ExecuteError::Domain(e)),
-                        });
-                    }
-                    return;
-                }
-                Ok(appended) => {
-                    let before = hot.version;
-                    hot.state = state;
-                    hot.version = appended.stream_version;
-                    self.maybe_snapshot(tenant, stream, before, hot);
-                    let mut offset = 0;
-                    for (p, outcome) in batch.into_iter().zip(outcomes) {
-                        let _ = p.reply.send(match outcome {
-                            Ok((events, state)) => {
-                                let n = events.len();
-                                let version = before + (offset + n) as u64;
-                                let mine = (n > 0).then(|| Appended {
-                                    positions: appended.positions[offset..offset + n].to_vec(),
-                                    stream_version: version,
-                                    replayed: appended.replayed,
-                                });
-                                offset += n;
-                                Ok(Executed {
-                                    state,
-                                    version: if n > 0 {
-                                        version
-                                    } else {
-                                        before + offset as u64
-                                    },
-                                    appended: mine,
-                                    events,
+                                Ok(if trusted {
+                                    Executed {
+                                        state: decided,
+                                        version: first + offset as u64 - 1,
+                                        appended: mine,
+                                        events,
+                                    }
+                                } else {
+                                    Executed {
+                                        state: hot.state.clone(),
+                                        version: hot.version,
+                                        appended: mine,
+                                        events,
+                                    }
                                 })
                             }
                             Err(e) => Err(ExecuteError::Domain(e)),
