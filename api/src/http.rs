@@ -10,7 +10,6 @@ use domain::TenantId;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use std::time::Duration;
 use store::idempotency::Begin;
 use uuid::Uuid;
 
@@ -214,76 +213,14 @@ pub struct ReadQuery {
     pub min_position: Option<u64>,
 }
 
-/// Map an executor's error to a problem document; `domain` maps the aggregate's own errors.
-pub fn execute_problem<E: std::error::Error + 'static>(
-    e: commands::ExecuteError<E>,
-    domain: impl FnOnce(E) -> Problem,
-) -> Problem {
-    match e {
-        commands::ExecuteError::Domain(d) => domain(d),
-        commands::ExecuteError::Store(s) => s.into(),
-        commands::ExecuteError::Decode(d) => {
-            tracing::error!(error = %d, "stored event cannot be decoded");
-            Problem::internal()
-        }
-        commands::ExecuteError::TooManyConflicts { .. } => Problem::conflict(
-            "busy",
-            "the resource kept changing while we tried; retry the request",
-        ),
-    }
-}
-
 /// Wait, bounded, until the projections have applied `min_position` (read-your-writes).
 pub async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<(), Problem> {
-    let Some(position) = min_position else {
-        return Ok(());
-    };
-    if state.projections.wait_for(position, Duration::ZERO).await {
-        return Ok(());
-    }
-    // A position no one has written yet cannot be waited for: the client's error, not ours
-    // (SPEC §13). Only one the store has, but this instance has not applied, is worth a retry.
-    let head = state.store.head().await.map_err(Problem::from)?;
-    if position > head {
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            "position-not-written",
-            "No event has been written at that position",
-        )
-        .detail(format!(
-            "min_position {position} is beyond the last position written ({head})"
-        ))
-        .with("min_position", position)
-        .with("head_position", head));
-    }
-    let wait = Duration::from_millis(state.settings.read_wait_ms);
-    if state.projections.wait_for(position, wait).await {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not-caught-up",
-            "The read models have not reached that position yet",
-        )
-        .detail(format!(
-            "position {position} is not applied yet; retry shortly"
-        ))
-        .with("min_position", position)
-        .header(header::RETRY_AFTER, "1"))
-    }
+    Ok(state.app.wait_for(min_position).await?)
 }
 
-/// After a command has committed: wait, bounded, for this instance's projections to apply it, so
-/// that reads here see the change. Never an error: the change is stored whatever happens here,
-/// and turning a late projection into a 5xx would make a client retry a command that went through.
+/// After a command has committed: wait, bounded, for this instance's projections to apply it.
 pub async fn settle(state: &AppState, position: u64) {
-    let wait = Duration::from_millis(state.settings.read_wait_ms);
-    if !state.projections.wait_for(position, wait).await {
-        tracing::warn!(
-            position,
-            "projections did not reach a committed position in time"
-        );
-    }
+    state.app.settle(position).await;
 }
 
 /// The UUID namespace of event-id seeds derived from idempotency keys.

@@ -18,6 +18,6 @@ pub mod replay;
 pub mod routes;
 pub mod server;
 pub mod settings;
-pub mod shares;
 pub mod telemetry;
-pub mod tokens;
+
+pub use app::tokens;

@@ -68,12 +68,7 @@ type Requests = Family<RequestLabels, Histogram, fn() -> Histogram>;
 #[derive(Debug)]
 pub struct Metrics {
     requests: Requests,
-    pub events_appended: AtomicU64,
     pub idempotent_replays: AtomicU64,
-    pub blocked_attempts: AtomicU64,
-    pub grace_entries: AtomicU64,
-    pub upgrades: AtomicU64,
-    pub upgrades_after_block: AtomicU64,
     pub signups_limited: AtomicU64,
 }
 
@@ -85,12 +80,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             requests: Family::new_with_constructor(latency_histogram),
-            events_appended: AtomicU64::new(0),
             idempotent_replays: AtomicU64::new(0),
-            blocked_attempts: AtomicU64::new(0),
-            grace_entries: AtomicU64::new(0),
-            upgrades: AtomicU64::new(0),
-            upgrades_after_block: AtomicU64::new(0),
             signups_limited: AtomicU64::new(0),
         }
     }
@@ -108,13 +98,9 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn appended(&self, events: usize) {
-        self.events_appended
-            .fetch_add(events as u64, Ordering::Relaxed);
-    }
-
-    /// The exposition text; `lag` is each projection's distance behind the log's head.
-    pub fn render(&self, lag: &[(&str, u64)]) -> String {
+    /// The exposition text: the edge's counters and the application's (`counters`); `lag` is
+    /// each projection's distance behind the log's head.
+    pub fn render(&self, counters: &app::Counters, lag: &[(&str, u64)]) -> String {
         let mut registry = Registry::with_prefix("tenantry");
         registry.register(
             "http_request_duration_seconds",
@@ -125,7 +111,7 @@ impl Metrics {
             (
                 "events_appended",
                 "Events appended by this instance",
-                &self.events_appended,
+                &counters.events_appended,
             ),
             (
                 "idempotent_replays",
@@ -135,18 +121,18 @@ impl Metrics {
             (
                 "quota_blocked_attempts",
                 "Metered requests refused with 402",
-                &self.blocked_attempts,
+                &counters.blocked_attempts,
             ),
             (
                 "quota_grace_entries",
                 "Meters that entered their grace period",
-                &self.grace_entries,
+                &counters.grace_entries,
             ),
-            ("plan_upgrades", "Plan upgrades", &self.upgrades),
+            ("plan_upgrades", "Plan upgrades", &counters.upgrades),
             (
                 "plan_upgrades_after_block",
                 "Plan upgrades within 7 days of a blocked attempt",
-                &self.upgrades_after_block,
+                &counters.upgrades_after_block,
             ),
             (
                 "signups_rate_limited",
@@ -186,7 +172,7 @@ mod tests {
         for method in ["GET", "BREW", "PROPFIND", "X-ANYTHING"] {
             m.observe_request(method, "/v1/me", 200, 0.001);
         }
-        let text = m.render(&[("identity", 3)]);
+        let text = m.render(&app::Counters::default(), &[("identity", 3)]);
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("tenantry_http_request_duration_seconds_count"))

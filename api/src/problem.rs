@@ -208,6 +208,200 @@ impl From<store::StoreError> for Problem {
     }
 }
 
+/// The rate-limit and quota headers of a metered answer (`RateLimit-Policy`, `RateLimit`,
+/// `Tenantry-Quota-State`).
+pub fn quota_headers(m: &app::metering::Metered) -> Vec<(header::HeaderName, String)> {
+    use domain::quota::{Period, QuotaState};
+    let v = &m.view;
+    let now = m.decided_at;
+    let window = (v.resets_at - Period::of(now).start())
+        .whole_seconds()
+        .max(1);
+    let reset = (v.resets_at - now).whole_seconds().max(0);
+    let remaining = match v.state {
+        QuotaState::Blocked | QuotaState::Overage => 0,
+        QuotaState::Grace => v.grace_units_left,
+        _ => v.limit.saturating_sub(v.used),
+    };
+    vec![
+        (
+            header::HeaderName::from_static("ratelimit-policy"),
+            format!("\"{}\";q={};w={window}", v.meter, m.quota.max(v.limit)),
+        ),
+        (
+            header::HeaderName::from_static("ratelimit"),
+            format!("\"{}\";r={remaining};t={reset}", v.meter),
+        ),
+        (
+            header::HeaderName::from_static("tenantry-quota-state"),
+            serde_json::to_value(v.state)
+                .ok()
+                .and_then(|s| s.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        ),
+    ]
+}
+
+/// The 402 of a blocked unit: what happened, until when, and how to get out.
+fn quota_blocked(m: &app::metering::Metered) -> Problem {
+    let v = &m.view;
+    let rfc3339 = store::format_rfc3339_micros;
+    let mut p = Problem::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "plan-quota-exceeded",
+        "Your plan's quota is used up",
+    )
+    .detail(format!(
+        "the {} plan includes {} {} per month; {} were used and the grace period is over. Upgrade to go on now, or wait until {}.",
+        v.plan.as_str(),
+        v.limit,
+        v.meter,
+        v.used,
+        rfc3339(v.resets_at)
+    ))
+    .with("plan", v.plan.as_str())
+    .with("meter", v.meter.as_str())
+    .with("limit", v.limit)
+    .with("used", v.used)
+    .with("resets_at", rfc3339(v.resets_at))
+    .with("grace_ended_at", m.grace_ended_at.map(rfc3339))
+    .with("upgrade_url", m.upgrade_url.clone())
+    .header(header::LINK, format!("<{}>; rel=\"upgrade\"", m.upgrade_url));
+    for (name, value) in quota_headers(m) {
+        p = p.header(name, value);
+    }
+    p
+}
+
+impl From<app::Error> for Problem {
+    fn from(e: app::Error) -> Self {
+        use app::Error as E;
+        use dataplane::sandbox::QueryError;
+        use domain::dataset::DatasetError;
+        use domain::platform::PlatformError;
+        use domain::preset::PresetError;
+        use domain::tenant::TenantError;
+        let refused = |status, slug: &str, detail: String| {
+            Problem::new(status, slug, "The request was refused").detail(detail)
+        };
+        match e {
+            E::Validation(fields) => Problem::validation(fields),
+            E::NotFound(what) => Problem::not_found(what),
+            E::QuotaBlocked(m) => quota_blocked(&m),
+            E::Charged { cause, metered } => quota_headers(&metered)
+                .into_iter()
+                .fold(Problem::from(*cause), |p, (name, value)| {
+                    p.header(name, value)
+                }),
+            e @ E::TooManyConcurrent { work, limit, .. } => Problem::too_many_requests(
+                "too-many-concurrent",
+                e.to_string(),
+                std::time::Duration::from_secs(1),
+            )
+            .with("kind", work)
+            .with("limit", limit as u64),
+            E::Query(q) => {
+                let (slug, title) = match &q {
+                    QueryError::NotAllowed(_) => {
+                        ("query-not-allowed", "Only reading queries are allowed")
+                    }
+                    QueryError::Timeout(_) | QueryError::Expired(_) => {
+                        ("query-timeout", "The query ran out of time")
+                    }
+                    QueryError::Invalid(_) => ("query-invalid", "The query is invalid"),
+                    QueryError::Load(_) => return Problem::internal(),
+                };
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, slug, title).detail(q.to_string())
+            }
+            E::UnsupportedMediaType(detail) => Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            )
+            .detail(detail),
+            E::Ingest(e) => {
+                use dataplane::ingest::IngestError as I;
+                let line = match &e {
+                    I::Encoding { line } | I::Shape { line, .. } | I::Malformed { line, .. } => {
+                        Some(*line)
+                    }
+                    I::EmptyColumnName { .. }
+                    | I::DuplicateColumn { .. }
+                    | I::BadColumnName { .. }
+                    | I::TooManyColumns => Some(1),
+                    I::Empty => None,
+                };
+                let p = Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-csv",
+                    "The CSV file cannot be read",
+                )
+                .detail(e.to_string());
+                match line {
+                    Some(line) => p.with("line", line),
+                    None => p,
+                }
+            }
+            E::Tenant(d) => {
+                let (status, slug) = match &d {
+                    TenantError::AlreadySignedUp => (StatusCode::CONFLICT, "tenant-exists"),
+                    TenantError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+                    TenantError::SameName | TenantError::SamePlan(_) => {
+                        (StatusCode::CONFLICT, "no-change")
+                    }
+                    TenantError::EmailTaken(_) | TenantError::UserIdTaken => {
+                        (StatusCode::CONFLICT, "member-exists")
+                    }
+                    TenantError::OnlyOwnersAddOwners => (StatusCode::FORBIDDEN, "forbidden"),
+                    TenantError::UnknownToken => (StatusCode::NOT_FOUND, "not-found"),
+                    TenantError::AlreadyRevoked => (StatusCode::CONFLICT, "already-revoked"),
+                    TenantError::TooManyMembers { .. } => (StatusCode::CONFLICT, "seat-limit"),
+                };
+                refused(status, slug, d.to_string())
+            }
+            E::Dataset(DatasetError::NotFound) => Problem::not_found("no such dataset"),
+            E::Dataset(d) => Problem::conflict("dataset-exists", d.to_string()),
+            E::Preset(PresetError::Invalid(fields)) => Problem::validation(fields),
+            E::Preset(PresetError::NotFound) => Problem::not_found("no such preset"),
+            E::Preset(d @ PresetError::Deleted) => {
+                Problem::conflict("preset-deleted", d.to_string())
+            }
+            E::Preset(d) => Problem::conflict("preset-exists", d.to_string()),
+            E::Platform(PlatformError::AlreadyRevoked) => {
+                Problem::conflict("already-revoked", "the token is already revoked")
+            }
+            E::Platform(PlatformError::UnknownToken) => Problem::not_found("no such token"),
+            E::Usage(d) => Problem::validation(vec![("units".into(), d.to_string())]),
+            E::Store(s) => s.into(),
+            E::Decode(_) | E::Internal(_) => Problem::internal(),
+            E::Busy => Problem::conflict(
+                "busy",
+                "the resource kept changing while we tried; retry the request",
+            ),
+            E::PositionNotWritten { position, head } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "position-not-written",
+                "No event has been written at that position",
+            )
+            .detail(format!(
+                "min_position {position} is beyond the last position written ({head})"
+            ))
+            .with("min_position", position)
+            .with("head_position", head),
+            E::NotCaughtUp { position } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-caught-up",
+                "The read models have not reached that position yet",
+            )
+            .detail(format!(
+                "position {position} is not applied yet; retry shortly"
+            ))
+            .with("min_position", position)
+            .header(header::RETRY_AFTER, "1"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,7 @@ use crate::server::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use commands::ExecuteError;
-use domain::identity::IssuedToken;
-use domain::platform::{PlatformCommand, PlatformError};
-use domain::tenant::{self, NewMember, TenantCommand, TenantError, TenantName};
+use domain::tenant::{TenantError, TenantName};
 use domain::{Email, Flag, PersonName, TenantId, TenantRole, UserId};
 use projections::Principal;
 use serde::{Deserialize, Serialize};
@@ -22,21 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn tenant_problem(e: ExecuteError<TenantError>) -> Problem {
-    crate::http::execute_problem(e, |d| {
-        let (status, slug) = match &d {
-            TenantError::AlreadySignedUp => (StatusCode::CONFLICT, "tenant-exists"),
-            TenantError::NotFound => (StatusCode::NOT_FOUND, "not-found"),
-            TenantError::SameName | TenantError::SamePlan(_) => (StatusCode::CONFLICT, "no-change"),
-            TenantError::EmailTaken(_) | TenantError::UserIdTaken => {
-                (StatusCode::CONFLICT, "member-exists")
-            }
-            TenantError::OnlyOwnersAddOwners => (StatusCode::FORBIDDEN, "forbidden"),
-            TenantError::UnknownToken => (StatusCode::NOT_FOUND, "not-found"),
-            TenantError::AlreadyRevoked => (StatusCode::CONFLICT, "already-revoked"),
-            TenantError::TooManyMembers { .. } => (StatusCode::CONFLICT, "seat-limit"),
-        };
-        Problem::new(status, slug, "The request was refused").detail(d.to_string())
-    })
+    app::Error::from(e).into()
 }
 
 /// A validation error list: parse each field, collect every failure.
@@ -58,39 +42,11 @@ impl Fields {
     }
 }
 
-fn new_token(state: &AppState) -> (String, IssuedToken) {
-    let token = crate::tokens::generate();
-    let issued = IssuedToken {
-        token_id: Uuid::now_v7(),
-        token_sha256: crate::tokens::sha256_hex(token.as_bytes()),
-        expires_at: OffsetDateTime::now_utc() + time::Duration::days(state.settings.token_ttl_days),
-    };
-    (token, issued)
-}
-
 fn rfc3339(t: OffsetDateTime) -> String {
     store::format_rfc3339_micros(t)
 }
 
-/// Display text (a tenant's, a person's or a preset's name) of at most `max` characters as sent,
-/// parsed by `parse`: the schema's `maxLength` counts what is sent, so the edge does too.
-pub(crate) fn display_text<T, E: std::fmt::Display>(
-    raw: &str,
-    max: usize,
-    parse: impl FnOnce(&str) -> Result<T, E>,
-) -> Result<T, String> {
-    if raw.chars().count() > max {
-        return Err(format!("at most {max} characters"));
-    }
-    // Refused anywhere in what is sent, not only inside the trimmed text, as the schema says.
-    if raw.chars().any(|c| {
-        c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-    }) {
-        return Err("contains a control or formatting character".into());
-    }
-    parse(raw).map_err(|e| e.to_string())
-}
+pub(crate) use app::text::display_text;
 
 /// An email address as the schema describes it: ASCII, no spaces around it, then `Email::parse`.
 pub(crate) fn email_at_edge(raw: &str) -> Result<Email, String> {
@@ -194,49 +150,23 @@ pub async fn signup(state: web::Data<AppState>, req: HttpRequest, body: web::Byt
         let name = fields.check("name", display_text(&dto.name, 200, PersonName::parse));
         fields.finish()?;
         let (tenant_name, email, name) = (tenant_name.unwrap(), email.unwrap(), name.unwrap());
-        // Under an Idempotency-Key the new tenant's and owner's ids come from the key: a retry
-        // after a lost answer lands on the same stream and is refused as already signed up,
-        // instead of making a second tenant.
-        let ctx = RequestContext::of(&req);
-        let id = |what: &[u8]| {
-            ctx.event_id_seed
-                .map_or_else(Uuid::now_v7, |seed| Uuid::new_v5(&seed, what))
+        let ctx = state.ctx(RequestContext::of(&req).metadata("user:signup".into()));
+        let signup = app::identity::SignUp {
+            tenant_name,
+            email,
+            name,
+            token: None,
         };
-        let tenant_id = TenantId::from_uuid(id(b"tenant"));
-        let user_id = UserId::from_uuid(id(b"owner"));
-        let (token, issued) = new_token(&state);
-        let expires_at = issued.expires_at;
-        let done = state
-            .tenants
-            .execute(
-                tenant_id,
-                &tenant::stream_id(tenant_id),
-                &TenantCommand::SignUp {
-                    name: tenant_name,
-                    owner: NewMember {
-                        user_id,
-                        email,
-                        name,
-                        role: TenantRole::Owner,
-                        token: issued,
-                    },
-                },
-                &ctx.metadata(format!("user:{user_id}")),
-                OffsetDateTime::now_utc(),
-            )
-            .await
-            .map_err(tenant_problem)?;
-        // The token must work at once: wait until this instance's projections have it.
-        let position = state.settled(&done.appended).await;
+        let done = app::identity::sign_up(&state, &ctx, signup).await?;
         Ok(Reply::json(
             StatusCode::CREATED,
             &SignupResponse {
-                tenant_id,
-                user_id,
+                tenant_id: done.tenant_id,
+                user_id: done.user_id,
                 role: RoleName::Owner,
-                token: Some(token),
-                token_expires_at: rfc3339(expires_at),
-                global_position: position,
+                token: Some(done.token),
+                token_expires_at: rfc3339(done.expires_at),
+                global_position: done.position,
             },
         )
         .header(actix_web::http::header::LOCATION, "/v1/tenant".to_string()))
@@ -417,19 +347,8 @@ async fn rename_tenant_once(
     );
     fields.finish()?;
     let name = name.expect("validated");
-    let ctx = RequestContext::of(&req);
-    let done = state
-        .tenants
-        .execute(
-            tenant,
-            &tenant::stream_id(tenant),
-            &TenantCommand::Rename { name: name.clone() },
-            &ctx.metadata(caller.actor()),
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .map_err(tenant_problem)?;
-    let position = state.settled(&done.appended).await;
+    let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
+    let position = app::identity::rename(&state, &ctx, tenant, name.clone()).await?;
     Ok(Reply::json(
         StatusCode::OK,
         &Renamed {
@@ -496,53 +415,24 @@ pub async fn add_member(
         let Principal::Member { role: by, .. } = caller.principal else {
             return Err(Problem::forbidden("only members add members"));
         };
-        let user_id = UserId::from_uuid(Uuid::now_v7());
-        let (token, issued) = new_token(&state);
-        let expires_at = issued.expires_at;
-        let ctx = RequestContext::of(&req);
-        let done = state
-            .tenants
-            .execute(
-                tenant,
-                &tenant::stream_id(tenant),
-                &TenantCommand::AddMember {
-                    member: NewMember {
-                        user_id,
-                        email: email.clone(),
-                        name,
-                        role,
-                        token: issued,
-                    },
-                    by,
-                    seats: state
-                        .settings
-                        .plans
-                        .get(
-                            state
-                                .identity
-                                .tenant(tenant)
-                                .map_or(domain::tenant::Plan::Free, |t| {
-                                    t.plan_at(OffsetDateTime::now_utc())
-                                }),
-                        )
-                        .seats,
-                },
-                &ctx.metadata(caller.actor()),
-                OffsetDateTime::now_utc(),
-            )
-            .await
-            .map_err(tenant_problem)?;
-        let position = state.settled(&done.appended).await;
+        let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
+        let member = app::identity::AddMember {
+            email: email.clone(),
+            name,
+            role,
+            token: None,
+        };
+        let done = app::identity::add_member(&state, &ctx, tenant, by, member).await?;
         Ok(Reply::json(
             StatusCode::CREATED,
             &MemberResponse {
                 tenant_id: tenant,
-                user_id,
+                user_id: done.user_id,
                 email: email.as_str().to_owned(),
                 role: role.into(),
-                token: Some(token),
-                token_expires_at: rfc3339(expires_at),
-                global_position: position,
+                token: Some(done.token),
+                token_expires_at: rfc3339(done.expires_at),
+                global_position: done.position,
             },
         ))
     })
@@ -560,50 +450,15 @@ pub async fn revoke_current_token(
     req: HttpRequest,
     caller: Caller,
 ) -> Result<Reply, Problem> {
-    let ctx = RequestContext::of(&req);
-    let meta = ctx.metadata(caller.actor());
-    let now = OffsetDateTime::now_utc();
-    let (token_id, appended) = match caller.principal {
+    let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
+    let (owner, token_id) = match caller.principal {
         Principal::Member {
             tenant, token_id, ..
-        } => {
-            let done = state
-                .tenants
-                .execute(
-                    tenant,
-                    &tenant::stream_id(tenant),
-                    &TenantCommand::RevokeToken { token_id },
-                    &meta,
-                    now,
-                )
-                .await
-                .map_err(tenant_problem)?;
-            (token_id, done.appended)
-        }
-        Principal::Operator { token_id, .. } => {
-            let done = state
-                .platform
-                .execute(
-                    TenantId::PLATFORM,
-                    domain::platform::STREAM,
-                    &PlatformCommand::RevokeToken { token_id },
-                    &meta,
-                    now,
-                )
-                .await
-                .map_err(|e| {
-                    crate::http::execute_problem(e, |d| match d {
-                        PlatformError::AlreadyRevoked => {
-                            Problem::conflict("already-revoked", "the token is already revoked")
-                        }
-                        PlatformError::UnknownToken => Problem::not_found("no such token"),
-                    })
-                })?;
-            (token_id, done.appended)
-        }
+        } => (app::identity::TokenOwner::Member(tenant), token_id),
+        Principal::Operator { token_id, .. } => (app::identity::TokenOwner::Operator, token_id),
     };
     // From this answer on, the token must not work here.
-    let position = state.settled(&appended).await;
+    let position = app::identity::revoke_token(&state, &ctx, owner, token_id).await?;
     Ok(Reply::json(
         StatusCode::OK,
         &Revoked {
@@ -630,20 +485,7 @@ pub(crate) struct TenantFlags {
 }
 
 fn effective_flags(state: &AppState, tenant: TenantId) -> BTreeMap<String, bool> {
-    let overrides = state
-        .identity
-        .tenant(tenant)
-        .map(|t| t.flags)
-        .unwrap_or_default();
-    Flag::ALL
-        .iter()
-        .map(|f| {
-            (
-                f.as_str().to_owned(),
-                state.settings.flag_enabled(*f, &overrides),
-            )
-        })
-        .collect()
+    app::identity::effective_flags(state, tenant)
 }
 
 pub async fn my_flags(
@@ -662,12 +504,7 @@ pub async fn my_flags(
 }
 
 fn tenant_path(raw: &str, state: &AppState) -> Result<TenantId, Problem> {
-    let tenant = TenantId::from_str(raw).map_err(|_| Problem::not_found("no such tenant"))?;
-    state
-        .identity
-        .tenant(tenant)
-        .map(|_| tenant)
-        .ok_or_else(|| Problem::not_found("no such tenant"))
+    Ok(app::identity::known_tenant(state, raw)?)
 }
 
 pub async fn tenant_flags(
@@ -678,11 +515,7 @@ pub async fn tenant_flags(
 ) -> Result<Reply, Problem> {
     wait_for(&state, q.min_position).await?;
     let tenant = tenant_path(&path, &state)?;
-    let overrides: BTreeMap<String, bool> = state
-        .identity
-        .tenant(tenant)
-        .map(|t| t.flags)
-        .unwrap_or_default()
+    let overrides: BTreeMap<String, bool> = app::identity::flag_overrides(&state, tenant)
         .into_iter()
         .map(|(f, on)| (f.as_str().to_owned(), on))
         .collect();
@@ -723,22 +556,8 @@ pub async fn set_tenant_flag(
     let tenant = tenant_path(&tenant_raw, &state)?;
     let flag = Flag::from_str(&flag_raw).map_err(Problem::not_found)?;
     let dto: FlagRequest = json(&req, &body)?;
-    let ctx = RequestContext::of(&req);
-    let done = state
-        .tenants
-        .execute(
-            tenant,
-            &tenant::stream_id(tenant),
-            &TenantCommand::SetFlag {
-                flag,
-                enabled: dto.enabled,
-            },
-            &ctx.metadata(caller.actor()),
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .map_err(tenant_problem)?;
-    let position = state.settled(&done.appended).await;
+    let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
+    let position = app::identity::set_flag(&state, &ctx, tenant, flag, dto.enabled).await?;
     Ok(Reply::json(
         StatusCode::OK,
         &FlagSet {
@@ -1020,7 +839,7 @@ pub async fn metrics(
         .collect();
     Ok(HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
-        .body(state.metrics.render(&lag)))
+        .body(state.metrics.render(&state.counters, &lag)))
 }
 
 pub async fn openapi() -> HttpResponse {

@@ -11,86 +11,46 @@ use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
 use actix_web::{App, HttpMessage, HttpServer, web};
-use commands::{Executor, ExecutorConfig};
-use domain::dataset::Dataset;
-use domain::platform::Platform;
-use domain::preset::Preset;
-use domain::quota::Usage;
-use domain::tenant::Tenant;
-use projections::{Audit, Catalog, Identity, Runtime};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::{Appended, Store};
+use store::Store;
 
-/// Everything a handler can reach.
+/// Everything a handler can reach: the application ([`app::App`], which it dereferences to) and
+/// the parts only the edge needs.
 #[derive(Debug)]
 pub struct AppState {
+    pub app: Arc<app::App>,
     pub settings: Settings,
-    pub store: Store,
-    pub tenants: Executor<Tenant>,
-    pub platform: Executor<Platform>,
-    pub identity: Arc<Identity>,
-    pub audit: Arc<Audit>,
-    pub datasets: Executor<Dataset>,
-    pub presets: Executor<Preset>,
-    pub usage: Executor<Usage>,
     pub signup_limiter: crate::limits::SignupLimiter,
-    pub shares: crate::shares::Shares,
-    pub catalog: Arc<Catalog>,
-    pub sandbox: dataplane::sandbox::Cache,
-    pub projections: Runtime,
     pub metrics: Metrics,
-    /// The platform secret that keys every tenant's PII hashes (never leaves the store).
-    pii_secret: Vec<u8>,
     seal_key: crate::replay::SealKey,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = app::App;
+
+    fn deref(&self) -> &app::App {
+        &self.app
+    }
 }
 
 impl AppState {
     pub async fn new(settings: Settings, store: Store) -> Self {
+        let app = app::App::start(settings.app_config(), store, Arc::new(app::SystemClock)).await;
+        Self::on(app, settings)
+    }
+
+    /// The edge around an application already started.
+    pub fn on(app: Arc<app::App>, mut settings: Settings) -> Self {
         // The plan registry in force is the one in the log (ADR 010).
-        let settings = crate::quota_routes::with_published_registry(&store, settings).await;
-        let signup_limiter = crate::limits::SignupLimiter::new(settings.signup_per_minute);
-        let shares = settings.shares();
-        // Loaded tables, plus 1 GiB for queries and the store's own SQLite.
-        let cap = settings.sandbox_cache_bytes as u64 + (1 << 30);
-        if let Err(e) = dataplane::sandbox::set_memory_cap(cap) {
-            tracing::warn!(error = %e, "SQLite memory cap not set");
-        }
-        let pii_secret = pii_secret(&store).await;
-        let identity = Arc::new(Identity::default());
-        let audit = Arc::new(Audit::default());
-        let catalog = Arc::new(Catalog::default());
-        let projections = Runtime::start(
-            &store,
-            vec![identity.clone(), audit.clone(), catalog.clone()],
-        );
+        settings.plans = app.config.plans.clone();
         Self {
-            datasets: Executor::new(store.clone(), ExecutorConfig::new("dataset/v1")),
-            presets: Executor::new(store.clone(), ExecutorConfig::new("preset/v1")),
-            usage: Executor::new(
-                store.clone(),
-                ExecutorConfig {
-                    // Busy meters are contended by design (many clients, several instances):
-                    // retry longer before giving up.
-                    max_retries: 64,
-                    ..ExecutorConfig::new("usage/v1")
-                },
-            ),
-            sandbox: dataplane::sandbox::Cache::new(settings.sandbox_cache_bytes),
-            catalog,
-            tenants: Executor::new(store.clone(), ExecutorConfig::new("tenant/v1")),
-            platform: Executor::new(store.clone(), ExecutorConfig::new("platform/v1")),
-            settings,
-            store,
-            identity,
-            audit,
-            projections,
+            signup_limiter: crate::limits::SignupLimiter::new(settings.signup_per_minute),
+            seal_key: crate::replay::SealKey::derive(app.platform_secret()),
             metrics: Metrics::default(),
-            signup_limiter,
-            shares,
-            seal_key: crate::replay::SealKey::derive(&pii_secret),
-            pii_secret,
+            settings,
+            app,
         }
     }
 
@@ -99,55 +59,9 @@ impl AppState {
         &self.seal_key
     }
 
-    /// The key of a tenant's PII hashes: SHA-256 of the platform secret and the tenant id, so
-    /// hashes are stable within a tenant, differ across tenants, and cannot be recomputed from
-    /// anything a client can see.
-    pub fn pii_key(&self, tenant: domain::TenantId) -> Vec<u8> {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(&self.pii_secret);
-        h.update(tenant.as_uuid().as_bytes());
-        h.finalize().to_vec()
-    }
-
-    /// `committed`, then wait (bounded, never failing) for this instance's projections to apply
-    /// it, so that reads here see the change.
-    pub async fn settled(&self, appended: &Option<Appended>) -> u64 {
-        let position = self.committed(appended);
-        crate::http::settle(self, position).await;
-        position
-    }
-
-    /// The last position a command wrote (or, for a command that wrote nothing, the head), and
-    /// count what it appended.
-    pub fn committed(&self, appended: &Option<Appended>) -> u64 {
-        match appended {
-            Some(a) => {
-                if !a.replayed {
-                    self.metrics.appended(a.positions.len());
-                }
-                a.last_position()
-            }
-            None => 0,
-        }
-    }
-}
-
-/// The platform's PII secret: 32 random bytes made on first start and kept in the store (the
-/// first instance to make one wins, so every instance on one database uses the same).
-async fn pii_secret(store: &Store) -> Vec<u8> {
-    let mut fresh = uuid::Uuid::new_v4().as_bytes().to_vec();
-    fresh.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    match store
-        .put_blob_if_absent(domain::TenantId::PLATFORM, "pii-secret", fresh.clone())
-        .await
-    {
-        Ok(stored) => stored,
-        Err(e) => {
-            // Without the store there is no service anyway; hashes made now would not match later ones.
-            tracing::error!(error = %e, "PII secret not loaded; using a temporary one");
-            fresh
-        }
+    /// A use case's context: the request's metadata, decided now.
+    pub fn ctx(&self, meta: store::Metadata) -> app::Ctx {
+        self.app.ctx(meta)
     }
 }
 
@@ -351,7 +265,7 @@ pub async fn serve(settings: Settings, store: Store) -> anyhow::Result<()> {
     }
     running.server.await?;
     // Refused attempts counted in memory for their minute are written now, not lost.
-    crate::quota_routes::flush_refusals(&running.state).await;
+    running.state.app.flush_refusals().await;
     // Checkpoint every projection so that the next start resumes from here.
     running.state.projections.shutdown().await;
     store.close().await;

@@ -142,22 +142,24 @@ impl Settings {
         }
     }
 
-    /// The fair shares of uploads, queries and exports (`shares`).
-    pub fn shares(&self) -> crate::shares::Shares {
-        use crate::shares::Share;
-        let (tenant, global) = (self.concurrency_per_tenant, self.concurrency_global);
-        let half = Share {
-            per_tenant: tenant.div_ceil(2),
-            global: global.div_ceil(2),
-        };
-        crate::shares::Shares::new(
-            half,
-            Share {
-                per_tenant: tenant,
-                global,
-            },
-            half,
-        )
+    /// What the use cases are configured with.
+    pub fn app_config(&self) -> app::Config {
+        let ms = std::time::Duration::from_millis;
+        app::Config {
+            public_url: self.public_url.clone(),
+            plans: self.plans.clone(),
+            token_ttl_days: self.token_ttl_days,
+            read_wait: ms(self.read_wait_ms),
+            flags: self.flags.clone(),
+            dataset_limit: self.dataset_limit,
+            query_time: ms(self.query_time_ms),
+            query_max_rows: self.query_max_rows,
+            export_max_rows: self.export_max_rows,
+            sandbox_cache_bytes: self.sandbox_cache_bytes,
+            concurrency_per_tenant: self.concurrency_per_tenant,
+            concurrency_global: self.concurrency_global,
+            refusal_timer: true,
+        }
     }
 
     /// Defaults, then `file` (if given), then the environment.

@@ -490,9 +490,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store: location,
                 ..Default::default()
             };
-            let state = api::server::AppState::new(settings, store.clone()).await;
-            let report = cli::seed::seed(&state, tenants, weeks, seed, start).await?;
-            state.projections.stop();
+            // Decisions carry their simulated time; the registry is published as of the start,
+            // and the minute's coalesced refusals are written at the end of each simulated day.
+            let config = app::Config {
+                refusal_timer: false,
+                ..settings.app_config()
+            };
+            let clock = std::sync::Arc::new(app::FixedClock(start));
+            let app = app::App::start(config, store.clone(), clock).await;
+            let report = cli::seed::seed(&app, tenants, weeks, seed, start).await?;
+            app.projections.stop();
             store.close().await;
             println!("{}", serde_json::to_string_pretty(&report)?);
             anyhow::Ok(())

@@ -15,11 +15,9 @@
 //! time. The same seed gives the same history per stream (the interleaving of tenants within a
 //! day may differ between runs).
 
-use api::server::AppState;
-use domain::dataset::{self, DatasetColumn, DatasetCommand, ExportCompleted, QueryRun, Uploaded};
-use domain::identity::IssuedToken;
-use domain::quota::{self, Meter, Record, UnitFact, UsageCommand, UsageEvent};
-use domain::tenant::{self, NewMember, Plan, TenantCommand, TenantError, TenantName};
+use app::{App, Ctx};
+use domain::quota::Meter;
+use domain::tenant::{Plan, TenantError, TenantName};
 use domain::{Email, PersonName, TenantId, TenantRole, UserId};
 use fixtures::pii_corpus::Rng;
 use serde::Serialize;
@@ -114,9 +112,6 @@ struct Sim {
     next: usize,
     /// When the tenant stops using the product, if it does before the end.
     churn_at: Option<OffsetDateTime>,
-    /// Refusals of one meter and minute that the aggregate did not write one by one (they are
-    /// coalesced): written as one counted `usage.blocked` when the minute is over.
-    uncounted: Option<quota::CountRefusals>,
     datasets: Vec<Uuid>,
     members: usize,
     units: u64,
@@ -141,6 +136,16 @@ impl Sim {
 
     fn meta(&self) -> Metadata {
         Metadata::actor(format!("user:{}", self.owner))
+    }
+
+    /// The context of an action at `at`: the owner acts, and the ids the use case makes come from
+    /// the tenant's own generator (the same seed makes the same ids).
+    fn ctx(&mut self, at: OffsetDateTime) -> Ctx {
+        Ctx {
+            meta: self.meta(),
+            now: at,
+            id_seed: Some(uuid(&mut self.rng)),
+        }
     }
 }
 
@@ -267,7 +272,6 @@ fn plan_tenant(index: usize, seed: u64, start: OffsetDateTime, weeks: u32) -> Si
         agenda,
         next: 0,
         churn_at,
-        uncounted: None,
         datasets: Vec::new(),
         members: 1,
         units: 0,
@@ -281,7 +285,7 @@ fn failed(e: impl std::fmt::Display) -> anyhow::Error {
 
 /// Run the tenant's actions due before `until`, in order.
 async fn run_until(
-    state: &AppState,
+    app: &App,
     seed: u64,
     sim: &mut Sim,
     until: OffsetDateTime,
@@ -291,18 +295,15 @@ async fn run_until(
         if at >= until {
             break;
         }
-        if !matches!(action, Action::Query | Action::Export) {
-            flush_refusals(state, sim).await?;
-        }
         sim.next += 1;
         match action {
-            Action::SignUp => sign_up(state, seed, sim, at).await?,
+            Action::SignUp => sign_up(app, seed, sim, at).await?,
             Action::Upload => {
-                upload(state, seed, sim, at).await?;
+                upload(app, seed, sim, at).await?;
                 out.datasets += 1;
             }
             Action::AddMember => {
-                if add_member(state, sim, at).await? {
+                if add_member(app, sim, at).await? {
                     out.members_added += 1;
                 }
             }
@@ -315,7 +316,7 @@ async fn run_until(
                 } else {
                     Meter::Exports
                 };
-                if use_meter(state, sim, meter, at).await? {
+                if use_meter(app, sim, meter, at).await? {
                     match meter {
                         Meter::Queries => out.queries_admitted += 1,
                         Meter::Exports => out.exports_admitted += 1,
@@ -328,7 +329,7 @@ async fn run_until(
                         && sim.plan_at(at) == Plan::Free
                         && chance(&mut sim.rng, 60)
                     {
-                        change_plan(state, sim, Plan::Pro, "blocked by the Free plan", at).await?;
+                        change_plan(app, sim, Plan::Pro, "blocked by the Free plan", at).await?;
                         out.upgrades_after_block += 1;
                     }
                     sim.blocked_once = true;
@@ -340,47 +341,35 @@ async fn run_until(
                     Plan::Enterprise => Plan::Pro,
                     _ => Plan::Free,
                 };
-                if current != Plan::Free && change_plan(state, sim, to, "downgrade", at).await? {
+                if current != Plan::Free && change_plan(app, sim, to, "downgrade", at).await? {
                     out.downgrades += 1;
                 }
             }
         }
     }
-    // A minute never spans two simulated days.
-    flush_refusals(state, sim).await?;
     Ok(out)
 }
 
-async fn sign_up(
-    state: &AppState,
-    seed: u64,
-    sim: &mut Sim,
-    at: OffsetDateTime,
-) -> anyhow::Result<()> {
+async fn sign_up(app: &App, seed: u64, sim: &mut Sim, at: OffsetDateTime) -> anyhow::Result<()> {
     let t = sim.index;
-    let signup = TenantCommand::SignUp {
-        name: TenantName::parse(&format!("Seed Tenant {t:04}"))?,
-        owner: NewMember {
-            user_id: sim.owner,
-            email: Email::parse(&format!("owner{t}@seed.example"))?,
-            name: PersonName::parse(&format!("Owner {t}"))?,
-            role: TenantRole::Owner,
-            token: IssuedToken {
-                token_id: uuid(&mut sim.rng),
-                token_sha256: api::tokens::sha256_hex(format!("seed-{seed}-{t}").as_bytes()),
-                expires_at: at + Duration::days(30),
-            },
-        },
+    let signup = app::identity::SignUp {
+        tenant_name: TenantName::parse(&format!("Seed Tenant {t:04}"))?,
+        email: Email::parse(&format!("owner{t}@seed.example"))?,
+        name: PersonName::parse(&format!("Owner {t}"))?,
+        token: Some(format!("seed-{seed}-{t}")),
     };
-    let stream = tenant::stream_id(sim.tenant);
-    state
-        .tenants
-        .execute(sim.tenant, &stream, &signup, &sim.meta(), at)
+    // The tenant's and owner's ids come from the context's seed, drawn from the tenant's own
+    // generator.
+    let mut ctx = sim.ctx(at);
+    ctx.id_seed = Some(*sim.tenant.as_uuid());
+    let admitted = app::identity::sign_up(app, &ctx, signup)
         .await
         .map_err(failed)?;
+    sim.tenant = admitted.tenant_id;
+    sim.owner = admitted.user_id;
     if sim.initial != Plan::Free {
         let plan = sim.initial;
-        change_plan(state, sim, plan, "chosen at sign-up", at).await?;
+        change_plan(app, sim, plan, "chosen at sign-up", at).await?;
     }
     Ok(())
 }
@@ -388,35 +377,27 @@ async fn sign_up(
 /// Ask for `plan`; an upgrade takes effect at once, a downgrade at the next period. False
 /// when the aggregate refused it (e.g. too many members for the smaller plan's seats).
 async fn change_plan(
-    state: &AppState,
+    app: &App,
     sim: &mut Sim,
     plan: Plan,
     reason: &str,
     at: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    let command = TenantCommand::ChangePlan {
-        plan,
-        reason: Some(reason.into()),
-        seats: state.settings.plans.get(plan).seats,
-        registry_version: state.settings.plans.version(),
-    };
-    let stream = tenant::stream_id(sim.tenant);
-    match state
-        .tenants
-        .execute(sim.tenant, &stream, &command, &sim.meta(), at)
-        .await
-    {
-        Ok(done) => {
-            let current = sim.plan_at(at);
-            if plan.rank() > current.rank() {
-                sim.plan = plan;
-                sim.pending = None;
-            } else if let Some(p) = &done.state.pending {
-                sim.pending = Some((p.effective_at, p.to));
-            }
+    let ctx = sim.ctx(at);
+    match app::metering::change_plan(app, &ctx, sim.tenant, plan, Some(reason.into())).await {
+        Ok(app::metering::PlanChanged::Now { .. }) => {
+            sim.plan = plan;
+            sim.pending = None;
             Ok(true)
         }
-        Err(commands::ExecuteError::Domain(e)) => {
+        Ok(app::metering::PlanChanged::Scheduled {
+            to, effective_at, ..
+        }) => {
+            sim.plan_at(at);
+            sim.pending = Some((effective_at, to));
+            Ok(true)
+        }
+        Err(app::Error::Tenant(e)) => {
             tracing::debug!(tenant = %sim.tenant, error = %e, "plan change refused");
             Ok(false)
         }
@@ -424,55 +405,24 @@ async fn change_plan(
     }
 }
 
-async fn upload(
-    state: &AppState,
-    seed: u64,
-    sim: &mut Sim,
-    at: OffsetDateTime,
-) -> anyhow::Result<()> {
+async fn upload(app: &App, seed: u64, sim: &mut Sim, at: OffsetDateTime) -> anyhow::Result<()> {
     let n = sim.datasets.len();
     let csv = fixtures::pii_corpus::dataset_csv(seed ^ (sim.index as u64) << 8 ^ n as u64, 50);
-    let described = dataplane::ingest::ingest(csv.as_bytes())?;
-    let dataset_id = uuid(&mut sim.rng);
-    state
-        .store
-        .put_blob(sim.tenant, &format!("ds-{dataset_id}"), csv.into_bytes())
-        .await?;
-    let uploaded = Uploaded {
-        dataset_id,
-        name: format!("dataset {n}"),
-        columns: described
-            .columns
-            .iter()
-            .map(|c| DatasetColumn {
-                name: c.name.clone(),
-                kind: serde_json::to_value(c.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "text".into()),
-            })
-            .collect(),
-        rows: described.rows,
-        bytes: described.bytes,
-        sha256: described.sha256,
+    let ctx = sim.ctx(at);
+    let upload = app::datasets::Upload {
+        name: &format!("dataset {n}"),
+        media_type: "text/csv",
+        body: csv.into_bytes(),
     };
-    state
-        .datasets
-        .execute(
-            sim.tenant,
-            &dataset::stream_id(dataset_id),
-            &DatasetCommand::Upload(uploaded),
-            &sim.meta(),
-            at,
-        )
+    let kept = app::datasets::upload(app, &ctx, sim.tenant, upload)
         .await
         .map_err(failed)?;
-    sim.datasets.push(dataset_id);
+    sim.datasets.push(kept.uploaded.dataset_id);
     Ok(())
 }
 
 /// Add a member (an analyst most often); false when the plan's seats are full.
-async fn add_member(state: &AppState, sim: &mut Sim, at: OffsetDateTime) -> anyhow::Result<bool> {
+async fn add_member(app: &App, sim: &mut Sim, at: OffsetDateTime) -> anyhow::Result<bool> {
     let n = sim.members;
     let role = *sim.rng.pick(&[
         TenantRole::Analyst,
@@ -481,169 +431,75 @@ async fn add_member(state: &AppState, sim: &mut Sim, at: OffsetDateTime) -> anyh
         TenantRole::Admin,
         TenantRole::Billing,
     ]);
-    let plan = sim.plan_at(at);
-    let member = NewMember {
-        user_id: UserId::from_uuid(uuid(&mut sim.rng)),
+    let member = app::identity::AddMember {
         email: Email::parse(&format!("member{n}.t{}@seed.example", sim.index))?,
         name: PersonName::parse(&format!("Member {n}"))?,
         role,
-        token: IssuedToken {
-            token_id: uuid(&mut sim.rng),
-            token_sha256: api::tokens::sha256_hex(
-                format!("seed-member-{}-{n}", sim.tenant).as_bytes(),
-            ),
-            expires_at: at + Duration::days(30),
-        },
+        token: Some(format!("seed-member-{}-{n}", sim.tenant)),
     };
-    let command = TenantCommand::AddMember {
-        member,
-        by: TenantRole::Owner,
-        seats: state.settings.plans.get(plan).seats,
-    };
-    let stream = tenant::stream_id(sim.tenant);
-    match state
-        .tenants
-        .execute(sim.tenant, &stream, &command, &sim.meta(), at)
-        .await
-    {
+    let ctx = sim.ctx(at);
+    match app::identity::add_member(app, &ctx, sim.tenant, TenantRole::Owner, member).await {
         Ok(_) => {
             sim.members += 1;
             Ok(true)
         }
-        Err(commands::ExecuteError::Domain(TenantError::TooManyMembers { .. })) => Ok(false),
+        Err(app::Error::Tenant(TenantError::TooManyMembers { .. })) => Ok(false),
         Err(e) => Err(failed(e)),
     }
 }
 
-/// One metered unit and the fact it pays for, decided and appended together (or refused).
-/// True when admitted.
+/// The questions analysts ask of a seeded dataset (its columns: id, name, email, phone, city,
+/// amount, quantity, day, active, note).
+const QUERIES: &[&str] = &[
+    "SELECT city, count(*) AS n FROM data GROUP BY city ORDER BY n DESC",
+    "SELECT sum(amount), avg(quantity) FROM data WHERE active",
+    "SELECT day, count(*) FROM data GROUP BY day ORDER BY day",
+    "SELECT name, amount FROM data ORDER BY amount DESC LIMIT 10",
+];
+
+/// A query or an export through the service's own use case: it really runs over the dataset,
+/// and its unit and fact are one append (or it is refused). True when admitted.
 async fn use_meter(
-    state: &AppState,
+    app: &App,
     sim: &mut Sim,
     meter: Meter,
     at: OffsetDateTime,
 ) -> anyhow::Result<bool> {
-    let plan = sim.plan_at(at);
-    let limits = state.settings.plans.get(plan).limits(meter);
+    sim.plan_at(at);
     let n = sim.units + 1;
-    let dataset_id = sim.datasets[n as usize % sim.datasets.len()];
-    let sql_sha256 =
-        api::tokens::sha256_hex(format!("SELECT city, count(*) FROM data -- {n}").as_bytes());
-    let fact = match meter {
-        Meter::Queries => UnitFact::Query(QueryRun {
-            query_id: Some(uuid(&mut sim.rng)),
-            dataset_id,
-            sql_sha256,
-            rows: 10,
-            truncated: false,
-            elapsed_ms: 1 + sim.rng.below(40) as u64,
-        }),
-        Meter::Exports => UnitFact::Export(ExportCompleted {
-            export_id: uuid(&mut sim.rng),
-            dataset_id,
-            sql_sha256: Some(sql_sha256),
-            format: "csv".into(),
-            preset_id: "default".into(),
-            preset_version: 1,
-            rows: 50,
-            bytes: 4_096 + sim.rng.below(4_096) as u64,
-            sha256: api::tokens::sha256_hex(format!("export-{}-{n}", sim.tenant).as_bytes()),
-            badge: if chance(&mut sim.rng, 90) {
-                "PASS"
-            } else {
-                "FAIL"
-            }
-            .into(),
-            findings: Default::default(),
-        }),
+    let dataset = sim.datasets[n as usize % sim.datasets.len()].to_string();
+    let sql = QUERIES[sim.rng.below(QUERIES.len())];
+    let ctx = sim.ctx(at);
+    let arrived = std::time::Instant::now();
+    let done = match meter {
+        Meter::Queries => app::analysis::query(app, &ctx, sim.tenant, &dataset, sql, arrived)
+            .await
+            .map(|_| ()),
+        Meter::Exports => {
+            let spec = app::analysis::ExportSpec {
+                dataset,
+                sql: chance(&mut sim.rng, 50).then(|| sql.to_owned()),
+                format: dataplane::export::Format::Csv,
+                preset: None,
+            };
+            app::analysis::export(app, &ctx, sim.tenant, spec, arrived)
+                .await
+                .map(|_| ())
+        }
     };
-    let record = Record {
-        pays_for: Some(fact),
-        ..Record::units(meter, 1, limits)
-    };
-    let stream = quota::stream_id(meter, quota::Period::of(at));
-    let done = state
-        .usage
-        .execute(
-            sim.tenant,
-            &stream,
-            &UsageCommand::Record(record.clone()),
-            &sim.meta(),
-            at,
-        )
-        .await
-        .map_err(failed)?;
-    match quota::Outcome::of(&record, &done.events, &done.state, at) {
-        quota::Outcome::Admitted => {
+    match done {
+        Ok(()) => {
             sim.units = n;
             Ok(true)
         }
-        _ => {
-            let written = done
-                .events
-                .iter()
-                .any(|e| matches!(e, UsageEvent::Blocked(_)));
-            if !written {
-                count_refusal(state, sim, &record, at).await?;
-            }
-            Ok(false)
-        }
+        Err(app::Error::QuotaBlocked(_)) => Ok(false),
+        Err(e) => Err(failed(e)),
     }
-}
-
-/// Count a refusal the aggregate coalesced into its minute, writing the previous minute's count
-/// first when this one starts a new minute (or meter).
-async fn count_refusal(
-    state: &AppState,
-    sim: &mut Sim,
-    record: &Record,
-    at: OffsetDateTime,
-) -> anyhow::Result<()> {
-    let minute = quota::minute_of(at);
-    match &mut sim.uncounted {
-        Some(c) if c.meter == record.meter && c.minute == minute => {
-            c.attempts += 1;
-            c.units += record.units;
-            c.last_at = at;
-            return Ok(());
-        }
-        _ => flush_refusals(state, sim).await?,
-    }
-    sim.uncounted = Some(quota::CountRefusals {
-        meter: record.meter,
-        limits: record.limits,
-        minute,
-        attempts: 1,
-        units: record.units,
-        last_at: at,
-    });
-    Ok(())
-}
-
-/// Write the counted refusals of the last minute, if any.
-async fn flush_refusals(state: &AppState, sim: &mut Sim) -> anyhow::Result<()> {
-    let Some(c) = sim.uncounted.take() else {
-        return Ok(());
-    };
-    let stream = quota::stream_id(c.meter, quota::Period::of(c.minute));
-    let at = c.last_at;
-    state
-        .usage
-        .execute(
-            sim.tenant,
-            &stream,
-            &UsageCommand::CountRefusals(c),
-            &sim.meta(),
-            at,
-        )
-        .await
-        .map_err(failed)?;
-    Ok(())
 }
 
 /// Write the history. `start` is the Monday the simulation begins on.
 pub async fn seed(
-    state: &AppState,
+    app: &App,
     tenants: usize,
     weeks: u32,
     seed: u64,
@@ -666,7 +522,7 @@ pub async fn seed(
         start,
         end,
     };
-    let head_before = state.store.head().await?;
+    let head_before = app.store.head().await?;
     let mut sims: Vec<Sim> = (0..tenants)
         .map(|i| plan_tenant(i, seed, start, weeks))
         .collect();
@@ -686,13 +542,15 @@ pub async fn seed(
         let due = sims
             .iter_mut()
             .filter(|s| s.next_at().is_some_and(|t| t < until))
-            .map(|s| run_until(state, seed, s, until));
+            .map(|s| run_until(app, seed, s, until));
         for outcome in futures_util::future::join_all(due).await {
             report.add(&outcome?);
         }
+        // A minute never spans two simulated days: the day's coalesced refusals are written.
+        app.flush_refusals().await;
         day = until;
     }
-    report.events = state.store.head().await? - head_before;
+    report.events = app.store.head().await? - head_before;
     Ok(report)
 }
 

@@ -2,12 +2,12 @@
 //!
 //! Each kind of work has a per-tenant limit (how many of one tenant's requests may run at once)
 //! and a global one (how many may run at once in this instance). Past its own limit a tenant is
-//! answered at once with 429 `too-many-concurrent` and `Retry-After`; a request within its
-//! tenant's share waits for a global slot only as long as its own time budget allows (the wait
-//! counts against the budget), then gets 429 too. A tenant that floods the service fills its
+//! refused at once ([`Error::TooManyConcurrent`], HTTP 429 `too-many-concurrent`); a request
+//! within its tenant's share waits for a global slot only as long as its own time budget allows
+//! (the wait counts against the budget), then is refused too. A tenant that floods the service fills its
 //! own share, never the others'.
 
-use crate::problem::Problem;
+use crate::Error;
 use domain::TenantId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ pub enum Work {
 }
 
 impl Work {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Work::Upload => "uploads",
             Work::Query => "queries",
@@ -99,7 +99,7 @@ impl Shares {
         tenant: TenantId,
         work: Work,
         wait: Duration,
-    ) -> Result<Permit, Problem> {
+    ) -> Result<Permit, Error> {
         let kind = &self.kinds[&work];
         let key = (tenant, work);
         let slot = {
@@ -126,17 +126,12 @@ impl Shares {
     }
 }
 
-fn too_many(work: Work, limit: usize, whose: &str) -> Problem {
-    Problem::too_many_requests(
-        "too-many-concurrent",
-        format!(
-            "{whose} {limit} {} running at once; retry when one has finished",
-            work.as_str()
-        ),
-        Duration::from_secs(1),
-    )
-    .with("kind", work.as_str())
-    .with("limit", limit as u64)
+fn too_many(work: Work, limit: usize, whose: &'static str) -> Error {
+    Error::TooManyConcurrent {
+        work: work.as_str(),
+        limit,
+        whose,
+    }
 }
 
 #[cfg(test)]
@@ -159,7 +154,10 @@ mod tests {
         let a1 = shares.acquire(a, Work::Query, wait).await.unwrap();
         let _a2 = shares.acquire(a, Work::Query, wait).await.unwrap();
         let refused = shares.acquire(a, Work::Query, wait).await.unwrap_err();
-        assert_eq!(refused.status_code().as_u16(), 429);
+        assert!(
+            matches!(refused, Error::TooManyConcurrent { limit: 2, .. }),
+            "{refused:?}"
+        );
         // Other kinds and other tenants have their own shares.
         let _ax = shares.acquire(a, Work::Export, wait).await.unwrap();
         let _b1 = shares.acquire(b, Work::Query, wait).await.unwrap();

@@ -1,0 +1,329 @@
+//! Tenantry's application layer (ADR 018): one HTTP-free function per use case, owning its flow
+//! — checks, metering, the executor calls, settling. `api`'s handlers parse, call one of these
+//! and answer; `tenantry seed`, the benches and every other CLI call the same functions.
+//!
+//! Architecture invariant: nothing here knows HTTP. Errors are [`Error`]s whose variants name the
+//! HTTP answer `api` maps them to.
+
+pub mod analysis;
+pub mod clock;
+pub mod datasets;
+mod error;
+pub mod identity;
+pub mod metering;
+pub mod shares;
+pub mod text;
+pub mod tokens;
+
+pub use clock::{Clock, FixedClock, SystemClock};
+pub use error::Error;
+
+use commands::{Executor, ExecutorConfig};
+use domain::dataset::Dataset;
+use domain::platform::Platform;
+use domain::preset::Preset;
+use domain::quota::Usage;
+use domain::tenant::Tenant;
+use domain::{Flag, TenantId};
+use projections::{Audit, Catalog, Identity, Runtime};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use store::{Appended, Store};
+use time::OffsetDateTime;
+
+/// What the use cases are configured with (from `api::settings::Settings`, or a CLI's flags).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The address clients reach the service at (links in answers and messages).
+    pub public_url: String,
+    /// The plan registry asked for; the one in force is published to the log at start.
+    pub plans: domain::plans::Registry,
+    pub token_ttl_days: i64,
+    /// How long a read waits for `min_position`, and a command for its projections.
+    pub read_wait: Duration,
+    /// Flags' defaults (a tenant's overrides win).
+    pub flags: BTreeMap<Flag, bool>,
+    pub dataset_limit: usize,
+    pub query_time: Duration,
+    pub query_max_rows: usize,
+    pub export_max_rows: usize,
+    pub sandbox_cache_bytes: usize,
+    pub concurrency_per_tenant: usize,
+    pub concurrency_global: usize,
+    /// Write the coalesced refusal counts on a timer once their minute is over (`serve`);
+    /// without it the caller writes them with [`App::flush_refusals`] (`tenantry seed`).
+    pub refusal_timer: bool,
+}
+
+impl Config {
+    /// Whether `flag` is on for a tenant with these overrides.
+    pub fn flag_enabled(&self, flag: Flag, overrides: &BTreeMap<Flag, bool>) -> bool {
+        overrides
+            .get(&flag)
+            .or_else(|| self.flags.get(&flag))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// The fair shares of uploads, queries and exports.
+    pub fn shares(&self) -> shares::Shares {
+        use shares::Share;
+        let (tenant, global) = (self.concurrency_per_tenant, self.concurrency_global);
+        let half = Share {
+            per_tenant: tenant.div_ceil(2),
+            global: global.div_ceil(2),
+        };
+        shares::Shares::new(
+            half,
+            Share {
+                per_tenant: tenant,
+                global,
+            },
+            half,
+        )
+    }
+
+    /// Where a tenant changes its plan.
+    pub fn upgrade_url(&self) -> String {
+        format!("{}/v1/tenant/plan", self.public_url.trim_end_matches('/'))
+    }
+}
+
+/// Business counters the use cases keep (exposed by `api`'s `/metrics`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub events_appended: AtomicU64,
+    pub blocked_attempts: AtomicU64,
+    pub grace_entries: AtomicU64,
+    pub upgrades: AtomicU64,
+    pub upgrades_after_block: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Who asks and when: the metadata every event of the use case carries (actor, correlation,
+/// causation, the idempotency seed of its event ids), and the decision time (`occurred_at`).
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub meta: store::Metadata,
+    pub now: OffsetDateTime,
+    /// When set, the ids the use case makes (datasets, queries, exports) are derived from it
+    /// (UUIDv5), so a simulation replays with the same ids; otherwise they are fresh UUIDv7s.
+    pub id_seed: Option<uuid::Uuid>,
+}
+
+impl Ctx {
+    /// A new id for `purpose` (`dataset`, `query`, `export`, …).
+    pub fn new_id(&self, purpose: &str) -> uuid::Uuid {
+        match self.id_seed {
+            Some(seed) => uuid::Uuid::new_v5(&seed, purpose.as_bytes()),
+            None => uuid::Uuid::now_v7(),
+        }
+    }
+}
+
+/// Everything the use cases need, and nothing of HTTP.
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub tenants: Executor<Tenant>,
+    pub platform: Executor<Platform>,
+    pub datasets: Executor<Dataset>,
+    pub presets: Executor<Preset>,
+    pub usage: Executor<Usage>,
+    pub identity: Arc<Identity>,
+    pub audit: Arc<Audit>,
+    pub catalog: Arc<Catalog>,
+    pub projections: Runtime,
+    pub shares: shares::Shares,
+    pub sandbox: dataplane::sandbox::Cache,
+    pub counters: Counters,
+    refusals: metering::Refusals,
+    /// This app, for the work it schedules for later (a minute's refusal count).
+    me: std::sync::Weak<App>,
+    /// The platform secret that keys every tenant's PII hashes (never leaves the store).
+    pii_secret: Vec<u8>,
+}
+
+impl App {
+    /// Start on `store`: publish the plan registry the configuration asks for (the one in force
+    /// is the log's, ADR 010), load the PII secret, start the projections.
+    pub async fn start(mut config: Config, store: Store, clock: Arc<dyn Clock>) -> Arc<Self> {
+        match metering::publish_registry(&store, &config.plans, clock.now()).await {
+            Ok(registry) => {
+                tracing::info!(version = registry.version(), "plan registry in force");
+                config.plans = registry;
+            }
+            Err(e) => tracing::error!(error = %e, "plan registry not published"),
+        }
+        // Loaded tables, plus 1 GiB for queries and the store's own SQLite.
+        let cap = config.sandbox_cache_bytes as u64 + (1 << 30);
+        if let Err(e) = dataplane::sandbox::set_memory_cap(cap) {
+            tracing::warn!(error = %e, "SQLite memory cap not set");
+        }
+        let pii_secret = pii_secret(&store).await;
+        let identity = Arc::new(Identity::default());
+        let audit = Arc::new(Audit::default());
+        let catalog = Arc::new(Catalog::default());
+        let projections = Runtime::start(
+            &store,
+            vec![identity.clone(), audit.clone(), catalog.clone()],
+        );
+        let executor = |kind: &'static str| ExecutorConfig::new(kind);
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            datasets: Executor::new(store.clone(), executor("dataset/v1")),
+            presets: Executor::new(store.clone(), executor("preset/v1")),
+            usage: Executor::new(
+                store.clone(),
+                ExecutorConfig {
+                    // Busy meters are contended by design (many clients, several instances):
+                    // retry longer before giving up.
+                    max_retries: 64,
+                    ..executor("usage/v1")
+                },
+            ),
+            tenants: Executor::new(store.clone(), executor("tenant/v1")),
+            platform: Executor::new(store.clone(), executor("platform/v1")),
+            sandbox: dataplane::sandbox::Cache::new(config.sandbox_cache_bytes),
+            shares: config.shares(),
+            refusals: metering::Refusals::default(),
+            counters: Counters::default(),
+            config,
+            store,
+            clock,
+            identity,
+            audit,
+            catalog,
+            projections,
+            pii_secret,
+        })
+    }
+
+    /// This app as an owned handle (for spawned work); `None` while it is being dropped.
+    pub(crate) fn me(&self) -> Option<Arc<App>> {
+        self.me.upgrade()
+    }
+
+    /// A context for a decision made now, by the clock.
+    pub fn ctx(&self, meta: store::Metadata) -> Ctx {
+        Ctx {
+            id_seed: meta.event_id_seed,
+            meta,
+            now: self.clock.now(),
+        }
+    }
+
+    /// The key of a tenant's PII hashes: SHA-256 of the platform secret and the tenant id, so
+    /// hashes are stable within a tenant, differ across tenants, and cannot be recomputed from
+    /// anything a client can see.
+    pub fn pii_key(&self, tenant: TenantId) -> Vec<u8> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(&self.pii_secret);
+        h.update(tenant.as_uuid().as_bytes());
+        h.finalize().to_vec()
+    }
+
+    /// The secret other keys are derived from (the seal of replayed tokens).
+    pub fn platform_secret(&self) -> &[u8] {
+        &self.pii_secret
+    }
+
+    /// The last position a command wrote (0 for a command that wrote nothing), counting what it
+    /// appended.
+    pub fn committed(&self, appended: &Option<Appended>) -> u64 {
+        match appended {
+            Some(a) => {
+                if !a.replayed {
+                    self.counters
+                        .events_appended
+                        .fetch_add(a.positions.len() as u64, Ordering::Relaxed);
+                }
+                a.last_position()
+            }
+            None => 0,
+        }
+    }
+
+    /// `committed`, then wait (bounded, never failing) for this instance's projections to apply
+    /// it, so that reads here see the change.
+    pub async fn settled(&self, appended: &Option<Appended>) -> u64 {
+        let position = self.committed(appended);
+        self.settle(position).await;
+        position
+    }
+
+    /// After a command has committed: wait, bounded, for this instance's projections to apply
+    /// it. Never an error: the change is stored whatever happens here, and turning a late
+    /// projection into a failure would make a client retry a command that went through.
+    pub async fn settle(&self, position: u64) {
+        if !self
+            .projections
+            .wait_for(position, self.config.read_wait)
+            .await
+        {
+            tracing::warn!(
+                position,
+                "projections did not reach a committed position in time"
+            );
+        }
+    }
+
+    /// Wait, bounded, until the projections have applied `min_position` (read-your-writes). A
+    /// position beyond the log's head is the client's error; one written but not applied here yet
+    /// is worth a retry.
+    pub async fn wait_for(&self, min_position: Option<u64>) -> Result<(), Error> {
+        let Some(position) = min_position else {
+            return Ok(());
+        };
+        if self.projections.wait_for(position, Duration::ZERO).await {
+            return Ok(());
+        }
+        let head = self.store.head().await?;
+        if position > head {
+            return Err(Error::PositionNotWritten { position, head });
+        }
+        if self
+            .projections
+            .wait_for(position, self.config.read_wait)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(Error::NotCaughtUp { position })
+        }
+    }
+
+    /// Write the coalesced refusal counts not written yet, whatever their minute (at a graceful
+    /// stop, and by a simulation at the end of each simulated day).
+    pub async fn flush_refusals(&self) {
+        metering::flush_refusals(self).await;
+    }
+}
+
+/// The platform's PII secret: 32 random bytes made on first start and kept in the store (the
+/// first instance to make one wins, so every instance on one database uses the same).
+async fn pii_secret(store: &Store) -> Vec<u8> {
+    let mut fresh = uuid::Uuid::new_v4().as_bytes().to_vec();
+    fresh.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    match store
+        .put_blob_if_absent(TenantId::PLATFORM, "pii-secret", fresh.clone())
+        .await
+    {
+        Ok(stored) => stored,
+        Err(e) => {
+            // Without the store there is no service anyway; hashes made now would not match later ones.
+            tracing::error!(error = %e, "PII secret not loaded; using a temporary one");
+            fresh
+        }
+    }
+}
