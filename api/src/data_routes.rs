@@ -9,18 +9,16 @@ use crate::server::AppState;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use commands::ExecuteError;
 use dataplane::export::Format;
 use domain::TenantId;
 use domain::dataset::{DatasetColumn, ExportCompleted};
-use domain::preset::{self, PresetCommand, PresetError, Rules};
+use domain::preset::{self, Rules};
 use projections::DatasetView;
 use projections::PresetView;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 use store::BlobBody;
-use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -428,10 +426,6 @@ fn builtin_default() -> Preset {
     }
 }
 
-fn preset_problem(e: ExecuteError<PresetError>) -> Problem {
-    app::Error::from(e).into()
-}
-
 /// A column rule: a column name or glob (`*`, `?`, case-insensitive) and what happens to its
 /// values.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -628,31 +622,8 @@ async fn create_preset_once(
     let dto: NewPresetRequest = json(&req, &body)?;
     let name = preset_name(Some(&dto.name))?.unwrap_or_default();
     let rules = rules_of(dto.columns, dto.text)?;
-    if name.eq_ignore_ascii_case(preset::DEFAULT_ID) {
-        // A valid name that the built-in preset holds: a conflict, not a malformed request.
-        return Err(Problem::conflict(
-            "preset-builtin",
-            "\"default\" is the built-in preset's name",
-        ));
-    }
-    let preset_id = Uuid::now_v7();
-    let ctx = RequestContext::of(&req);
-    let done = state
-        .presets
-        .execute(
-            tenant,
-            &preset::stream_id(preset_id),
-            &PresetCommand::Create {
-                preset_id,
-                name,
-                rules,
-            },
-            &ctx.metadata(caller.actor()),
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .map_err(preset_problem)?;
-    let position = state.settled(&done.appended).await;
+    let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
+    let (preset_id, position) = app::presets::create(&state, &ctx, tenant, name, rules).await?;
     Ok(
         preset_answer(&state, tenant, preset_id, position, StatusCode::CREATED)?
             .header(header::LOCATION, format!("/v1/presets/{preset_id}")),
@@ -689,29 +660,12 @@ async fn edit_preset_once(
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
-    if path.as_str() == preset::DEFAULT_ID {
-        return Err(Problem::conflict(
-            "preset-builtin",
-            "the built-in default preset cannot be changed",
-        ));
-    }
-    let preset_id = Uuid::parse_str(&path).map_err(|_| Problem::not_found("no such preset"))?;
     let dto: PresetRequest = json(&req, &body)?;
     let name = preset_name(dto.name.as_deref())?;
     let rules = rules_of(dto.columns, dto.text)?;
-    let ctx = RequestContext::of(&req);
-    let done = state
-        .presets
-        .execute(
-            tenant,
-            &preset::stream_id(preset_id),
-            &PresetCommand::Edit { name, rules },
-            &ctx.metadata(caller.actor()),
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .map_err(preset_problem)?;
-    let position = state.settled(&done.appended).await;
+    let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
+    let (preset_id, position) =
+        app::presets::edit(&state, &ctx, tenant, &path, name, rules).await?;
     preset_answer(&state, tenant, preset_id, position, StatusCode::OK)
 }
 
@@ -736,26 +690,8 @@ async fn delete_preset_once(
     path: web::Path<String>,
 ) -> Result<Reply, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
-    if path.as_str() == preset::DEFAULT_ID {
-        return Err(Problem::conflict(
-            "preset-builtin",
-            "the built-in default preset cannot be deleted",
-        ));
-    }
-    let preset_id = Uuid::parse_str(&path).map_err(|_| Problem::not_found("no such preset"))?;
-    let ctx = RequestContext::of(&req);
-    let done = state
-        .presets
-        .execute(
-            tenant,
-            &preset::stream_id(preset_id),
-            &PresetCommand::Delete,
-            &ctx.metadata(caller.actor()),
-            OffsetDateTime::now_utc(),
-        )
-        .await
-        .map_err(preset_problem)?;
-    let position = state.settled(&done.appended).await;
+    let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
+    let (preset_id, position) = app::presets::delete(&state, &ctx, tenant, &path).await?;
     Ok(Reply::json(
         StatusCode::OK,
         &PresetDeleted {

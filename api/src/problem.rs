@@ -374,6 +374,7 @@ impl From<app::Error> for Problem {
             E::Usage(d) => Problem::validation(vec![("units".into(), d.to_string())]),
             E::Store(s) => s.into(),
             E::Decode(_) | E::Internal(_) => Problem::internal(),
+            E::Conflict { slug, detail } => Problem::conflict(slug, detail),
             E::Busy => Problem::conflict(
                 "busy",
                 "the resource kept changing while we tried; retry the request",

@@ -7,8 +7,7 @@ use crate::problem::Problem;
 use crate::server::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use commands::ExecuteError;
-use domain::tenant::{TenantError, TenantName};
+use domain::tenant::TenantName;
 use domain::{Email, Flag, PersonName, TenantId, TenantRole, UserId};
 use projections::Principal;
 use serde::{Deserialize, Serialize};
@@ -18,10 +17,6 @@ use std::str::FromStr;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
-
-pub fn tenant_problem(e: ExecuteError<TenantError>) -> Problem {
-    app::Error::from(e).into()
-}
 
 /// A validation error list: parse each field, collect every failure.
 #[derive(Default)]

@@ -68,6 +68,9 @@ pub enum Error {
     /// A stored event this build cannot read back (500; a bug or a missing upcaster).
     #[error("stored event cannot be decoded: {0}")]
     Decode(String),
+    /// A request that contradicts the state it meets (409 with `slug`).
+    #[error("{detail}")]
+    Conflict { slug: &'static str, detail: String },
     /// Other writers kept winning the stream (409 `busy`; the client may retry).
     #[error("the resource kept changing while we tried; retry the request")]
     Busy,

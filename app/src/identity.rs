@@ -262,3 +262,52 @@ pub async fn set_flag(
         .await?;
     Ok(app.settled(&done.appended).await)
 }
+
+/// A platform-staff token.
+#[derive(Debug)]
+pub struct OperatorAdmitted {
+    pub operator_id: UserId,
+    pub role: domain::PlatformRole,
+    pub token: String,
+    pub expires_at: OffsetDateTime,
+    pub position: u64,
+}
+
+/// Issue a platform-staff token (from the command line: a running server on the same store
+/// picks it up from the log). Takes only the platform's executor, so that a command-line tool
+/// need not start the whole application (nor publish a plan registry) to issue one.
+pub async fn issue_operator_token(
+    platform: &commands::Executor<domain::platform::Platform>,
+    ctx: &Ctx,
+    role: domain::PlatformRole,
+    ttl_days: i64,
+) -> Result<OperatorAdmitted, Error> {
+    let operator_id = UserId::from_uuid(ctx.new_id("operator"));
+    let secret = crate::tokens::generate();
+    let issued = IssuedToken {
+        token_id: ctx.new_id("token"),
+        token_sha256: crate::tokens::sha256_hex(secret.as_bytes()),
+        expires_at: ctx.now + time::Duration::days(ttl_days),
+    };
+    let expires_at = issued.expires_at;
+    let done = platform
+        .execute(
+            TenantId::PLATFORM,
+            domain::platform::STREAM,
+            &PlatformCommand::IssueOperatorToken {
+                operator_id,
+                role,
+                token: issued,
+            },
+            &ctx.meta,
+            ctx.now,
+        )
+        .await?;
+    Ok(OperatorAdmitted {
+        operator_id,
+        role,
+        token: secret,
+        expires_at,
+        position: done.appended.map_or(0, |a| a.last_position()),
+    })
+}

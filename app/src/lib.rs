@@ -11,6 +11,7 @@ pub mod datasets;
 mod error;
 pub mod identity;
 pub mod metering;
+pub mod presets;
 pub mod shares;
 pub mod text;
 pub mod tokens;

@@ -1,14 +1,13 @@
 //! Command-line actions that are not the server: operator tokens and projection rebuilds.
 
 use commands::{Executor, ExecutorConfig};
-use domain::platform::{self, Platform, PlatformCommand};
-use domain::{PlatformRole, TenantId, UserId, identity::IssuedToken};
+use domain::platform::Platform;
+use domain::{PlatformRole, UserId};
 use projections::{Audit, Catalog, Identity, Projection};
 use serde::Serialize;
 use std::sync::Arc;
 use store::{Metadata, Store};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 #[derive(Debug, Serialize)]
 pub struct OperatorToken {
@@ -27,33 +26,20 @@ pub async fn issue_operator_token(
     ttl_days: i64,
 ) -> anyhow::Result<OperatorToken> {
     let executor = Executor::<Platform>::new(store.clone(), ExecutorConfig::new("platform/v1"));
-    let operator_id = UserId::from_uuid(Uuid::now_v7());
-    let token = api::tokens::generate();
-    let issued = IssuedToken {
-        token_id: Uuid::now_v7(),
-        token_sha256: api::tokens::sha256_hex(token.as_bytes()),
-        expires_at: OffsetDateTime::now_utc() + time::Duration::days(ttl_days),
+    let ctx = app::Ctx {
+        meta: Metadata::actor("cli:operator-token"),
+        now: OffsetDateTime::now_utc(),
+        id_seed: None,
     };
-    let expires_at = issued.expires_at;
-    let done = executor
-        .execute(
-            TenantId::PLATFORM,
-            platform::STREAM,
-            &PlatformCommand::IssueOperatorToken {
-                operator_id,
-                role,
-                token: issued,
-            },
-            &Metadata::actor("cli:operator-token"),
-            OffsetDateTime::now_utc(),
-        )
-        .await?;
+    let done = app::identity::issue_operator_token(&executor, &ctx, role, ttl_days)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(OperatorToken {
-        operator_id,
-        role,
-        token,
-        token_expires_at: store::format_rfc3339_micros(expires_at),
-        global_position: done.appended.map_or(0, |a| a.last_position()),
+        operator_id: done.operator_id,
+        role: done.role,
+        token: done.token,
+        token_expires_at: store::format_rfc3339_micros(done.expires_at),
+        global_position: done.position,
     })
 }
 
