@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod data_routes;
 pub mod http;
+pub mod insights_routes;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;

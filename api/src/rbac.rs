@@ -221,6 +221,7 @@ const PLATFORM_READERS: &[Role] = &[
     Role::Platform(P::Ops),
 ];
 const PLATFORM_OPS: &[Role] = &[Role::Platform(P::Ops)];
+const INSIGHT_READERS: &[Role] = &[Role::Platform(P::Pm), Role::Platform(P::Ops)];
 const DATA_WRITERS: &[Role] = &[
     Role::Tenant(T::Owner),
     Role::Tenant(T::Admin),
@@ -404,6 +405,124 @@ pub const ROUTES: &[RouteSpec] = &[
         api: Api::read::<r::AuditPage>()
             .with_query(params::<r::AuditQuery>())
             .with_problems(&[(422, "A filter, the cursor or the limit is invalid")]),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/funnel",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "The sign-up funnel across tenants (platform pm, ops)",
+        handler: |route| route.to(crate::insights_routes::funnel),
+        api: Api::read::<crate::insights_routes::FunnelOut>()
+            .with_query(params::<crate::insights_routes::FunnelQuery>())
+            .with_problems(&[(422, "A parameter is invalid")]),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/funnel.csv",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "The funnel as CSV",
+        handler: |route| route.to(crate::insights_routes::funnel_csv),
+        api: Api {
+            query: params::<crate::insights_routes::FunnelQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Text("text/csv"),
+            problems: &[(422, "A parameter is invalid")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/funnel.svg",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "The funnel as an SVG bar chart",
+        handler: |route| route.to(crate::insights_routes::funnel_svg),
+        api: Api {
+            query: params::<crate::insights_routes::FunnelQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Text("image/svg+xml"),
+            problems: &[(422, "A parameter is invalid")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/cohorts",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "Weekly retention cohorts (platform pm, ops)",
+        handler: |route| route.to(crate::insights_routes::cohorts),
+        api: Api::read::<crate::insights_routes::CohortsOut>()
+            .with_query(params::<crate::insights_routes::CohortQuery>())
+            .with_problems(&[(422, "A parameter is invalid")]),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/cohorts.csv",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "The cohorts as CSV",
+        handler: |route| route.to(crate::insights_routes::cohorts_csv),
+        api: Api {
+            query: params::<crate::insights_routes::CohortQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Text("text/csv"),
+            problems: &[(422, "A parameter is invalid")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/cohorts.svg",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "The cohorts as an SVG heatmap",
+        handler: |route| route.to(crate::insights_routes::cohorts_svg),
+        api: Api {
+            query: params::<crate::insights_routes::CohortQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Text("image/svg+xml"),
+            problems: &[(422, "A parameter is invalid")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/quota",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "Blocks, grace entries and upgrades by ISO week and plan (platform pm, ops)",
+        handler: |route| route.to(crate::insights_routes::quota),
+        api: Api::read::<crate::insights_routes::QuotaReportOut>()
+            .with_query(params::<crate::insights_routes::QuotaQuery>())
+            .with_problems(&[(422, "A parameter is invalid")]),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/quota.csv",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "The quota/upgrade report as CSV",
+        handler: |route| route.to(crate::insights_routes::quota_csv),
+        api: Api {
+            query: params::<crate::insights_routes::QuotaQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Text("text/csv"),
+            problems: &[(422, "A parameter is invalid")],
+            idempotent: false,
+            body_also_on: &[],
+        },
     },
     RouteSpec {
         method: "POST",

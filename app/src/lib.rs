@@ -10,6 +10,7 @@ pub mod clock;
 pub mod datasets;
 mod error;
 pub mod identity;
+pub mod insights;
 pub mod metering;
 pub mod presets;
 pub mod shares;
@@ -26,7 +27,7 @@ use domain::preset::Preset;
 use domain::quota::Usage;
 use domain::tenant::Tenant;
 use domain::{Flag, TenantId};
-use projections::{Audit, Catalog, Identity, Runtime};
+use projections::{Audit, Catalog, Identity, Insights, Runtime};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,6 +144,7 @@ pub struct App {
     pub identity: Arc<Identity>,
     pub audit: Arc<Audit>,
     pub catalog: Arc<Catalog>,
+    pub insights: Arc<Insights>,
     pub projections: Runtime,
     pub shares: shares::Shares,
     pub sandbox: dataplane::sandbox::Cache,
@@ -174,9 +176,15 @@ impl App {
         let identity = Arc::new(Identity::default());
         let audit = Arc::new(Audit::default());
         let catalog = Arc::new(Catalog::default());
+        let insights = Arc::new(Insights::default());
         let projections = Runtime::start(
             &store,
-            vec![identity.clone(), audit.clone(), catalog.clone()],
+            vec![
+                identity.clone(),
+                audit.clone(),
+                catalog.clone(),
+                insights.clone(),
+            ],
         );
         let executor = |kind: &'static str| ExecutorConfig::new(kind);
         Arc::new_cyclic(|me| Self {
@@ -204,6 +212,7 @@ impl App {
             identity,
             audit,
             catalog,
+            insights,
             projections,
             pii_secret,
         })

@@ -14,6 +14,9 @@ pub struct Options {
     pub detectors: Vec<Detector>,
     pub method: Method,
     pub key: Vec<u8>,
+    /// Where phone numbers without a country code are looked up first (`TENANTRY_PII_REGION`,
+    /// an ISO 3166 code such as `DE`).
+    pub settings: pii::Settings,
 }
 
 impl Options {
@@ -47,10 +50,20 @@ impl Options {
             }
             (_, k) => k.unwrap_or_default().as_bytes().to_vec(),
         };
+        let settings = pii::Settings {
+            default_region: match std::env::var("TENANTRY_PII_REGION") {
+                Ok(r) if !r.is_empty() => Some(
+                    r.parse()
+                        .map_err(|e: String| anyhow::anyhow!("TENANTRY_PII_REGION: {e}"))?,
+                ),
+                _ => None,
+            },
+        };
         Ok(Self {
             detectors,
             method,
             key,
+            settings,
         })
     }
 }
@@ -86,7 +99,16 @@ pub fn scrub(
     output: &mut impl Write,
 ) -> anyhow::Result<()> {
     for_each_line(input, |_, line, newline| {
-        output.write_all(pii::scrub(line, &opts.detectors, opts.method, &opts.key).as_bytes())?;
+        output.write_all(
+            pii::scrub_with(
+                line,
+                &opts.detectors,
+                opts.method,
+                &opts.key,
+                &opts.settings,
+            )
+            .as_bytes(),
+        )?;
         if newline {
             output.write_all(b"\n")?;
         }
@@ -121,7 +143,7 @@ pub fn scan(opts: &Options, input: &mut impl BufRead) -> anyhow::Result<ScanRepo
     };
     for_each_line(input, |n, line, _| {
         report.lines = n;
-        for f in pii::scan(line, &opts.detectors) {
+        for f in pii::scan_with(line, &opts.detectors, &opts.settings) {
             *report.counts.entry(f.detector).or_default() += 1;
             report.findings.push(ScanFinding {
                 line: n,

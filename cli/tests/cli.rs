@@ -591,3 +591,254 @@ fn a_graceful_stop_writes_the_refused_attempts_counted_in_memory() {
         .sum();
     assert_eq!(refused, 4, "every refused attempt is in the log:\n{log}");
 }
+
+/// The insights of a seeded history, through the real server, equal a recomputation from
+/// `tenantry events export` written here from the definitions (SPEC §11, ADR 021), not from the
+/// server's code: the funnel (overall and by plan at sign-up), the weekly cohorts and the
+/// quota/upgrade report, to the unit. Their CSV and SVG forms are served too.
+#[test]
+fn insights_through_the_server_match_a_recomputation_from_the_exported_events() {
+    use std::collections::{BTreeMap, HashMap};
+    use time::{Duration, OffsetDateTime};
+    let dir = tempfile::tempdir().unwrap();
+    seed_into(dir.path(), "60", "8", "21");
+    let data = dir.path().to_str().unwrap();
+    let token: serde_json::Value =
+        serde_json::from_str(&ok(&["operator", "token", "--role", "pm", "--data", data])).unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let events = exported(dir.path());
+
+    // The recomputation.
+    let parse = |s: &serde_json::Value| {
+        OffsetDateTime::parse(
+            s.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    let monday = |t: OffsetDateTime| {
+        (t.date() - Duration::days(i64::from(t.weekday().number_days_from_monday())))
+            .midnight()
+            .assume_utc()
+    };
+    let mut by_tenant: HashMap<String, Vec<&serde_json::Value>> = HashMap::new();
+    for e in &events {
+        by_tenant
+            .entry(e["tenant_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e);
+    }
+    let window = Duration::days(14);
+    let mut reached = [0u64; 4];
+    let mut by_plan: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+    let mut to_convert = Vec::new();
+    let mut cohorts: BTreeMap<OffsetDateTime, (u64, BTreeMap<i64, u64>)> = BTreeMap::new();
+    let mut quota: BTreeMap<(OffsetDateTime, String), [u64; 4]> = BTreeMap::new();
+    for list in by_tenant.values_mut() {
+        list.sort_by_key(|e| (parse(&e["occurred_at"]), e["global_position"].as_u64()));
+        let Some(signup) = list.iter().find(|e| e["event_type"] == "tenant.signed_up") else {
+            continue;
+        };
+        let t0 = parse(&signup["occurred_at"]);
+        let mut plan = signup["payload"]["plan"].as_str().unwrap().to_owned();
+        for e in list.iter() {
+            let at = parse(&e["occurred_at"]);
+            if e["event_type"] == "plan.changed" && at >= t0 && at - t0 <= Duration::hours(1) {
+                plan = e["payload"]["to"].as_str().unwrap().to_owned();
+            }
+        }
+        // Each step: the first of its events at or after the previous step, within the window.
+        let kinds = ["dataset.uploaded", "query.run", "export.completed"];
+        let mut times = vec![t0];
+        for kind in kinds {
+            let previous = *times.last().unwrap();
+            let next = list
+                .iter()
+                .map(|e| (e, parse(&e["occurred_at"])))
+                .find(|(e, at)| {
+                    e["event_type"] == kind
+                        && *at >= previous
+                        && (kind != "export.completed" || e["payload"]["badge"] == "PASS")
+                });
+            match next {
+                Some((_, at)) if at - t0 <= window => times.push(at),
+                _ => break,
+            }
+        }
+        let counts = by_plan.entry(plan).or_default();
+        for k in 0..times.len() {
+            reached[k] += 1;
+            counts[k] += 1;
+        }
+        if times.len() == 4 {
+            to_convert.push((times[3] - t0).whole_seconds());
+        }
+        // Cohorts ("on"): active in week N after the sign-up's week.
+        let cohort = cohorts.entry(monday(t0)).or_default();
+        cohort.0 += 1;
+        let weeks: std::collections::BTreeSet<i64> = list
+            .iter()
+            .filter(|e| {
+                e["event_type"] == "usage.recorded"
+                    && (e["stream_id"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("usage-queries-")
+                        || e["stream_id"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with("usage-exports-"))
+            })
+            .map(|e| (monday(parse(&e["occurred_at"])) - monday(t0)).whole_weeks())
+            .collect();
+        for w in weeks {
+            *cohort.1.entry(w).or_default() += 1;
+        }
+        // Quota: blocks by their plan, upgrades by the plan they left, within 7 days of a block.
+        let blocks: Vec<OffsetDateTime> = list
+            .iter()
+            .filter(|e| e["event_type"] == "usage.blocked")
+            .map(|e| parse(&e["payload"]["at"]))
+            .collect();
+        let rank = |p: &str| ["free", "pro", "enterprise"].iter().position(|x| *x == p);
+        let mut current = signup["payload"]["plan"].as_str().unwrap().to_owned();
+        let mut pending: Option<(OffsetDateTime, String)> = None;
+        for e in list.iter() {
+            let at = parse(&e["occurred_at"]);
+            if let Some((effective, to)) = pending.clone()
+                && at >= effective
+            {
+                current = to;
+                pending = None;
+            }
+            let p = &e["payload"];
+            match e["event_type"].as_str().unwrap() {
+                "usage.blocked" => {
+                    let row = quota
+                        .entry((monday(at), p["plan"].as_str().unwrap().to_owned()))
+                        .or_default();
+                    row[0] += p["attempts"].as_u64().unwrap();
+                }
+                "quota.grace_started" => {
+                    quota.entry((monday(at), current.clone())).or_default()[1] += 1;
+                }
+                "plan.change_scheduled" => {
+                    pending = Some((parse(&p["effective_at"]), p["to"].as_str().unwrap().into()));
+                }
+                "plan.changed" => {
+                    let (from, to) = (p["from"].as_str().unwrap(), p["to"].as_str().unwrap());
+                    if rank(to) > rank(from) {
+                        let row = quota.entry((monday(at), from.to_owned())).or_default();
+                        row[2] += 1;
+                        if blocks
+                            .iter()
+                            .any(|b| *b <= at && at - *b <= Duration::days(7))
+                        {
+                            row[3] += 1;
+                        }
+                    }
+                    current = to.to_owned();
+                    pending = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    to_convert.sort_unstable();
+    assert!(
+        reached[3] > 0,
+        "some tenants reach a PASS export: {reached:?}"
+    );
+
+    // The server.
+    let (mut child, addr) = serve(dir.path());
+    let get = |path: &str| {
+        let (status, body) = http(&addr, "GET", path, Some(&token), "");
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    };
+    let funnel: serde_json::Value = serde_json::from_str(&get("/v1/insights/funnel")).unwrap();
+    let steps = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["tenants"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(steps(&funnel["steps"]), reached.to_vec(), "{funnel}");
+    for (plan, counts) in &by_plan {
+        assert_eq!(steps(&funnel["by_plan"][plan]), counts.to_vec(), "{plan}");
+    }
+    let median = to_convert
+        .get(to_convert.len().div_ceil(2).max(1) - 1)
+        .copied();
+    assert_eq!(funnel["median_seconds_to_convert"].as_i64(), median);
+
+    let served: serde_json::Value =
+        serde_json::from_str(&get("/v1/insights/cohorts?weeks=10")).unwrap();
+    let served = served["cohorts"].as_array().unwrap();
+    assert_eq!(served.len(), cohorts.len());
+    for (c, (week, (size, active))) in served.iter().zip(&cohorts) {
+        assert_eq!(parse(&c["week_start"]), *week);
+        assert_eq!(c["size"].as_u64().unwrap(), *size);
+        for cell in c["weeks"].as_array().unwrap() {
+            let n = cell["week"].as_i64().unwrap();
+            let expected = if n == 0 {
+                *size
+            } else {
+                active.get(&n).copied().unwrap_or(0)
+            };
+            assert_eq!(
+                cell["retained"].as_u64().unwrap(),
+                expected,
+                "{week} week {n}"
+            );
+        }
+    }
+
+    let report: serde_json::Value = serde_json::from_str(&get("/v1/insights/quota")).unwrap();
+    let mut served_quota: BTreeMap<(OffsetDateTime, String), [u64; 4]> = BTreeMap::new();
+    for row in report["weeks"].as_array().unwrap() {
+        served_quota.insert(
+            (
+                parse(&row["week_start"]),
+                row["plan"].as_str().unwrap().to_owned(),
+            ),
+            [
+                row["blocked_attempts"].as_u64().unwrap(),
+                row["grace_entries"].as_u64().unwrap(),
+                row["upgrades"].as_u64().unwrap(),
+                row["upgrades_within_7_days_of_a_block"].as_u64().unwrap(),
+            ],
+        );
+    }
+    assert_eq!(served_quota, quota);
+
+    // The files: CSV with a header and one row per step (4 overall, 4 per plan), and SVG.
+    let csv = get("/v1/insights/funnel.csv");
+    assert!(csv.starts_with("segment,step,tenants,"), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 4 * 4);
+    assert!(get("/v1/insights/cohorts.csv").starts_with("cohort_week,cohort_size,week,"));
+    assert!(get("/v1/insights/quota.csv").starts_with("week,plan,blocked_attempts,"));
+    for svg in ["/v1/insights/funnel.svg", "/v1/insights/cohorts.svg"] {
+        let body = get(svg);
+        assert!(
+            body.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+            "{body}"
+        );
+        assert!(body.trim_end().ends_with("</svg>"));
+    }
+    // Tenants' own tokens and bad parameters are refused.
+    let (status, _) = http(
+        &addr,
+        "GET",
+        "/v1/insights/funnel?window_days=0",
+        Some(&token),
+        "",
+    );
+    assert_eq!(status, 422);
+    let (status, _) = http(&addr, "GET", "/v1/insights/funnel", None, "");
+    assert_eq!(status, 401);
+    child.kill().unwrap();
+    let _ = child.wait();
+}

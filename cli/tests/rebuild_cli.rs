@@ -80,7 +80,10 @@ fn rebuild_saves_the_named_projection_at_the_head_and_refuses_unknown_names_and_
     assert_eq!(block_on(saved_position(&location, "audit")), None);
 
     let all = ok(&["rebuild", "--data", data]);
-    assert_eq!(all["projections"], json!(["identity", "audit", "catalog"]));
+    assert_eq!(
+        all["projections"],
+        json!(["identity", "audit", "catalog", "insights"])
+    );
     assert_eq!(block_on(saved_position(&location, "audit")), Some(2));
 
     let unknown = tenantry(&["rebuild", "nope", "--data", data]);

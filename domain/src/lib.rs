@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod dataset;
 pub mod identity;
 pub mod ids;
+pub mod insights;
 pub mod pii;
 pub mod plans;
 pub mod platform;

@@ -93,7 +93,9 @@ impl fmt::Display for TenantName {
 }
 
 /// The plans of SPEC §4. Their limits and prices live in the plan registry, not here.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Plan {
     #[default]

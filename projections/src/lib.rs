@@ -11,12 +11,14 @@ mod audit;
 mod catalog;
 mod codec;
 mod identity;
+mod insights;
 mod runtime;
 
 pub use audit::Audit;
 pub use catalog::{Catalog, DatasetView, ExportView, PresetView};
 pub use codec::CodecError;
 pub use identity::{Identity, MemberView, Principal, TenantView, TokenEntry, TokenProblem};
+pub use insights::{Insights, TenantInsight};
 pub use runtime::{
     Checkpointing, Projection, ProjectionStatus, RebuildError, RebuildState, RebuildStatus,
     ReplayError, ReplayReport, Runtime, Unreadable, load, replay, save,
