@@ -10,6 +10,7 @@ pub mod http;
 pub mod insights_routes;
 pub mod limits;
 pub mod metrics;
+pub mod onboarding_routes;
 pub mod openapi;
 pub mod ops_routes;
 pub mod problem;

@@ -372,6 +372,10 @@ impl From<app::Error> for Problem {
             }
             E::Platform(PlatformError::UnknownToken) => Problem::not_found("no such token"),
             E::Usage(d) => Problem::validation(vec![("units".into(), d.to_string())]),
+            E::Onboarding(domain::onboarding::OnboardingError::Invalid { field, reason }) => {
+                Problem::validation(vec![(field.into(), reason)])
+            }
+            E::Onboarding(d) => Problem::validation(vec![("minutes".into(), d.to_string())]),
             E::Store(s) => s.into(),
             E::Decode(_) | E::Internal(_) => Problem::internal(),
             E::Conflict { slug, detail } => Problem::conflict(slug, detail),

@@ -525,6 +525,98 @@ pub const ROUTES: &[RouteSpec] = &[
         },
     },
     RouteSpec {
+        method: "GET",
+        path: "/v1/onboarding",
+        access: Access::Roles(EVERY_TENANT_ROLE),
+        flag: Some(Flag::FirstSuccessV11),
+        summary: "The member's first-success flow: steps, resume payload after 30 minutes away, next nudge",
+        handler: |route| route.to(crate::onboarding_routes::onboarding),
+        api: Api::read::<crate::onboarding_routes::OnboardingOut>(),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/onboarding/position",
+        access: Access::Roles(EVERY_TENANT_ROLE),
+        flag: Some(Flag::FirstSuccessV11),
+        summary: "Report the screen and step the client shows",
+        handler: |route| route.to(crate::onboarding_routes::report_position),
+        api: Api::command::<
+            crate::onboarding_routes::PositionRequest,
+            crate::onboarding_routes::Recorded,
+        >(200)
+        .idempotent(),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/onboarding/nudges/{nudge_id}/dismiss",
+        access: Access::Roles(EVERY_TENANT_ROLE),
+        flag: Some(Flag::FirstSuccessV11),
+        summary: "Dismiss a nudge (it comes back only if its rule says so)",
+        handler: |route| route.to(crate::onboarding_routes::dismiss),
+        api: Api::bodiless::<crate::onboarding_routes::Recorded>()
+            .idempotent()
+            .with_problems(&[(404, "No nudge of that id")]),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/onboarding/nudges/{nudge_id}/snooze",
+        access: Access::Roles(EVERY_TENANT_ROLE),
+        flag: Some(Flag::FirstSuccessV11),
+        summary: "Snooze a nudge for some minutes",
+        handler: |route| route.to(crate::onboarding_routes::snooze),
+        api: Api::command::<
+            crate::onboarding_routes::SnoozeRequest,
+            crate::onboarding_routes::Recorded,
+        >(200)
+        .idempotent()
+        .with_problems(&[(404, "No nudge of that id")]),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/dropoff",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "First-success drop-off per step across users (platform pm, ops)",
+        handler: |route| route.to(crate::onboarding_routes::dropoff),
+        api: Api::read::<crate::onboarding_routes::DropOffReport>()
+            .with_query(params::<crate::onboarding_routes::DropOffQuery>())
+            .with_problems(&[(422, "A parameter is invalid")]),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/dropoff.csv",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "Drop-off as CSV",
+        handler: |route| route.to(crate::onboarding_routes::dropoff_csv),
+        api: Api {
+            query: params::<crate::onboarding_routes::DropOffQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Text("text/csv"),
+            problems: &[(422, "A parameter is invalid")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/insights/dropoff.svg",
+        access: Access::Roles(INSIGHT_READERS),
+        flag: None,
+        summary: "Drop-off as an SVG bar chart",
+        handler: |route| route.to(crate::onboarding_routes::dropoff_svg),
+        api: Api {
+            query: params::<crate::onboarding_routes::DropOffQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Text("image/svg+xml"),
+            problems: &[(422, "A parameter is invalid")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
         method: "POST",
         path: "/v1/ops/projections/{name}/rebuild",
         access: Access::Roles(PLATFORM_OPS),

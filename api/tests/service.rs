@@ -216,7 +216,8 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             .replace("{dataset_id}", &dataset)
             .replace("{export_id}", &export)
             .replace("{preset_id}", &preset)
-            .replace("{name}", "catalog");
+            .replace("{name}", "catalog")
+            .replace("{nudge_id}", "upload-first-dataset");
         let mut content_type = "application/json";
         if (spec.method, spec.path) == ("POST", "/v1/datasets") {
             path.push_str("?name=walk");
@@ -236,6 +237,12 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             }
             ("POST", "/v1/usage") => Some(br#"{"meter": "queries", "units": 1}"#.to_vec()),
             ("POST", "/v1/tenant/plan") => Some(br#"{"plan": "enterprise"}"#.to_vec()),
+            ("POST", "/v1/onboarding/position") => {
+                Some(br#"{"screen": "walk", "step": "first_query"}"#.to_vec())
+            }
+            ("POST", "/v1/onboarding/nudges/{nudge_id}/snooze") => {
+                Some(br#"{"minutes": 5}"#.to_vec())
+            }
             ("PUT", _) => Some(br#"{"enabled": true}"#.to_vec()),
             ("PATCH", _) => None, // a body is sent per role below
             ("POST", _) => Some(b"{}".to_vec()),

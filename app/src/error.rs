@@ -4,6 +4,7 @@
 use crate::metering::Metered;
 use dataplane::sandbox::QueryError;
 use domain::dataset::DatasetError;
+use domain::onboarding::OnboardingError;
 use domain::platform::PlatformError;
 use domain::preset::PresetError;
 use domain::quota::UsageError;
@@ -59,6 +60,9 @@ pub enum Error {
     /// The platform aggregate refused (404/409 by the error).
     #[error(transparent)]
     Platform(PlatformError),
+    /// The onboarding records refused a report (422 on its field).
+    #[error(transparent)]
+    Onboarding(OnboardingError),
     /// The usage aggregate refused the units (422 on `units`).
     #[error(transparent)]
     Usage(UsageError),
@@ -114,6 +118,7 @@ domain_errors! {
     PresetError => Preset,
     PlatformError => Platform,
     UsageError => Usage,
+    OnboardingError => Onboarding,
     QueryError => Query,
 }
 

@@ -12,6 +12,7 @@ mod error;
 pub mod identity;
 pub mod insights;
 pub mod metering;
+pub mod onboarding;
 pub mod presets;
 pub mod shares;
 pub mod text;
@@ -27,7 +28,7 @@ use domain::preset::Preset;
 use domain::quota::Usage;
 use domain::tenant::Tenant;
 use domain::{Flag, TenantId};
-use projections::{Audit, Catalog, Identity, Insights, Runtime};
+use projections::{Audit, Catalog, FirstSuccess, Identity, Insights, Runtime};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,6 +146,9 @@ pub struct App {
     pub audit: Arc<Audit>,
     pub catalog: Arc<Catalog>,
     pub insights: Arc<Insights>,
+    pub first_success: Arc<FirstSuccess>,
+    /// Each user's onboarding records (screen reports, dismissed and snoozed nudges).
+    pub onboarding: Executor<domain::onboarding::Onboarding>,
     pub projections: Runtime,
     pub shares: shares::Shares,
     pub sandbox: dataplane::sandbox::Cache,
@@ -177,6 +181,7 @@ impl App {
         let audit = Arc::new(Audit::default());
         let catalog = Arc::new(Catalog::default());
         let insights = Arc::new(Insights::default());
+        let first_success = Arc::new(FirstSuccess::default());
         let projections = Runtime::start(
             &store,
             vec![
@@ -184,6 +189,7 @@ impl App {
                 audit.clone(),
                 catalog.clone(),
                 insights.clone(),
+                first_success.clone(),
             ],
         );
         let executor = |kind: &'static str| ExecutorConfig::new(kind);
@@ -202,6 +208,7 @@ impl App {
             ),
             tenants: Executor::new(store.clone(), executor("tenant/v1")),
             platform: Executor::new(store.clone(), executor("platform/v1")),
+            onboarding: Executor::new(store.clone(), executor("onboarding/v1")),
             sandbox: dataplane::sandbox::Cache::new(config.sandbox_cache_bytes),
             shares: config.shares(),
             refusals: metering::Refusals::default(),
@@ -213,6 +220,7 @@ impl App {
             audit,
             catalog,
             insights,
+            first_success,
             projections,
             pii_secret,
         })

@@ -814,13 +814,66 @@ fn insights_through_the_server_match_a_recomputation_from_the_exported_events() 
     }
     assert_eq!(served_quota, quota);
 
+    // Drop-off per user: joined (`member.added`), then the user's own upload, query and PASS
+    // export, each the first after the previous; "completed" when the next comes within 14 days.
+    let mut users: HashMap<(String, String), [Option<OffsetDateTime>; 4]> = HashMap::new();
+    let mut ordered: Vec<&serde_json::Value> = events.iter().collect();
+    ordered.sort_by_key(|e| (parse(&e["occurred_at"]), e["global_position"].as_u64()));
+    for e in ordered {
+        let tenant = e["tenant_id"].as_str().unwrap().to_owned();
+        let at = parse(&e["occurred_at"]);
+        if e["event_type"] == "member.added" {
+            let user = e["payload"]["user_id"].as_str().unwrap().to_owned();
+            let steps = users.entry((tenant.clone(), user)).or_default();
+            steps[0].get_or_insert(at);
+        }
+        let Some(user) = e["actor"].as_str().unwrap().strip_prefix("user:") else {
+            continue;
+        };
+        let k = match e["event_type"].as_str().unwrap() {
+            "dataset.uploaded" => 1,
+            "query.run" => 2,
+            "export.completed" if e["payload"]["badge"] == "PASS" => 3,
+            _ => continue,
+        };
+        let steps = users.entry((tenant, user.to_owned())).or_default();
+        if steps[k].is_none() && steps[k - 1].is_some_and(|p| p <= at) {
+            steps[k] = Some(at);
+        }
+    }
+    let served: serde_json::Value = serde_json::from_str(&get("/v1/insights/dropoff")).unwrap();
+    for k in 0..4 {
+        let reached = users.values().filter(|s| s[k].is_some()).count() as u64;
+        let step = &served["steps"][k];
+        assert_eq!(
+            step["reached"].as_u64().unwrap(),
+            reached,
+            "step {k}: {step}"
+        );
+        if k < 3 {
+            let completed = users
+                .values()
+                .filter(|s| match (s[k], s[k + 1]) {
+                    (Some(a), Some(b)) => b - a <= window,
+                    _ => false,
+                })
+                .count() as u64;
+            assert_eq!(step["completed"].as_u64().unwrap(), completed, "step {k}");
+            assert_eq!(step["dropped"].as_u64().unwrap(), reached - completed);
+        }
+    }
+
     // The files: CSV with a header and one row per step (4 overall, 4 per plan), and SVG.
     let csv = get("/v1/insights/funnel.csv");
     assert!(csv.starts_with("segment,step,tenants,"), "{csv}");
     assert_eq!(csv.lines().count(), 1 + 4 * 4);
     assert!(get("/v1/insights/cohorts.csv").starts_with("cohort_week,cohort_size,week,"));
     assert!(get("/v1/insights/quota.csv").starts_with("week,plan,blocked_attempts,"));
-    for svg in ["/v1/insights/funnel.svg", "/v1/insights/cohorts.svg"] {
+    for svg in [
+        "/v1/insights/funnel.svg",
+        "/v1/insights/cohorts.svg",
+        "/v1/insights/dropoff.svg",
+    ] {
         let body = get(svg);
         assert!(
             body.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),

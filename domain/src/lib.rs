@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod identity;
 pub mod ids;
 pub mod insights;
+pub mod onboarding;
 pub mod pii;
 pub mod plans;
 pub mod platform;
@@ -30,6 +31,7 @@ pub fn all_event_types() -> Vec<(&'static str, u16)> {
         dataset::DataFact::ALL_EVENT_TYPES,
         preset::PresetEvent::ALL_EVENT_TYPES,
         quota::UsageEvent::ALL_EVENT_TYPES,
+        onboarding::OnboardingEvent::ALL_EVENT_TYPES,
     ]
     .concat()
 }

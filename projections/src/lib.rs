@@ -12,6 +12,7 @@ mod catalog;
 mod codec;
 mod identity;
 mod insights;
+mod onboarding;
 mod runtime;
 
 pub use audit::Audit;
@@ -19,6 +20,7 @@ pub use catalog::{Catalog, DatasetView, ExportView, PresetView};
 pub use codec::CodecError;
 pub use identity::{Identity, MemberView, Principal, TenantView, TokenEntry, TokenProblem};
 pub use insights::{Insights, TenantInsight};
+pub use onboarding::FirstSuccess;
 pub use runtime::{
     Checkpointing, Projection, ProjectionStatus, RebuildError, RebuildState, RebuildStatus,
     ReplayError, ReplayReport, Runtime, Unreadable, load, replay, save,
