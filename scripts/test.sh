@@ -25,6 +25,14 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+# The billing tests read invoice PDFs back with pdftotext (Debian package poppler-utils).
+if ! command -v pdftotext >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq poppler-utils
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq poppler-utils
+  fi
+fi
 echo "== OpenAPI document"
 scripts/validate-openapi.sh
 

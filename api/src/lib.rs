@@ -4,7 +4,9 @@
 //!
 //! Architecture invariant: this is the only crate that knows HTTP.
 
+pub mod audit_routes;
 pub mod auth;
+pub mod billing_routes;
 pub mod data_routes;
 pub mod http;
 pub mod insights_routes;

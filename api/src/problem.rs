@@ -371,6 +371,23 @@ impl From<app::Error> for Problem {
                 Problem::conflict("already-revoked", "the token is already revoked")
             }
             E::Platform(PlatformError::UnknownToken) => Problem::not_found("no such token"),
+            E::Billing(b) => {
+                use domain::billing::BillingError as B;
+                let detail = b.to_string();
+                match b {
+                    B::UnknownInvoice(_) => Problem::not_found(detail),
+                    B::Reason => Problem::validation(vec![("reason".into(), detail)]),
+                    B::CreditTooLarge { .. } => {
+                        Problem::validation(vec![("amount".into(), detail)])
+                    }
+                    B::SameMode(_) => Problem::conflict("billing-same-mode", detail),
+                    B::TooEarly { .. } => Problem::conflict("invoice-still-draft", detail),
+                    B::Shadow(_) => Problem::conflict("invoice-shadow", detail),
+                    B::AlreadyPaid(_) => Problem::conflict("invoice-already-paid", detail),
+                    B::NothingToCharge(_) => Problem::conflict("invoice-nothing-to-charge", detail),
+                    B::DoubleCharge { .. } => Problem::conflict("double-charge", detail),
+                }
+            }
             E::Usage(d) => Problem::validation(vec![("units".into(), d.to_string())]),
             E::Onboarding(domain::onboarding::OnboardingError::Invalid { field, reason }) => {
                 Problem::validation(vec![(field.into(), reason)])

@@ -4,7 +4,7 @@
 //! generated from it. A new route is one entry here and nothing anywhere else.
 
 use crate::http::ReadQuery;
-use crate::{data_routes as data, quota_routes as quota, routes as r};
+use crate::{billing_routes as billing, data_routes as data, quota_routes as quota, routes as r};
 use domain::{Flag, PlatformRole, TenantRole};
 use std::fmt;
 use utoipa::openapi::RefOr;
@@ -215,12 +215,24 @@ const AUDITORS: &[Role] = &[
     Role::Tenant(T::Admin),
     Role::Tenant(T::Compliance),
 ];
+/// Who reads a tenant's signed checkpoint (issue 12).
+const CHECKPOINT_READERS: &[Role] = &[
+    Role::Tenant(T::Owner),
+    Role::Tenant(T::Compliance),
+    Role::Platform(P::Ops),
+];
+/// Who exports audit bundles (issue 12).
+const BUNDLE_EXPORTERS: &[Role] = &[Role::Tenant(T::Owner), Role::Tenant(T::Compliance)];
 const PLATFORM_READERS: &[Role] = &[
     Role::Platform(P::Support),
     Role::Platform(P::Pm),
     Role::Platform(P::Ops),
 ];
 const PLATFORM_OPS: &[Role] = &[Role::Platform(P::Ops)];
+/// Who sees a tenant's invoices (SPEC §5): its owners and its billing role.
+const BILLING_READERS: &[Role] = &[Role::Tenant(T::Owner), Role::Tenant(T::Billing)];
+/// Platform finance and ops: billing modes, finalization, credit notes, reconciliation.
+const FINANCE: &[Role] = &[Role::Platform(P::Finance), Role::Platform(P::Ops)];
 const INSIGHT_READERS: &[Role] = &[Role::Platform(P::Pm), Role::Platform(P::Ops)];
 const DATA_WRITERS: &[Role] = &[
     Role::Tenant(T::Owner),
@@ -405,6 +417,74 @@ pub const ROUTES: &[RouteSpec] = &[
         api: Api::read::<r::AuditPage>()
             .with_query(params::<r::AuditQuery>())
             .with_problems(&[(422, "A filter, the cursor or the limit is invalid")]),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/audit/keys",
+        access: Access::Roles(EVERYONE),
+        flag: Some(Flag::AuditV12),
+        summary: "The audit keyring: log and export public keys (PEM, C2SP vkey), rotated ones kept",
+        handler: |route| route.to(crate::audit_routes::keys),
+        api: Api::read::<crate::audit_routes::Keyring>().with_query(None),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/audit/keys/{kind}/rotate",
+        access: Access::Roles(PLATFORM_OPS),
+        flag: None,
+        summary: "Rotate the audit log key or export key (platform ops); old keys stay listed",
+        handler: |route| route.to(crate::audit_routes::rotate_key),
+        api: Api::bodiless::<crate::audit_routes::KeyRotated>().with_status(201),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/audit/checkpoint",
+        access: Access::Roles(CHECKPOINT_READERS),
+        flag: Some(Flag::AuditV12),
+        summary: "The tenant's audit tree, signed now (C2SP signed note); ?tenant= for platform ops",
+        handler: |route| route.to(crate::audit_routes::checkpoint),
+        api: Api::read::<crate::audit_routes::AuditCheckpoint>()
+            .with_query(params::<crate::audit_routes::CheckpointQuery>())
+            .with_problems(&[(422, "`tenant` is not a UUID")]),
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/v1/audit/retention",
+        access: Access::Roles(BUNDLE_EXPORTERS),
+        flag: Some(Flag::AuditV12),
+        summary: "Set the tenant's retention policy (`retention.policy_set`), proven in its bundles",
+        handler: |route| route.to(crate::audit_routes::set_retention),
+        api: Api::command::<crate::audit_routes::RetentionRequest, crate::audit_routes::RetentionSet>(
+            200,
+        ),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/audit/state",
+        access: Access::Roles(BUNDLE_EXPORTERS),
+        flag: Some(Flag::AuditV12),
+        summary: "The tenant at a moment (?at=), rebuilt from its events as `tenantry-verify replay` does",
+        handler: |route| route.to(crate::audit_routes::state_at),
+        api: Api::read::<crate::audit_routes::AuditState>()
+            .with_query(params::<crate::audit_routes::StateQuery>())
+            .with_problems(&[(422, "`at` is not an RFC 3339 time")]),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/audit/bundles",
+        access: Access::Roles(BUNDLE_EXPORTERS),
+        flag: Some(Flag::AuditV12),
+        summary: "A signed audit bundle (.tar.gz) of the tenant's events recorded in [from, to)",
+        handler: |route| route.to(crate::audit_routes::create_bundle),
+        api: Api {
+            query: None,
+            request: Body::json::<crate::audit_routes::BundleRequest>(),
+            status: 200,
+            response: Body::Text("application/gzip"),
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
     },
     RouteSpec {
         method: "GET",
@@ -818,6 +898,82 @@ pub const ROUTES: &[RouteSpec] = &[
         summary: "Change plan: upgrades now (lifting a block), downgrades next period",
         handler: |route| route.to(quota::change_plan),
         api: Api::command::<quota::PlanRequest, quota::PlanChange>(200).idempotent(),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/tenant/invoices/preview",
+        access: Access::Roles(BILLING_READERS),
+        flag: Some(Flag::BillingActiveV1),
+        summary: "The open period's invoice to date (JSON; CSV or PDF by Accept)",
+        handler: |route| route.to(billing::preview),
+        api: Api::read::<billing::InvoiceDoc>(),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/tenant/invoices",
+        access: Access::Roles(BILLING_READERS),
+        flag: Some(Flag::BillingActiveV1),
+        summary: "The tenant's finalized invoices, newest first",
+        handler: |route| route.to(billing::my_invoices),
+        api: Api::read::<billing::InvoiceList>(),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/tenant/invoices/{number}",
+        access: Access::Roles(BILLING_READERS),
+        flag: Some(Flag::BillingActiveV1),
+        summary: "One finalized invoice (JSON; CSV or PDF by Accept)",
+        handler: |route| route.to(billing::my_invoice),
+        api: Api::read::<billing::InvoiceDoc>(),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/invoices",
+        access: Access::Roles(FINANCE),
+        flag: None,
+        summary: "Every tenant's finalized invoices (platform finance)",
+        handler: |route| route.to(billing::all_invoices),
+        api: Api::read::<billing::InvoiceList>()
+            .with_query(params::<billing::AllInvoicesQuery>())
+            .with_problems(&[(422, "`tenant_id` is not a UUID")]),
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/v1/tenants/{tenant_id}/billing-mode",
+        access: Access::Roles(FINANCE),
+        flag: None,
+        summary: "Set a tenant's billing mode: shadow, active_test, active_live (platform finance)",
+        handler: |route| route.to(billing::set_mode),
+        api: Api::command::<billing::ModeRequest, billing::ModeChanged>(200).idempotent(),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/ops/invoices/finalize",
+        access: Access::Roles(FINANCE),
+        flag: None,
+        summary: "Finalize every tenant's invoice of a period past its 24-hour grace",
+        handler: |route| route.to(billing::finalize),
+        api: Api::command::<billing::FinalizeRequest, billing::FinalizeReport>(200).idempotent(),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/invoices/{number}/credit-notes",
+        access: Access::Roles(FINANCE),
+        flag: None,
+        summary: "Correct a finalized invoice with a credit note",
+        handler: |route| route.to(billing::credit_note),
+        api: Api::command::<billing::CreditNoteRequest, billing::CreditNote>(201).idempotent(),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/ops/reconciliation",
+        access: Access::Roles(FINANCE),
+        flag: None,
+        summary: "Recount usage from the raw log and compare with rollups and invoices",
+        handler: |route| route.to(billing::reconciliation),
+        api: Api::read::<billing::ReconciliationReport>()
+            .with_query(params::<billing::ReconciliationQuery>())
+            .with_problems(&[(422, "`from` or `to` is not a date (YYYY-MM-DD)")]),
     },
 ];
 

@@ -38,6 +38,8 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub async fn new(settings: Settings, store: Store) -> Self {
         let app = app::App::start(settings.app_config(), store, Arc::new(app::SystemClock)).await;
+        // A served log records its tenants' signed checkpoints on a timer (ADR 023).
+        app::audit::start_checkpoint_recorder(&app);
         Self::on(app, settings)
     }
 
@@ -219,6 +221,10 @@ pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Running> 
                 }
             }
         });
+    }
+    // The nightly billing run (finalize, charge, reconcile), when the settings ask for one.
+    if let Some(nightly) = state.settings.billing_nightly() {
+        app::billing::spawn_nightly(&state.app, nightly);
     }
     let data = state.clone();
     let server = HttpServer::new(move || {

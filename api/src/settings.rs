@@ -64,6 +64,14 @@ pub struct Settings {
     pub store_statement_timeout_ms: u64,
     pub store_write_timeout_ms: u64,
     pub store_append_queue: usize,
+    /// When the nightly billing run starts (UTC `HH:MM`; `None`: never): finalize the previous
+    /// month after its 24-hour grace, charge what is due, reconcile yesterday (ADR 024).
+    pub billing_nightly_at: Option<String>,
+    /// The Stripe API's base URL, and its secret keys for `active_test` and `active_live`
+    /// tenants; without a key nothing of that mode is charged.
+    pub stripe_base_url: String,
+    pub stripe_test_key: Option<Secret>,
+    pub stripe_live_key: Option<Secret>,
 }
 
 impl Default for Settings {
@@ -93,6 +101,10 @@ impl Default for Settings {
             store_statement_timeout_ms: defaults.statement_timeout.as_millis() as u64,
             store_write_timeout_ms: defaults.write_timeout.as_millis() as u64,
             store_append_queue: defaults.append_queue,
+            billing_nightly_at: Some("02:00".into()),
+            stripe_base_url: "https://api.stripe.com".into(),
+            stripe_test_key: None,
+            stripe_live_key: None,
         }
     }
 }
@@ -123,6 +135,11 @@ struct FileSettings {
     store_statement_timeout_ms: Option<u64>,
     store_write_timeout_ms: Option<u64>,
     store_append_queue: Option<usize>,
+    /// `HH:MM` UTC, or `off`.
+    billing_nightly_at: Option<String>,
+    stripe_base_url: Option<String>,
+    stripe_test_key: Option<String>,
+    stripe_live_key: Option<String>,
     #[serde(default)]
     flags: BTreeMap<String, bool>,
     #[serde(default)]
@@ -130,6 +147,24 @@ struct FileSettings {
 }
 
 impl Settings {
+    /// The nightly billing run these settings ask for (ADR 024).
+    pub fn billing_nightly(&self) -> Option<app::billing::Nightly> {
+        let at = parse_hh_mm(self.billing_nightly_at.as_deref()?)?;
+        let stripe = |key: &Option<Secret>| -> std::sync::Arc<dyn app::payments::PaymentProvider> {
+            match key {
+                Some(k) => std::sync::Arc::new(app::payments::Stripe::new(
+                    self.stripe_base_url.clone(),
+                    k.0.clone(),
+                    std::time::Duration::from_secs(30),
+                )),
+                None => std::sync::Arc::new(app::payments::Unconfigured),
+            }
+        };
+        let providers = (self.stripe_test_key.is_some() || self.stripe_live_key.is_some())
+            .then(|| (stripe(&self.stripe_test_key), stripe(&self.stripe_live_key)));
+        Some(app::billing::Nightly { at, providers })
+    }
+
     /// The store's limits from these settings (the rest at their defaults).
     pub fn store_options(&self) -> store::StoreOptions {
         let ms = std::time::Duration::from_millis;
@@ -245,6 +280,18 @@ impl Settings {
         if let Some(v) = f.store_append_queue {
             self.store_append_queue = v;
         }
+        if let Some(v) = f.billing_nightly_at {
+            self.billing_nightly_at = (v != "off").then_some(v);
+        }
+        if let Some(v) = f.stripe_base_url {
+            self.stripe_base_url = v;
+        }
+        if let Some(v) = f.stripe_test_key {
+            self.stripe_test_key = Some(Secret(v));
+        }
+        if let Some(v) = f.stripe_live_key {
+            self.stripe_live_key = Some(Secret(v));
+        }
         let mut overrides = Vec::new();
         for (name, o) in &f.plans {
             let plan = domain::tenant::Plan::parse(name).ok_or_else(|| {
@@ -328,6 +375,12 @@ impl Settings {
                 "STORE_APPEND_QUEUE" => {
                     self.store_append_queue = value.parse().map_err(|_| bad("not a count"))?
                 }
+                "BILLING_NIGHTLY_AT" => {
+                    self.billing_nightly_at = (value != "off").then(|| value.clone())
+                }
+                "STRIPE_BASE_URL" => self.stripe_base_url = value.clone(),
+                "STRIPE_TEST_KEY" => self.stripe_test_key = Some(Secret(value.clone())),
+                "STRIPE_LIVE_KEY" => self.stripe_live_key = Some(Secret(value.clone())),
                 other => {
                     if let Some(flag) = other.strip_prefix("FLAG_") {
                         let flag = Flag::ALL
@@ -349,6 +402,12 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if let Some(at) = &self.billing_nightly_at {
+            anyhow::ensure!(
+                parse_hh_mm(at).is_some(),
+                "billing_nightly_at must be HH:MM (UTC) or off, not {at:?}"
+            );
+        }
         anyhow::ensure!(
             self.body_limit >= 1024,
             "body_limit must be at least 1024 bytes"
@@ -403,6 +462,15 @@ impl Settings {
             .copied()
             .unwrap_or(false)
     }
+}
+
+/// `HH:MM` as a time of day.
+fn parse_hh_mm(s: &str) -> Option<time::Time> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    time::Time::from_hms(h.parse().ok()?, m.parse().ok()?, 0).ok()
 }
 
 #[cfg(test)]

@@ -57,6 +57,10 @@ pub enum Error {
     /// The preset aggregate refused (404/409/422 by the error).
     #[error(transparent)]
     Preset(PresetError),
+    /// Billing refused (409 `billing-*` by the error; 404 `not-found` for an unknown invoice;
+    /// 422 `validation` on `reason` or `amount`).
+    #[error(transparent)]
+    Billing(domain::billing::BillingError),
     /// The platform aggregate refused (404/409 by the error).
     #[error(transparent)]
     Platform(PlatformError),

@@ -6,6 +6,8 @@
 //! HTTP answer `api` maps them to.
 
 pub mod analysis;
+pub mod audit;
+pub mod billing;
 pub mod clock;
 pub mod datasets;
 mod error;
@@ -13,6 +15,7 @@ pub mod identity;
 pub mod insights;
 pub mod metering;
 pub mod onboarding;
+pub mod payments;
 pub mod presets;
 pub mod shares;
 pub mod text;
@@ -28,7 +31,7 @@ use domain::preset::Preset;
 use domain::quota::Usage;
 use domain::tenant::Tenant;
 use domain::{Flag, TenantId};
-use projections::{Audit, Catalog, FirstSuccess, Identity, Insights, Runtime};
+use projections::{Audit, AuditTree, Catalog, FirstSuccess, Identity, Insights, Runtime};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,8 +145,19 @@ pub struct App {
     pub datasets: Executor<Dataset>,
     pub presets: Executor<Preset>,
     pub usage: Executor<Usage>,
+    /// Tenants' billing modes (stream `billing`) and the invoice book (platform `invoices`).
+    pub billing_accounts: Executor<domain::billing::BillingAccount>,
+    pub invoices: Executor<domain::billing::InvoiceBook>,
+    /// Daily usage rollups and usage by price (invoices, previews, reconciliation).
+    pub rollups: Arc<projections::DailyRollups>,
+    /// Each tenant's billing mode and plan events (invoicing reads no stream).
+    pub billing_view: Arc<projections::BillingView>,
     pub identity: Arc<Identity>,
     pub audit: Arc<Audit>,
+    /// Each tenant's audit Merkle tree (ADR 023).
+    pub audit_tree: Arc<AuditTree>,
+    /// The audit log's own records: the keyring and the bundles exported.
+    pub audit_log: Executor<domain::audit::AuditLog>,
     pub catalog: Arc<Catalog>,
     pub insights: Arc<Insights>,
     pub first_success: Arc<FirstSuccess>,
@@ -180,8 +194,11 @@ impl App {
         let identity = Arc::new(Identity::default());
         let audit = Arc::new(Audit::default());
         let catalog = Arc::new(Catalog::default());
+        let rollups = Arc::new(projections::DailyRollups::default());
+        let billing_view = Arc::new(projections::BillingView::default());
         let insights = Arc::new(Insights::default());
         let first_success = Arc::new(FirstSuccess::default());
+        let audit_tree = Arc::new(AuditTree::default());
         let projections = Runtime::start(
             &store,
             vec![
@@ -190,11 +207,16 @@ impl App {
                 catalog.clone(),
                 insights.clone(),
                 first_success.clone(),
+                audit_tree.clone(),
+                rollups.clone(),
+                billing_view.clone(),
             ],
         );
         let executor = |kind: &'static str| ExecutorConfig::new(kind);
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
+            billing_accounts: Executor::new(store.clone(), executor("billing-account/v1")),
+            invoices: Executor::new(store.clone(), executor("invoice-book/v1")),
             datasets: Executor::new(store.clone(), executor("dataset/v1")),
             presets: Executor::new(store.clone(), executor("preset/v1")),
             usage: Executor::new(
@@ -209,6 +231,7 @@ impl App {
             tenants: Executor::new(store.clone(), executor("tenant/v1")),
             platform: Executor::new(store.clone(), executor("platform/v1")),
             onboarding: Executor::new(store.clone(), executor("onboarding/v1")),
+            audit_log: Executor::new(store.clone(), executor("audit/v1")),
             sandbox: dataplane::sandbox::Cache::new(config.sandbox_cache_bytes),
             shares: config.shares(),
             refusals: metering::Refusals::default(),
@@ -218,7 +241,10 @@ impl App {
             clock,
             identity,
             audit,
+            audit_tree,
             catalog,
+            rollups,
+            billing_view,
             insights,
             first_success,
             projections,

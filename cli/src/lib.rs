@@ -2,8 +2,11 @@
 //! The service itself (`tenantry serve`) is `api`'s; this crate starts it and drives it, and
 //! knows nothing of routes or handlers.
 
+pub mod audit_bench;
 pub mod bench;
 pub mod bench_http;
+pub mod bench_insights;
+pub mod billing;
 pub mod export;
 pub mod ops;
 pub mod pii;

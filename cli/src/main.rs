@@ -87,6 +87,19 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Recount usage from the raw log for UTC days [--from, --to) and compare it with the daily
+    /// rollups and the finalized invoices (SPEC §5); prints the report, writes
+    /// `reconciliation.completed`, exits 1 when a difference is found.
+    Reconcile {
+        /// First UTC day (YYYY-MM-DD).
+        #[arg(long)]
+        from: String,
+        /// The day after the last (YYYY-MM-DD, exclusive).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Write a realistic, deterministic history through the real command path.
     Seed {
         #[arg(long, default_value_t = 20)]
@@ -131,6 +144,31 @@ enum Backend {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Audit log: one tenant's log of N events, the tree projection's cost per event, then one
+    /// bundle of the whole log through `app::audit::bundle`. Prints one JSON object.
+    Audit {
+        #[arg(long, value_enum, default_value = "embedded")]
+        backend: Backend,
+        #[arg(long, env = "DATABASE_URL")]
+        url: Option<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// Billing: N usage events over T Pro tenants in one month (tenant 0 gets U of them), then
+    /// the preview of tenant 0, a reconciliation of the month and the month's invoices. Prints
+    /// one JSON object.
+    Billing {
+        #[arg(long, value_enum, default_value = "embedded")]
+        backend: Backend,
+        #[arg(long, env = "DATABASE_URL")]
+        url: Option<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        usage_events: u64,
+        #[arg(long, default_value_t = 10_000)]
+        tenants: u64,
+        #[arg(long, default_value_t = 100_000)]
+        preview_units: u64,
+    },
     /// An Enterprise tenant with N usage events: the next unit decided by a cold executor.
     ColdStart {
         #[arg(long, value_enum, default_value = "embedded")]
@@ -139,6 +177,12 @@ enum BenchCommand {
         url: Option<String>,
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+    },
+    /// Insights and first-success on a seeded store: rebuild both read models (events/s), then
+    /// time the funnel, the cohorts and every user's onboarding view. Prints one JSON object.
+    Insights {
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Start-up on a long log: fill it to N events, rebuild every projection (events/s), then
     /// time a server to /readyz 200 from persisted projections and from position 1.
@@ -465,6 +509,76 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             anyhow::Ok(())
         }),
+        Command::Reconcile { from, to, store } => runtime.block_on(async move {
+            let (from, to) = (
+                cli::billing::parse_day(&from, "--from")?,
+                cli::billing::parse_day(&to, "--to")?,
+            );
+            anyhow::ensure!(from < to, "--to must be after --from");
+            let location = store.location();
+            let store = store.open().await?;
+            let settings = api::settings::Settings {
+                store: location,
+                ..Default::default()
+            };
+            let app = app::App::start(
+                settings.app_config(),
+                store.clone(),
+                std::sync::Arc::new(app::SystemClock),
+            )
+            .await;
+            let result = cli::billing::reconcile(&app, from, to).await;
+            app.projections.shutdown().await;
+            store.close().await;
+            let (report, clean) = result?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !clean {
+                std::process::exit(1);
+            }
+            anyhow::Ok(())
+        }),
+        Command::Bench {
+            what:
+                BenchCommand::Audit {
+                    backend,
+                    url,
+                    events,
+                },
+        } => runtime.block_on(async move {
+            let (location, _temp) = bench_location(backend, url, None)?;
+            let store = Store::open(&location).await?;
+            let config = app::Config {
+                refusal_timer: false,
+                ..api::settings::Settings::default().app_config()
+            };
+            let report = cli::audit_bench::run(&store, config, events).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string(&report)?);
+            anyhow::Ok(())
+        }),
+        Command::Bench {
+            what:
+                BenchCommand::Billing {
+                    backend,
+                    url,
+                    usage_events,
+                    tenants,
+                    preview_units,
+                },
+        } => runtime.block_on(async move {
+            anyhow::ensure!(tenants >= 1, "--tenants must be at least 1");
+            let (location, _temp) = bench_location(backend, url, None)?;
+            let store = Store::open(&location).await?;
+            let config = app::Config {
+                refusal_timer: false,
+                ..api::settings::Settings::default().app_config()
+            };
+            let report =
+                cli::billing::bench(&store, config, usage_events, tenants, preview_units).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string(&report)?);
+            anyhow::Ok(())
+        }),
         Command::Seed {
             tenants,
             weeks,
@@ -586,6 +700,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (location, _temp) = bench_location(backend, url, data)?;
             let store = Store::open(&location).await?;
             let report = cli::bench::startup(&store, &location, events, tenants).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string(&report)?);
+            anyhow::Ok(())
+        }),
+        Command::Bench {
+            what: BenchCommand::Insights { store },
+        } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
+            let location = store.location();
+            let store = store.open().await?;
+            let settings = api::settings::Settings {
+                store: location,
+                ..Default::default()
+            };
+            let report = cli::bench_insights::insights(&store, settings.app_config()).await?;
             store.close().await;
             println!("{}", serde_json::to_string(&report)?);
             anyhow::Ok(())

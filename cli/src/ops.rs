@@ -62,6 +62,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(Catalog::default()),
         Arc::new(Insights::default()),
         Arc::new(FirstSuccess::default()),
+        Arc::new(projections::AuditTree::default()),
     ]
 }
 

@@ -82,7 +82,14 @@ fn rebuild_saves_the_named_projection_at_the_head_and_refuses_unknown_names_and_
     let all = ok(&["rebuild", "--data", data]);
     assert_eq!(
         all["projections"],
-        json!(["identity", "audit", "catalog", "insights", "first_success"])
+        json!([
+            "identity",
+            "audit",
+            "catalog",
+            "insights",
+            "first_success",
+            "audit_tree"
+        ])
     );
     assert_eq!(block_on(saved_position(&location, "audit")), Some(2));
 

@@ -4,6 +4,8 @@
 //! source. Time and identifiers come in as arguments.
 
 pub mod aggregate;
+pub mod audit;
+pub mod billing;
 pub mod dataset;
 pub mod identity;
 pub mod ids;
@@ -14,6 +16,7 @@ pub mod plans;
 pub mod platform;
 pub mod preset;
 pub mod quota;
+pub mod replay;
 pub mod tenant;
 
 pub use aggregate::{Aggregate, DomainEvent, EventDecodeError};
@@ -32,6 +35,10 @@ pub fn all_event_types() -> Vec<(&'static str, u16)> {
         preset::PresetEvent::ALL_EVENT_TYPES,
         quota::UsageEvent::ALL_EVENT_TYPES,
         onboarding::OnboardingEvent::ALL_EVENT_TYPES,
+        billing::AccountEvent::ALL_EVENT_TYPES,
+        billing::BookEvent::ALL_EVENT_TYPES,
+        billing::ReconciliationEvent::ALL_EVENT_TYPES,
+        audit::AuditEvent::ALL_EVENT_TYPES,
     ]
     .concat()
 }

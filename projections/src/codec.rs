@@ -84,6 +84,11 @@ impl Writer {
         self.u64(u64::from(t.nanosecond()));
     }
 
+    /// Bytes of a length both sides know (a hash), without a length prefix.
+    pub fn fixed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     /// A domain value, as its JSON.
     pub fn json<T: Serialize>(&mut self, v: &T) {
         let bytes = serde_json::to_vec(v).unwrap_or_default();
@@ -182,6 +187,12 @@ impl<'a> Reader<'a> {
         OffsetDateTime::from_unix_timestamp(secs)
             .and_then(|t| t.replace_nanosecond(nanos))
             .map_err(|e| CodecError::Malformed(e.to_string()))
+    }
+
+    /// `N` bytes written by [`Writer::fixed`].
+    pub fn fixed<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let bytes = self.take(N)?;
+        Ok(bytes.try_into().expect("took N bytes"))
     }
 
     pub fn json<T: DeserializeOwned>(&mut self) -> Result<T, CodecError> {

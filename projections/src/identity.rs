@@ -143,6 +143,14 @@ impl Identity {
         state.tenants.get(&tenant).cloned()
     }
 
+    /// Every tenant's id, sorted (billing runs over all of them).
+    pub fn tenant_ids(&self) -> Vec<TenantId> {
+        let state = self.state.read().expect("identity lock");
+        let mut ids: Vec<TenantId> = state.tenants.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
     fn apply_tenant(state: &mut State, tenant: TenantId, event: TenantEvent, at: OffsetDateTime) {
         match event {
             TenantEvent::SignedUp(e) => {

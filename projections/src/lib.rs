@@ -8,19 +8,25 @@
 //! position (read-your-writes, ADR 004).
 
 mod audit;
+mod audit_tree;
+mod billing;
 mod catalog;
 mod codec;
 mod identity;
 mod insights;
 mod onboarding;
+mod rollups;
 mod runtime;
 
 pub use audit::Audit;
+pub use audit_tree::{AuditTree, TreeView, leaf_header};
+pub use billing::BillingView;
 pub use catalog::{Catalog, DatasetView, ExportView, PresetView};
 pub use codec::CodecError;
 pub use identity::{Identity, MemberView, Principal, TenantView, TokenEntry, TokenProblem};
 pub use insights::{Insights, TenantInsight};
 pub use onboarding::FirstSuccess;
+pub use rollups::{DailyRollups, PriceKey, Priced, Rollup, RollupKey, day_of};
 pub use runtime::{
     Checkpointing, Projection, ProjectionStatus, RebuildError, RebuildState, RebuildStatus,
     ReplayError, ReplayReport, Runtime, Unreadable, load, replay, save,

@@ -47,6 +47,16 @@ impl FirstSuccess {
             .cloned()
     }
 
+    /// Every user this model knows, as (tenant, user).
+    pub fn users(&self) -> Vec<(TenantId, Uuid)> {
+        self.users
+            .read()
+            .expect("onboarding lock")
+            .keys()
+            .map(|(t, u)| (TenantId::from_uuid(*t), *u))
+            .collect()
+    }
+
     /// Every user's progress (a snapshot).
     pub fn all(&self) -> Vec<Progress> {
         self.users

@@ -50,6 +50,8 @@ pub fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Te
         read_wait_ms: 3_000,
         // Tests sign up many tenants from 127.0.0.1; the limit has tests of its own.
         signup_per_minute: 0,
+        // No nightly billing run in the middle of a test that crosses 02:00 UTC.
+        billing_nightly_at: None,
         ..Settings::default()
     };
     tweak(&mut settings);
