@@ -275,18 +275,52 @@ pub async fn state_at(
     Ok(Reply::json(StatusCode::OK, &AuditState::from(s)))
 }
 
+/// A string schema with a pattern (what the derive cannot put on a vector's items).
+fn pattern_string(
+    description: &str,
+    pattern: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .pattern(Some(pattern))
+        .into()
+}
+
+/// An event type (`member.added`): no spaces.
+pub(crate) struct EventTypeName;
+
+impl utoipa::PartialSchema for EventTypeName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        pattern_string("An event type (`member.added`)", r"^\S+$")
+    }
+}
+
+impl ToSchema for EventTypeName {}
+
+/// A JSON pointer into an event's payload (`/email`).
+pub(crate) struct JsonPointer;
+
+impl utoipa::PartialSchema for JsonPointer {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        pattern_string("A JSON pointer into the payload (`/email`)", r"^/")
+    }
+}
+
+impl ToSchema for JsonPointer {}
+
 /// One retention rule.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetentionRuleDto {
     /// The rule's name, unique in the policy (erasures name it).
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     name: String,
     /// The event types it covers (`member.added`, …).
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, value_type = Vec<EventTypeName>)]
     event_types: Vec<String>,
     /// JSON pointers to the personal fields of those events' payloads (`/email`).
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, value_type = Vec<JsonPointer>)]
     fields: Vec<String>,
     /// Days the fields are kept after the event's `occurred_at`.
     #[schema(maximum = 36500)]

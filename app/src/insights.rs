@@ -24,11 +24,7 @@ pub fn funnel(app: &App, ask: FunnelAsk) -> Result<Funnel, Error> {
     if !(1..=365).contains(&days) {
         return Err(Error::field("window_days", "must be 1 to 365"));
     }
-    if let (Some(from), Some(to)) = (ask.signed_up_from, ask.signed_up_to)
-        && from > to
-    {
-        return Err(Error::field("signed_up_to", "is before signed_up_from"));
-    }
+    // A `signed_up_to` before `signed_up_from` is an empty range: a funnel of no tenant.
     let journeys = app.insights.journeys();
     Ok(insights::funnel(
         journeys.iter(),

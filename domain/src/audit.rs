@@ -123,12 +123,16 @@ impl RetentionPolicySet {
         let mut names = std::collections::BTreeSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             let at = |f: &str| format!("rules[{i}].{f}");
-            if r.name.trim().is_empty() || r.name.len() > 100 {
+            if r.name.trim().is_empty() || r.name.chars().count() > 100 {
                 out.push((at("name"), "must be 1 to 100 characters".into()));
             } else if !names.insert(r.name.as_str()) {
                 out.push((at("name"), "is the name of an earlier rule".into()));
             }
-            if r.event_types.is_empty() || r.event_types.iter().any(|t| t.trim().is_empty()) {
+            if r.event_types.is_empty()
+                || r.event_types
+                    .iter()
+                    .any(|t| t.is_empty() || t.chars().any(char::is_whitespace))
+            {
                 out.push((at("event_types"), "must list event types".into()));
             }
             if r.fields.is_empty() || r.fields.iter().any(|f| !f.starts_with('/')) {
