@@ -780,6 +780,9 @@ pub(crate) struct Export {
     badge: String,
     /// Findings left in the output, per detector; never the values.
     findings: BTreeMap<String, u64>,
+    /// CSV cells that began with `=`, `+`, `-`, `@`, a tab or a carriage return, written with a
+    /// leading `'` so that no spreadsheet runs them as formulas (OWASP CSV injection).
+    formulas_neutralized: u64,
     download_url: String,
     global_position: u64,
 }
@@ -798,6 +801,7 @@ fn export_json(x: &ExportCompleted, position: u64) -> Export {
         sha256: x.sha256.clone(),
         badge: x.badge.clone(),
         findings: x.findings.clone(),
+        formulas_neutralized: x.formulas_neutralized,
         download_url: format!("/v1/exports/{}/download", x.export_id),
         global_position: position,
     }

@@ -451,6 +451,7 @@ pub async fn export(
             .iter()
             .map(|(d, n)| (d.as_str().to_owned(), *n as u64))
             .collect(),
+        formulas_neutralized: exported.formulas_neutralized,
     };
     // The unit and the `export.completed` it pays for are one append.
     let metered = record_units(

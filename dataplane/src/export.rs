@@ -101,6 +101,39 @@ pub struct Exported {
     pub badge: Badge,
     /// Findings left in the output, per detector (never the values).
     pub findings: BTreeMap<Detector, usize>,
+    /// CSV cells written with a leading `'` because a spreadsheet would run them as a formula.
+    pub formulas_neutralized: u64,
+}
+
+/// A CSV cell a spreadsheet would run as a formula (OWASP CSV injection: `=`, `+`, `-`, `@`, a
+/// tab or a carriage return first) gets a leading `'`, which spreadsheets show and never run.
+/// True when it did.
+fn neutralize_formula(cell: &mut String) -> bool {
+    let risky = cell
+        .bytes()
+        .next()
+        .is_some_and(|b| matches!(b, b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r'));
+    if risky {
+        cell.insert(0, '\'');
+    }
+    risky
+}
+
+/// JSON keys for `columns`, unique: a repeated name gets `_2`, `_3`… (a query may name two columns
+/// alike, and a JSON object may not hold a key twice).
+fn unique_keys<'c>(columns: impl Iterator<Item = &'c String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    columns
+        .map(|c| {
+            let mut name = c.clone();
+            let mut n = 1;
+            while !seen.insert(name.clone()) {
+                n += 1;
+                name = format!("{c}_{n}");
+            }
+            name
+        })
+        .collect()
 }
 
 /// Apply only the column rules of `rules` to a whole table: dropped columns go, the others are
@@ -260,6 +293,7 @@ struct RowWriter<'a, W: Write> {
     key: &'a [u8],
     rows: u64,
     line: Vec<u8>,
+    formulas_neutralized: u64,
 }
 
 enum Out<W: Write> {
@@ -349,22 +383,33 @@ impl<'a, W: Write> RowWriter<'a, W> {
             findings: BTreeMap::new(),
             partial: Vec::new(),
         };
-        let (out, keys) = match spec.format {
+        let (out, keys, formulas_neutralized) = match spec.format {
             Format::Csv => {
                 let mut csv = csv::WriterBuilder::new()
                     .terminator(csv::Terminator::Any(b'\n'))
                     .from_writer(sink);
-                if let Err(e) = csv.write_record(kept.iter().map(|i| &columns[*i])) {
+                let mut neutralized = 0u64;
+                let header: Vec<String> = kept
+                    .iter()
+                    .map(|i| {
+                        let mut name = columns[*i].clone();
+                        neutralized += u64::from(neutralize_formula(&mut name));
+                        name
+                    })
+                    .collect();
+                if let Err(e) = csv.write_record(&header) {
                     return Err(csv_error(&csv, e));
                 }
-                (Out::Csv(Box::new(csv)), Vec::new())
+                (Out::Csv(Box::new(csv)), Vec::new(), neutralized)
             }
             // Written by hand to keep the columns in their order.
             Format::Jsonl => (
                 Out::Jsonl(sink),
-                kept.iter()
-                    .map(|i| serde_json::to_string(&columns[*i]).expect("strings serialize"))
+                unique_keys(kept.iter().map(|i| &columns[*i]))
+                    .iter()
+                    .map(|k| serde_json::to_string(k).expect("strings serialize"))
                     .collect(),
+                0,
             ),
         };
         Ok(Self {
@@ -376,6 +421,7 @@ impl<'a, W: Write> RowWriter<'a, W> {
             key: spec.key,
             rows: 0,
             line: Vec::with_capacity(1024),
+            formulas_neutralized,
         })
     }
 
@@ -384,15 +430,20 @@ impl<'a, W: Write> RowWriter<'a, W> {
         let redacted = |i: usize| redact(&row[i], self.actions[i], self.rules, self.key);
         match &mut self.out {
             Out::Csv(csv) => {
+                let mut neutralized = 0u64;
                 let cells: Vec<String> = self
                     .kept
                     .iter()
                     .map(|i| match redacted(*i) {
                         Value::Null => String::new(),
-                        Value::String(s) => s,
+                        Value::String(mut s) => {
+                            neutralized += u64::from(neutralize_formula(&mut s));
+                            s
+                        }
                         other => other.to_string(),
                     })
                     .collect();
+                self.formulas_neutralized += neutralized;
                 match csv.write_record(&cells) {
                     Ok(()) => Ok(()),
                     Err(e) => Err(csv_error(csv, e)),
@@ -449,6 +500,7 @@ impl<'a, W: Write> RowWriter<'a, W> {
                 Badge::Fail
             },
             findings,
+            formulas_neutralized: self.formulas_neutralized,
         })
     }
 }
@@ -543,6 +595,43 @@ mod tests {
             "a kept email is found by the output scan"
         );
         assert_eq!(e.findings.get(&Detector::Email), Some(&1));
+    }
+
+    #[test]
+    fn formula_cells_are_neutralised_in_csv_and_jsonl_keys_are_never_repeated() {
+        let r = QueryResult {
+            columns: vec!["=cmd".into(), "n".into(), "n".into()],
+            rows: vec![
+                vec![
+                    Value::from("=HYPERLINK(\"http://x\")"),
+                    Value::from(-5),
+                    Value::from("@SUM(A1)"),
+                ],
+                vec![Value::from("+1 more"), Value::from(3), Value::from("plain")],
+                vec![Value::from("-2"), Value::Null, Value::from("\tindented")],
+            ],
+            truncated: false,
+        };
+        let rules = Rules::default_preset();
+        let csv = export(&r, Format::Csv, &rules, b"k");
+        let text = String::from_utf8(csv.bytes.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "'=cmd,n,n");
+        assert!(lines[1].starts_with("\"'=HYPERLINK("), "{text}");
+        assert!(
+            lines[1].ends_with(",-5,'@SUM(A1)"),
+            "numbers stay numbers: {text}"
+        );
+        assert_eq!(lines[2], "'+1 more,3,plain");
+        assert!(lines[3].starts_with("'-2,,"), "{text}");
+        assert_eq!(csv.formulas_neutralized, 6, "{text}");
+        // JSON Lines: values as they are (JSON is not run by spreadsheets), keys made unique.
+        let jsonl = export(&r, Format::Jsonl, &rules, b"k");
+        let first = String::from_utf8(jsonl.bytes.clone()).unwrap();
+        let first = first.lines().next().unwrap().to_owned();
+        assert!(first.starts_with(r#"{"=cmd":"=HYPERLINK"#), "{first}");
+        assert!(first.contains(r#""n":-5,"n_2":"@SUM(A1)""#), "{first}");
+        assert_eq!(jsonl.formulas_neutralized, 0);
     }
 
     fn result() -> QueryResult {

@@ -238,7 +238,26 @@ pub fn parse_float(v: &str) -> Option<f64> {
         .bytes()
         .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
         && v.bytes().any(|b| b.is_ascii_digit());
-    looks_numeric
+    // Only values a float holds exactly as written: at most 15 significant digits (any decimal
+    // of 15 digits round-trips through an f64). A longer number (an id, an account number, a
+    // 20-digit integer) stays text, never a rounded float.
+    let mantissa = v.split(['e', 'E']).next().unwrap_or(v);
+    let significant = mantissa
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .skip_while(|b| *b == b'0')
+        .count();
+    let exact = significant <= 15 || {
+        // Trailing zeros after the point carry no precision (1.50000000000000000).
+        let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+        let trimmed = if mantissa.contains('.') {
+            digits.trim_end_matches('0')
+        } else {
+            digits.as_str()
+        };
+        trimmed.trim_start_matches('0').len() <= 15
+    };
+    (looks_numeric && exact)
         .then(|| v.parse::<f64>().ok())
         .flatten()
         .filter(|f| f.is_finite())
@@ -355,6 +374,23 @@ mod tests {
         assert_eq!(d.rows, 3);
         assert_eq!(d.bytes, csv.len() as u64);
         assert_eq!(d.sha256.len(), 64);
+    }
+
+    #[test]
+    fn long_numbers_stay_exact_as_text_and_short_ones_are_numbers() {
+        use ColumnType::{Float, Integer, Text};
+        // 20 digits fit neither an i64 nor an f64 exactly: text, as written.
+        assert_eq!(
+            kinds("id\n12345678901234567890\n98765432109876543210\n"),
+            vec![Text]
+        );
+        // 16 significant digits with a point: a float would round them.
+        assert_eq!(kinds("x\n1234567.890123456\n"), vec![Text]);
+        assert_eq!(parse_float("1234567.890123456"), None);
+        // 15 digits, trailing zeros and exponents are exact.
+        assert_eq!(kinds("x\n123456789.012345\n2.5e10\n"), vec![Float]);
+        assert_eq!(parse_float("1.500000000000000000"), Some(1.5));
+        assert_eq!(kinds("n\n9223372036854775807\n"), vec![Integer]);
     }
 
     #[test]

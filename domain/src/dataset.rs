@@ -176,6 +176,11 @@ pub struct ExportCompleted {
     pub badge: String,
     /// Findings left in the output, per detector; never the values.
     pub findings: BTreeMap<String, u64>,
+    /// Spreadsheet formula cells of a CSV (a text starting with `=`, `+`, `-`, `@`, a tab or a
+    /// carriage return) written with a leading `'` so that no spreadsheet runs them (OWASP
+    /// CSV injection). 0 in v1 events, written before the neutralising.
+    #[serde(default)]
+    pub formulas_neutralized: u64,
 }
 
 /// Why a query or an export failed. Stable strings: funnels and support read them.

@@ -392,7 +392,7 @@ impl UsageEvent {
         ("quota.grace_started", 1),
         ("quota.grace_ended", 1),
         ("query.run", 2),
-        ("export.completed", 1),
+        ("export.completed", 2),
     ];
 }
 
@@ -418,10 +418,10 @@ impl DomainEvent for UsageEvent {
             | UsageEvent::Blocked(_)
             | UsageEvent::Warning(_)
             | UsageEvent::Reached(_)
-            | UsageEvent::QueryRun(_) => 2,
+            | UsageEvent::QueryRun(_)
+            | UsageEvent::ExportCompleted(_) => 2,
             UsageEvent::GraceStarted(_)
             | UsageEvent::GraceEnded(_)
-            | UsageEvent::ExportCompleted(_)
             | UsageEvent::QueryFailed(_)
             | UsageEvent::ExportFailed(_) => 1,
         }
@@ -464,7 +464,7 @@ impl DomainEvent for UsageEvent {
                 UsageEvent::Reached(EventDecodeError::parse(event_type, p)?)
             }
             ("query.run", 1 | 2) => UsageEvent::QueryRun(EventDecodeError::parse(event_type, p)?),
-            ("export.completed", 1) => {
+            ("export.completed", 1 | 2) => {
                 UsageEvent::ExportCompleted(EventDecodeError::parse(event_type, p)?)
             }
             ("query.failed", 1) => UsageEvent::QueryFailed(EventDecodeError::parse(event_type, p)?),
@@ -1076,6 +1076,7 @@ mod tests {
             sha256: "cd".repeat(32),
             badge: "PASS".into(),
             findings: Default::default(),
+            formulas_neutralized: 0,
         }
     }
 

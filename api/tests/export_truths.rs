@@ -1,0 +1,99 @@
+//! Exports and uploads that tell the truth (issue 13, item 3), through the real server: long
+//! digit strings stay exact (text, never a rounded float), spreadsheet formula cells are
+//! neutralised in CSV and the answer says how many, and JSON Lines never repeat a key.
+
+mod support;
+
+use serde_json::json;
+use support::{Backend, TestApp, spawn_app};
+
+const CSV: &[u8] = b"account,amount,note\n\
+12345678901234567890,12.5,=HYPERLINK(\"http://evil.example\")\n\
+98765432109876543210,7,@SUM(A1:A9)\n";
+
+fn upload(app: &TestApp, token: &str) -> String {
+    let auth = format!("Bearer {token}");
+    let r = app
+        .send(
+            "POST",
+            "/v1/datasets?name=accounts",
+            &[("Authorization", &auth), ("Content-Type", "text/csv")],
+            Some(CSV),
+        )
+        .expect(201);
+    let kinds: Vec<(&str, &str)> = r["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("account", "text"), ("amount", "float"), ("note", "text")],
+        "20-digit numbers are text: {r}"
+    );
+    r["dataset_id"].as_str().unwrap().to_owned()
+}
+
+fn long_numbers_stay_exact_and_formula_cells_are_neutralised(app: TestApp) {
+    let (_, owner) = app.signup("Acme", "owner@example.com");
+    app.post_json(
+        "/v1/tenant/plan",
+        Some(&owner),
+        &json!({"plan": "enterprise"}),
+    )
+    .expect(200);
+    let dataset = upload(&app, &owner);
+    let q = app
+        .post_json(
+            &format!("/v1/datasets/{dataset}/query"),
+            Some(&owner),
+            &json!({"sql": "SELECT account, account AS again FROM data ORDER BY account"}),
+        )
+        .expect(200);
+    assert_eq!(q["rows"][0][0], "12345678901234567890", "{q}");
+
+    // CSV: the two formula cells get a leading quote, and the answer counts them.
+    let x = app
+        .post_json(
+            "/v1/exports",
+            Some(&owner),
+            &json!({"dataset_id": dataset, "format": "csv", "sql": "SELECT account, note FROM data ORDER BY account"}),
+        )
+        .expect(201);
+    assert_eq!(x["formulas_neutralized"], 2, "{x}");
+    let file = app.get(x["download_url"].as_str().unwrap(), &owner);
+    assert_eq!(file.status, 200);
+    let text = String::from_utf8(file.body.clone()).unwrap();
+    assert!(text.contains("'@SUM(A1:A9)"), "{text}");
+    assert!(text.contains("\"'=HYPERLINK("), "{text}");
+    assert!(text.contains("12345678901234567890"), "{text}");
+
+    // JSON Lines: a query naming two columns alike gets two keys, never one key twice.
+    let x = app
+        .post_json(
+            "/v1/exports",
+            Some(&owner),
+            &json!({"dataset_id": dataset, "format": "jsonl", "sql": "SELECT account, account FROM data"}),
+        )
+        .expect(201);
+    let file = app.get(x["download_url"].as_str().unwrap(), &owner);
+    let first = String::from_utf8(file.body.clone()).unwrap();
+    let line: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(line.len(), 2, "{first}");
+    assert!(
+        line.contains_key("account") && line.contains_key("account_2"),
+        "{first}"
+    );
+}
+
+#[test]
+fn embedded_long_numbers_stay_exact_and_formula_cells_are_neutralised() {
+    long_numbers_stay_exact_and_formula_cells_are_neutralised(spawn_app(Backend::Embedded));
+}
+
+#[test]
+fn postgres_long_numbers_stay_exact_and_formula_cells_are_neutralised() {
+    long_numbers_stay_exact_and_formula_cells_are_neutralised(spawn_app(Backend::Postgres));
+}
