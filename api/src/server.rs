@@ -127,12 +127,21 @@ fn render_problem<B: MessageBody + 'static>(
     let mut problem = Problem::new(status, slug, title);
     if status.as_u16() == 413 {
         if let Some(state) = res.request().app_data::<web::Data<AppState>>() {
+            // The limit of the route the body was sent to: a CSV upload's is `dataset_limit`,
+            // every other body's `body_limit`.
+            let req = res.request();
+            let csv = req
+                .match_pattern()
+                .and_then(|pattern| rbac::find(req.method().as_str(), &pattern))
+                .is_some_and(|spec| matches!(spec.api.request, rbac::Body::Csv));
+            let (limit, what) = if csv {
+                (state.settings.dataset_limit, "CSV uploads")
+            } else {
+                (state.settings.body_limit, "request bodies")
+            };
             problem = problem
-                .detail(format!(
-                    "bodies are limited to {} bytes",
-                    state.settings.body_limit
-                ))
-                .with("limit", state.settings.body_limit);
+                .detail(format!("{what} are limited to {limit} bytes"))
+                .with("limit", limit);
         }
     } else if status.as_u16() == 405 {
         problem = problem.detail(format!(

@@ -97,3 +97,51 @@ fn embedded_long_numbers_stay_exact_and_formula_cells_are_neutralised() {
 fn postgres_long_numbers_stay_exact_and_formula_cells_are_neutralised() {
     long_numbers_stay_exact_and_formula_cells_are_neutralised(spawn_app(Backend::Postgres));
 }
+
+/// A body over its limit is a 413 that names the limit of where it was sent: a CSV upload's
+/// `dataset_limit`, not the JSON bodies' `body_limit`.
+#[test]
+fn a_413_names_the_limit_of_the_route_it_was_sent_to() {
+    let app = support::spawn_app_with(Backend::Embedded, |s| {
+        s.dataset_limit = 100_000;
+        s.body_limit = 1_000;
+    });
+    let (_, owner) = app.signup("Acme", "owner@example.com");
+    let auth = format!("Bearer {owner}");
+    let mut csv = b"n,text\n".to_vec();
+    while csv.len() <= 120_000 {
+        csv.extend_from_slice(b"1,some text of a row\n");
+    }
+    let r = app.send(
+        "POST",
+        "/v1/datasets?name=big",
+        &[("Authorization", &auth), ("Content-Type", "text/csv")],
+        Some(&csv),
+    );
+    let p = r.problem(413, "payload-too-large");
+    assert_eq!(p["limit"], 100_000, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("CSV uploads"), "{p}");
+    // Under its own limit, the same upload goes through although it is far over `body_limit`.
+    let small = &csv[..50_000];
+    let end = small.iter().rposition(|b| *b == b'\n').unwrap() + 1;
+    app.send(
+        "POST",
+        "/v1/datasets?name=small",
+        &[("Authorization", &auth), ("Content-Type", "text/csv")],
+        Some(&small[..end]),
+    )
+    .expect(201);
+    let long = json!({"name": "x".repeat(2_000)});
+    let p = app
+        .send(
+            "PATCH",
+            "/v1/tenant",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            Some(long.to_string().as_bytes()),
+        )
+        .problem(413, "payload-too-large");
+    assert_eq!(p["limit"], 1_000, "{p}");
+}
