@@ -783,6 +783,14 @@ pub(crate) struct Export {
     /// CSV cells that began with `=`, `+`, `-`, `@`, a tab or a carriage return, written with a
     /// leading `'` so that no spreadsheet runs them as formulas (OWASP CSV injection).
     formulas_neutralized: u64,
+    /// The PII engine that scanned what was written (`tenantry-pii/2`).
+    engine: String,
+    /// What the badge checked: every detector over every written line, and the column names
+    /// that say people's names, addresses or dates of birth.
+    checked: Vec<String>,
+    /// Columns written whose names say they hold people's names, addresses or dates of birth,
+    /// with no column rule: any keeps the badge from PASS.
+    withheld_columns: Vec<String>,
     download_url: String,
     global_position: u64,
 }
@@ -802,6 +810,13 @@ fn export_json(x: &ExportCompleted, position: u64) -> Export {
         badge: x.badge.clone(),
         findings: x.findings.clone(),
         formulas_neutralized: x.formulas_neutralized,
+        engine: x.engine.clone(),
+        checked: domain::pii::Detector::ALL
+            .iter()
+            .map(|d| format!("detector:{}", d.as_str()))
+            .chain(std::iter::once("personal_column_names".to_owned()))
+            .collect(),
+        withheld_columns: x.withheld_columns.clone(),
         download_url: format!("/v1/exports/{}/download", x.export_id),
         global_position: position,
     }
@@ -842,16 +857,38 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// `GET /v1/exports/{id}/download`: the file, with its name and digest.
+/// `GET /v1/exports/{export_id}/download`'s parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DownloadQuery {
+    /// `fail`: take a file whose badge is FAIL, knowing it may hold personal data.
+    #[param(inline)]
+    pub acknowledge: Option<Acknowledge>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Acknowledge {
+    Fail,
+}
+
 pub async fn download(
     state: web::Data<AppState>,
+    req: HttpRequest,
     caller: Caller,
     path: web::Path<String>,
+    q: web::Query<DownloadQuery>,
 ) -> Result<HttpResponse, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
     let x = Uuid::parse_str(&path)
         .ok()
         .and_then(|id| state.catalog.export(tenant, id))
         .ok_or_else(|| Problem::not_found("no such export"))?;
+    // Every download is a fact; a FAIL file needs the caller's acknowledgement first.
+    let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
+    let acknowledged = matches!(q.acknowledge, Some(Acknowledge::Fail));
+    app::analysis::download(&state, &ctx, tenant, &x.export, acknowledged).await?;
     let blob = state
         .store
         .open_blob(tenant, &app::analysis::export_blob_id(x.export.export_id))

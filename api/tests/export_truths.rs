@@ -145,3 +145,82 @@ fn a_413_names_the_limit_of_the_route_it_was_sent_to() {
         .problem(413, "payload-too-large");
     assert_eq!(p["limit"], 1_000, "{p}");
 }
+
+/// The badge says what it checked, withholds PASS when a column of people's names (or addresses,
+/// or birth dates) is written with no column rule, and a FAIL file is handed out only with an
+/// explicit acknowledgement; every download is an `export.downloaded` fact.
+fn the_badge_is_honest_and_a_fail_file_needs_an_acknowledgement(app: TestApp) {
+    let (_, owner) = app.signup("Acme", "owner@example.com");
+    let auth = format!("Bearer {owner}");
+    let r = app
+        .send(
+            "POST",
+            "/v1/datasets?name=people",
+            &[("Authorization", &auth), ("Content-Type", "text/csv")],
+            Some(b"customer_name,city,amount\nAda Lovelace,London,3\nGrace Hopper,New York,5\n"),
+        )
+        .expect(201);
+    let dataset = r["dataset_id"].as_str().unwrap().to_owned();
+    let x = app
+        .post_json(
+            "/v1/exports",
+            Some(&owner),
+            &json!({"dataset_id": dataset, "format": "csv"}),
+        )
+        .expect(201);
+    assert_eq!(x["badge"], "FAIL", "names pass through untouched: {x}");
+    assert_eq!(
+        x["withheld_columns"],
+        json!(["customer_name (name)"]),
+        "{x}"
+    );
+    assert_eq!(x["engine"], "tenantry-pii/2");
+    assert!(
+        x["checked"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("personal_column_names"))
+    );
+    let url = x["download_url"].as_str().unwrap().to_owned();
+    let refused = app.get(&url, &owner).problem(409, "export-not-passed");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("customer_name"),
+        "{refused}"
+    );
+    let file = app.get(&format!("{url}?acknowledge=fail"), &owner);
+    assert_eq!(file.status, 200, "{}", file.exchange);
+
+    // The same data under a column rule for the names, or without the names, passes.
+    let x = app
+        .post_json(
+            "/v1/exports",
+            Some(&owner),
+            &json!({"dataset_id": dataset, "format": "csv", "sql": "SELECT city, sum(amount) AS total FROM data GROUP BY city"}),
+        )
+        .expect(201);
+    assert_eq!(x["badge"], "PASS", "{x}");
+    let url = x["download_url"].as_str().unwrap().to_owned();
+    assert_eq!(app.get(&url, &owner).status, 200);
+
+    // Both downloads are facts, by the owner; the refused one is not.
+    let feed = app
+        .get("/v1/audit/events?type=export.downloaded&limit=10", &owner)
+        .expect(200);
+    let events = feed["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{feed}");
+    assert_eq!(events[0]["payload"]["acknowledged_fail"], true);
+    assert_eq!(events[1]["payload"]["badge"], "PASS");
+}
+
+#[test]
+fn embedded_the_badge_is_honest_and_a_fail_file_needs_an_acknowledgement() {
+    the_badge_is_honest_and_a_fail_file_needs_an_acknowledgement(spawn_app(Backend::Embedded));
+}
+
+#[test]
+fn postgres_the_badge_is_honest_and_a_fail_file_needs_an_acknowledgement() {
+    the_badge_is_honest_and_a_fail_file_needs_an_acknowledgement(spawn_app(Backend::Postgres));
+}

@@ -344,7 +344,7 @@ pub async fn export(
         )
     };
     let built = async {
-        let (table, rules) = match (&spec.sql, rules.columns.is_empty()) {
+        let (table, rules, upstream) = match (&spec.sql, rules.columns.is_empty()) {
             // A query under column rules runs over a redacted copy, so that aliases and
             // expressions cannot reach the original values of a ruled column.
             (Some(_), false) => {
@@ -363,9 +363,9 @@ pub async fn export(
                     columns: Vec::new(),
                     text: rules.text.clone(),
                 };
-                (Arc::new(redacted), text_only)
+                (Arc::new(redacted), text_only, Some(rules.clone()))
             }
-            _ => (table, rules),
+            _ => (table, rules, None),
         };
         // Rows are redacted and written to a temporary file as they are read: the result is
         // never held whole (ADR 015).
@@ -381,6 +381,7 @@ pub async fn export(
                     rules: &rules,
                     key: &key,
                     max_bytes,
+                    ruled_upstream: upstream.as_ref(),
                 },
             )
         })
@@ -452,6 +453,12 @@ pub async fn export(
             .map(|(d, n)| (d.as_str().to_owned(), *n as u64))
             .collect(),
         formulas_neutralized: exported.formulas_neutralized,
+        engine: domain::pii::ENGINE.to_owned(),
+        withheld_columns: exported
+            .withheld
+            .iter()
+            .map(|(column, kind)| format!("{column} ({kind})"))
+            .collect(),
     };
     // The unit and the `export.completed` it pays for are one append.
     let metered = record_units(
@@ -495,4 +502,43 @@ pub async fn export(
         position,
         metered,
     })
+}
+
+/// A download of an export's file, allowed and recorded: every download is an
+/// `export.downloaded` fact, and a file whose badge is FAIL is only handed out when the caller
+/// acknowledged it (409 `export-not-passed` otherwise). Its position.
+pub async fn download(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    export: &ExportCompleted,
+    acknowledged_fail: bool,
+) -> Result<u64, Error> {
+    if export.badge != "PASS" && !acknowledged_fail {
+        let mut why: Vec<String> = export
+            .findings
+            .iter()
+            .map(|(detector, n)| format!("{n} {detector} finding(s)"))
+            .collect();
+        why.extend(
+            export
+                .withheld_columns
+                .iter()
+                .map(|c| format!("column {c} has no column rule")),
+        );
+        return Err(Error::Conflict {
+            slug: "export-not-passed",
+            detail: format!(
+                "this export's badge is {} ({}); download it with ?acknowledge=fail to take it anyway",
+                export.badge,
+                why.join(", ")
+            ),
+        });
+    }
+    let fact = DataFact::ExportDownloaded(domain::dataset::ExportDownloaded {
+        export_id: export.export_id,
+        badge: export.badge.clone(),
+        acknowledged_fail: export.badge != "PASS",
+    });
+    crate::metering::record_fact(app, ctx, tenant, &fact).await
 }

@@ -103,6 +103,9 @@ pub struct Exported {
     pub findings: BTreeMap<Detector, usize>,
     /// CSV cells written with a leading `'` because a spreadsheet would run them as a formula.
     pub formulas_neutralized: u64,
+    /// Columns written whose names say they hold people's names, addresses or dates of birth,
+    /// with no column rule: (column, kind). Any keeps the badge from PASS.
+    pub withheld: Vec<(String, &'static str)>,
 }
 
 /// A CSV cell a spreadsheet would run as a formula (OWASP CSV injection: `=`, `+`, `-`, `@`, a
@@ -178,6 +181,7 @@ pub fn export(result: &QueryResult, format: Format, rules: &Rules, key: &[u8]) -
         rules,
         key,
         max_bytes: u64::MAX,
+        ruled_upstream: None,
     };
     let mut w = RowWriter::new(&result.columns, spec, &mut out).expect("writing to memory");
     for row in &result.rows {
@@ -211,6 +215,10 @@ pub struct Spec<'a> {
     pub rules: &'a Rules,
     pub key: &'a [u8],
     pub max_bytes: u64,
+    /// The column rules the data already went through (a redacted copy a query ran over);
+    /// `None` when `rules` are applied here. A personal column (`pii::personal_column`) that no
+    /// column rule covers keeps the export from PASS.
+    pub ruled_upstream: Option<&'a Rules>,
 }
 
 /// Run `sql` over `table` and stream its rows through the preset into `out`, no more than
@@ -294,6 +302,7 @@ struct RowWriter<'a, W: Write> {
     rows: u64,
     line: Vec<u8>,
     formulas_neutralized: u64,
+    withheld: Vec<(String, &'static str)>,
 }
 
 enum Out<W: Write> {
@@ -374,6 +383,13 @@ impl<'a, W: Write> RowWriter<'a, W> {
         let kept: Vec<usize> = (0..columns.len())
             .filter(|i| actions[*i] != Some(&ColumnAction::Drop))
             .collect();
+        let ruled = spec.ruled_upstream.unwrap_or(spec.rules);
+        let withheld: Vec<(String, &'static str)> = kept
+            .iter()
+            .map(|i| &columns[*i])
+            .filter(|c| ruled.rule_for(c).is_none())
+            .filter_map(|c| pii::personal_column(c).map(|kind| (c.clone(), kind)))
+            .collect();
         let sink = Sink {
             out,
             hasher: Sha256::new(),
@@ -422,6 +438,7 @@ impl<'a, W: Write> RowWriter<'a, W> {
             rows: 0,
             line: Vec::with_capacity(1024),
             formulas_neutralized,
+            withheld,
         })
     }
 
@@ -494,13 +511,14 @@ impl<'a, W: Write> RowWriter<'a, W> {
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),
-            badge: if findings.is_empty() {
+            badge: if findings.is_empty() && self.withheld.is_empty() {
                 Badge::Pass
             } else {
                 Badge::Fail
             },
             findings,
             formulas_neutralized: self.formulas_neutralized,
+            withheld: self.withheld,
         })
     }
 }
@@ -706,6 +724,7 @@ mod tests {
             rules,
             key: b"t",
             max_bytes,
+            ruled_upstream: None,
         }
     }
 

@@ -181,6 +181,13 @@ pub struct ExportCompleted {
     /// CSV injection). 0 in v1 events, written before the neutralising.
     #[serde(default)]
     pub formulas_neutralized: u64,
+    /// The PII engine that scanned the output (`tenantry-pii/2`; empty in v1 events).
+    #[serde(default)]
+    pub engine: String,
+    /// Columns written whose names say they hold people's names, addresses or dates of birth,
+    /// with no column rule (`name (name)`): any keeps the badge from PASS. Empty in v1 events.
+    #[serde(default)]
+    pub withheld_columns: Vec<String>,
 }
 
 /// Why a query or an export failed. Stable strings: funnels and support read them.
@@ -256,6 +263,17 @@ pub struct UploadRejected {
     pub line: Option<u64>,
 }
 
+/// An export's file was downloaded (every download is a fact; a FAIL file only after its
+/// badge was acknowledged).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportDownloaded {
+    pub export_id: Uuid,
+    /// The badge the file carries (`PASS` or `FAIL`).
+    pub badge: String,
+    /// The downloader acknowledged a FAIL badge (`?acknowledge=fail`).
+    pub acknowledged_fail: bool,
+}
+
 /// Facts of the data plane that need no decision: failures. One whose class is charged is not
 /// appended alone but paid for (`quota::UnitFact::failure`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -263,6 +281,7 @@ pub enum DataFact {
     QueryFailed(QueryFailed),
     ExportFailed(ExportFailed),
     UploadRejected(UploadRejected),
+    ExportDownloaded(ExportDownloaded),
 }
 
 impl DataFact {
@@ -270,6 +289,7 @@ impl DataFact {
         ("query.failed", 1),
         ("export.failed", 1),
         ("dataset.upload_rejected", 1),
+        ("export.downloaded", 1),
     ];
 
     /// The stream the fact is appended to.
@@ -278,6 +298,7 @@ impl DataFact {
             DataFact::QueryFailed(_) => QUERIES_STREAM.to_owned(),
             DataFact::ExportFailed(x) => export_stream_id(x.export_id),
             DataFact::UploadRejected(_) => UPLOADS_STREAM.to_owned(),
+            DataFact::ExportDownloaded(x) => export_stream_id(x.export_id),
         }
     }
 }
@@ -288,6 +309,7 @@ impl DomainEvent for DataFact {
             DataFact::QueryFailed(_) => "query.failed",
             DataFact::ExportFailed(_) => "export.failed",
             DataFact::UploadRejected(_) => "dataset.upload_rejected",
+            DataFact::ExportDownloaded(_) => "export.downloaded",
         }
     }
 
@@ -296,6 +318,7 @@ impl DomainEvent for DataFact {
             DataFact::QueryFailed(e) => serde_json::to_value(e),
             DataFact::ExportFailed(e) => serde_json::to_value(e),
             DataFact::UploadRejected(e) => serde_json::to_value(e),
+            DataFact::ExportDownloaded(e) => serde_json::to_value(e),
         }
         .expect("data facts serialize")
     }
@@ -311,6 +334,9 @@ impl DomainEvent for DataFact {
             ("export.failed", 1) => DataFact::ExportFailed(EventDecodeError::parse(event_type, p)?),
             ("dataset.upload_rejected", 1) => {
                 DataFact::UploadRejected(EventDecodeError::parse(event_type, p)?)
+            }
+            ("export.downloaded", 1) => {
+                DataFact::ExportDownloaded(EventDecodeError::parse(event_type, p)?)
             }
             _ => {
                 return Err(EventDecodeError::UnknownType {
@@ -391,6 +417,11 @@ mod tests {
                 bytes: 12,
                 reason: "shape".into(),
                 line: Some(3),
+            }),
+            DataFact::ExportDownloaded(ExportDownloaded {
+                export_id: Uuid::from_u128(3),
+                badge: "FAIL".into(),
+                acknowledged_fail: true,
             }),
         ];
         let kinds: Vec<_> = facts

@@ -120,6 +120,112 @@ impl FromStr for Region {
     }
 }
 
+/// The engine's name and version, as export badges name it.
+pub const ENGINE: &str = "tenantry-pii/2";
+
+/// What a column's *name* says it holds, when that is personal data the text detectors cannot
+/// see in its values: people's names, postal addresses, dates of birth (`None` otherwise). An
+/// export that writes such a column without a column rule does not get PASS.
+pub fn personal_column(name: &str) -> Option<&'static str> {
+    // Words of the name: `CustomerLastName`, `customer_last_name`, `customer-last name` alike.
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut previous_lower = false;
+    for c in name.chars() {
+        if !c.is_alphanumeric() {
+            if !word.is_empty() {
+                words.push(std::mem::take(&mut word));
+            }
+            previous_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && previous_lower && !word.is_empty() {
+            words.push(std::mem::take(&mut word));
+        }
+        previous_lower = c.is_lowercase();
+        word.extend(c.to_lowercase());
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let has = |w: &[&str]| words.iter().any(|x| w.contains(&x.as_str()));
+    let joined = words.concat();
+    // Names of things, not of people.
+    let thing = [
+        "file",
+        "company",
+        "product",
+        "dataset",
+        "table",
+        "host",
+        "domain",
+        "column",
+        "brand",
+        "city",
+        "country",
+        "street",
+        "region",
+        "state",
+        "file",
+        "key",
+        "event",
+        "field",
+        "app",
+        "project",
+        "team",
+        "org",
+        "organization",
+        "organisation",
+        "business",
+        "shop",
+        "store",
+        "item",
+        "service",
+        "device",
+        "server",
+        "queue",
+        "bucket",
+        "type",
+        "kind",
+        "display",
+    ];
+    if has(&["birth", "dob", "birthday", "birthdate", "born"]) || joined.contains("dateofbirth") {
+        return Some("date_of_birth");
+    }
+    let not_postal = [
+        "email", "mail", "ip", "mac", "web", "url", "wallet", "memory", "bitcoin",
+    ];
+    if (has(&[
+        "address", "addr", "street", "postcode", "postal", "zip", "zipcode",
+    ]) || joined.contains("addressline"))
+        && !has(&not_postal)
+    {
+        return Some("address");
+    }
+    if (has(&[
+        "name",
+        "names",
+        "surname",
+        "firstname",
+        "lastname",
+        "fullname",
+        "forename",
+        "givenname",
+        "middlename",
+        "maidenname",
+        "nachname",
+        "vorname",
+        "nom",
+        "prenom",
+    ]) || joined.ends_with("lastname")
+        || joined.ends_with("firstname"))
+        && !has(&thing)
+    {
+        return Some("name");
+    }
+    None
+}
+
 /// How the engine reads text. The default looks national phone numbers up in a list of common
 /// regions; a default region is tried first and makes its numbers' formats count most.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1939,5 +2045,48 @@ mod tests {
                 "clientSecret": "[secret]",
             })
         );
+    }
+}
+
+#[cfg(test)]
+mod personal_columns {
+    use super::personal_column;
+
+    #[test]
+    fn people_s_names_addresses_and_birth_dates_are_known_by_their_column_names() {
+        for (name, kind) in [
+            ("name", "name"),
+            ("Customer Name", "name"),
+            ("last_name", "name"),
+            ("FirstName", "name"),
+            ("surname", "name"),
+            ("contact_full_name", "name"),
+            ("home_address", "address"),
+            ("Street", "address"),
+            ("zip", "address"),
+            ("postal-code", "address"),
+            ("AddressLine1", "address"),
+            ("dob", "date_of_birth"),
+            ("date_of_birth", "date_of_birth"),
+            ("birthday", "date_of_birth"),
+        ] {
+            assert_eq!(personal_column(name), Some(kind), "{name}");
+        }
+        for name in [
+            "id",
+            "amount",
+            "file_name",
+            "company_name",
+            "product name",
+            "hostname",
+            "email_address",
+            "ip_address",
+            "city",
+            "note",
+            "dataset",
+            "username_count",
+        ] {
+            assert_eq!(personal_column(name), None, "{name}");
+        }
     }
 }

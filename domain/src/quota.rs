@@ -1077,6 +1077,8 @@ mod tests {
             badge: "PASS".into(),
             findings: Default::default(),
             formulas_neutralized: 0,
+            engine: String::new(),
+            withheld_columns: Vec::new(),
         }
     }
 
