@@ -263,6 +263,9 @@ pub struct CountRefusals {
     pub last_at: OffsetDateTime,
 }
 
+// A command lives for one decision and is passed by reference: boxing the unit's fact would
+// cost an allocation per metered request for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UsageCommand {
     Record(Record),
