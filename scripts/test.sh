@@ -33,6 +33,18 @@ if ! command -v pdftotext >/dev/null 2>&1; then
     sudo apt-get update -qq && sudo apt-get install -y -qq poppler-utils
   fi
 fi
+# The SLO rules are unit-tested with promtool (Debian package prometheus; ADR 028).
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends prometheus
+  fi
+fi
+echo "== SLO rules (promtool check rules, promtool test rules)"
+promtool check rules ops/prometheus/rules/*.yml
+promtool test rules ops/prometheus/tests/*.yml
+
 echo "== OpenAPI document"
 scripts/validate-openapi.sh
 

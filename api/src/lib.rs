@@ -8,6 +8,7 @@ pub mod audit_routes;
 pub mod auth;
 pub mod billing_routes;
 pub mod data_routes;
+pub mod feedback_routes;
 pub mod http;
 pub mod insights_routes;
 pub mod limits;

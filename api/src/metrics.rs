@@ -70,6 +70,9 @@ pub struct Metrics {
     requests: Requests,
     pub idempotent_replays: AtomicU64,
     pub signups_limited: AtomicU64,
+    /// The same requests counted per second and minute for the in-process SLOs
+    /// (`GET /v1/ops/slo`, `app::slo`).
+    pub slo: app::slo::Recorder,
 }
 
 fn latency_histogram() -> Histogram {
@@ -82,6 +85,7 @@ impl Default for Metrics {
             requests: Family::new_with_constructor(latency_histogram),
             idempotent_replays: AtomicU64::new(0),
             signups_limited: AtomicU64::new(0),
+            slo: app::slo::Recorder::default(),
         }
     }
 }
@@ -96,6 +100,16 @@ impl Metrics {
                 status,
             })
             .observe(seconds);
+        self.slo.record(
+            unix_seconds_now(),
+            app::slo::Counts::of(method, status, seconds),
+        );
+    }
+
+    /// The in-process SLO report: every window divided by `scale` (1: as stated).
+    pub fn slo_report(&self, scale: u64) -> app::slo::SloReport {
+        let now = unix_seconds_now();
+        app::slo::evaluate(|seconds| self.slo.window(now, seconds), scale)
     }
 
     /// The exposition text: the edge's counters and the application's (`counters`); `lag` is
@@ -160,6 +174,12 @@ impl Metrics {
             .expect("encoding into a String cannot fail");
         out
     }
+}
+
+fn unix_seconds_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -210,6 +210,14 @@ const EVERYONE: &[Role] = &[
     Role::Platform(P::Finance),
 ];
 const TENANT_ADMINS: &[Role] = &[Role::Tenant(T::Owner), Role::Tenant(T::Admin)];
+/// Who triages feedback (SPEC §7): platform support and pm across tenants, tenant owners and
+/// admins for their own.
+const FEEDBACK_TRIAGE: &[Role] = &[
+    Role::Tenant(T::Owner),
+    Role::Tenant(T::Admin),
+    Role::Platform(P::Support),
+    Role::Platform(P::Pm),
+];
 const AUDITORS: &[Role] = &[
     Role::Tenant(T::Owner),
     Role::Tenant(T::Admin),
@@ -652,6 +660,76 @@ pub const ROUTES: &[RouteSpec] = &[
         .with_problems(&[(404, "No nudge of that id")]),
     },
     RouteSpec {
+        method: "POST",
+        path: "/v1/feedback",
+        access: Access::Roles(EVERY_TENANT_ROLE),
+        flag: Some(Flag::FeedbackMvp),
+        summary: "Send in-product feedback (scrubbed before it is stored; diagnostics attached unless opted out)",
+        handler: |route| route.to(crate::feedback_routes::submit),
+        api: Api::command::<
+            crate::feedback_routes::FeedbackRequest,
+            crate::feedback_routes::FeedbackCreated,
+        >(201)
+        .idempotent()
+        .with_problems(&[(429, "More than 10 submissions a minute by this user")]),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/feedback",
+        access: Access::Roles(FEEDBACK_TRIAGE),
+        flag: Some(Flag::FeedbackMvp),
+        summary: "The triage board: filtered, paged, with counts by severity and screen (platform support, pm; tenant owners, admins: their own)",
+        handler: |route| route.to(crate::feedback_routes::list),
+        api: Api::read::<crate::feedback_routes::FeedbackList>()
+            .with_query(params::<crate::feedback_routes::FeedbackQuery>())
+            .with_problems(&[(422, "A parameter is invalid")]),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/feedback.csv",
+        access: Access::Roles(FEEDBACK_TRIAGE),
+        flag: Some(Flag::FeedbackMvp),
+        summary: "A filtered view of the board as CSV (RFC 4180, stable columns)",
+        handler: |route| route.to(crate::feedback_routes::csv),
+        api: Api {
+            query: params::<crate::feedback_routes::FeedbackCsvQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Text("text/csv"),
+            problems: &[(422, "A parameter is invalid")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/v1/tenant/feedback-diagnostics",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::FeedbackMvp),
+        summary: "Turn feedback diagnostics on or off for the whole tenant (off: only screen, step and severity are kept)",
+        handler: |route| route.to(crate::feedback_routes::set_diagnostics),
+        api: Api::command::<
+            crate::feedback_routes::DiagnosticsSetting,
+            crate::feedback_routes::DiagnosticsSettingOut,
+        >(200),
+    },
+    RouteSpec {
+        method: "PATCH",
+        path: "/v1/feedback/{feedback_id}",
+        access: Access::Roles(FEEDBACK_TRIAGE),
+        flag: Some(Flag::FeedbackMvp),
+        summary: "Triage an item: state, assignee, labels, priority",
+        handler: |route| route.to(crate::feedback_routes::triage),
+        api: Api::command::<
+            crate::feedback_routes::TriageRequest,
+            crate::feedback_routes::TriageDone,
+        >(200)
+        .with_problems(&[
+            (404, "No feedback of that id (in the caller's tenant)"),
+            (409, "The state cannot move that way"),
+        ]),
+    },
+    RouteSpec {
         method: "GET",
         path: "/v1/insights/dropoff",
         access: Access::Roles(INSIGHT_READERS),
@@ -715,6 +793,32 @@ pub const ROUTES: &[RouteSpec] = &[
             idempotent: false,
             body_also_on: &[],
         },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/ops/slo",
+        access: Access::Roles(PLATFORM_OPS),
+        flag: None,
+        summary: "SLOs in-process: budget, burn rate per window, alerts firing; ?scale= shortens windows for drills (platform ops)",
+        handler: |route| route.to(crate::ops_routes::slo),
+        api: Api {
+            query: params::<crate::ops_routes::SloQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::json::<crate::ops_routes::SloReport>(),
+            problems: &[(422, "`scale` is not between 1 and 3600")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/v1/ops/drill",
+        access: Access::Roles(PLATFORM_OPS),
+        flag: None,
+        summary: "Start an alert drill (injected 503s, added latency; expires), or stop it with minutes 0 (platform ops)",
+        handler: |route| route.to(crate::ops_routes::set_drill),
+        api: Api::command::<crate::ops_routes::DrillRequest, crate::ops_routes::DrillAnswer>(200),
     },
     RouteSpec {
         method: "POST",
@@ -803,7 +907,10 @@ pub const ROUTES: &[RouteSpec] = &[
             request: Body::None,
             status: 200,
             response: Body::Download,
-            problems: &[(409, "The badge is not PASS and `acknowledge=fail` was not given")],
+            problems: &[(
+                409,
+                "The badge is not PASS and `acknowledge=fail` was not given",
+            )],
             idempotent: false,
             body_also_on: &[],
         },

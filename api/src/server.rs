@@ -40,6 +40,8 @@ impl AppState {
         let app = app::App::start(settings.app_config(), store, Arc::new(app::SystemClock)).await;
         // A served log records its tenants' signed checkpoints on a timer (ADR 023).
         app::audit::start_checkpoint_recorder(&app);
+        // Every instance applies the drill in the log, and resumes one running (issue 15).
+        app::slo::start_drill_follower(&app);
         Self::on(app, settings)
     }
 
@@ -82,7 +84,28 @@ async fn context(
     req.extensions_mut().insert(ctx);
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let method = req.method().to_string();
-    let mut res = next.call(req).await?;
+    // An alert drill (issue 15) injects its faults here, before the route runs.
+    let injected = state.as_ref().and_then(|s| {
+        s.drills
+            .injection(req.path(), time::OffsetDateTime::now_utc())
+    });
+    if let Some(i) = injected.filter(|i| i.added_latency_ms > 0) {
+        tokio::time::sleep(Duration::from_millis(i.added_latency_ms)).await;
+    }
+    let mut res = match injected {
+        Some(i) if i.fail => {
+            let problem = Problem::new(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "drill-injected",
+                "Fault injected by an alert drill",
+            )
+            .detail("an alert drill is running (PUT /v1/ops/drill); this answer is deliberate");
+            let (req, _) = req.into_parts();
+            let answer = actix_web::ResponseError::error_response(&problem);
+            ServiceResponse::new(req, answer).map_into_right_body()
+        }
+        _ => next.call(req).await?.map_into_left_body(),
+    };
     let route = res
         .request()
         .match_pattern()

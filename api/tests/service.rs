@@ -208,6 +208,14 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             .to_owned()
     };
     let preset = new_preset();
+    let feedback_body =
+        json!({"message": "walk", "screen": "walk", "step": "walk", "severity": "low"});
+    let feedback = app
+        .post_json("/v1/feedback", Some(&owner), &feedback_body)
+        .expect(201)["feedback_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for spec in ROUTES {
         let mut path = spec
             .path
@@ -218,6 +226,7 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             .replace("{preset_id}", &preset)
             .replace("{name}", "catalog")
             .replace("{nudge_id}", "upload-first-dataset")
+            .replace("{feedback_id}", &feedback)
             .replace("{kind}", "export");
         let mut content_type = "application/json";
         if (spec.method, spec.path) == ("POST", "/v1/datasets") {
@@ -252,8 +261,14 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
                 Some(br#"{"screen": "walk", "step": "first_query"}"#.to_vec())
             }
             ("POST", "/v1/onboarding/nudges/{nudge_id}/snooze") => Some(br#"{"minutes": 5}"#.to_vec()),
+            ("POST", "/v1/feedback") => Some(feedback_body.to_string().into_bytes()),
             ("PUT", "/v1/audit/retention") => Some(
                 br#"{"rules": [{"name": "members", "event_types": ["member.added"], "fields": ["/email"], "keep_days": 30}]}"#
+                    .to_vec(),
+            ),
+            // A stop (minutes 0): the walk itself must not be drilled.
+            ("PUT", "/v1/ops/drill") => Some(
+                br#"{"error_ratio": 0, "added_latency_ms": 0, "route_prefix": "/", "minutes": 0}"#
                     .to_vec(),
             ),
             ("PUT", _) => Some(br#"{"enabled": true}"#.to_vec()),
@@ -299,6 +314,9 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             let body = match (spec.method, spec.path) {
                 ("POST", "/v1/members") => Some(member_body),
                 ("PATCH", "/v1/tenant") => Some(rename_body),
+                ("PATCH", "/v1/feedback/{feedback_id}") => {
+                    Some(br#"{"labels": ["walk"], "priority": "p2"}"#.to_vec())
+                }
                 // Each allowed role moves the plan up one step, so none is a no-op.
                 ("POST", "/v1/tenant/plan") => Some(
                     json!({"plan": if *role == Role::Tenant(TenantRole::Owner) { "pro" } else { "enterprise" }})

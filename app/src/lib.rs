@@ -11,6 +11,7 @@ pub mod billing;
 pub mod clock;
 pub mod datasets;
 mod error;
+pub mod feedback;
 pub mod identity;
 pub mod insights;
 pub mod metering;
@@ -18,6 +19,7 @@ pub mod onboarding;
 pub mod payments;
 pub mod presets;
 pub mod shares;
+pub mod slo;
 pub mod text;
 pub mod tokens;
 
@@ -163,10 +165,17 @@ pub struct App {
     pub first_success: Arc<FirstSuccess>,
     /// Each user's onboarding records (screen reports, dismissed and snoozed nudges).
     pub onboarding: Executor<domain::onboarding::Onboarding>,
+    /// In-product feedback items (stream `feedback-{id}`) and the triage board.
+    pub feedback: Executor<domain::feedback::Feedback>,
+    /// Each tenant's feedback settings (stream `feedback-settings-{tenant}`).
+    pub feedback_settings: Executor<domain::feedback::FeedbackSettings>,
+    pub feedback_board: Arc<projections::FeedbackBoard>,
     pub projections: Runtime,
     pub shares: shares::Shares,
     pub sandbox: dataplane::sandbox::Cache,
     pub counters: Counters,
+    /// The alert drill: its record and the drill in force (issue 15).
+    pub drills: slo::Drills,
     refusals: metering::Refusals,
     /// This app, for the work it schedules for later (a minute's refusal count).
     me: std::sync::Weak<App>,
@@ -199,6 +208,7 @@ impl App {
         let insights = Arc::new(Insights::default());
         let first_success = Arc::new(FirstSuccess::default());
         let audit_tree = Arc::new(AuditTree::default());
+        let feedback_board = Arc::new(projections::FeedbackBoard::default());
         let projections = Runtime::start(
             &store,
             vec![
@@ -210,6 +220,7 @@ impl App {
                 audit_tree.clone(),
                 rollups.clone(),
                 billing_view.clone(),
+                feedback_board.clone(),
             ],
         );
         let executor = |kind: &'static str| ExecutorConfig::new(kind);
@@ -231,10 +242,13 @@ impl App {
             tenants: Executor::new(store.clone(), executor("tenant/v1")),
             platform: Executor::new(store.clone(), executor("platform/v1")),
             onboarding: Executor::new(store.clone(), executor("onboarding/v1")),
+            feedback: Executor::new(store.clone(), executor("feedback/v1")),
+            feedback_settings: Executor::new(store.clone(), executor("feedback-settings/v1")),
             audit_log: Executor::new(store.clone(), executor("audit/v1")),
             sandbox: dataplane::sandbox::Cache::new(config.sandbox_cache_bytes),
             shares: config.shares(),
             refusals: metering::Refusals::default(),
+            drills: slo::Drills::new(store.clone()),
             counters: Counters::default(),
             config,
             store,
@@ -247,6 +261,7 @@ impl App {
             billing_view,
             insights,
             first_success,
+            feedback_board,
             projections,
             pii_secret,
         })

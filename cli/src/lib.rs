@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bench_http;
 pub mod bench_insights;
 pub mod billing;
+pub mod drill;
 pub mod export;
 pub mod ops;
 pub mod pii;

@@ -134,6 +134,9 @@ enum Command {
         #[command(subcommand)]
         what: EventsCommand,
     },
+    /// Alert drill against a running server (platform ops token): inject faults, show the page
+    /// alert fire in `GET /v1/ops/slo`, stop, show it clear; prints a JSON report (ADR 028).
+    Drill(cli::drill::DrillArgs),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -454,6 +457,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Drill(args) => runtime.block_on(async move {
+            let report = cli::drill::run(&args).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            anyhow::ensure!(report.ok, "the drill's alert did not fire and clear");
+            anyhow::Ok(())
+        }),
         Command::Serve {
             config,
             listen,

@@ -63,6 +63,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(Insights::default()),
         Arc::new(FirstSuccess::default()),
         Arc::new(projections::AuditTree::default()),
+        Arc::new(projections::FeedbackBoard::default()),
     ]
 }
 

@@ -88,7 +88,8 @@ fn rebuild_saves_the_named_projection_at_the_head_and_refuses_unknown_names_and_
             "catalog",
             "insights",
             "first_success",
-            "audit_tree"
+            "audit_tree",
+            "feedback"
         ])
     );
     assert_eq!(block_on(saved_position(&location, "audit")), Some(2));

@@ -7,6 +7,8 @@ pub mod aggregate;
 pub mod audit;
 pub mod billing;
 pub mod dataset;
+pub mod drill;
+pub mod feedback;
 pub mod identity;
 pub mod ids;
 pub mod insights;
@@ -35,10 +37,13 @@ pub fn all_event_types() -> Vec<(&'static str, u16)> {
         preset::PresetEvent::ALL_EVENT_TYPES,
         quota::UsageEvent::ALL_EVENT_TYPES,
         onboarding::OnboardingEvent::ALL_EVENT_TYPES,
+        feedback::FeedbackEvent::ALL_EVENT_TYPES,
+        feedback::SettingsEvent::ALL_EVENT_TYPES,
         billing::AccountEvent::ALL_EVENT_TYPES,
         billing::BookEvent::ALL_EVENT_TYPES,
         billing::ReconciliationEvent::ALL_EVENT_TYPES,
         audit::AuditEvent::ALL_EVENT_TYPES,
+        drill::DrillEvent::ALL_EVENT_TYPES,
     ]
     .concat()
 }
