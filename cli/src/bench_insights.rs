@@ -29,7 +29,7 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-fn percentiles(mut ms: Vec<f64>) -> Percentiles {
+pub fn percentiles(mut ms: Vec<f64>) -> Percentiles {
     ms.sort_by(f64::total_cmp);
     let at = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
     Percentiles {

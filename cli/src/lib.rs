@@ -4,6 +4,7 @@
 
 pub mod audit_bench;
 pub mod bench;
+pub mod bench_feedback;
 pub mod bench_http;
 pub mod bench_insights;
 pub mod billing;

@@ -181,6 +181,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// Feedback: submissions through the use case from many members at once for S seconds, then
+    /// the triage board's filtered list over N items. Prints one JSON object.
+    Feedback {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        items: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Insights and first-success on a seeded store: rebuild both read models (events/s), then
     /// time the funnel, the cohorts and every user's onboarding view. Prints one JSON object.
     Insights {
@@ -709,6 +721,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (location, _temp) = bench_location(backend, url, data)?;
             let store = Store::open(&location).await?;
             let report = cli::bench::startup(&store, &location, events, tenants).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string(&report)?);
+            anyhow::Ok(())
+        }),
+        Command::Bench {
+            what:
+                BenchCommand::Feedback {
+                    seconds,
+                    concurrency,
+                    items,
+                    store,
+                },
+        } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
+            anyhow::ensure!(
+                (1..=3_600).contains(&seconds),
+                "--seconds must be 1 to 3600"
+            );
+            anyhow::ensure!(
+                (1..=1_000).contains(&concurrency),
+                "--concurrency must be 1 to 1000"
+            );
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&items),
+                "--items must be 1 to 10000000"
+            );
+            let location = store.location();
+            let store = store.open().await?;
+            let settings = api::settings::Settings {
+                store: location,
+                ..Default::default()
+            };
+            let report = cli::bench_feedback::feedback(
+                &store,
+                settings.app_config(),
+                seconds,
+                concurrency,
+                items,
+            )
+            .await?;
             store.close().await;
             println!("{}", serde_json::to_string(&report)?);
             anyhow::Ok(())
