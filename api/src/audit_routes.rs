@@ -12,7 +12,6 @@ use app::audit::KeyInfo;
 use domain::TenantId;
 use domain::audit::KeyKind;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
 /// A public key of the audit keyring.
@@ -268,7 +267,9 @@ pub async fn state_at(
     wait_for(&state, q.min_position).await?;
     let tenant = caller.tenant_or_forbidden()?;
     let at = match &q.at {
-        Some(raw) => parse_time("at", raw).map_err(|e| Problem::validation(vec![e]))?,
+        Some(raw) => {
+            crate::http::rfc3339_field("at", raw).map_err(|e| Problem::validation(vec![e]))?
+        }
         None => state.clock.now(),
     };
     let s = app::audit::state_at(&state, tenant, at).await?;
@@ -378,11 +379,6 @@ pub async fn set_retention(
     ))
 }
 
-fn parse_time(field: &str, raw: &str) -> Result<OffsetDateTime, (String, String)> {
-    OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| (field.to_owned(), "must be an RFC 3339 timestamp".to_owned()))
-}
-
 /// `POST /v1/audit/bundles`: the bundle as `application/gzip`, streamed from its temporary file.
 pub async fn create_bundle(
     state: web::Data<AppState>,
@@ -392,7 +388,10 @@ pub async fn create_bundle(
 ) -> Result<HttpResponse, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
     let dto: BundleRequest = json(&req, &body)?;
-    let (from, to) = match (parse_time("from", &dto.from), parse_time("to", &dto.to)) {
+    let (from, to) = match (
+        crate::http::rfc3339_field("from", &dto.from),
+        crate::http::rfc3339_field("to", &dto.to),
+    ) {
         (Ok(f), Ok(t)) => (f, t),
         (f, t) => {
             return Err(Problem::validation(
@@ -413,26 +412,5 @@ pub async fn create_bundle(
         .insert_header(("X-Tenantry-Manifest-Sha256", b.manifest_sha256.clone()))
         .insert_header(("X-Tenantry-Global-Position", b.position.to_string()))
         .no_chunking(b.bytes)
-        .streaming(file_chunks(b.file)))
-}
-
-/// A file read in pieces of 256 KiB on the blocking pool, as a response body.
-fn file_chunks(
-    file: std::fs::File,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> {
-    futures_util::stream::try_unfold(file, |mut file| async move {
-        let (file, chunk) = web::block(move || {
-            use std::io::Read;
-            let mut chunk = vec![0u8; 256 * 1024];
-            let n = file.read(&mut chunk)?;
-            chunk.truncate(n);
-            Ok::<_, std::io::Error>((file, chunk))
-        })
-        .await??;
-        Ok(if chunk.is_empty() {
-            None
-        } else {
-            Some((web::Bytes::from(chunk), file))
-        })
-    })
+        .streaming(crate::http::file_chunks(b.file)))
 }

@@ -919,30 +919,11 @@ pub async fn download(
         .insert_header((header::ETAG, format!("\"{}\"", x.export.sha256)));
     Ok(match blob {
         // The embedded store's blob is a file: sent in pieces, never read whole.
-        BlobBody::File(file, len) => answer.no_chunking(len).streaming(file_chunks(file)),
+        BlobBody::File(file, len) => answer
+            .no_chunking(len)
+            .streaming(crate::http::file_chunks(file)),
         // PostgreSQL keeps a blob as one value: it arrives whole.
         BlobBody::Bytes(bytes) => answer.body(bytes),
-    })
-}
-
-/// A file read in pieces of 256 KiB on the blocking pool, as a response body.
-fn file_chunks(
-    file: std::fs::File,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> {
-    futures_util::stream::try_unfold(file, |mut file| async move {
-        let (file, chunk) = web::block(move || {
-            use std::io::Read;
-            let mut chunk = vec![0u8; 256 * 1024];
-            let n = file.read(&mut chunk)?;
-            chunk.truncate(n);
-            Ok::<_, std::io::Error>((file, chunk))
-        })
-        .await??;
-        Ok(if chunk.is_empty() {
-            None
-        } else {
-            Some((web::Bytes::from(chunk), file))
-        })
     })
 }
 

@@ -473,7 +473,7 @@ pub async fn csv(
     wait_for(&state, q.min_position).await?;
     let items = app::feedback::all(&state, caller.tenant(), q.filter()?)?;
     Ok(HttpResponse::Ok()
-        .content_type("text/csv; charset=utf-8")
+        .content_type(crate::http::CSV)
         .insert_header((
             actix_web::http::header::CONTENT_DISPOSITION,
             "attachment; filename=\"feedback.csv\"",

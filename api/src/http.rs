@@ -213,6 +213,22 @@ pub struct ReadQuery {
     pub min_position: Option<u64>,
 }
 
+/// A field that must be an RFC 3339 timestamp, or its validation error as (field, reason).
+pub fn rfc3339_field(field: &str, raw: &str) -> Result<time::OffsetDateTime, (String, String)> {
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| (field.to_owned(), "must be an RFC 3339 timestamp".to_owned()))
+}
+
+/// The content type of CSV answers (RFC 4180).
+pub const CSV: &str = "text/csv; charset=utf-8";
+/// The content type of SVG charts.
+pub const SVG: &str = "image/svg+xml";
+
+/// A 200 answer of text (a CSV, an SVG chart).
+pub fn text(content_type: &str, body: String) -> HttpResponse {
+    HttpResponse::Ok().content_type(content_type).body(body)
+}
+
 /// Wait, bounded, until the projections have applied `min_position` (read-your-writes).
 pub async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<(), Problem> {
     Ok(state.app.wait_for(min_position).await?)
@@ -396,4 +412,25 @@ where
             reply
         }
     }
+}
+
+/// A file read in pieces of 256 KiB on the blocking pool, as a response body.
+pub fn file_chunks(
+    file: std::fs::File,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> {
+    futures_util::stream::try_unfold(file, |mut file| async move {
+        let (file, chunk) = web::block(move || {
+            use std::io::Read;
+            let mut chunk = vec![0u8; 256 * 1024];
+            let n = file.read(&mut chunk)?;
+            chunk.truncate(n);
+            Ok::<_, std::io::Error>((file, chunk))
+        })
+        .await??;
+        Ok(if chunk.is_empty() {
+            None
+        } else {
+            Some((web::Bytes::from(chunk), file))
+        })
+    })
 }

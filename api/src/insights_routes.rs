@@ -2,7 +2,7 @@
 //! the quota/upgrade report, each as JSON, CSV and (funnel, cohorts) an SVG chart.
 
 use crate::auth::Caller;
-use crate::http::{Reply, wait_for};
+use crate::http::{CSV, Reply, SVG, text, wait_for};
 use crate::problem::Problem;
 use crate::server::AppState;
 use actix_web::http::StatusCode;
@@ -216,13 +216,6 @@ fn cohorts_of(state: &AppState, q: &CohortQuery) -> Result<(Retention, Vec<Cohor
     let cohorts = app::insights::cohorts(state, mode, q.weeks, state.clock.now())?;
     Ok((mode, cohorts))
 }
-
-fn text(content_type: &str, body: String) -> HttpResponse {
-    HttpResponse::Ok().content_type(content_type).body(body)
-}
-
-const CSV: &str = "text/csv; charset=utf-8";
-const SVG: &str = "image/svg+xml";
 
 pub async fn funnel(
     state: web::Data<AppState>,

@@ -306,9 +306,10 @@ pub async fn dropoff_csv(
 ) -> Result<HttpResponse, Problem> {
     wait_for(&state, q.min_position).await?;
     let rows = app::onboarding::dropoff(&state, q.window_days)?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/csv; charset=utf-8")
-        .body(app::onboarding::dropoff_csv(&rows)))
+    Ok(crate::http::text(
+        crate::http::CSV,
+        app::onboarding::dropoff_csv(&rows),
+    ))
 }
 
 pub async fn dropoff_svg(
@@ -318,7 +319,8 @@ pub async fn dropoff_svg(
 ) -> Result<HttpResponse, Problem> {
     wait_for(&state, q.min_position).await?;
     let rows = app::onboarding::dropoff(&state, q.window_days)?;
-    Ok(HttpResponse::Ok()
-        .content_type("image/svg+xml")
-        .body(app::onboarding::dropoff_svg(&rows)))
+    Ok(crate::http::text(
+        crate::http::SVG,
+        app::onboarding::dropoff_svg(&rows),
+    ))
 }

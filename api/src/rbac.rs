@@ -137,6 +137,20 @@ impl Api {
         }
     }
 
+    /// A read answering 200 with text of `content_type` (CSV, SVG), its query described by
+    /// `query`; a parameter out of range is 422.
+    pub const fn text(query: Option<Params>, content_type: &'static str) -> Api {
+        Api {
+            query,
+            request: Body::None,
+            status: 200,
+            response: Body::Text(content_type),
+            problems: &[(422, "A parameter is invalid")],
+            idempotent: false,
+            body_also_on: &[],
+        }
+    }
+
     /// A command taking `Req` and answering `status` with `Res`.
     pub const fn command<Req: ToSchema, Res: ToSchema>(status: u16) -> Api {
         Api {
@@ -512,15 +526,7 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "The funnel as CSV",
         handler: |route| route.to(crate::insights_routes::funnel_csv),
-        api: Api {
-            query: params::<crate::insights_routes::FunnelQuery>(),
-            request: Body::None,
-            status: 200,
-            response: Body::Text("text/csv"),
-            problems: &[(422, "A parameter is invalid")],
-            idempotent: false,
-            body_also_on: &[],
-        },
+        api: Api::text(params::<crate::insights_routes::FunnelQuery>(), "text/csv"),
     },
     RouteSpec {
         method: "GET",
@@ -529,15 +535,10 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "The funnel as an SVG bar chart",
         handler: |route| route.to(crate::insights_routes::funnel_svg),
-        api: Api {
-            query: params::<crate::insights_routes::FunnelQuery>(),
-            request: Body::None,
-            status: 200,
-            response: Body::Text("image/svg+xml"),
-            problems: &[(422, "A parameter is invalid")],
-            idempotent: false,
-            body_also_on: &[],
-        },
+        api: Api::text(
+            params::<crate::insights_routes::FunnelQuery>(),
+            "image/svg+xml",
+        ),
     },
     RouteSpec {
         method: "GET",
@@ -557,15 +558,7 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "The cohorts as CSV",
         handler: |route| route.to(crate::insights_routes::cohorts_csv),
-        api: Api {
-            query: params::<crate::insights_routes::CohortQuery>(),
-            request: Body::None,
-            status: 200,
-            response: Body::Text("text/csv"),
-            problems: &[(422, "A parameter is invalid")],
-            idempotent: false,
-            body_also_on: &[],
-        },
+        api: Api::text(params::<crate::insights_routes::CohortQuery>(), "text/csv"),
     },
     RouteSpec {
         method: "GET",
@@ -574,15 +567,10 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "The cohorts as an SVG heatmap",
         handler: |route| route.to(crate::insights_routes::cohorts_svg),
-        api: Api {
-            query: params::<crate::insights_routes::CohortQuery>(),
-            request: Body::None,
-            status: 200,
-            response: Body::Text("image/svg+xml"),
-            problems: &[(422, "A parameter is invalid")],
-            idempotent: false,
-            body_also_on: &[],
-        },
+        api: Api::text(
+            params::<crate::insights_routes::CohortQuery>(),
+            "image/svg+xml",
+        ),
     },
     RouteSpec {
         method: "GET",
@@ -602,15 +590,7 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "The quota/upgrade report as CSV",
         handler: |route| route.to(crate::insights_routes::quota_csv),
-        api: Api {
-            query: params::<crate::insights_routes::QuotaQuery>(),
-            request: Body::None,
-            status: 200,
-            response: Body::Text("text/csv"),
-            problems: &[(422, "A parameter is invalid")],
-            idempotent: false,
-            body_also_on: &[],
-        },
+        api: Api::text(params::<crate::insights_routes::QuotaQuery>(), "text/csv"),
     },
     RouteSpec {
         method: "GET",
@@ -691,15 +671,10 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: Some(Flag::FeedbackMvp),
         summary: "A filtered view of the board as CSV (RFC 4180, stable columns)",
         handler: |route| route.to(crate::feedback_routes::csv),
-        api: Api {
-            query: params::<crate::feedback_routes::FeedbackCsvQuery>(),
-            request: Body::None,
-            status: 200,
-            response: Body::Text("text/csv"),
-            problems: &[(422, "A parameter is invalid")],
-            idempotent: false,
-            body_also_on: &[],
-        },
+        api: Api::text(
+            params::<crate::feedback_routes::FeedbackCsvQuery>(),
+            "text/csv",
+        ),
     },
     RouteSpec {
         method: "PUT",
@@ -747,15 +722,10 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "Drop-off as CSV",
         handler: |route| route.to(crate::onboarding_routes::dropoff_csv),
-        api: Api {
-            query: params::<crate::onboarding_routes::DropOffQuery>(),
-            request: Body::None,
-            status: 200,
-            response: Body::Text("text/csv"),
-            problems: &[(422, "A parameter is invalid")],
-            idempotent: false,
-            body_also_on: &[],
-        },
+        api: Api::text(
+            params::<crate::onboarding_routes::DropOffQuery>(),
+            "text/csv",
+        ),
     },
     RouteSpec {
         method: "GET",
@@ -764,15 +734,10 @@ pub const ROUTES: &[RouteSpec] = &[
         flag: None,
         summary: "Drop-off as an SVG bar chart",
         handler: |route| route.to(crate::onboarding_routes::dropoff_svg),
-        api: Api {
-            query: params::<crate::onboarding_routes::DropOffQuery>(),
-            request: Body::None,
-            status: 200,
-            response: Body::Text("image/svg+xml"),
-            problems: &[(422, "A parameter is invalid")],
-            idempotent: false,
-            body_also_on: &[],
-        },
+        api: Api::text(
+            params::<crate::onboarding_routes::DropOffQuery>(),
+            "image/svg+xml",
+        ),
     },
     RouteSpec {
         method: "POST",

@@ -611,11 +611,7 @@ fn decode_cursor(cursor: &str) -> Option<u64> {
 
 fn parse_time(field: &str, raw: &Option<String>) -> Result<Option<OffsetDateTime>, Problem> {
     raw.as_deref()
-        .map(|s| {
-            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|_| {
-                Problem::validation(vec![(field.into(), "must be an RFC 3339 timestamp".into())])
-            })
-        })
+        .map(|s| crate::http::rfc3339_field(field, s).map_err(|e| Problem::validation(vec![e])))
         .transpose()
 }
 

@@ -536,14 +536,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cli::billing::parse_day(&to, "--to")?,
             );
             anyhow::ensure!(from < to, "--to must be after --from");
-            let location = store.location();
             let store = store.open().await?;
-            let settings = api::settings::Settings {
-                store: location,
-                ..Default::default()
-            };
             let app = app::App::start(
-                settings.app_config(),
+                offline_config(),
                 store.clone(),
                 std::sync::Arc::new(app::SystemClock),
             )
@@ -619,17 +614,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .with_context(|| format!("--start {start:?} is not YYYY-MM-DD"))?;
             let start = date.with_time(time::Time::MIDNIGHT).assume_utc();
-            let location = store.location();
             let store = store.open().await?;
-            let settings = api::settings::Settings {
-                store: location,
-                ..Default::default()
-            };
             // Decisions carry their simulated time; the registry is published as of the start,
             // and the minute's coalesced refusals are written at the end of each simulated day.
             let config = app::Config {
                 refusal_timer: false,
-                ..settings.app_config()
+                ..offline_config()
             };
             let clock = std::sync::Arc::new(app::FixedClock(start));
             let app = app::App::start(config, store.clone(), clock).await;
@@ -747,15 +737,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (1..=10_000_000).contains(&items),
                 "--items must be 1 to 10000000"
             );
-            let location = store.location();
             let store = store.open().await?;
-            let settings = api::settings::Settings {
-                store: location,
-                ..Default::default()
-            };
             let report = cli::bench_feedback::feedback(
                 &store,
-                settings.app_config(),
+                offline_config(),
                 seconds,
                 concurrency,
                 items,
@@ -769,13 +754,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             what: BenchCommand::Insights { store },
         } => runtime.block_on(async move {
             api::telemetry::init("pretty");
-            let location = store.location();
             let store = store.open().await?;
-            let settings = api::settings::Settings {
-                store: location,
-                ..Default::default()
-            };
-            let report = cli::bench_insights::insights(&store, settings.app_config()).await?;
+            let report = cli::bench_insights::insights(&store, offline_config()).await?;
             store.close().await;
             println!("{}", serde_json::to_string(&report)?);
             anyhow::Ok(())
@@ -917,4 +897,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::Ok(())
         }),
     }
+}
+
+/// What a command-line tool runs the use cases with: the service's defaults (no settings file; a
+/// tool is not a server).
+fn offline_config() -> app::Config {
+    api::settings::Settings::default().app_config()
 }

@@ -1,11 +1,14 @@
 //! The `tenantry` binary, run for real in a temp folder. On failure each assertion prints the
 //! command, its stdout and its stderr.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use store::{AppendRequest, Expected, Location, Metadata, NewEvent, RawJson, Store};
+use support::serve;
 use uuid::Uuid;
 
 fn tenantry(args: &[&str]) -> Output {
@@ -161,36 +164,6 @@ fn bench_store_prints_one_json_report() {
 }
 
 /// `tenantry serve` on an embedded store in `data`, on a free port; the child and its address.
-fn serve(data: &Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data.to_str().unwrap(),
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "the server stopped before saying where it listens"
-        );
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep reading what the server says, so that its writes never meet a closed or full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, addr)
-}
-
 #[test]
 fn serve_answers_healthz_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
