@@ -334,8 +334,11 @@ impl Runtime {
 
     /// Wait until the projection `name` has caught up with the log's head as it is now (false at
     /// once when it is stopped or unknown).
+    ///
+    /// The head is read once for any number of concurrent callers (`Store::head_after_now`), and
+    /// a projection already there answers at once.
     pub async fn catch_up_one(&self, name: &str, timeout: Duration) -> bool {
-        let (Some(slot), Ok(head)) = (self.slot(name), self.store.head().await) else {
+        let (Some(slot), Ok(head)) = (self.slot(name), self.store.head_after_now().await) else {
             return false;
         };
         let mut rx = slot.progress.subscribe();

@@ -8,6 +8,7 @@
 mod embedded;
 mod envelope;
 mod error;
+mod head;
 pub mod idempotency;
 mod planner;
 mod postgres;
@@ -175,6 +176,7 @@ enum Backend {
 pub struct Store {
     backend: Arc<Backend>,
     upcasters: Arc<Upcasters>,
+    head_probe: Arc<head::HeadProbe>,
 }
 
 /// A blob opened for reading (`Store::open_blob`).
@@ -258,6 +260,7 @@ impl Store {
         Self {
             backend: Arc::new(backend),
             upcasters: Arc::new(Upcasters::default()),
+            head_probe: Arc::default(),
         }
     }
 
@@ -317,6 +320,18 @@ impl Store {
     /// The last committed global position (0 for an empty store).
     pub async fn head(&self) -> Result<u64> {
         dispatch!(self.head())
+    }
+
+    /// The head as found by a read that began after this call: exact for "is everything committed
+    /// before I asked visible?", yet shared, so that any number of concurrent callers cost one
+    /// store round trip at a time (ADR 014).
+    pub async fn head_after_now(&self) -> Result<u64> {
+        self.head_probe.after_now(|| self.head()).await
+    }
+
+    /// How many reads [`Store::head_after_now`] sent to the store since it was opened.
+    pub fn shared_head_reads(&self) -> u64 {
+        self.head_probe.reads()
     }
 
     /// Live events in commit order from `from_position` (inclusive).

@@ -695,6 +695,34 @@ async fn events_are_read_back_by_position(h: &Harness) {
     assert!(s.read_positions(vec![]).await.unwrap().is_empty());
 }
 
+async fn a_shared_head_read_is_never_older_than_its_caller_and_serves_a_crowd(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    for i in 0..3 {
+        let done = s
+            .append(request(t, "s", Expected::Any, vec![event(i)]))
+            .await
+            .unwrap();
+        // What was committed before the call is always within the head it answers.
+        assert!(s.head_after_now().await.unwrap() >= done.last_position());
+    }
+    let before = s.shared_head_reads();
+    let crowd: Vec<_> = (0..200)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.head_after_now().await.unwrap() })
+        })
+        .collect();
+    for call in crowd {
+        assert_eq!(call.await.unwrap(), 3);
+    }
+    let reads = s.shared_head_reads() - before;
+    assert!(
+        (1..200).contains(&reads),
+        "200 concurrent callers made {reads} store reads"
+    );
+}
+
 async fn blobs_are_kept_per_tenant_replaced_and_removed(h: &Harness) {
     let s = &h.store;
     let (t, other) = (tenant(), tenant());
@@ -832,6 +860,7 @@ conformance!(
     a_tailing_reader_sees_every_event_once_in_commit_order,
     idempotency_records_replay_refuse_mismatches_and_outlive_the_handle,
     events_are_read_back_by_position,
+    a_shared_head_read_is_never_older_than_its_caller_and_serves_a_crowd,
     blobs_are_kept_per_tenant_replaced_and_removed,
     business_time_is_kept_beside_commit_time,
     expired_idempotency_records_are_purged,
