@@ -194,10 +194,18 @@ impl App {
             }
             Err(e) => tracing::error!(error = %e, "plan registry not published"),
         }
-        // Loaded tables, plus 1 GiB for queries and the store's own SQLite.
+        // Loaded tables, plus 1 GiB for queries (and, when SQLite's memory could not be split,
+        // for the store's own SQLite: ADR 034).
         let cap = config.sandbox_cache_bytes as u64 + (1 << 30);
-        if let Err(e) = dataplane::sandbox::set_memory_cap(cap) {
-            tracing::warn!(error = %e, "SQLite memory cap not set");
+        match dataplane::sandbox::set_memory_cap(cap) {
+            Ok(dataplane::sandbox::MemoryCap::Sandbox) => {
+                tracing::info!(bytes = cap, "tenants' SQL has a memory budget of its own")
+            }
+            Ok(dataplane::sandbox::MemoryCap::Process) => tracing::warn!(
+                bytes = cap,
+                "SQLite's memory is not split: tenants' SQL shares its cap with the embedded store"
+            ),
+            Err(e) => tracing::warn!(error = %e, "SQLite memory cap not set"),
         }
         let pii_secret = pii_secret(&store).await;
         let identity = Arc::new(Identity::default());

@@ -454,6 +454,8 @@ fn start_in_background(
 }
 
 fn main() -> std::process::ExitCode {
+    // Before anything opens SQLite: tenants' SQL gets a memory budget of its own (ADR 034).
+    dataplane::sandbox::split_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

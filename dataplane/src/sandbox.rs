@@ -3,8 +3,9 @@
 //! writes, no temporary tables, no extensions); a progress handler stops a query at its time
 //! budget; results stop at a row cap and a memory cap (the memory the rows take in this process,
 //! not their serialized size); SQLite's own limits bound string sizes and expression depth, and
-//! its temporary storage (sorts, intermediate tables) is kept in memory under its heap limit
-//! instead of in unbounded temporary files. Rows can also be streamed one at a time
+//! its temporary storage (sorts, intermediate tables) is kept in memory under the sandbox's memory
+//! budget instead of in unbounded temporary files (a budget of its own, apart from the event
+//! store's SQLite memory: ADR 034). Rows can also be streamed one at a time
 //! (`Table::for_each_row`), which is how exports are written. Loaded tables are cached per
 //! dataset, within a memory budget.
 
@@ -134,6 +135,7 @@ pub fn quote_identifier(name: &str) -> String {
 impl Table {
     /// Load a CSV file (already validated by `ingest`) with its inferred columns.
     pub fn load(csv: &[u8], columns: &[Column]) -> Result<Self, QueryError> {
+        let _sandbox = sqlite_budget::SandboxScope::enter();
         let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
         let mut conn = Connection::open_in_memory().map_err(load)?;
         let defs: Vec<String> = columns
@@ -199,6 +201,7 @@ impl Table {
     /// A table made from rows already in memory (a redacted copy of a dataset), columns
     /// untyped: SQLite keeps each value's own type.
     pub fn from_result(result: &QueryResult) -> Result<Self, QueryError> {
+        let _sandbox = sqlite_budget::SandboxScope::enter();
         let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
         let mut conn = Connection::open_in_memory().map_err(load)?;
         let defs: Vec<String> = result.columns.iter().map(|c| quote_identifier(c)).collect();
@@ -296,20 +299,51 @@ impl Table {
             return Err(QueryError::Expired(limits.time));
         }
         conn.progress_handler(1_000, Some(move || Instant::now() >= deadline));
-        let result = run(&conn, sql, limits, columns, row);
+        let result = {
+            let _sandbox = sqlite_budget::SandboxScope::enter();
+            run(&conn, sql, limits, columns, row)
+        };
         conn.progress_handler(0, None::<fn() -> bool>);
         result.map_err(|e| classify(e, limits.time, deadline))
     }
 }
 
-/// Cap the memory SQLite may allocate in this process, all connections together: a query that
-/// would go past it fails with an error instead of taking the machine down. SQLite's limit is
-/// process-wide, so it must leave room for the store's own connections and the cache of loaded
-/// tables.
-pub fn set_memory_cap(bytes: u64) -> Result<(), QueryError> {
+/// Give SQLite's memory its two budgets (ADR 034): call first thing in a process, before any
+/// SQLite connection (the event store's included) is opened. True when the split is in force.
+pub fn split_memory() -> bool {
+    sqlite_budget::install()
+}
+
+/// The SQLite memory tenants' SQL holds now (loaded tables and running queries), when the split
+/// is in force.
+pub fn sandbox_memory_used() -> u64 {
+    sqlite_budget::sandbox_used()
+}
+
+/// How the cap of [`set_memory_cap`] applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryCap {
+    /// To tenants' SQL only (loaded tables, queries, their sorts): the store's connections are
+    /// never refused memory.
+    Sandbox,
+    /// To all of SQLite in the process, the store included (the split came too late: SQLite was
+    /// used before [`split_memory`]).
+    Process,
+}
+
+/// Cap the SQLite memory tenants' SQL may hold, all sandbox connections together: a query that
+/// would go past it fails with an error instead of taking the machine down. With the split in
+/// force ([`split_memory`]) the cap is the sandbox's alone; otherwise it falls back to SQLite's
+/// process-wide `hard_heap_limit`, which must then leave room for the store's own connections.
+pub fn set_memory_cap(bytes: u64) -> Result<MemoryCap, QueryError> {
+    if sqlite_budget::installed() {
+        sqlite_budget::set_budget(bytes);
+        return Ok(MemoryCap::Sandbox);
+    }
     let conn = Connection::open_in_memory().map_err(|e| QueryError::Load(e.to_string()))?;
     conn.query_row(&format!("PRAGMA hard_heap_limit = {bytes}"), [], |_| Ok(()))
-        .map_err(|e| QueryError::Load(e.to_string()))
+        .map_err(|e| QueryError::Load(e.to_string()))?;
+    Ok(MemoryCap::Process)
 }
 
 /// After loading: read-only, tight limits, and the authorizer.
@@ -317,8 +351,8 @@ fn lock_down(conn: &Connection) -> rusqlite::Result<()> {
     // The page cache of one connection (and so of its sorts) is bounded by this.
     conn.pragma_update(None, "cache_size", -32_768)?;
     // What a sort or an intermediate table holds beyond the cache stays in SQLite's heap, under
-    // its hard heap limit (`set_memory_cap`), instead of in temporary files that nothing bounds:
-    // a query that needs more fails cleanly (ADR 015).
+    // the sandbox's memory budget (`set_memory_cap`), instead of in temporary files that nothing
+    // bounds: a query that needs more fails cleanly (ADR 015, ADR 034).
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "query_only", true)?;
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, 8 * 1024 * 1024)?;
@@ -769,8 +803,10 @@ mod tests {
 
     #[test]
     fn a_sort_past_the_heap_limit_fails_cleanly_instead_of_spilling_to_disk() {
-        // The limit is process-wide: nextest runs this test in its own process.
-        set_memory_cap(48 << 20).unwrap();
+        // The allocator and its budget are process-wide: nextest runs this test in its own
+        // process.
+        assert!(split_memory());
+        assert_eq!(set_memory_cap(48 << 20).unwrap(), MemoryCap::Sandbox);
         let t = table(CSV);
         let limits = Limits {
             time: Duration::from_secs(120),
