@@ -45,11 +45,33 @@ echo "== SLO rules (promtool check rules, promtool test rules)"
 promtool check rules ops/prometheus/rules/*.yml
 promtool test rules ops/prometheus/tests/*.yml
 
+# The canary test puts nginx in front of two builds and reads reports with jq (ADR 033).
+if { ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; } || ! command -v jq >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx jq
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends nginx jq
+  fi
+fi
+export PATH="$PATH:/usr/sbin"
+echo "== nightly soak units (systemd-analyze verify)"
+if command -v systemd-analyze >/dev/null 2>&1; then
+  systemd-analyze verify --man=no ops/systemd/tenantry-soak.service ops/systemd/tenantry-soak.timer
+else
+  echo "systemd-analyze is not installed: the units in ops/systemd are not verified" >&2
+fi
+
 echo "== OpenAPI document"
 scripts/validate-openapi.sh
 
 echo "== HTTP contract (schemathesis, every check, against the real server)"
 scripts/schemathesis.sh
 
+echo "== SCIM 2.0 conformance (scim2-tester, against the real server)"
+scripts/scim2-tester.sh
+
 echo "== tests"
 cargo nextest run --workspace --no-fail-fast "$@"
+
+echo "== canary: a good build promoted, a bad one rolled back, no request lost (scripts/canary-test.sh)"
+scripts/canary-test.sh

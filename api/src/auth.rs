@@ -13,7 +13,6 @@ use domain::TenantId;
 use futures_util::future::LocalBoxFuture;
 use projections::Principal;
 use std::time::Duration;
-use time::OffsetDateTime;
 
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -91,7 +90,8 @@ async fn authorize(req: &HttpRequest) -> Result<Caller, Problem> {
         .ok_or_else(|| Problem::unauthorized("the bearer token is malformed"))?;
     identity_current(state).await?;
     let hash = crate::tokens::sha256_hex(token.as_bytes());
-    let now = OffsetDateTime::now_utc();
+    // The application's clock: the one decisions are made with (a test moves it forward).
+    let now = state.clock.now();
     let mut found = state.identity.authenticate(&hash, now);
     if found == Err(projections::TokenProblem::Unknown) {
         // A token issued a moment ago (here or by another instance) may not be applied yet.

@@ -4,10 +4,12 @@
 //!
 //! Architecture invariant: this is the only crate that knows HTTP.
 
+pub mod access_routes;
 pub mod audit_routes;
 pub mod auth;
 pub mod billing_routes;
 pub mod data_routes;
+pub mod erasure_routes;
 pub mod feedback_routes;
 pub mod http;
 pub mod insights_routes;
@@ -21,8 +23,10 @@ pub mod quota_routes;
 pub mod rbac;
 pub mod replay;
 pub mod routes;
+pub mod scim_routes;
 pub mod server;
 pub mod settings;
+pub mod sso_routes;
 pub mod telemetry;
 
 pub use app::tokens;

@@ -19,6 +19,9 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Routes the SLOs leave out: health checks and scrapes.
+const NOT_IN_SLO: &[&str] = &["/readyz", "/healthz", "/livez", "/metrics"];
+
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -70,6 +73,8 @@ pub struct Metrics {
     requests: Requests,
     pub idempotent_replays: AtomicU64,
     pub signups_limited: AtomicU64,
+    /// Requests the canary rehearsal's fault applied to (`Settings::fault`, ADR 033).
+    pub fault_seen: AtomicU64,
     /// The same requests counted per second and minute for the in-process SLOs
     /// (`GET /v1/ops/slo`, `app::slo`).
     pub slo: app::slo::Recorder,
@@ -85,6 +90,7 @@ impl Default for Metrics {
             requests: Family::new_with_constructor(latency_histogram),
             idempotent_replays: AtomicU64::new(0),
             signups_limited: AtomicU64::new(0),
+            fault_seen: AtomicU64::new(0),
             slo: app::slo::Recorder::default(),
         }
     }
@@ -100,10 +106,14 @@ impl Metrics {
                 status,
             })
             .observe(seconds);
-        self.slo.record(
-            unix_seconds_now(),
-            app::slo::Counts::of(method, status, seconds),
-        );
+        // Health checks and scrapes are not requests of the SLO: `/readyz` answers 503 while
+        // this instance applies another's writes (ADR 033; the rules in ops/prometheus agree).
+        if !NOT_IN_SLO.contains(&route) {
+            self.slo.record(
+                unix_seconds_now(),
+                app::slo::Counts::of(method, status, seconds),
+            );
+        }
     }
 
     /// The in-process SLO report: every window divided by `scale` (1: as stated).
@@ -156,6 +166,16 @@ impl Metrics {
         ] {
             registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
         }
+        if let Some(bytes) = resident_memory_bytes() {
+            // What the soak watches for growth (`tenantry soak`, ADR 033).
+            let rss = Gauge::<i64>::default();
+            rss.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            registry.register(
+                "process_resident_memory_bytes",
+                "Resident memory of this process (Linux /proc/self/status VmRSS)",
+                rss,
+            );
+        }
         let lag_family = Family::<ProjectionLabels, Gauge>::default();
         for (name, events) in lag {
             lag_family
@@ -174,6 +194,20 @@ impl Metrics {
             .expect("encoding into a String cannot fail");
         out
     }
+}
+
+/// This process's resident memory, where `/proc` tells it (Linux).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 fn unix_seconds_now() -> u64 {
@@ -206,5 +240,40 @@ mod tests {
         );
         assert!(text.contains("tenantry_events_appended_total 0"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn readiness_503s_do_not_count_against_the_slo() {
+        let m = Metrics::default();
+        for _ in 0..10 {
+            m.observe_request("GET", "/readyz", 503, 0.001);
+            m.observe_request("GET", "/metrics", 200, 0.001);
+        }
+        m.observe_request("GET", "/v1/plans", 200, 0.001);
+        let report = m.slo_report(1);
+        let availability = report
+            .slos
+            .iter()
+            .find(|s| s.slo == "availability")
+            .unwrap();
+        let five = availability
+            .windows
+            .iter()
+            .find(|w| w.window == "5m")
+            .unwrap();
+        assert_eq!((five.events, five.bad), (1, 0));
+        assert!(report.firing.is_empty(), "{:?}", report.firing);
+    }
+
+    #[test]
+    fn resident_memory_is_exposed_on_linux() {
+        let text = Metrics::default().render(&app::Counters::default(), &[]);
+        let rss: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tenantry_process_resident_memory_bytes "))
+            .expect("the gauge is there on Linux")
+            .parse()
+            .unwrap();
+        assert!(rss > 1_000_000.0, "{text}");
     }
 }

@@ -203,6 +203,7 @@ fn content(body: &Body, schemas: &mut Schemas) -> Option<Value> {
             "text/csv": {"schema": {"type": "string"}},
             "application/jsonl": {"schema": {"type": "string"}}
         }),
+        Body::Scim => json!({"application/scim+json": {"schema": {"type": "object"}}}),
     })
 }
 
@@ -224,7 +225,7 @@ fn problems(spec: &RouteSpec) -> Vec<(u16, &'static str)> {
             (422, "Invalid fields"),
         ]);
     }
-    if let Access::Roles(_) = spec.access {
+    if let Access::Roles(_) | Access::Scim = spec.access {
         out.extend([
             (401, "Missing, unknown, expired or revoked token"),
             (403, "Role not allowed, or feature disabled"),
@@ -292,6 +293,12 @@ fn operation(spec: &RouteSpec, schemas: &mut Schemas) -> Value {
     for (code, description) in problems(spec) {
         let mut content = json!({"application/problem+json":
             {"schema": {"$ref": "#/components/schemas/Problem"}}});
+        // Everything under /scim/v2 answers SCIM error documents (ADR 031); a request actix
+        // itself refuses (an oversized body) is still a problem document.
+        if spec.path.starts_with("/scim/v2/") && code != 413 {
+            content = json!({"application/scim+json":
+                {"schema": {"$ref": "#/components/schemas/ScimErrorBody"}}});
+        }
         if let (true, Some(Value::Object(body))) =
             (spec.api.body_also_on.contains(&code), &success_content)
         {
@@ -320,6 +327,7 @@ fn operation(spec: &RouteSpec, schemas: &mut Schemas) -> Value {
             op["x-roles"] = json!(names);
         }
         Access::Public => op["security"] = json!([]),
+        Access::Scim => op["security"] = json!([{"bearer": []}]),
     }
     if let Some(flag) = spec.flag {
         op["x-feature-flag"] = json!(flag.as_str());
@@ -338,6 +346,10 @@ pub fn document() -> Value {
         entry[spec.method.to_lowercase()] = op;
     }
     <Problem as ToSchema>::schemas(&mut schemas);
+    schemas.push((
+        "ScimErrorBody".into(),
+        <crate::scim_routes::ScimErrorBody as utoipa::PartialSchema>::schema(),
+    ));
     schemas.push((
         "Problem".into(),
         <Problem as utoipa::PartialSchema>::schema(),

@@ -356,6 +356,19 @@ impl From<app::Error> for Problem {
                     TenantError::UnknownToken => (StatusCode::NOT_FOUND, "not-found"),
                     TenantError::AlreadyRevoked => (StatusCode::CONFLICT, "already-revoked"),
                     TenantError::TooManyMembers { .. } => (StatusCode::CONFLICT, "seat-limit"),
+                    TenantError::NotAMember | TenantError::UnknownInvite => {
+                        (StatusCode::NOT_FOUND, "not-found")
+                    }
+                    TenantError::LastOwner => (StatusCode::CONFLICT, "last-owner"),
+                    TenantError::AdminsCannotTouchOwners | TenantError::NotAllowed(_) => {
+                        (StatusCode::FORBIDDEN, "forbidden")
+                    }
+                    TenantError::SameRole(_) => (StatusCode::CONFLICT, "no-change"),
+                    TenantError::InviteUsed => (StatusCode::CONFLICT, "invite-used"),
+                    TenantError::InviteExpired => (StatusCode::GONE, "invite-expired"),
+                    TenantError::SignInRefused => {
+                        return Problem::unauthorized("the code is wrong or no longer valid");
+                    }
                 };
                 refused(status, slug, d.to_string())
             }
@@ -396,6 +409,14 @@ impl From<app::Error> for Problem {
             E::Store(s) => s.into(),
             E::Decode(_) | E::Internal(_) => Problem::internal(),
             E::Conflict { slug, detail } => Problem::conflict(slug, detail),
+            E::Unauthorized { slug, detail } => {
+                Problem::new(StatusCode::UNAUTHORIZED, slug, "Authentication failed")
+                    .detail(detail)
+                    .header(header::WWW_AUTHENTICATE, "Bearer realm=\"tenantry\"")
+            }
+            E::Forbidden { slug, detail } => {
+                Problem::new(StatusCode::FORBIDDEN, slug, "Not allowed").detail(detail)
+            }
             E::Busy => Problem::conflict(
                 "busy",
                 "the resource kept changing while we tried; retry the request",

@@ -41,6 +41,9 @@ pub enum Access {
     Public,
     /// A valid token of one of these roles.
     Roles(&'static [Role]),
+    /// The tenant's SCIM token (`scim_routes::ScimCaller`), not a member's or operator's token:
+    /// SCIM routes answer SCIM errors (ADR 031).
+    Scim,
 }
 
 /// One route, said once: its method and path, who may call it, the handler that answers it and
@@ -98,6 +101,8 @@ pub enum Body {
     Text(&'static str),
     /// An export's file: CSV or JSON Lines.
     Download,
+    /// A SCIM resource, list or message (`application/scim+json`, RFC 7643).
+    Scim,
 }
 
 impl Body {
@@ -224,6 +229,8 @@ const EVERYONE: &[Role] = &[
     Role::Platform(P::Finance),
 ];
 const TENANT_ADMINS: &[Role] = &[Role::Tenant(T::Owner), Role::Tenant(T::Admin)];
+/// Tenant owners alone (the SCIM token).
+const OWNERS: &[Role] = &[Role::Tenant(T::Owner)];
 /// Who triages feedback (SPEC §7): platform support and pm across tenants, tenant owners and
 /// admins for their own.
 const FEEDBACK_TRIAGE: &[Role] = &[
@@ -266,6 +273,18 @@ const DATA_READERS: &[Role] = &[
     Role::Tenant(T::Admin),
     Role::Tenant(T::Analyst),
     Role::Tenant(T::Viewer),
+];
+
+/// Who revokes a token by id: members (their own; owners and admins any of their tenant's) and
+/// platform ops (operator tokens).
+const TOKEN_REVOKERS: &[Role] = &[
+    Role::Tenant(T::Owner),
+    Role::Tenant(T::Admin),
+    Role::Tenant(T::Analyst),
+    Role::Tenant(T::Viewer),
+    Role::Tenant(T::Billing),
+    Role::Tenant(T::Compliance),
+    Role::Platform(P::Ops),
 ];
 
 /// The problem a metered route adds.
@@ -403,6 +422,144 @@ pub const ROUTES: &[RouteSpec] = &[
         api: Api::bodiless::<r::Revoked>(),
     },
     RouteSpec {
+        method: "POST",
+        path: "/v1/tokens",
+        access: Access::Roles(EVERY_TENANT_ROLE),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Rotate: a new token for the caller; the one used for this request is revoked",
+        handler: |route| route.to(crate::access_routes::rotate),
+        api: Api::bodiless::<crate::access_routes::TokenOut>().with_status(201),
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/v1/tokens/{token_id}",
+        access: Access::Roles(TOKEN_REVOKERS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Revoke a token: owners/admins any of the tenant (admins none of an owner), a member their own, platform ops an operator's",
+        handler: |route| route.to(crate::access_routes::revoke),
+        api: Api::bodiless::<crate::access_routes::TokenRevoked>()
+            .with_query(params::<crate::access_routes::ReasonQuery>())
+            .with_problems(&[
+                (404, "No such token (or not one the caller may see)"),
+                (409, "Already revoked"),
+            ]),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/members/{user_id}/tokens",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Issue a new token for a member (owners, admins; admins not for an owner)",
+        handler: |route| route.to(crate::access_routes::reissue),
+        api: Api::bodiless::<crate::access_routes::TokenOut>()
+            .with_status(201)
+            .with_problems(&[(404, "No such member")]),
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/v1/members/{user_id}",
+        access: Access::Roles(EVERY_TENANT_ROLE),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Remove a member (owners, admins) or leave (yourself); their tokens stop at once, the seat is freed",
+        handler: |route| route.to(crate::access_routes::remove),
+        api: Api::bodiless::<crate::access_routes::MemberRemoved>()
+            .with_query(params::<crate::access_routes::ReasonQuery>())
+            .with_problems(&[(404, "No such member"), (409, "The last owner")]),
+    },
+    RouteSpec {
+        method: "PATCH",
+        path: "/v1/members/{user_id}",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Change a member's role (only owners make owners; never the last owner)",
+        handler: |route| route.to(crate::access_routes::change_role),
+        api: Api::command::<crate::access_routes::RoleRequest, crate::access_routes::RoleChanged>(
+            200,
+        )
+        .with_problems(&[
+            (404, "No such member"),
+            (409, "The last owner, or the same role"),
+        ]),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/sign-in",
+        access: Access::Public,
+        flag: None,
+        summary: "Ask for a single-use sign-in code by email (the same answer for unknown emails)",
+        handler: |route| route.to(crate::access_routes::sign_in),
+        api: Api::command::<crate::access_routes::SignInRequest, crate::access_routes::SignInSent>(
+            202,
+        ),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/sign-in/verify",
+        access: Access::Public,
+        flag: None,
+        summary: "Present the code: a fresh token (401 for a wrong, used or expired code, or too many attempts)",
+        handler: |route| route.to(crate::access_routes::verify_sign_in),
+        api: Api::command::<crate::access_routes::VerifyRequest, crate::access_routes::Admitted>(
+            200,
+        )
+        .with_problems(&[(401, "The code is wrong or no longer valid")]),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/invites",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Invite one person by email (delivered through the outbox; expires in 7 days)",
+        handler: |route| route.to(crate::access_routes::invite),
+        api: Api::command::<crate::access_routes::InviteRequest, crate::access_routes::InviteOut>(
+            201,
+        )
+        .idempotent()
+        .with_problems(&[(
+            409,
+            "Already a member, a pending invite of another role, or no seat left",
+        )]),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/invites/csv",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Invite from CSV rows `email,role[,name]` (at most 10,000): one outcome per row; `dry_run` changes nothing",
+        handler: |route| route.to(crate::access_routes::import_csv),
+        api: Api {
+            query: params::<crate::access_routes::CsvQuery>(),
+            request: Body::Csv,
+            status: 200,
+            response: Body::json::<crate::access_routes::ImportOut>(),
+            problems: &[
+                (409, "No seat left for the created rows"),
+                (
+                    422,
+                    "The file as a whole cannot be read (empty, more than 10,000 rows, a bad header)",
+                ),
+            ],
+            idempotent: true,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/invites/accept",
+        access: Access::Public,
+        flag: None,
+        summary: "Accept an invite with its token: the member is made and their first token issued",
+        handler: |route| route.to(crate::access_routes::accept),
+        api: Api::command::<crate::access_routes::AcceptRequest, crate::access_routes::Admitted>(
+            201,
+        )
+        .with_problems(&[
+            (404, "No such invite"),
+            (409, "Already accepted, or the email is a member"),
+            (410, "The invite expired"),
+        ]),
+    },
+    RouteSpec {
         method: "GET",
         path: "/v1/flags",
         access: Access::Roles(EVERY_TENANT_ROLE),
@@ -479,6 +636,19 @@ pub const ROUTES: &[RouteSpec] = &[
         api: Api::command::<crate::audit_routes::RetentionRequest, crate::audit_routes::RetentionSet>(
             200,
         ),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/audit/erasures",
+        access: Access::Roles(BUNDLE_EXPORTERS),
+        flag: Some(Flag::AuditV12),
+        summary: "Erase a member's personal data at their request (`erasure.applied`, keys destroyed)",
+        handler: |route| route.to(crate::erasure_routes::erase_member),
+        api: Api::command::<
+            crate::erasure_routes::ErasureRequest,
+            crate::erasure_routes::ErasureDone,
+        >(200)
+        .with_problems(&[(422, "`user_id` is not a UUID")]),
     },
     RouteSpec {
         method: "GET",
@@ -1047,6 +1217,395 @@ pub const ROUTES: &[RouteSpec] = &[
             .with_query(params::<billing::ReconciliationQuery>())
             .with_problems(&[(422, "`from` or `to` is not a date (YYYY-MM-DD)")]),
     },
+    // SSO (issue 10, item 3; ADR 031).
+    RouteSpec {
+        method: "GET",
+        path: "/v1/sso/settings",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "The tenant's OIDC settings",
+        handler: |route| route.to(crate::sso_routes::get_settings),
+        api: Api::read::<crate::sso_routes::SettingsView>(),
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/v1/sso/settings",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Set the tenant's OIDC settings (issuer, audience, JWK set inline or a server file)",
+        handler: |route| route.to(crate::sso_routes::put_settings),
+        api: Api::command::<crate::sso_routes::SettingsRequest, crate::sso_routes::Saved>(200)
+            .idempotent(),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/sso/mapping",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "The group → role mapping in force",
+        handler: |route| route.to(crate::sso_routes::get_mapping),
+        api: Api::read::<crate::sso_routes::MappingView>(),
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/v1/sso/mapping",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Save the group → role mapping rules (an audited event; only owners grant owner)",
+        handler: |route| route.to(crate::sso_routes::put_mapping),
+        api: Api::command::<crate::sso_routes::MappingRequest, crate::sso_routes::Saved>(200)
+            .idempotent(),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/sso/mapping/preview",
+        access: Access::Roles(TENANT_ADMINS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Who would gain or lose which role under these rules (nothing is saved)",
+        handler: |route| route.to(crate::sso_routes::preview_mapping),
+        api: Api::command::<crate::sso_routes::MappingRequest, crate::sso_routes::PreviewResponse>(
+            200,
+        ),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/sso/login",
+        access: Access::Public,
+        flag: None,
+        summary: "Sign in with an ID token of the tenant's identity provider; returns a token",
+        handler: |route| route.to(crate::sso_routes::login),
+        api: Api::command::<crate::sso_routes::LoginRequest, crate::sso_routes::LoginResponse>(200)
+            .with_problems(&[
+                (
+                    401,
+                    "The ID token is refused (signature, issuer, audience, time, nonce, replay)",
+                ),
+                (
+                    403,
+                    "The mapping denies the user's groups, or the feature is off for the tenant",
+                ),
+                (
+                    409,
+                    "The tenant has no SSO settings, or its seats are taken",
+                ),
+            ]),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/scim/token",
+        access: Access::Roles(OWNERS),
+        flag: Some(Flag::InviteSsoV1),
+        summary: "Create or rotate the tenant's SCIM token (shown once)",
+        handler: |route| route.to(crate::sso_routes::create_scim_token),
+        api: Api::bodiless::<crate::sso_routes::ScimTokenResponse>().with_status(201),
+    },
+    // SCIM 2.0 (issue 10, item 4; ADR 031): the tenant's SCIM token, SCIM errors.
+    RouteSpec {
+        method: "GET",
+        path: "/scim/v2/Users",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: list users (filter userName/externalId/id eq, startIndex, count)",
+        handler: |route| route.to(crate::scim_routes::list_users),
+        api: Api {
+            query: params::<crate::scim_routes::ListQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Scim,
+            problems: &[(400, "An unsupported filter (`invalidFilter`)")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/scim/v2/Users",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: create a user (a member while active)",
+        handler: |route| route.to(crate::scim_routes::create_user),
+        api: Api {
+            query: None,
+            request: Body::Scim,
+            status: 201,
+            response: Body::Scim,
+            problems: &[(409, "userName taken (`uniqueness`), or no seat left")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/scim/v2/Users/{id}",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: a user",
+        handler: |route| route.to(crate::scim_routes::get_user),
+        api: Api {
+            query: params::<crate::scim_routes::GetQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/scim/v2/Users/{id}",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: replace a user",
+        handler: |route| route.to(crate::scim_routes::replace_user),
+        api: Api {
+            query: None,
+            request: Body::Scim,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "PATCH",
+        path: "/scim/v2/Users/{id}",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: patch a user (active=false removes the member; its tokens stop)",
+        handler: |route| route.to(crate::scim_routes::patch_user),
+        api: Api {
+            query: None,
+            request: Body::Scim,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/scim/v2/Users/{id}",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: delete a user (and the member)",
+        handler: |route| route.to(crate::scim_routes::delete_user),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 204,
+            response: Body::None,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/scim/v2/Groups",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: list groups (filter displayName/externalId/id eq)",
+        handler: |route| route.to(crate::scim_routes::list_groups),
+        api: Api {
+            query: params::<crate::scim_routes::ListQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Scim,
+            problems: &[(400, "An unsupported filter (`invalidFilter`)")],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/scim/v2/Groups",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: create a group (its name feeds the role mapping)",
+        handler: |route| route.to(crate::scim_routes::create_group),
+        api: Api {
+            query: None,
+            request: Body::Scim,
+            status: 201,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/scim/v2/Groups/{id}",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: a group",
+        handler: |route| route.to(crate::scim_routes::get_group),
+        api: Api {
+            query: params::<crate::scim_routes::GetQuery>(),
+            request: Body::None,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/scim/v2/Groups/{id}",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: replace a group",
+        handler: |route| route.to(crate::scim_routes::replace_group),
+        api: Api {
+            query: None,
+            request: Body::Scim,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "PATCH",
+        path: "/scim/v2/Groups/{id}",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: add or remove members, rename",
+        handler: |route| route.to(crate::scim_routes::patch_group),
+        api: Api {
+            query: None,
+            request: Body::Scim,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/scim/v2/Groups/{id}",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: delete a group",
+        handler: |route| route.to(crate::scim_routes::delete_group),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 204,
+            response: Body::None,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/scim/v2/.search",
+        access: Access::Scim,
+        flag: Some(Flag::InviteSsoV1),
+        summary: "SCIM: search several resource types at once (not implemented: 501)",
+        handler: |route| route.to(crate::scim_routes::search_root),
+        api: Api {
+            query: None,
+            request: Body::Scim,
+            status: 501,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/scim/v2/ServiceProviderConfig",
+        access: Access::Public,
+        flag: None,
+        summary: "SCIM: what this service provider supports",
+        handler: |route| route.to(crate::scim_routes::service_provider_config),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/scim/v2/ResourceTypes",
+        access: Access::Public,
+        flag: None,
+        summary: "SCIM: resource types",
+        handler: |route| route.to(crate::scim_routes::list_resource_types),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/scim/v2/ResourceTypes/{id}",
+        access: Access::Public,
+        flag: None,
+        summary: "SCIM: a resource type",
+        handler: |route| route.to(crate::scim_routes::get_resource_type),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/scim/v2/Schemas",
+        access: Access::Public,
+        flag: None,
+        summary: "SCIM: schemas",
+        handler: |route| route.to(crate::scim_routes::list_schemas),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/scim/v2/Schemas/{id}",
+        access: Access::Public,
+        flag: None,
+        summary: "SCIM: a schema",
+        handler: |route| route.to(crate::scim_routes::get_schema),
+        api: Api {
+            query: None,
+            request: Body::None,
+            status: 200,
+            response: Body::Scim,
+            problems: &[],
+            idempotent: false,
+            body_also_on: &[],
+        },
+    },
 ];
 
 /// The spec of the route matched by `method` and actix's `pattern`.
@@ -1060,6 +1619,7 @@ pub fn allows(spec: &RouteSpec, role: Role) -> bool {
     match spec.access {
         Access::Public => true,
         Access::Roles(roles) => roles.contains(&role),
+        Access::Scim => false,
     }
 }
 
@@ -1090,6 +1650,7 @@ pub fn permissions_markdown() -> String {
         for r in &roles {
             let cell = match spec.access {
                 Access::Public => "public",
+                Access::Scim => "SCIM token",
                 Access::Roles(_) if allows(spec, *r) => "✅",
                 Access::Roles(_) => "—",
             };

@@ -195,6 +195,8 @@ pub(crate) struct Me {
     name: Option<String>,
     /// A tenant role, or a platform role (support, pm, ops, finance).
     role: String,
+    /// The id of the token used for this request (to revoke it by id, `DELETE /v1/tokens/{id}`).
+    token_id: Uuid,
 }
 
 pub async fn me(
@@ -208,7 +210,7 @@ pub async fn me(
             tenant,
             user_id,
             role,
-            ..
+            token_id,
         } => {
             let member = state
                 .identity
@@ -222,10 +224,13 @@ pub async fn me(
                 email: Some(member.email.to_string()),
                 name: Some(member.name.to_string()),
                 role: role.as_str().to_owned(),
+                token_id: *token_id,
             }
         }
         Principal::Operator {
-            operator_id, role, ..
+            operator_id,
+            role,
+            token_id,
         } => Me {
             kind: PrincipalKind::Operator,
             tenant_id: None,
@@ -234,6 +239,7 @@ pub async fn me(
             email: None,
             name: None,
             role: role.as_str().to_owned(),
+            token_id: *token_id,
         },
     };
     Ok(Reply::json(StatusCode::OK, &body))

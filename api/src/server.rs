@@ -36,12 +36,25 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub async fn new(settings: Settings, store: Store) -> Self {
-        let app = app::App::start(settings.app_config(), store, Arc::new(app::SystemClock)).await;
+    pub async fn new(settings: Settings, store: Store, clock: Arc<dyn app::Clock>) -> Self {
+        let app = app::App::start(settings.app_config(), store, clock).await;
         // A served log records its tenants' signed checkpoints on a timer (ADR 023).
         app::audit::start_checkpoint_recorder(&app);
         // Every instance applies the drill in the log, and resumes one running (issue 15).
         app::slo::start_drill_follower(&app);
+        // Personal data past its retention window is erased on a timer (ADR 032).
+        if settings.retention_interval_secs > 0 {
+            app::erasure::start_retention_schedule(
+                &app,
+                Duration::from_secs(settings.retention_interval_secs),
+            );
+        }
+        // Invites and sign-in codes owed are delivered from the log (ADR 030).
+        app::outbox::start(
+            &app,
+            settings.outbox_transport(),
+            Duration::from_millis(200),
+        );
         Self::on(app, settings)
     }
 
@@ -88,6 +101,8 @@ async fn context(
     let injected = state.as_ref().and_then(|s| {
         s.drills
             .injection(req.path(), time::OffsetDateTime::now_utc())
+            // A canary rehearsal's bad build: this instance only (ADR 033).
+            .or_else(|| s.settings.fault(req.path(), &s.metrics.fault_seen))
     });
     if let Some(i) = injected.filter(|i| i.added_latency_ms > 0) {
         tokio::time::sleep(Duration::from_millis(i.added_latency_ms)).await;
@@ -99,7 +114,10 @@ async fn context(
                 "drill-injected",
                 "Fault injected by an alert drill",
             )
-            .detail("an alert drill is running (PUT /v1/ops/drill); this answer is deliberate");
+            .detail(
+                "an alert drill (PUT /v1/ops/drill) or this instance's fault_error_ratio is in \
+                 force; this answer is deliberate",
+            );
             let (req, _) = req.into_parts();
             let answer = actix_web::ResponseError::error_response(&problem);
             ServiceResponse::new(req, answer).map_into_right_body()
@@ -125,14 +143,36 @@ async fn context(
     Ok(res)
 }
 
-/// Any error response that is not already JSON of ours (a problem document, or the readiness
-/// report) — actix's own 404, 405, 413, 400 … — becomes a problem document.
+/// Any error response that is not already JSON of ours (a problem document, a SCIM error, or the
+/// readiness report) — actix's own 404, 405, 413, 400 … — becomes a problem document.
 fn render_problem<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    // Under /scim/v2, SCIM clients read SCIM errors, whoever answered (ADR 031).
+    let scim_path = res.request().path().starts_with("/scim/v2/");
+    let is_scim = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/scim+json"));
+    if scim_path && !is_scim && res.status().as_u16() != 413 {
+        let status = res.status();
+        let (req, old) = res.into_parts();
+        let detail = status.canonical_reason().unwrap_or("error");
+        let mut new = crate::scim_routes::error_response(status, detail);
+        for (name, value) in old.headers() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                new.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        return Ok(ErrorHandlerResponse::Response(
+            ServiceResponse::new(req, new).map_into_right_body(),
+        ));
+    }
     let is_ours = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
         v.as_bytes().starts_with(b"application/problem+json")
             || v.as_bytes().starts_with(b"application/json")
+            // SCIM routes answer SCIM error documents (ADR 031).
+            || v.as_bytes().starts_with(b"application/scim+json")
     });
     if is_ours {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
@@ -235,10 +275,19 @@ pub struct Running {
 
 /// Bind and start the service on an open store (call inside an actix or tokio runtime).
 pub async fn start(settings: Settings, store: Store) -> anyhow::Result<Running> {
+    start_with_clock(settings, store, Arc::new(app::SystemClock)).await
+}
+
+/// [`start`] with the clock decisions and authentication read (a test moves it forward).
+pub async fn start_with_clock(
+    settings: Settings,
+    store: Store,
+    clock: Arc<dyn app::Clock>,
+) -> anyhow::Result<Running> {
     let listen = settings.listen.clone();
     let body_limit = settings.body_limit;
     let dataset_limit = settings.dataset_limit;
-    let state = web::Data::new(AppState::new(settings, store).await);
+    let state = web::Data::new(AppState::new(settings, store, clock).await);
     // Idempotency records past their retention are deleted (they may hold sealed tokens).
     {
         let store = state.store.clone();

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use store::Location;
 
 /// A secret setting: kept as given, never shown by `Debug`.
@@ -54,8 +55,20 @@ pub struct Settings {
     /// The bearer token that `/metrics` asks for. Without one, `/metrics` answers loopback
     /// clients only.
     pub metrics_token: Option<Secret>,
+    /// Where the outbox writes invites and sign-in codes, one file per message (ADR 030);
+    /// without it, `outbox/` in an embedded store's directory (a PostgreSQL service without it
+    /// keeps messages owed in the log until one is set).
+    pub outbox_dir: Option<PathBuf>,
+    /// An SMTP relay for the outbox instead of the directory (a lettre connection URL:
+    /// `smtps://user:pass@host:465`, `smtp://host:587?tls=required`, `smtp://localhost:25`).
+    pub smtp_url: Option<Secret>,
+    /// The sender of the outbox's mail.
+    pub smtp_from: String,
     /// How many queries one tenant may run at once (uploads and exports: half, at least 1).
     pub concurrency_per_tenant: usize,
+    /// How often the service applies every tenant's retention policy (erasing personal data
+    /// past its window, ADR 032), in seconds; 0: never (then `tenantry retention apply`).
+    pub retention_interval_secs: u64,
     /// How many queries may run at once in this instance (uploads and exports: half).
     pub concurrency_global: usize,
     /// The store's time limits and queue (ADR 011): lock wait, statement, one group commit, in
@@ -72,6 +85,33 @@ pub struct Settings {
     pub stripe_base_url: String,
     pub stripe_test_key: Option<Secret>,
     pub stripe_live_key: Option<Secret>,
+    /// A canary rehearsal's "bad build" (ADR 033): this instance alone answers this share of
+    /// requests 503 `drill-injected` and adds this latency, never to `/v1/ops/`, `/metrics` or
+    /// the health checks, and writes no event (unlike a drill, which every instance follows).
+    /// 0 (the default) in production.
+    pub fault_error_ratio: f64,
+    pub fault_added_latency_ms: u64,
+}
+
+impl Settings {
+    /// The canary rehearsal's fault for a request to `path` (`fault_error_ratio`, ADR 033);
+    /// `seen` counts the requests it applies to. Exact like a drill's: the k-th fails when
+    /// ⌊k·ratio⌋ moves.
+    pub fn fault(&self, path: &str, seen: &AtomicU64) -> Option<app::slo::Injection> {
+        if (self.fault_error_ratio <= 0.0 && self.fault_added_latency_ms == 0)
+            || ["/v1/ops/", "/metrics", "/healthz", "/readyz", "/livez"]
+                .iter()
+                .any(|p| path.starts_with(p))
+        {
+            return None;
+        }
+        let k = seen.fetch_add(1, Ordering::Relaxed) as f64;
+        let r = self.fault_error_ratio;
+        Some(app::slo::Injection {
+            fail: ((k + 1.0) * r).floor() > (k * r).floor(),
+            added_latency_ms: self.fault_added_latency_ms,
+        })
+    }
 }
 
 impl Default for Settings {
@@ -95,7 +135,11 @@ impl Default for Settings {
             signup_per_minute: 20,
             trust_forwarded_for: false,
             metrics_token: None,
+            outbox_dir: None,
+            smtp_url: None,
+            smtp_from: "Tenantry <no-reply@tenantry.invalid>".into(),
             concurrency_per_tenant: 4,
+            retention_interval_secs: 3_600,
             concurrency_global: 16,
             store_lock_timeout_ms: defaults.lock_timeout.as_millis() as u64,
             store_statement_timeout_ms: defaults.statement_timeout.as_millis() as u64,
@@ -105,6 +149,8 @@ impl Default for Settings {
             stripe_base_url: "https://api.stripe.com".into(),
             stripe_test_key: None,
             stripe_live_key: None,
+            fault_error_ratio: 0.0,
+            fault_added_latency_ms: 0,
         }
     }
 }
@@ -129,7 +175,13 @@ struct FileSettings {
     signup_per_minute: Option<u32>,
     trust_forwarded_for: Option<bool>,
     metrics_token: Option<String>,
+    outbox_dir: Option<PathBuf>,
+    smtp_url: Option<String>,
+    smtp_from: Option<String>,
+    fault_error_ratio: Option<f64>,
+    fault_added_latency_ms: Option<u64>,
     concurrency_per_tenant: Option<usize>,
+    retention_interval_secs: Option<u64>,
     concurrency_global: Option<usize>,
     store_lock_timeout_ms: Option<u64>,
     store_statement_timeout_ms: Option<u64>,
@@ -178,6 +230,23 @@ impl Settings {
     }
 
     /// What the use cases are configured with.
+    /// Where the outbox delivers (ADR 030).
+    pub fn outbox_transport(&self) -> app::outbox::Transport {
+        if let Some(url) = &self.smtp_url {
+            return app::outbox::Transport::smtp(&url.0, &self.smtp_from).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "the SMTP transport is invalid: nothing is delivered");
+                app::outbox::Transport::None
+            });
+        }
+        match (&self.outbox_dir, &self.store) {
+            (Some(dir), _) => app::outbox::Transport::Directory(dir.clone()),
+            (None, Location::Embedded(dir)) => {
+                app::outbox::Transport::Directory(dir.join("outbox"))
+            }
+            (None, _) => app::outbox::Transport::None,
+        }
+    }
+
     pub fn app_config(&self) -> app::Config {
         let ms = std::time::Duration::from_millis;
         app::Config {
@@ -262,8 +331,26 @@ impl Settings {
         if let Some(v) = f.metrics_token {
             self.metrics_token = Some(Secret(v));
         }
+        if let Some(v) = f.outbox_dir {
+            self.outbox_dir = Some(v);
+        }
+        if let Some(v) = f.smtp_url {
+            self.smtp_url = Some(Secret(v));
+        }
+        if let Some(v) = f.smtp_from {
+            self.smtp_from = v;
+        }
+        if let Some(v) = f.fault_error_ratio {
+            self.fault_error_ratio = v;
+        }
+        if let Some(v) = f.fault_added_latency_ms {
+            self.fault_added_latency_ms = v;
+        }
         if let Some(v) = f.concurrency_per_tenant {
             self.concurrency_per_tenant = v;
+        }
+        if let Some(v) = f.retention_interval_secs {
+            self.retention_interval_secs = v;
         }
         if let Some(v) = f.concurrency_global {
             self.concurrency_global = v;
@@ -354,8 +441,21 @@ impl Settings {
                     }
                 }
                 "METRICS_TOKEN" => self.metrics_token = Some(Secret(value.clone())),
+                "OUTBOX_DIR" => self.outbox_dir = Some(PathBuf::from(value)),
+                "SMTP_URL" => self.smtp_url = Some(Secret(value.clone())),
+                "SMTP_FROM" => self.smtp_from = value.clone(),
+                "FAULT_ERROR_RATIO" => {
+                    self.fault_error_ratio = value.parse().map_err(|_| bad("not a ratio"))?
+                }
+                "FAULT_ADDED_LATENCY_MS" => {
+                    self.fault_added_latency_ms =
+                        value.parse().map_err(|_| bad("not milliseconds"))?
+                }
                 "CONCURRENCY_PER_TENANT" => {
                     self.concurrency_per_tenant = value.parse().map_err(|_| bad("not a count"))?
+                }
+                "RETENTION_INTERVAL_SECS" => {
+                    self.retention_interval_secs = value.parse().map_err(|_| bad("not seconds"))?
                 }
                 "CONCURRENCY_GLOBAL" => {
                     self.concurrency_global = value.parse().map_err(|_| bad("not a count"))?
@@ -402,6 +502,9 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.smtp_url {
+            app::outbox::Transport::smtp(&url.0, &self.smtp_from).map_err(anyhow::Error::msg)?;
+        }
         if let Some(at) = &self.billing_nightly_at {
             anyhow::ensure!(
                 parse_hh_mm(at).is_some(),
@@ -433,6 +536,14 @@ impl Settings {
                 .as_ref()
                 .is_none_or(|t| t.0.len() >= 16 && t.0.bytes().all(|b| b.is_ascii_graphic())),
             "metrics_token must be at least 16 printable characters"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.fault_error_ratio) && self.fault_added_latency_ms <= 60_000,
+            "fault_error_ratio must be 0 to 1 and fault_added_latency_ms at most 60000"
+        );
+        anyhow::ensure!(
+            self.retention_interval_secs <= 31_536_000,
+            "retention_interval_secs must be 0 (never) to 31536000 (a year)"
         );
         anyhow::ensure!(
             (1..=10_000).contains(&self.concurrency_per_tenant)
@@ -514,10 +625,18 @@ mod tests {
                     "postgres://tenantry:hunter2-secret@db.internal:5432/t",
                 ),
                 ("TENANTRY_METRICS_TOKEN", "scrape-token-0123456789"),
+                (
+                    "TENANTRY_SMTP_URL",
+                    "smtp://mailer:smtp-pass-secret@relay.internal:25",
+                ),
             ]),
         )
         .unwrap();
         let shown = format!("{s:?}");
+        assert!(!shown.contains("smtp-pass-secret"), "{shown}");
+        let transport = format!("{:?}", s.outbox_transport());
+        assert!(!transport.contains("smtp-pass-secret"), "{transport}");
+        assert!(transport.contains("Smtp"), "{transport}");
         assert!(!shown.contains("hunter2-secret"), "{shown}");
         assert!(!shown.contains("scrape-token-0123456789"), "{shown}");
         assert!(
@@ -601,5 +720,29 @@ mod tests {
         assert!(s.flag_enabled(Flag::AuditV12, &overrides));
         overrides.insert(Flag::AuditV12, false);
         assert!(!s.flag_enabled(Flag::AuditV12, &overrides));
+    }
+
+    #[test]
+    fn a_canary_fault_fails_its_exact_share_and_spares_ops_and_probes() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("TENANTRY_FAULT_ERROR_RATIO", "0.25"),
+                ("TENANTRY_FAULT_ADDED_LATENCY_MS", "7"),
+            ]),
+        )
+        .unwrap();
+        let seen = AtomicU64::new(0);
+        let faults: Vec<_> = (0..100)
+            .filter_map(|_| s.fault("/v1/tenant", &seen))
+            .collect();
+        assert_eq!(faults.len(), 100);
+        assert_eq!(faults.iter().filter(|f| f.fail).count(), 25);
+        assert!(faults.iter().all(|f| f.added_latency_ms == 7));
+        for path in ["/v1/ops/slo", "/metrics", "/readyz", "/healthz"] {
+            assert_eq!(s.fault(path, &seen), None, "{path}");
+        }
+        assert_eq!(Settings::default().fault("/v1/tenant", &seen), None);
+        assert!(Settings::load(None, &env(&[("TENANTRY_FAULT_ERROR_RATIO", "1.5")])).is_err());
     }
 }

@@ -506,8 +506,9 @@ fn audit_bundles_prove_the_retention_policy_from_the_log(app: TestApp) {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("PASS retention"), "{out}");
 
-    // A zero-day window puts both members' personal data past it at once. Erasure is not built
-    // yet (ADR 023), so the bundle honestly fails the retention proof instead of claiming it.
+    // A zero-day window puts both members' personal data past it at once. Until retention is
+    // applied (hourly here, ADR 032) the bundle honestly fails the retention proof instead of
+    // claiming it.
     put_json(&app, "/v1/audit/retention", &owner, &rule(0)).expect(200);
     let (code, out) = verify("past.tar.gz");
     assert_eq!(code, 1, "{out}");
@@ -516,6 +517,237 @@ fn audit_bundles_prove_the_retention_policy_from_the_log(app: TestApp) {
         "{out}"
     );
 }
+
+/// Verify a bundle file with the real `tenantry-verify` and the keys at hand.
+fn verify_file(path: &Path, keys: &[&PathBuf], tenant: &str, extra: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(verifier());
+    cmd.arg(path);
+    for k in keys {
+        cmd.arg("--key").arg(k);
+    }
+    cmd.args(["--tenant", tenant]).args(extra);
+    run(&mut cmd)
+}
+
+/// The subject keys that seal the tenant's `member.added` events, read from the store itself
+/// (raw: the stored bytes), with whether each still has its secret.
+fn member_keys(app: &TestApp, tenant: &str) -> Vec<(String, bool)> {
+    let tenant: domain::TenantId = tenant.parse().unwrap();
+    let location = app.location.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let store = store::Store::open(&location).await.unwrap();
+            let events = store
+                .raw()
+                .read_stream(tenant, &format!("tenant-{tenant}"), 1, usize::MAX)
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            for e in events.iter().filter(|e| e.event_type == "member.added") {
+                assert!(
+                    domain::personal::is_sealed_version(e.schema_version),
+                    "a member's email is stored sealed: {e:?}"
+                );
+                assert!(!e.payload.as_str().contains("@kept.test"), "{e:?}");
+                for kid in store::key_ids_of(&e.event_type, e.schema_version, &e.payload) {
+                    let live = store.subject_key(tenant, &kid).await.unwrap().is_some();
+                    out.push((kid, live));
+                }
+            }
+            store.close().await;
+            out
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// Poll `GET /v1/me` with `token` until its email reads `want` (a rebuild runs after erasure).
+fn wait_for_email(app: &TestApp, token: &str, want: &str) -> Value {
+    let mut me = Value::Null;
+    for _ in 0..100 {
+        me = app.get("/v1/me", token).expect(200);
+        if me["email"] == want {
+            return me;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the email never read {want:?}: {me}");
+}
+
+/// Item 5 through the real server: the service's retention schedule (every second here) erases
+/// the members' personal data past a zero-day window; a bundle made afterwards verifies PASS
+/// (no plaintext past the window, every erasure for a policy reason), the read models show the
+/// values as erased, and the keys are gone from the store (the ciphertext cannot be opened).
+fn retention_schedule_erases_past_the_window_and_the_bundle_verifies(app: TestApp) {
+    let dir = tempfile::tempdir().unwrap();
+    let (tenant, owner) = app.signup("Kept", "owner@kept.test");
+    let compliance = app.add_member(&owner, "audit@kept.test", "compliance");
+    let ann = app.add_member(&owner, "ann@kept.test", "analyst");
+    assert_eq!(
+        app.get("/v1/me", &ann).expect(200)["email"],
+        "ann@kept.test"
+    );
+    assert!(
+        member_keys(&app, &tenant).iter().all(|(_, live)| *live),
+        "sealed with live keys"
+    );
+    let (log_pem, export_pem, _) = current_keys(&app, &compliance, dir.path());
+    let far = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::hours(1));
+    put_json(
+        &app,
+        "/v1/audit/retention",
+        &compliance,
+        &json!({"rules": [{"name": "members", "event_types": ["member.added"],
+                           "fields": ["/email", "/name"], "keep_days": 0}]}),
+    )
+    .expect(200);
+    wait_for_email(&app, &ann, domain::personal::ERASED);
+    let me = app.get("/v1/me", &owner).expect(200);
+    assert_eq!(me["name"], domain::personal::ERASED, "{me}");
+    let keys = member_keys(&app, &tenant);
+    assert_eq!(keys.len(), 3, "owner, compliance and ann: {keys:?}");
+    assert!(
+        keys.iter().all(|(_, live)| !live),
+        "every key destroyed: {keys:?}"
+    );
+
+    let r = bundle(&app, &compliance, "2000-01-01T00:00:00Z", &far);
+    assert_eq!(r.status, 200, "{}", r.exchange);
+    let path = dir.path().join("erased.tar.gz");
+    std::fs::write(&path, &r.body).unwrap();
+    let (code, out) = verify_file(&path, &[&log_pem, &export_pem], &tenant, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PASS retention"), "{out}");
+    // The erasure is in the log once: the schedule running again finds nothing new to erase.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let events = app
+        .get(
+            "/v1/audit/events?type=erasure.applied&limit=100",
+            &compliance,
+        )
+        .expect(200);
+    let erasures = events.to_string().matches("erasure.applied").count();
+    assert_eq!(erasures, 1, "{events}");
+}
+
+/// Done-when: erasing a member's data (at their request, inside every window) leaves every
+/// earlier checkpoint and proof valid. A bundle and a checkpoint are taken before; after the
+/// erasure the old bundle still verifies, a new bundle verifies PASS and proves the old
+/// checkpoint a prefix of its tree (`--known-checkpoint`), and the member reads as erased.
+fn erasing_a_member_keeps_every_earlier_checkpoint_and_proof_valid(app: TestApp) {
+    let dir = tempfile::tempdir().unwrap();
+    let start = "2000-01-01T00:00:00Z";
+    let (tenant, owner) = app.signup("Kept", "owner@kept.test");
+    let compliance = app.add_member(&owner, "audit@kept.test", "compliance");
+    let ann = app.add_member(&owner, "ann@kept.test", "analyst");
+    let ann_id = app.get("/v1/me", &ann).expect(200)["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    some_events(&app, &owner, 3, "before");
+    // A year's window: nothing is past it, so only the member's request may erase.
+    put_json(
+        &app,
+        "/v1/audit/retention",
+        &compliance,
+        &json!({"rules": [{"name": "members", "event_types": ["member.added"],
+                           "fields": ["/email", "/name"], "keep_days": 365}]}),
+    )
+    .expect(200);
+    let (log_pem, export_pem, _) = current_keys(&app, &compliance, dir.path());
+    let cp1 = app.get("/v1/audit/checkpoint", &compliance).expect(200);
+    let cp1_path = dir.path().join("cp1");
+    std::fs::write(&cp1_path, cp1["note"].as_str().unwrap()).unwrap();
+    let far = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::hours(1));
+    let before = dir.path().join("before.tar.gz");
+    let r = bundle(&app, &compliance, start, &far);
+    assert_eq!(r.status, 200, "{}", r.exchange);
+    std::fs::write(&before, &r.body).unwrap();
+    let keys = [&log_pem, &export_pem];
+    let (code, out) = verify_file(&before, &keys, &tenant, &[]);
+    assert_eq!(code, 0, "{out}");
+
+    // Who may: owner and compliance; an analyst may not; a bad id is a 422.
+    app.post_json(
+        "/v1/audit/erasures",
+        Some(&ann),
+        &json!({"user_id": ann_id}),
+    )
+    .problem(403, "forbidden");
+    app.post_json(
+        "/v1/audit/erasures",
+        Some(&owner),
+        &json!({"user_id": "nope"}),
+    )
+    .problem(422, "validation-failed");
+    let done = app
+        .post_json(
+            "/v1/audit/erasures",
+            Some(&compliance),
+            &json!({"user_id": ann_id}),
+        )
+        .expect(200);
+    assert_eq!(done["events_erased"], 1, "{done}");
+    assert_eq!(done["keys_destroyed"], 1, "{done}");
+    assert_eq!(done["erasures"][0]["rule"], "$subject-request", "{done}");
+    let again = app
+        .post_json(
+            "/v1/audit/erasures",
+            Some(&owner),
+            &json!({"user_id": ann_id}),
+        )
+        .expect(200);
+    assert_eq!(again["events_erased"], 0, "idempotent: {again}");
+    assert_eq!(again["global_position"], 0, "{again}");
+    wait_for_email(&app, &ann, domain::personal::ERASED);
+    assert_eq!(
+        app.get("/v1/me", &owner).expect(200)["email"],
+        "owner@kept.test",
+        "only ann's data is erased"
+    );
+    let live: Vec<bool> = member_keys(&app, &tenant)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(live.iter().filter(|l| !**l).count(), 1, "{live:?}");
+
+    // The old bundle (and its checkpoint and proofs) still verify; a new bundle verifies and
+    // proves the old checkpoint is a prefix of its tree.
+    let (code, out) = verify_file(&before, &keys, &tenant, &[]);
+    assert_eq!(code, 0, "{out}");
+    some_events(&app, &owner, 2, "after");
+    let after = dir.path().join("after.tar.gz");
+    let r = bundle(&app, &compliance, start, &far);
+    assert_eq!(r.status, 200, "{}", r.exchange);
+    std::fs::write(&after, &r.body).unwrap();
+    let known = cp1_path.to_str().unwrap();
+    let (code, out) = verify_file(&after, &keys, &tenant, &["--known-checkpoint", known]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PASS known-checkpoint"), "{out}");
+    assert!(out.contains("PASS retention"), "{out}");
+}
+
+macro_rules! with_retention_every_second {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_retention {
+            $( #[test] fn $name() {
+                super::$name(super::support::spawn_app_with(super::Backend::Embedded, |s| s.retention_interval_secs = 1));
+            } )*
+        }
+        mod postgres_retention {
+            $( #[test] fn $name() {
+                super::$name(super::support::spawn_app_with(super::Backend::Postgres, |s| s.retention_interval_secs = 1));
+            } )*
+        }
+    };
+}
+
+with_retention_every_second!(retention_schedule_erases_past_the_window_and_the_bundle_verifies);
 
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -535,4 +767,5 @@ on_both_stores!(
     audit_routes_follow_the_flag_and_refuse_empty_ranges,
     audit_replay_of_a_bundle_equals_the_services_state_at_every_moment,
     audit_bundles_prove_the_retention_policy_from_the_log,
+    erasing_a_member_keeps_every_earlier_checkpoint_and_proof_valid,
 );

@@ -233,6 +233,9 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             path.push_str("?name=walk");
             content_type = "text/csv";
         }
+        if (spec.method, spec.path) == ("POST", "/v1/invites/csv") {
+            content_type = "text/csv";
+        }
         if (spec.method, spec.path) == ("GET", "/v1/ops/reconciliation") {
             path.push_str("?from=2000-01-01&to=2000-01-02");
         }
@@ -252,7 +255,13 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             ("POST", "/v1/audit/bundles") => {
                 Some(br#"{"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}"#.to_vec())
             }
+            // Nobody's data: the walk must not erase the members it walks with.
+            ("POST", "/v1/audit/erasures") => {
+                Some(br#"{"user_id": "00000000-0000-4000-8000-0000000000ee"}"#.to_vec())
+            }
             ("POST", "/v1/tenant/plan") => Some(br#"{"plan": "enterprise"}"#.to_vec()),
+            ("POST", "/v1/invites/csv") => Some(b"walk-csv@example.com,viewer\r\n".to_vec()),
+            ("POST", "/v1/tokens") | ("DELETE", "/v1/tokens/{token_id}") => None,
             ("POST", "/v1/ops/invoices/finalize") => Some(br#"{"period": "2000-01"}"#.to_vec()),
             ("POST", "/v1/invoices/{number}/credit-notes") => {
                 Some(br#"{"amount_minor": 1, "reason": "walk"}"#.to_vec())
@@ -271,11 +280,40 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
                 br#"{"error_ratio": 0, "added_latency_ms": 0, "route_prefix": "/", "minutes": 0}"#
                     .to_vec(),
             ),
+            ("PUT", "/v1/sso/settings") => Some(
+                br#"{"issuer": "https://idp.example", "audience": "walk", "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}"#
+                    .to_vec(),
+            ),
+            ("PUT", "/v1/sso/mapping") | ("POST", "/v1/sso/mapping/preview") => Some(
+                br#"{"rules": [{"group": "eng", "grant": "analyst", "priority": 1}], "default_role": "viewer"}"#
+                    .to_vec(),
+            ),
             ("PUT", _) => Some(br#"{"enabled": true}"#.to_vec()),
             ("PATCH", _) => None, // a body is sent per role below
             ("POST", _) => Some(b"{}".to_vec()),
             _ => None,
         };
+        // SCIM routes take the tenant's SCIM token, never a member's or an operator's: every
+        // role is refused with a SCIM error (tests/scim.rs walks them with a SCIM token).
+        if let Access::Scim = spec.access {
+            let path = path.replace("{id}", &uuid::Uuid::nil().to_string());
+            let none = app.send(spec.method, &path, &[], body.as_deref());
+            assert_eq!(none.status, 401, "{}", none.exchange);
+            for (role, token) in &tokens {
+                let r = app.send(
+                    spec.method,
+                    &path,
+                    &[
+                        ("Authorization", &bearer(token)),
+                        ("Content-Type", "application/scim+json"),
+                    ],
+                    body.as_deref(),
+                );
+                assert_eq!(r.status, 401, "{role} on a SCIM route:\n{}", r.exchange);
+                assert_eq!(r.header("content-type"), Some("application/scim+json"));
+            }
+            continue;
+        }
         let Access::Roles(_) = spec.access else {
             let r = app.send(
                 spec.method,
@@ -302,9 +340,15 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
         )
         .problem(401, "unauthorized");
         for (role, token) in &tokens {
-            if spec.path == "/v1/tokens/current" {
+            if spec.path == "/v1/tokens/current"
+                || (spec.method, spec.path) == ("POST", "/v1/tokens")
+            {
                 continue; // checked below: calling it revokes the token
             }
+            // Members who leave and tokens revoked by id: each role acts on a member (or token)
+            // of its own, made for the walk, so that the walk's tokens keep working.
+            let (path, token) = member_walk_target(&app, &owner, spec, *role, token, &path);
+            let token = &token;
             let member_body = json!({"email": format!("new-{role}-{}@example.com", spec.method), "name": "N", "role": "viewer"})
                 .to_string()
                 .into_bytes();
@@ -314,6 +358,12 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
             let body = match (spec.method, spec.path) {
                 ("POST", "/v1/members") => Some(member_body),
                 ("PATCH", "/v1/tenant") => Some(rename_body),
+                ("PATCH", "/v1/members/{user_id}") => Some(br#"{"role": "analyst", "reason": "walk"}"#.to_vec()),
+                ("POST", "/v1/invites") => Some(
+                    json!({"email": format!("invited-{role}@example.com"), "role": "viewer"})
+                        .to_string()
+                        .into_bytes(),
+                ),
                 ("PATCH", "/v1/feedback/{feedback_id}") => {
                     Some(br#"{"labels": ["walk"], "priority": "p2"}"#.to_vec())
                 }
@@ -364,6 +414,24 @@ fn every_route_answers_every_role_as_the_table_says(app: TestApp) {
                 let p = r.problem(403, "forbidden");
                 assert_eq!(p["role"], role.to_string());
             }
+        }
+    }
+    // POST /v1/tokens (rotation) is open to every tenant role: each gets a new token, and the
+    // old one stops.
+    for (role, token) in tokens.iter_mut() {
+        let r = app.send(
+            "POST",
+            "/v1/tokens",
+            &[("Authorization", &bearer(token))],
+            None,
+        );
+        if matches!(role, Role::Tenant(_)) {
+            let new = r.expect(201)["token"].as_str().unwrap().to_owned();
+            app.get("/v1/me", token).problem(401, "unauthorized");
+            *token = new;
+        } else {
+            let p = r.problem(403, "forbidden");
+            assert_eq!(p["role"], role.to_string());
         }
     }
     // DELETE /v1/tokens/current is open to every role: each revokes its own token.
@@ -874,4 +942,77 @@ fn the_permissions_document_matches_the_table() {
         api::rbac::permissions_markdown(),
         "docs/permissions.md is stale: run `tenantry docs permissions > docs/permissions.md`"
     );
+}
+
+/// For the routes that remove members or revoke tokens by id: the path and token a role walks
+/// them with, made fresh for it (a throwaway member of the same role, a spare token), so that
+/// the walk's own members and tokens survive. Other routes: as they are.
+fn member_walk_target(
+    app: &TestApp,
+    owner: &str,
+    spec: &api::rbac::RouteSpec,
+    role: Role,
+    token: &str,
+    path: &str,
+) -> (String, String) {
+    let nil = uuid::Uuid::nil().to_string();
+    let untouched = path.replace("{user_id}", &nil).replace("{token_id}", &nil);
+    let Role::Tenant(tenant_role) = role else {
+        if (spec.method, spec.path) == ("DELETE", "/v1/tokens/{token_id}")
+            && role == Role::Platform(PlatformRole::Ops)
+        {
+            // Platform ops revoke an operator's token.
+            let spare = app.operator_token(PlatformRole::Support);
+            let id = app.get("/v1/me", &spare).expect(200)["token_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            return (format!("/v1/tokens/{id}"), token.to_owned());
+        }
+        return (untouched, token.to_owned());
+    };
+    if !api::rbac::allows(spec, role) {
+        return (untouched, token.to_owned());
+    }
+    let throwaway = |r: TenantRole| {
+        let email = format!("walk-{}@example.com", uuid::Uuid::new_v4().simple());
+        let t = app.add_member(owner, &email, r.as_str());
+        let id = app.get("/v1/me", &t).expect(200)["user_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (t, id)
+    };
+    match (spec.method, spec.path) {
+        // Everyone may leave: a throwaway member of this role leaves.
+        ("DELETE", "/v1/members/{user_id}") => {
+            let (t, id) = throwaway(tenant_role);
+            (format!("/v1/members/{id}"), t)
+        }
+        ("PATCH", "/v1/members/{user_id}") | ("POST", "/v1/members/{user_id}/tokens") => {
+            let (_, id) = throwaway(TenantRole::Viewer);
+            (path.replace("{user_id}", &id), token.to_owned())
+        }
+        // A spare token of this role's member (issued by the owner), revoked by that member.
+        ("DELETE", "/v1/tokens/{token_id}") => {
+            let user = app.get("/v1/me", token).expect(200)["user_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let auth = format!("Bearer {owner}");
+            let spare = app
+                .send(
+                    "POST",
+                    &format!("/v1/members/{user}/tokens"),
+                    &[("Authorization", &auth)],
+                    None,
+                )
+                .expect(201)["token_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (format!("/v1/tokens/{spare}"), token.to_owned())
+        }
+        _ => (path.to_owned(), token.to_owned()),
+    }
 }

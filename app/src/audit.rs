@@ -20,7 +20,7 @@ use domain::audit::{
 };
 use projections::{TreeView, leaf_header};
 use std::io::{Seek, SeekFrom, Write};
-use store::{Envelope, Upcasters};
+use store::Envelope;
 use time::OffsetDateTime;
 
 /// The log key's name: the first part of every checkpoint's origin (`{name}/{tenant id}`) and the
@@ -323,7 +323,7 @@ pub async fn rotate_key(app: &App, ctx: &Ctx, kind: KeyKind) -> Result<(KeyInfo,
 
 /// Wait (bounded) until this instance's tree has every event committed so far: a checkpoint or a
 /// bundle signs the tree as of the request, never an older one.
-async fn current_tree(app: &App) -> Result<(), Error> {
+pub(crate) async fn current_tree(app: &App) -> Result<(), Error> {
     let head = app.store.head().await?;
     // Only the tree matters here: another read model stopped or late must not stop the audit.
     if !app
@@ -516,7 +516,7 @@ pub async fn state_at(
     current_tree(app).await?;
     let view = app.audit_tree.view(tenant);
     let end = view.first_at_or_after(at_us.saturating_add(1));
-    let raw = app.store.clone().with_upcasters(Upcasters::default());
+    let raw = app.store.raw();
     let mut replay = domain::replay::Replay::new();
     let mut sequence = 0u64;
     while sequence < end {
@@ -592,6 +592,41 @@ async fn policy_in_tree(
         header,
         payload: Some(e.payload.as_bytes().to_vec()),
     }))
+}
+
+/// The tenant's `erasure.applied` events inside the tree of `view` that erased an event of
+/// `first..=last` or are themselves in it, read raw and checked against their leaves: the
+/// erasures a bundle of that range proves its retention with.
+async fn erasures_in_tree(
+    raw: &store::Store,
+    tenant: TenantId,
+    view: &TreeView,
+    first: u64,
+    last: u64,
+) -> Result<Vec<StoredEvent>, Error> {
+    let events = raw
+        .read_stream(tenant, domain::audit::ERASURES_STREAM, 1, usize::MAX)
+        .await?;
+    let mut out = Vec::new();
+    for e in events
+        .iter()
+        .filter(|e| e.event_type == audit::ERASURE_EVENT_TYPE)
+    {
+        let Ok(sequence) = view.positions.binary_search(&e.global_position) else {
+            continue;
+        };
+        let sequence = sequence as u64;
+        let erasure: audit::Erasure = serde_json::from_str(e.payload.as_str()).map_err(internal)?;
+        let own = (first..=last).contains(&sequence);
+        if own || erasure.sequences.iter().any(|s| (first..=last).contains(s)) {
+            let header = stored_event(e, tenant, sequence, view).map_err(internal)?;
+            out.push(StoredEvent {
+                header,
+                payload: Some(e.payload.as_bytes().to_vec()),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Why reading the range's events for a bundle stopped.
@@ -680,7 +715,7 @@ pub async fn bundle(
     let last = end - 1;
     let checkpoint = sign(&log, tenant, view.size, view.root)?;
     // The audit read never upcasts: a handle on the same store without upcasters.
-    let raw = app.store.clone().with_upcasters(Upcasters::default());
+    let raw = app.store.raw();
     let before = match first {
         0 => None,
         s => headers_at(&raw, tenant, &view, &[s - 1]).await?.pop(),
@@ -700,6 +735,7 @@ pub async fn bundle(
         .await
         .map_err(audit_error)?;
     let policy = policy_in_tree(&raw, tenant, &view).await?;
+    let erasures = erasures_in_tree(&raw, tenant, &view, first, last).await?;
     let previous_bundle_id = history.bundles.last().map(|b| b.bundle_id.clone());
     // Consistency from the last bundles' trees and the last recorded checkpoints: whoever holds
     // one of them can check this bundle's tree extends it.
@@ -767,7 +803,7 @@ pub async fn bundle(
             before,
             after,
             policy,
-            erasures: Vec::new(),
+            erasures,
             known_sizes,
             keys: BundleKeys {
                 export: &export,

@@ -27,3 +27,28 @@ impl Clock for FixedClock {
         self.0
     }
 }
+
+/// The system's clock moved forward by an offset that can change while it runs: a test of a
+/// served application moves time (a token's 30 days, an invite's 7) without waiting.
+#[derive(Debug, Default)]
+pub struct ShiftedClock {
+    offset_seconds: std::sync::atomic::AtomicI64,
+}
+
+impl ShiftedClock {
+    /// Move the clock forward by `by` (backward when negative).
+    pub fn advance(&self, by: time::Duration) {
+        self.offset_seconds
+            .fetch_add(by.whole_seconds(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+            + time::Duration::seconds(
+                self.offset_seconds
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            )
+    }
+}

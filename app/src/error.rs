@@ -79,6 +79,13 @@ pub enum Error {
     /// A request that contradicts the state it meets (409 with `slug`).
     #[error("{detail}")]
     Conflict { slug: &'static str, detail: String },
+    /// Credentials that do not prove who the caller is, such as a refused ID token (401 with
+    /// `slug`).
+    #[error("{detail}")]
+    Unauthorized { slug: &'static str, detail: String },
+    /// A caller who may not do this (403 with `slug`).
+    #[error("{detail}")]
+    Forbidden { slug: &'static str, detail: String },
     /// Other writers kept winning the stream (409 `busy`; the client may retry).
     #[error("the resource kept changing while we tried; retry the request")]
     Busy,

@@ -1,10 +1,35 @@
 //! People and access: sign-up, members, tokens, the tenant's name and flags.
+//!
+//! The member lifecycle other use cases (SSO, SCIM, invites, sign-in) build on, each HTTP-free,
+//! each an event with its actor (the context's `meta.actor`) and reason, each settled on this
+//! instance before it answers (a revoked token fails at once):
+//!
+//! - [`remove_member`]`(app, ctx, tenant, by_role, user, reason) -> position`: the member's
+//!   `member.removed` and a `token.revoked` (`member_removed`) per live token; the seat is freed
+//!   and the email can be added again. A member removes themselves (leaves) when `ctx.meta.actor`
+//!   is `user:<their id>`; otherwise only owners and admins remove, admins never an owner, and
+//!   the last owner never goes.
+//! - [`change_role`]`(app, ctx, tenant, by_role, user, role, reason) -> position`:
+//!   `member.role_changed`; only owners make owners, admins never touch owners, the last owner is
+//!   never demoted. Errors: `Tenant(NotAMember | LastOwner | AdminsCannotTouchOwners |
+//!   OnlyOwnersAddOwners | SameRole | NotAllowed)`.
+//! - [`issue_token_for`]`(app, ctx, tenant, user, kind) -> Minted`: a fresh token for an existing
+//!   member who proved who they are elsewhere (SSO, SCIM, a sign-in code); `token.issued` with
+//!   `kind`, issuer `ctx.meta.actor`, `issued_at`.
+//! - [`reissue_token`] (owners/admins for a member), [`rotate_token`] (the caller's token for a
+//!   new one), [`revoke_member_token`] (owners/admins any of the tenant, a member their own),
+//!   [`revoke_token`] (the caller's own token, or an operator token by platform ops).
+//! - [`member_by_email`]`(app, tenant, email) -> Option<MemberView>`: case-insensitive lookup in
+//!   the identity read model.
+//! - [`seats_for`]: the seats a new member or invite must fit in (the plan in force, and a
+//!   scheduled downgrade's, whichever is fewer).
 
 use crate::metering::plan_of;
 use crate::{App, Ctx, Error};
 use domain::identity::IssuedToken;
+use domain::identity::TokenKind;
 use domain::platform::PlatformCommand;
-use domain::tenant::{self, NewMember, TenantCommand, TenantName};
+use domain::tenant::{self, By, NewMember, TenantCommand, TenantName};
 use domain::{Email, Flag, PersonName, TenantId, TenantRole, UserId};
 use std::collections::BTreeMap;
 use store::Appended;
@@ -31,6 +56,11 @@ fn mint(app: &App, ctx: &Ctx, secret: Option<String>) -> Minted {
         },
         secret,
     }
+}
+
+/// A fresh random token for a decision at `ctx.now`.
+pub(crate) fn mint_for(app: &App, ctx: &Ctx) -> Minted {
+    mint(app, ctx, None)
 }
 
 /// Who a new tenant's owner is.
@@ -114,11 +144,7 @@ pub async fn add_member(
 ) -> Result<Admitted, Error> {
     let user_id = UserId::from_uuid(ctx.new_id("member"));
     let minted = mint(app, ctx, m.token);
-    let seats = app
-        .config
-        .plans
-        .get(plan_of(app, tenant, ctx.now).await?)
-        .seats;
+    let seats = seats_for(app, tenant, ctx.now).await?;
     let done = app
         .tenants
         .execute(
@@ -189,7 +215,12 @@ pub async fn revoke_token(
                 .execute(
                     tenant,
                     &tenant::stream_id(tenant),
-                    &TenantCommand::RevokeToken { token_id },
+                    &TenantCommand::RevokeTokenBy {
+                        token_id,
+                        by: None,
+                        actor: ctx.meta.actor.clone(),
+                        reason: Some("signed_out".into()),
+                    },
                     &ctx.meta,
                     ctx.now,
                 )
@@ -310,4 +341,194 @@ pub async fn issue_operator_token(
         expires_at,
         position: done.appended.map_or(0, |a| a.last_position()),
     })
+}
+
+/// The seats a new member or invite must fit in at `now`: the plan in force's, and when a
+/// downgrade is scheduled, the fewer of it and the coming plan's, so that the downgrade still
+/// fits when it takes effect. `None` is unlimited.
+pub async fn seats_for(
+    app: &App,
+    tenant: TenantId,
+    now: OffsetDateTime,
+) -> Result<Option<u64>, Error> {
+    let now_seats = app.config.plans.get(plan_of(app, tenant, now).await?).seats;
+    let pending = app
+        .identity
+        .tenant(tenant)
+        .and_then(|t| t.pending)
+        .filter(|p| now < p.effective_at)
+        .and_then(|p| app.config.plans.get(p.to).seats);
+    Ok(match (now_seats, pending) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// Who acts: their role, and their user id when the context's actor is a member (`user:<id>`).
+fn by(ctx: &Ctx, role: TenantRole) -> By {
+    By {
+        role,
+        user: ctx
+            .meta
+            .actor
+            .strip_prefix("user:")
+            .and_then(|id| id.parse::<Uuid>().ok())
+            .map(UserId::from_uuid),
+    }
+}
+
+async fn run(app: &App, ctx: &Ctx, tenant: TenantId, command: TenantCommand) -> Result<u64, Error> {
+    let done = app
+        .tenants
+        .execute(
+            tenant,
+            &tenant::stream_id(tenant),
+            &command,
+            &ctx.meta,
+            ctx.now,
+        )
+        .await?;
+    Ok(app.settled(&done.appended).await)
+}
+
+/// Remove a member (or let them leave); see the module's documentation.
+pub async fn remove_member(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    by_role: TenantRole,
+    user: UserId,
+    reason: Option<String>,
+) -> Result<u64, Error> {
+    let command = TenantCommand::RemoveMember {
+        user_id: user,
+        by: by(ctx, by_role),
+        actor: ctx.meta.actor.clone(),
+        reason,
+    };
+    run(app, ctx, tenant, command).await
+}
+
+/// Give a member another role; see the module's documentation.
+pub async fn change_role(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    by_role: TenantRole,
+    user: UserId,
+    role: TenantRole,
+    reason: Option<String>,
+) -> Result<u64, Error> {
+    let command = TenantCommand::ChangeRole {
+        user_id: user,
+        role,
+        by: by(ctx, by_role),
+        actor: ctx.meta.actor.clone(),
+        reason,
+    };
+    run(app, ctx, tenant, command).await
+}
+
+/// A token issued, with the position that wrote it.
+#[derive(Debug)]
+pub struct Reissued {
+    pub minted: Minted,
+    pub position: u64,
+}
+
+async fn issue(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    user: UserId,
+    kind: TokenKind,
+    by: Option<By>,
+    replaces: Option<Uuid>,
+) -> Result<Reissued, Error> {
+    let minted = mint(app, ctx, None);
+    let command = TenantCommand::IssueToken {
+        user_id: user,
+        token: minted.issued.clone(),
+        kind,
+        issuer: ctx.meta.actor.clone(),
+        by,
+        replaces,
+    };
+    let position = run(app, ctx, tenant, command).await?;
+    Ok(Reissued { minted, position })
+}
+
+/// A fresh token for an existing member who proved who they are elsewhere (SSO, SCIM, a sign-in
+/// code): `token.issued` of `kind`. It works on this instance when this returns.
+pub async fn issue_token_for(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    user: UserId,
+    kind: TokenKind,
+) -> Result<Minted, Error> {
+    Ok(issue(app, ctx, tenant, user, kind, None, None)
+        .await?
+        .minted)
+}
+
+/// An owner or admin issues a new token for a member (`reissue`); admins never for an owner.
+pub async fn reissue_token(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    by_role: TenantRole,
+    user: UserId,
+) -> Result<Reissued, Error> {
+    let by = by(ctx, by_role);
+    issue(app, ctx, tenant, user, TokenKind::Reissue, Some(by), None).await
+}
+
+/// The caller's token for a new one (`rotation`): one append revokes the old (`rotated`) and
+/// issues the new.
+pub async fn rotate_token(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    user: UserId,
+    old_token: Uuid,
+) -> Result<Reissued, Error> {
+    issue(
+        app,
+        ctx,
+        tenant,
+        user,
+        TokenKind::Rotation,
+        None,
+        Some(old_token),
+    )
+    .await
+}
+
+/// Revoke one token of the tenant: owners and admins any (admins none of an owner), a member
+/// their own (another's is "no such token" to them).
+pub async fn revoke_member_token(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    by_role: TenantRole,
+    token_id: Uuid,
+    reason: Option<String>,
+) -> Result<u64, Error> {
+    let command = TenantCommand::RevokeTokenBy {
+        token_id,
+        by: Some(by(ctx, by_role)),
+        actor: ctx.meta.actor.clone(),
+        reason,
+    };
+    run(app, ctx, tenant, command).await
+}
+
+/// A tenant's member by email, whatever its case.
+pub fn member_by_email(
+    app: &App,
+    tenant: TenantId,
+    email: &str,
+) -> Option<projections::MemberView> {
+    app.identity.member_by_email(tenant, email)
 }

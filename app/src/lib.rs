@@ -10,20 +10,25 @@ pub mod audit;
 pub mod billing;
 pub mod clock;
 pub mod datasets;
+pub mod erasure;
 mod error;
 pub mod feedback;
 pub mod identity;
 pub mod insights;
+pub mod invites;
 pub mod metering;
 pub mod onboarding;
+pub mod outbox;
 pub mod payments;
 pub mod presets;
+pub mod scim;
 pub mod shares;
 pub mod slo;
+pub mod sso;
 pub mod text;
 pub mod tokens;
 
-pub use clock::{Clock, FixedClock, SystemClock};
+pub use clock::{Clock, FixedClock, ShiftedClock, SystemClock};
 pub use error::Error;
 
 use commands::{Executor, ExecutorConfig};
@@ -176,6 +181,10 @@ pub struct App {
     pub counters: Counters,
     /// The alert drill: its record and the drill in force (issue 15).
     pub drills: slo::Drills,
+    /// SSO settings, mapping and logins, and the SCIM directory (ADR 031).
+    pub sso: sso::Sso,
+    /// SCIM users and groups, and the groups users last came with (ADR 031).
+    pub directory: Arc<projections::Directory>,
     refusals: metering::Refusals,
     /// This app, for the work it schedules for later (a minute's refusal count).
     me: std::sync::Weak<App>,
@@ -217,6 +226,7 @@ impl App {
         let first_success = Arc::new(FirstSuccess::default());
         let audit_tree = Arc::new(AuditTree::default());
         let feedback_board = Arc::new(projections::FeedbackBoard::default());
+        let directory = Arc::new(projections::Directory::default());
         let projections = Runtime::start(
             &store,
             vec![
@@ -229,6 +239,7 @@ impl App {
                 rollups.clone(),
                 billing_view.clone(),
                 feedback_board.clone(),
+                directory.clone(),
             ],
         );
         let executor = |kind: &'static str| ExecutorConfig::new(kind);
@@ -247,7 +258,8 @@ impl App {
                     ..executor("usage/v1")
                 },
             ),
-            tenants: Executor::new(store.clone(), executor("tenant/v1")),
+            // v2: members leave, tokens have owners, invites and sign-ins (issue 10).
+            tenants: Executor::new(store.clone(), executor("tenant/v2")),
             platform: Executor::new(store.clone(), executor("platform/v1")),
             onboarding: Executor::new(store.clone(), executor("onboarding/v1")),
             feedback: Executor::new(store.clone(), executor("feedback/v1")),
@@ -257,6 +269,8 @@ impl App {
             shares: config.shares(),
             refusals: metering::Refusals::default(),
             drills: slo::Drills::new(store.clone()),
+            sso: sso::Sso::new(&store),
+            directory,
             counters: Counters::default(),
             config,
             store,

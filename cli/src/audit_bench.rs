@@ -85,7 +85,8 @@ pub async fn run(
     let mut applying = Duration::ZERO;
     let mut from = 1;
     loop {
-        let chunk = store.read_all(from, 10_000).await?;
+        // The tree hashes the stored bytes: read raw (ADR 032).
+        let chunk = store.raw().read_all(from, 10_000).await?;
         let Some(last) = chunk.last() else { break };
         from = last.global_position + 1;
         let t = Instant::now();

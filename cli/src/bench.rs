@@ -17,11 +17,37 @@ pub struct StoreBench {
     pub writers: usize,
     pub events: u64,
     pub batch: usize,
+    /// What the events are (`usage`: the default; `member`: `member.added`-shaped payloads
+    /// under a type with no personal fields; `member-sealed`: `member.added`, sealed, ADR 032).
+    pub payload: BenchPayload,
+}
+
+/// The payloads `tenantry bench store` appends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchPayload {
+    Usage,
+    Member,
+    MemberSealed,
+}
+
+/// Members per tenant in the member payloads: their keys are made once, then cached.
+const MEMBERS_PER_TENANT: u64 = 100;
+
+/// A `member.added` payload (~150 bytes) of one of `MEMBERS_PER_TENANT` users.
+fn member_payload(n: u64) -> RawJson {
+    let user = Uuid::from_u64_pair(0x7e57, n % MEMBERS_PER_TENANT);
+    RawJson::parse(format!(
+        r#"{{"user_id":"{user}","email":"user{:03}@example.test","name":"User Number {n}","role":"analyst"}}"#,
+        n % MEMBERS_PER_TENANT
+    ))
+    .expect("valid JSON")
 }
 
 #[derive(Debug, Serialize)]
 pub struct StoreBenchReport {
     pub backend: &'static str,
+    pub payload: BenchPayload,
     pub writers: usize,
     pub batch: usize,
     pub appends: u64,
@@ -68,8 +94,17 @@ pub async fn run(store: &Store, cfg: &StoreBench) -> anyhow::Result<StoreBenchRe
         .collect();
     // Payloads are made before the clock starts (and shared: a payload is an `Arc<str>`), so the
     // load generator spends its CPU on appending, not on formatting JSON.
-    let payloads: std::sync::Arc<Vec<RawJson>> =
-        std::sync::Arc::new((0..PAYLOADS).map(payload).collect());
+    let payloads: std::sync::Arc<Vec<RawJson>> = std::sync::Arc::new(match cfg.payload {
+        BenchPayload::Usage => (0..PAYLOADS).map(payload).collect(),
+        BenchPayload::Member | BenchPayload::MemberSealed => {
+            (0..PAYLOADS).map(member_payload).collect()
+        }
+    });
+    let event_type = match cfg.payload {
+        BenchPayload::Usage => "usage.recorded",
+        BenchPayload::Member => "member.noted",
+        BenchPayload::MemberSealed => "member.added",
+    };
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..cfg.writers {
@@ -86,7 +121,7 @@ pub async fn run(store: &Store, cfg: &StoreBench) -> anyhow::Result<StoreBenchRe
                 let events = (0..batch as u64)
                     .map(|k| {
                         let n = (i * batch as u64 + k) as usize % PAYLOADS as usize;
-                        NewEvent::new("usage.recorded", payloads[n].clone())
+                        NewEvent::new(event_type, payloads[n].clone())
                     })
                     .collect();
                 let request = AppendRequest {
@@ -131,6 +166,7 @@ pub async fn run(store: &Store, cfg: &StoreBench) -> anyhow::Result<StoreBenchRe
 
     Ok(StoreBenchReport {
         backend: store.backend_name(),
+        payload: cfg.payload,
         writers: cfg.writers,
         batch: cfg.batch,
         appends,

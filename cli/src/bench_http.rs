@@ -39,14 +39,21 @@ pub struct HttpBenchReport {
     pub refusal: Phase,
 }
 
-/// One keep-alive HTTP/1.1 connection.
-struct Conn {
+/// One keep-alive HTTP/1.1 connection (also the soak's client, `soak.rs`).
+pub(crate) struct Conn {
     reader: BufReader<TcpStream>,
     host: String,
 }
 
+/// An answer: the status, the body, and whether the server is closing the connection.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub close: bool,
+}
+
 impl Conn {
-    async fn open(addr: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn open(addr: &str) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self {
@@ -55,7 +62,7 @@ impl Conn {
         })
     }
 
-    /// Send one request; returns the status and the body.
+    /// Send one JSON request; returns the status and the body.
     async fn call(
         &mut self,
         method: &str,
@@ -63,19 +70,42 @@ impl Conn {
         token: Option<&str>,
         body: Option<&str>,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let body = body.map(|b| ("application/json", b.as_bytes()));
+        let a = self.request(method, path, token, &[], body).await?;
+        Ok((a.status, a.body))
+    }
+
+    /// Send one request with extra headers and a body of a content type.
+    pub(crate) async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) -> anyhow::Result<Answer> {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
         if let Some(t) = token {
             req.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
-        if let Some(b) = body {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-                b.len()
-            ));
-        } else {
-            req.push_str("\r\n");
+        for (name, value) in headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
         }
-        self.reader.get_mut().write_all(req.as_bytes()).await?;
+        let mut bytes = req.into_bytes();
+        match body {
+            Some((content_type, b)) => {
+                bytes.extend_from_slice(
+                    format!(
+                        "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                        b.len()
+                    )
+                    .as_bytes(),
+                );
+                bytes.extend_from_slice(b);
+            }
+            None => bytes.extend_from_slice(b"\r\n"),
+        }
+        self.reader.get_mut().write_all(&bytes).await?;
         let mut line = String::new();
         self.reader.read_line(&mut line).await?;
         let status: u16 = line
@@ -84,6 +114,7 @@ impl Conn {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("bad status line {line:?}"))?;
         let mut length = 0usize;
+        let mut close = false;
         loop {
             line.clear();
             self.reader.read_line(&mut line).await?;
@@ -91,15 +122,23 @@ impl Conn {
             if l.is_empty() {
                 break;
             }
-            if let Some((name, value)) = l.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
+            if let Some((name, value)) = l.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                } else if name.eq_ignore_ascii_case("connection")
+                    && value.trim().eq_ignore_ascii_case("close")
+                {
+                    close = true;
+                }
             }
         }
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body).await?;
-        Ok((status, body))
+        Ok(Answer {
+            status,
+            body,
+            close,
+        })
     }
 }
 

@@ -134,9 +134,18 @@ enum Command {
         #[command(subcommand)]
         what: EventsCommand,
     },
+    /// Retention of personal data (ADR 032).
+    Retention {
+        #[command(subcommand)]
+        what: RetentionCommand,
+    },
     /// Alert drill against a running server (platform ops token): inject faults, show the page
     /// alert fire in `GET /v1/ops/slo`, stop, show it clear; prints a JSON report (ADR 028).
     Drill(cli::drill::DrillArgs),
+    /// Soak running servers over HTTP (open loop, a realistic mix), then check every
+    /// acknowledged write; writes soak-report.json and .md, prints the JSON, exits 1 when a
+    /// bound does not hold (ADR 033).
+    Soak(cli::soak::SoakArgs),
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -192,6 +201,38 @@ enum BenchCommand {
         items: usize,
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// SSO logins through the use case (signature, claims, replay guard, mapping, token) from C
+    /// clients over T tenants, ID tokens signed beforehand (half RS256, half EdDSA). Prints one
+    /// JSON object.
+    Sso {
+        #[arg(long, default_value_t = 8)]
+        tenants: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 20_000)]
+        logins: usize,
+        /// Distinct users (their first login makes the member).
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// SCIM: the directory read model with N users, then the list with a `userName eq` filter
+    /// and a page half-way through, through the use case. Prints one JSON object.
+    Scim {
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// CSV invites end to end: a server on a fresh embedded store, R imports of N rows each
+    /// through `POST /v1/invites/csv` (and their dry runs), timed. Prints one JSON object.
+    Invites {
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
     /// Insights and first-success on a seeded store: rebuild both read models (events/s), then
     /// time the funnel, the cohorts and every user's onboarding view. Prints one JSON object.
@@ -301,6 +342,10 @@ enum BenchCommand {
         /// Events per append.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// What to append: `usage` events, `member` (member.added-shaped, not personal), or
+        /// `member-sealed` (member.added: personal fields sealed, ADR 032).
+        #[arg(long, value_enum, default_value = "usage")]
+        payload: PayloadArg,
     },
 }
 
@@ -366,6 +411,28 @@ enum DocsCommand {
     Permissions,
     /// The OpenAPI 3.1 document the server serves at /openapi.json.
     Openapi,
+}
+
+/// The payloads of `tenantry bench store`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PayloadArg {
+    Usage,
+    Member,
+    MemberSealed,
+}
+
+#[derive(Subcommand, Debug)]
+enum RetentionCommand {
+    /// Erase, now, every tenant's personal data past its retention window: record
+    /// `erasure.applied`, then destroy the subject keys (finishing any half-done erasure first).
+    /// Idempotent; prints a JSON report per tenant.
+    Apply {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<domain::TenantId>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -471,6 +538,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Soak(args) => runtime.block_on(async move {
+            let report = cli::soak::run(&args).await?;
+            cli::soak::write_report(&args.report_dir, &report)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            anyhow::ensure!(
+                report.ok,
+                "the soak did not hold its bounds (see {})",
+                args.report_dir.join("soak-report.md").display()
+            );
+            anyhow::Ok(())
+        }),
         Command::Drill(args) => runtime.block_on(async move {
             let report = cli::drill::run(&args).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -530,6 +608,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = cli::ops::rebuild(&store, name.as_deref()).await?;
             store.close().await;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            anyhow::Ok(())
+        }),
+        Command::Retention {
+            what: RetentionCommand::Apply { store, tenant },
+        } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
+            let store = store.open().await?;
+            let app = app::App::start(
+                offline_config(),
+                store.clone(),
+                std::sync::Arc::new(app::SystemClock),
+            )
+            .await;
+            let result = cli::retention::apply(&app, tenant).await;
+            app.projections.shutdown().await;
+            store.close().await;
+            println!("{}", serde_json::to_string_pretty(&result?)?);
             anyhow::Ok(())
         }),
         Command::Reconcile { from, to, store } => runtime.block_on(async move {
@@ -753,6 +848,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::Ok(())
         }),
         Command::Bench {
+            what:
+                BenchCommand::Sso {
+                    tenants,
+                    concurrency,
+                    logins,
+                    users,
+                    store,
+                },
+        } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
+            anyhow::ensure!(
+                (1..=1_000).contains(&tenants),
+                "--tenants must be 1 to 1000"
+            );
+            anyhow::ensure!(
+                (1..=1_000).contains(&concurrency),
+                "--concurrency must be 1 to 1000"
+            );
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&logins),
+                "--logins must be 1 to 10000000"
+            );
+            anyhow::ensure!(
+                (1..=1_000_000).contains(&users),
+                "--users must be 1 to 1000000"
+            );
+            let store = store.open().await?;
+            let report = cli::bench_sso::sso(
+                &store,
+                offline_config(),
+                tenants,
+                concurrency,
+                logins,
+                users,
+            )
+            .await?;
+            store.close().await;
+            println!("{}", serde_json::to_string(&report)?);
+            anyhow::Ok(())
+        }),
+        Command::Bench {
+            what: BenchCommand::Scim { users, store },
+        } => runtime.block_on(async move {
+            api::telemetry::init("pretty");
+            anyhow::ensure!(
+                (1..=10_000_000).contains(&users),
+                "--users must be 1 to 10000000"
+            );
+            let store = store.open().await?;
+            let report = cli::bench_sso::scim(&store, offline_config(), users).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string(&report)?);
+            anyhow::Ok(())
+        }),
+        Command::Bench {
+            what: BenchCommand::Invites { rows, runs },
+        } => {
+            let report = cli::bench_invites::invites(rows, runs)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Bench {
             what: BenchCommand::Insights { store },
         } => runtime.block_on(async move {
             api::telemetry::init("pretty");
@@ -834,6 +991,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     writers,
                     events,
                     batch,
+                    payload,
                 },
         } => runtime.block_on(async move {
             let (location, _temp) = bench_location(backend, url, data)?;
@@ -842,6 +1000,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 writers,
                 events,
                 batch,
+                payload: match payload {
+                    PayloadArg::Usage => cli::bench::BenchPayload::Usage,
+                    PayloadArg::Member => cli::bench::BenchPayload::Member,
+                    PayloadArg::MemberSealed => cli::bench::BenchPayload::MemberSealed,
+                },
             };
             api::telemetry::init("pretty");
             let report = cli::bench::run(&store, &cfg).await?;

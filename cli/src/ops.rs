@@ -64,6 +64,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(FirstSuccess::default()),
         Arc::new(projections::AuditTree::default()),
         Arc::new(projections::FeedbackBoard::default()),
+        Arc::new(projections::Directory::default()),
     ]
 }
 

@@ -89,7 +89,8 @@ fn rebuild_saves_the_named_projection_at_the_head_and_refuses_unknown_names_and_
             "insights",
             "first_success",
             "audit_tree",
-            "feedback"
+            "feedback",
+            "directory"
         ])
     );
     assert_eq!(block_on(saved_position(&location, "audit")), Some(2));

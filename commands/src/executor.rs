@@ -173,6 +173,15 @@ where
             .clone()
     }
 
+    /// Drop a stream's hot state (after an erasure: it is decoded state and may hold erased
+    /// plaintext). The next command reloads it from its snapshot (if any) and events.
+    pub fn forget(&self, tenant: TenantId, stream: &str) {
+        self.hot
+            .lock()
+            .expect("hot lock")
+            .remove(&(tenant, stream.to_owned()));
+    }
+
     /// The current state of a stream, as far as this store has it.
     pub async fn load(
         &self,

@@ -107,6 +107,18 @@ pub struct RetentionRule {
     pub keep_days: u32,
 }
 
+/// A tenant's stream of its applied erasures (`erasure.applied`).
+pub const ERASURES_STREAM: &str = "erasures";
+
+/// An applied erasure (ADR 020, ADR 032): the rule that required it (a policy rule's name, or
+/// [`crate::personal::SUBJECT_REQUEST`] for a subject's own request) and the tenant sequences of
+/// the events whose personal data it erased. Recorded before the keys are destroyed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureApplied {
+    pub rule: String,
+    pub sequences: Vec<u64>,
+}
+
 /// The tenant's retention policy, whole (a new one replaces the last).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionPolicySet {
@@ -125,6 +137,8 @@ impl RetentionPolicySet {
             let at = |f: &str| format!("rules[{i}].{f}");
             if r.name.trim().is_empty() || r.name.chars().count() > 100 {
                 out.push((at("name"), "must be 1 to 100 characters".into()));
+            } else if r.name.starts_with('$') {
+                out.push((at("name"), "must not start with `$` (reserved)".into()));
             } else if !names.insert(r.name.as_str()) {
                 out.push((at("name"), "is the name of an earlier rule".into()));
             }
@@ -155,6 +169,7 @@ pub enum AuditCommand {
     RecordBundle(BundleExported),
     RecordCheckpoint(CheckpointSigned),
     SetRetention(RetentionPolicySet),
+    RecordErasure(ErasureApplied),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +178,7 @@ pub enum AuditEvent {
     BundleExported(BundleExported),
     CheckpointSigned(CheckpointSigned),
     RetentionPolicySet(RetentionPolicySet),
+    ErasureApplied(ErasureApplied),
 }
 
 impl AuditEvent {
@@ -172,6 +188,7 @@ impl AuditEvent {
         ("audit.bundle_exported", 1),
         ("audit.checkpoint_signed", 1),
         ("retention.policy_set", 1),
+        ("erasure.applied", 1),
     ];
 }
 
@@ -182,6 +199,7 @@ impl DomainEvent for AuditEvent {
             AuditEvent::BundleExported(_) => "audit.bundle_exported",
             AuditEvent::CheckpointSigned(_) => "audit.checkpoint_signed",
             AuditEvent::RetentionPolicySet(_) => "retention.policy_set",
+            AuditEvent::ErasureApplied(_) => "erasure.applied",
         }
     }
 
@@ -191,6 +209,7 @@ impl DomainEvent for AuditEvent {
             AuditEvent::BundleExported(e) => serde_json::to_value(e),
             AuditEvent::CheckpointSigned(e) => serde_json::to_value(e),
             AuditEvent::RetentionPolicySet(e) => serde_json::to_value(e),
+            AuditEvent::ErasureApplied(e) => serde_json::to_value(e),
         }
         .expect("audit events always serialize")
     }
@@ -213,6 +232,9 @@ impl DomainEvent for AuditEvent {
             ("retention.policy_set", 1) => Ok(AuditEvent::RetentionPolicySet(
                 EventDecodeError::parse(event_type, payload)?,
             )),
+            ("erasure.applied", 1) => Ok(AuditEvent::ErasureApplied(EventDecodeError::parse(
+                event_type, payload,
+            )?)),
             _ => Err(EventDecodeError::UnknownType {
                 event_type: event_type.to_owned(),
                 schema_version,
@@ -253,6 +275,9 @@ pub struct AuditLog {
     /// The retention policy in force.
     #[serde(default)]
     pub policy: Option<RetentionPolicySet>,
+    /// The tenant sequences an `erasure.applied` of this stream erased.
+    #[serde(default)]
+    pub erased: std::collections::BTreeSet<u64>,
 }
 
 /// How many recorded checkpoint sizes the state keeps (what a bundle proves consistency from).
@@ -320,6 +345,24 @@ impl Aggregate for AuditLog {
                 }
                 Ok(vec![AuditEvent::RetentionPolicySet(p.clone())])
             }
+            AuditCommand::RecordErasure(e) => {
+                // Sequences erased before are not erased twice; nothing new writes nothing.
+                let mut sequences: Vec<u64> = e
+                    .sequences
+                    .iter()
+                    .copied()
+                    .filter(|s| !self.erased.contains(s))
+                    .collect();
+                sequences.sort_unstable();
+                sequences.dedup();
+                if sequences.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![AuditEvent::ErasureApplied(ErasureApplied {
+                    rule: e.rule.clone(),
+                    sequences,
+                })])
+            }
         }
     }
 
@@ -334,6 +377,7 @@ impl Aggregate for AuditLog {
                 }
             }
             AuditEvent::RetentionPolicySet(p) => self.policy = Some(p.clone()),
+            AuditEvent::ErasureApplied(e) => self.erased.extend(e.sequences.iter().copied()),
         }
     }
 }
@@ -457,12 +501,40 @@ mod tests {
     }
 
     #[test]
+    fn an_erasure_records_only_sequences_not_erased_before() {
+        let er = |s: Vec<u64>| ErasureApplied {
+            rule: "members".into(),
+            sequences: s,
+        };
+        given::<AuditLog>([])
+            .when(AuditCommand::RecordErasure(er(vec![6, 1, 6])))
+            .then([AuditEvent::ErasureApplied(er(vec![1, 6]))]);
+        given::<AuditLog>([AuditEvent::ErasureApplied(er(vec![1, 6]))])
+            .when(AuditCommand::RecordErasure(er(vec![1, 6, 9])))
+            .then([AuditEvent::ErasureApplied(er(vec![9]))]);
+        given::<AuditLog>([AuditEvent::ErasureApplied(er(vec![1, 6]))])
+            .when(AuditCommand::RecordErasure(er(vec![6])))
+            .then([]);
+    }
+
+    #[test]
+    fn a_policy_rule_cannot_take_a_reserved_name() {
+        let mut p = policy(30);
+        p.rules[0].name = crate::personal::SUBJECT_REQUEST.into();
+        assert_eq!(p.problems()[0].0, "rules[0].name");
+    }
+
+    #[test]
     fn every_audit_event_type_round_trips_and_is_catalogued() {
         let events = [
             AuditEvent::KeyActivated(key(KeyKind::Export, 3)),
             AuditEvent::BundleExported(bundle("b-2")),
             AuditEvent::CheckpointSigned(checkpoint(7)),
             AuditEvent::RetentionPolicySet(policy(30)),
+            AuditEvent::ErasureApplied(ErasureApplied {
+                rule: "members".into(),
+                sequences: vec![1, 6],
+            }),
         ];
         let kinds: Vec<_> = events
             .iter()

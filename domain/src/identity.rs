@@ -189,6 +189,22 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// How a token came to be (`token.issued` v2): `legacy` for tokens of v1 events, which did
+    /// not say.
+    TokenKind {
+        SignUp = "sign_up",
+        MemberAdded = "member_added",
+        SignIn = "sign_in",
+        Rotation = "rotation",
+        Reissue = "reissue",
+        Invite = "invite",
+        Sso = "sso",
+        Scim = "scim",
+        Legacy = "legacy",
+    }
+);
+
 /// A bearer token as the log knows it: never the token, only its SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedToken {

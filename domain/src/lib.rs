@@ -13,12 +13,15 @@ pub mod identity;
 pub mod ids;
 pub mod insights;
 pub mod onboarding;
+pub mod personal;
 pub mod pii;
 pub mod plans;
 pub mod platform;
 pub mod preset;
 pub mod quota;
 pub mod replay;
+pub mod scim;
+pub mod sso;
 pub mod tenant;
 
 pub use aggregate::{Aggregate, DomainEvent, EventDecodeError};
@@ -44,6 +47,9 @@ pub fn all_event_types() -> Vec<(&'static str, u16)> {
         billing::ReconciliationEvent::ALL_EVENT_TYPES,
         audit::AuditEvent::ALL_EVENT_TYPES,
         drill::DrillEvent::ALL_EVENT_TYPES,
+        sso::ConfigEvent::ALL_EVENT_TYPES,
+        sso::LoginEvent::ALL_EVENT_TYPES,
+        scim::ScimEvent::ALL_EVENT_TYPES,
     ]
     .concat()
 }

@@ -98,6 +98,12 @@ impl Replay {
                 expected: self.events,
             });
         }
+        // Sealed personal fields (ADR 032) cannot be opened here: they decode as `[sealed]`.
+        let opened = crate::personal::without_keys(event_type, schema_version, payload);
+        let (schema_version, payload) = match &opened {
+            Some((v, p)) => (*v, &p[..]),
+            None => (schema_version, payload),
+        };
         let decode = |source| ReplayError::Decode {
             sequence,
             stream: stream.to_owned(),

@@ -3,12 +3,19 @@
 
 use crate::UserId;
 use crate::aggregate::{Aggregate, DomainEvent, EventDecodeError};
-use crate::identity::{Email, Flag, IssuedToken, PersonName, TenantRole};
+use crate::identity::{Email, Flag, IssuedToken, PersonName, TenantRole, TokenKind};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+pub mod access;
+pub use access::{
+    By, InviteAccepted, InviteCreated, InviteOutcome, InviteUpdated, MemberRemoved,
+    MemberRoleChanged, MessageDelivered, MessageKind, NewInvite, OnConflict, PendingInvite,
+    SignInCodeFailed, SignInCodeRequested, SignInCompleted,
+};
 
 /// The stream that holds one tenant's lifecycle events.
 pub fn stream_id(tenant: crate::TenantId) -> String {
@@ -176,6 +183,70 @@ pub enum TenantCommand {
         flag: Flag,
         enabled: bool,
     },
+    /// Remove a member (or a member leaves: `by.user` is themselves); their tokens are revoked.
+    RemoveMember {
+        user_id: UserId,
+        by: By,
+        actor: String,
+        reason: Option<String>,
+    },
+    /// Give a member another role.
+    ChangeRole {
+        user_id: UserId,
+        role: TenantRole,
+        by: By,
+        actor: String,
+        reason: Option<String>,
+    },
+    /// Issue a token to an existing member: a re-issue by an owner or admin (`by`), a rotation
+    /// (`replaces` the caller's token), an SSO or SCIM sign-in (`by: None`).
+    IssueToken {
+        user_id: UserId,
+        token: IssuedToken,
+        kind: TokenKind,
+        issuer: String,
+        by: Option<By>,
+        replaces: Option<Uuid>,
+    },
+    /// Revoke a token as someone (`by: None`: the caller's own, or the platform), for a reason.
+    RevokeTokenBy {
+        token_id: Uuid,
+        by: Option<By>,
+        actor: String,
+        reason: Option<String>,
+    },
+    /// Invite people (one, or the valid rows of a CSV file).
+    CreateInvites {
+        invites: Vec<NewInvite>,
+        by: TenantRole,
+        actor: String,
+        on_conflict: OnConflict,
+        /// Seats the plan allows now and after a scheduled downgrade (the fewer).
+        seats: Option<u64>,
+    },
+    /// Accept an invite: the member is made and their first token issued.
+    AcceptInvite {
+        invite_id: Uuid,
+        user_id: UserId,
+        name: PersonName,
+        token: IssuedToken,
+    },
+    /// A member asks for a sign-in code.
+    RequestSignInCode {
+        user_id: UserId,
+        request_id: Uuid,
+    },
+    /// A sign-in code was presented; the application checked it against the request.
+    AttemptSignIn {
+        user_id: UserId,
+        request_id: Uuid,
+        code_matched: bool,
+        token: IssuedToken,
+    },
+    /// The outbox handed messages to its transport (one event each, one append).
+    RecordDeliveries {
+        deliveries: Vec<MessageDelivered>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,16 +298,34 @@ pub struct MemberAdded {
     pub role: TenantRole,
 }
 
+/// v2 added `kind`, `issuer` and `issued_at`; v1 payloads read as `legacy`, with no issuer and
+/// no issue time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenIssued {
     pub user_id: UserId,
     #[serde(flatten)]
     pub token: IssuedToken,
+    #[serde(default = "legacy_kind")]
+    pub kind: TokenKind,
+    /// Who issued it (`user:<id>`, `invite:<id>`, `sign-in:<id>`, `sso`, `scim`, …).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub issued_at: Option<OffsetDateTime>,
 }
 
+fn legacy_kind() -> TokenKind {
+    TokenKind::Legacy
+}
+
+/// v2 added `reason` and `actor`; v1 payloads read with both `null`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRevoked {
     pub token_id: Uuid,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +344,15 @@ pub enum TenantEvent {
     TokenIssued(TokenIssued),
     TokenRevoked(TokenRevoked),
     FlagSet(FlagSet),
+    MemberRemoved(MemberRemoved),
+    MemberRoleChanged(MemberRoleChanged),
+    InviteCreated(InviteCreated),
+    InviteUpdated(InviteUpdated),
+    InviteAccepted(InviteAccepted),
+    SignInCodeRequested(SignInCodeRequested),
+    SignInCodeFailed(SignInCodeFailed),
+    SignInCompleted(SignInCompleted),
+    MessageDelivered(MessageDelivered),
 }
 
 impl TenantEvent {
@@ -265,9 +363,18 @@ impl TenantEvent {
         ("plan.changed", 2),
         ("plan.change_scheduled", 2),
         ("member.added", 1),
-        ("token.issued", 1),
-        ("token.revoked", 1),
+        ("token.issued", 2),
+        ("token.revoked", 2),
         ("flag.set", 1),
+        ("member.removed", 1),
+        ("member.role_changed", 1),
+        ("invite.created", 1),
+        ("invite.updated", 1),
+        ("invite.accepted", 1),
+        ("sign_in.code_requested", 1),
+        ("sign_in.code_failed", 1),
+        ("sign_in.completed", 1),
+        ("message.delivered", 1),
     ];
 }
 
@@ -282,6 +389,15 @@ impl DomainEvent for TenantEvent {
             TenantEvent::TokenIssued(_) => "token.issued",
             TenantEvent::TokenRevoked(_) => "token.revoked",
             TenantEvent::FlagSet(_) => "flag.set",
+            TenantEvent::MemberRemoved(_) => "member.removed",
+            TenantEvent::MemberRoleChanged(_) => "member.role_changed",
+            TenantEvent::InviteCreated(_) => "invite.created",
+            TenantEvent::InviteUpdated(_) => "invite.updated",
+            TenantEvent::InviteAccepted(_) => "invite.accepted",
+            TenantEvent::SignInCodeRequested(_) => "sign_in.code_requested",
+            TenantEvent::SignInCodeFailed(_) => "sign_in.code_failed",
+            TenantEvent::SignInCompleted(_) => "sign_in.completed",
+            TenantEvent::MessageDelivered(_) => "message.delivered",
         }
     }
 
@@ -289,6 +405,8 @@ impl DomainEvent for TenantEvent {
         match self {
             // v2 added `registry_version`; v1 payloads read with it `null`.
             TenantEvent::PlanChanged(_) | TenantEvent::PlanChangeScheduled(_) => 2,
+            // v2 added the issuer, kind and time of a token, and the reason of a revocation.
+            TenantEvent::TokenIssued(_) | TenantEvent::TokenRevoked(_) => 2,
             _ => 1,
         }
     }
@@ -303,6 +421,15 @@ impl DomainEvent for TenantEvent {
             TenantEvent::TokenIssued(e) => serde_json::to_value(e),
             TenantEvent::TokenRevoked(e) => serde_json::to_value(e),
             TenantEvent::FlagSet(e) => serde_json::to_value(e),
+            TenantEvent::MemberRemoved(e) => serde_json::to_value(e),
+            TenantEvent::MemberRoleChanged(e) => serde_json::to_value(e),
+            TenantEvent::InviteCreated(e) => serde_json::to_value(e),
+            TenantEvent::InviteUpdated(e) => serde_json::to_value(e),
+            TenantEvent::InviteAccepted(e) => serde_json::to_value(e),
+            TenantEvent::SignInCodeRequested(e) => serde_json::to_value(e),
+            TenantEvent::SignInCodeFailed(e) => serde_json::to_value(e),
+            TenantEvent::SignInCompleted(e) => serde_json::to_value(e),
+            TenantEvent::MessageDelivered(e) => serde_json::to_value(e),
         };
         value.expect("tenant events always serialize")
     }
@@ -328,13 +455,41 @@ impl DomainEvent for TenantEvent {
             ("member.added", 1) => {
                 TenantEvent::MemberAdded(EventDecodeError::parse(event_type, payload)?)
             }
-            ("token.issued", 1) => {
+            // v1 payloads upcast by their serde defaults: kind `legacy`, no issuer, no reason.
+            ("token.issued", 1 | 2) => {
                 TenantEvent::TokenIssued(EventDecodeError::parse(event_type, payload)?)
             }
-            ("token.revoked", 1) => {
+            ("token.revoked", 1 | 2) => {
                 TenantEvent::TokenRevoked(EventDecodeError::parse(event_type, payload)?)
             }
             ("flag.set", 1) => TenantEvent::FlagSet(EventDecodeError::parse(event_type, payload)?),
+            ("member.removed", 1) => {
+                TenantEvent::MemberRemoved(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("member.role_changed", 1) => {
+                TenantEvent::MemberRoleChanged(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("invite.created", 1) => {
+                TenantEvent::InviteCreated(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("invite.updated", 1) => {
+                TenantEvent::InviteUpdated(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("invite.accepted", 1) => {
+                TenantEvent::InviteAccepted(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("sign_in.code_requested", 1) => {
+                TenantEvent::SignInCodeRequested(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("sign_in.code_failed", 1) => {
+                TenantEvent::SignInCodeFailed(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("sign_in.completed", 1) => {
+                TenantEvent::SignInCompleted(EventDecodeError::parse(event_type, payload)?)
+            }
+            ("message.delivered", 1) => {
+                TenantEvent::MessageDelivered(EventDecodeError::parse(event_type, payload)?)
+            }
             _ => {
                 return Err(EventDecodeError::UnknownType {
                     event_type: event_type.to_owned(),
@@ -371,6 +526,25 @@ pub enum TenantError {
     UnknownToken,
     #[error("the token is already revoked")]
     AlreadyRevoked,
+    #[error("no such member in this tenant")]
+    NotAMember,
+    #[error("the last owner cannot be removed or demoted; make another owner first")]
+    LastOwner,
+    #[error("admins cannot act on owners")]
+    AdminsCannotTouchOwners,
+    #[error("{0}")]
+    NotAllowed(&'static str),
+    #[error("the member already has the {0} role")]
+    SameRole(&'static str),
+    #[error("no such invite")]
+    UnknownInvite,
+    #[error("this invite was already accepted")]
+    InviteUsed,
+    #[error("this invite has expired")]
+    InviteExpired,
+    /// Unknown email, wrong, expired or used code, too many attempts: one answer for all.
+    #[error("the code is wrong or no longer valid")]
+    SignInRefused,
 }
 
 /// A member as the aggregate keeps it.
@@ -390,6 +564,17 @@ pub struct Tenant {
     pub members: BTreeMap<UserId, Member>,
     /// Token id → revoked?
     pub tokens: BTreeMap<Uuid, bool>,
+    /// Token id → the member it was issued to.
+    #[serde(default)]
+    pub token_owner: BTreeMap<Uuid, UserId>,
+    /// Invites that were not accepted (expired ones until they are replaced).
+    #[serde(default)]
+    pub invites: BTreeMap<Uuid, PendingInvite>,
+    #[serde(default)]
+    pub accepted_invites: BTreeSet<Uuid>,
+    /// Each member's sign-in request.
+    #[serde(default)]
+    pub sign_ins: BTreeMap<UserId, access::SignInState>,
     pub flags: BTreeMap<Flag, bool>,
     /// A downgrade waiting for the next period: the plan and when it applies.
     #[serde(default)]
@@ -416,7 +601,7 @@ impl Tenant {
     }
 }
 
-fn member_events(m: &NewMember) -> [TenantEvent; 2] {
+fn member_events(m: &NewMember, kind: TokenKind, now: OffsetDateTime) -> [TenantEvent; 2] {
     [
         TenantEvent::MemberAdded(MemberAdded {
             user_id: m.user_id,
@@ -427,6 +612,9 @@ fn member_events(m: &NewMember) -> [TenantEvent; 2] {
         TenantEvent::TokenIssued(TokenIssued {
             user_id: m.user_id,
             token: m.token.clone(),
+            kind,
+            issuer: Some(format!("user:{}", m.user_id)),
+            issued_at: Some(now),
         }),
     ]
 }
@@ -457,7 +645,7 @@ impl Aggregate for Tenant {
                     role: TenantRole::Owner,
                     ..owner.clone()
                 };
-                events.extend(member_events(&owner));
+                events.extend(member_events(&owner, TokenKind::SignUp, now));
                 Ok(events)
             }
             C::Rename { name } if Some(name) == self.name.as_ref() => Err(TenantError::SameName),
@@ -487,12 +675,12 @@ impl Aggregate for Tenant {
                     })]);
                 }
                 if let Some(seats) = *seats
-                    && self.members.len() as u64 > seats
+                    && self.seats_taken(now) as u64 > seats
                 {
                     return Err(TenantError::TooManyMembers {
                         plan: plan.as_str(),
                         seats,
-                        members: self.members.len(),
+                        members: self.seats_taken(now),
                     });
                 }
                 Ok(vec![TenantEvent::PlanChangeScheduled(
@@ -511,27 +699,86 @@ impl Aggregate for Tenant {
                 }
                 self.check_new_member(member)?;
                 if let Some(seats) = *seats
-                    && self.members.len() as u64 >= seats
+                    && self.seats_taken(now) as u64 >= seats
                 {
                     return Err(TenantError::TooManyMembers {
                         plan: self.plan_at(now).as_str(),
                         seats,
-                        members: self.members.len(),
+                        members: self.seats_taken(now),
                     });
                 }
-                Ok(member_events(member).into())
+                Ok(member_events(member, TokenKind::MemberAdded, now).into())
             }
             C::RevokeToken { token_id } => match self.tokens.get(token_id) {
                 None => Err(TenantError::UnknownToken),
                 Some(true) => Err(TenantError::AlreadyRevoked),
                 Some(false) => Ok(vec![TenantEvent::TokenRevoked(TokenRevoked {
                     token_id: *token_id,
+                    reason: None,
+                    actor: None,
                 })]),
             },
             C::SetFlag { flag, enabled } => Ok(vec![TenantEvent::FlagSet(FlagSet {
                 flag: *flag,
                 enabled: *enabled,
             })]),
+            C::RemoveMember {
+                user_id,
+                by,
+                actor,
+                reason,
+            } => self.decide_remove(*user_id, *by, actor, reason),
+            C::ChangeRole {
+                user_id,
+                role,
+                by,
+                actor,
+                reason,
+            } => self.decide_change_role(*user_id, *role, *by, actor, reason),
+            C::IssueToken {
+                user_id,
+                token,
+                kind,
+                issuer,
+                by,
+                replaces,
+            } => self.decide_issue_token(*user_id, token, *kind, issuer, *by, *replaces, now),
+            C::RevokeTokenBy {
+                token_id,
+                by,
+                actor,
+                reason,
+            } => self.decide_revoke(*token_id, *by, Some(actor), reason),
+            C::CreateInvites {
+                invites,
+                by,
+                actor,
+                on_conflict,
+                seats,
+            } => self
+                .plan_invites(invites, *by, actor, *on_conflict, *seats, now)
+                .map(|(_, events)| events),
+            C::AcceptInvite {
+                invite_id,
+                user_id,
+                name,
+                token,
+            } => self.decide_accept(*invite_id, *user_id, name, token, now),
+            C::RequestSignInCode {
+                user_id,
+                request_id,
+            } => self.decide_sign_in_request(*user_id, *request_id, now),
+            C::AttemptSignIn {
+                user_id,
+                request_id,
+                code_matched,
+                token,
+            } => self.decide_sign_in_attempt(*user_id, *request_id, *code_matched, token, now),
+            C::RecordDeliveries { deliveries } => Ok(deliveries
+                .iter()
+                .cloned()
+                .map(TenantEvent::MessageDelivered)
+                .collect()),
         }
     }
 
@@ -564,6 +811,7 @@ impl Aggregate for Tenant {
             }
             TenantEvent::TokenIssued(e) => {
                 self.tokens.insert(e.token.token_id, false);
+                self.token_owner.insert(e.token.token_id, e.user_id);
             }
             TenantEvent::TokenRevoked(e) => {
                 self.tokens.insert(e.token_id, true);
@@ -571,6 +819,7 @@ impl Aggregate for Tenant {
             TenantEvent::FlagSet(e) => {
                 self.flags.insert(e.flag, e.enabled);
             }
+            other => self.evolve_access(other),
         }
     }
 }
@@ -579,6 +828,10 @@ impl Aggregate for Tenant {
 mod tests {
     use super::*;
     use crate::aggregate::testing::{given, test_now};
+
+    fn added(m: &NewMember) -> [TenantEvent; 2] {
+        member_events(m, TokenKind::MemberAdded, test_now())
+    }
 
     fn name(s: &str) -> TenantName {
         TenantName::parse(s).unwrap()
@@ -609,7 +862,7 @@ mod tests {
             plan: Plan::Free,
             at: test_now(),
         })];
-        events.extend(member_events(&owner));
+        events.extend(member_events(&owner, TokenKind::SignUp, test_now()));
         events
     }
 
@@ -728,7 +981,7 @@ mod tests {
             Plan::Free
         );
         for i in 2..=4u128 {
-            history.extend(member_events(&new_member(
+            history.extend(added(&new_member(
                 i,
                 &format!("m{i}@example.com"),
                 TenantRole::Viewer,
@@ -819,7 +1072,7 @@ mod tests {
                 by: TenantRole::Admin,
                 seats: None,
             })
-            .then(member_events(&m));
+            .then(added(&m));
         assert_eq!(state.members.len(), 2);
     }
 
@@ -851,22 +1104,14 @@ mod tests {
                 by: TenantRole::Owner,
                 seats: None,
             })
-            .then(member_events(&m));
+            .then(added(&m));
     }
 
     #[test]
     fn members_fit_in_the_plans_seats() {
         let mut history = signed_up("Acme");
-        history.extend(member_events(&new_member(
-            2,
-            "b@example.com",
-            TenantRole::Viewer,
-        )));
-        history.extend(member_events(&new_member(
-            3,
-            "c@example.com",
-            TenantRole::Viewer,
-        )));
+        history.extend(added(&new_member(2, "b@example.com", TenantRole::Viewer)));
+        history.extend(added(&new_member(3, "c@example.com", TenantRole::Viewer)));
         let fourth = new_member(4, "d@example.com", TenantRole::Viewer);
         given::<Tenant>(history.clone())
             .when(TenantCommand::AddMember {
@@ -885,17 +1130,25 @@ mod tests {
                 by: TenantRole::Owner,
                 seats: None,
             })
-            .then(member_events(&fourth));
+            .then(added(&fourth));
     }
 
     #[test]
     fn a_token_is_revoked_once() {
         let token_id = Uuid::from_u128(1001);
         let mut history = signed_up("Acme");
-        history.push(TenantEvent::TokenRevoked(TokenRevoked { token_id }));
+        history.push(TenantEvent::TokenRevoked(TokenRevoked {
+            token_id,
+            reason: None,
+            actor: None,
+        }));
         given::<Tenant>(signed_up("Acme"))
             .when(TenantCommand::RevokeToken { token_id })
-            .then([TenantEvent::TokenRevoked(TokenRevoked { token_id })]);
+            .then([TenantEvent::TokenRevoked(TokenRevoked {
+                token_id,
+                reason: None,
+                actor: None,
+            })]);
         given::<Tenant>(history)
             .when(TenantCommand::RevokeToken { token_id })
             .then_err(TenantError::AlreadyRevoked);
@@ -968,12 +1221,15 @@ mod tests {
             }),
             TenantEvent::TokenRevoked(TokenRevoked {
                 token_id: Uuid::from_u128(7),
+                reason: Some("rotated".into()),
+                actor: Some("user:x".into()),
             }),
             TenantEvent::FlagSet(FlagSet {
                 flag: Flag::InsightsV11,
                 enabled: true,
             }),
         ]);
+        events.extend(access::tests::one_of_each());
         let mut kinds: Vec<_> = events
             .iter()
             .map(|e| (e.event_type(), e.schema_version()))

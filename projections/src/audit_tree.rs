@@ -139,6 +139,10 @@ impl Projection for AuditTree {
         "audit_tree"
     }
 
+    fn reads_stored_bytes(&self) -> bool {
+        true
+    }
+
     fn apply(&self, events: &[Envelope]) -> Result<(), Unreadable> {
         let mut map = self.tenants.write().expect("audit tree lock");
         for e in events {

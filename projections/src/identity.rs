@@ -13,7 +13,8 @@ use store::Envelope;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-const LAYOUT: u16 = 1;
+/// 2: removed members are gone, roles follow `member.role_changed`.
+const LAYOUT: u16 = 2;
 
 /// A token as authentication needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +57,20 @@ impl TenantView {
     }
 }
 
+/// A message the outbox owes (ADR 030): an invite or a sign-in code not yet delivered. The
+/// secret it carries is never in the log; the outbox derives it from the message's id.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxMessage {
+    pub tenant: TenantId,
+    pub message_id: Uuid,
+    pub kind: domain::tenant::MessageKind,
+    pub email: String,
+    /// The invite's role (invites only).
+    pub role: Option<TenantRole>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
 /// Who a valid token speaks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
@@ -79,6 +94,9 @@ struct State {
     members: HashMap<(TenantId, UserId), MemberView>,
     operators: HashMap<UserId, PlatformRole>,
     tenants: HashMap<TenantId, TenantView>,
+    /// Messages owed, by id; and each invite's email, for an invite sent again.
+    outbox: BTreeMap<Uuid, OutboxMessage>,
+    invite_emails: HashMap<Uuid, String>,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +154,43 @@ impl Identity {
     pub fn member(&self, tenant: TenantId, user: UserId) -> Option<MemberView> {
         let state = self.state.read().expect("identity lock");
         state.members.get(&(tenant, user)).cloned()
+    }
+
+    /// A tenant's member by email, whatever its case (emails are stored lower-cased).
+    pub fn member_by_email(&self, tenant: TenantId, email: &str) -> Option<MemberView> {
+        let email = email.trim().to_lowercase();
+        let state = self.state.read().expect("identity lock");
+        state
+            .members
+            .iter()
+            .find(|((t, _), m)| *t == tenant && m.email == email)
+            .map(|(_, m)| m.clone())
+    }
+
+    /// A tenant's members, by email.
+    pub fn members_of(&self, tenant: TenantId) -> Vec<MemberView> {
+        let state = self.state.read().expect("identity lock");
+        let mut out: Vec<MemberView> = state
+            .members
+            .iter()
+            .filter(|((t, _), _)| *t == tenant)
+            .map(|(_, m)| m.clone())
+            .collect();
+        out.sort_by(|a, b| a.email.cmp(&b.email));
+        out
+    }
+
+    /// The messages the outbox owes, oldest id first (ids are time-ordered UUIDv7s).
+    pub fn outbox(&self, limit: usize) -> Vec<OutboxMessage> {
+        let state = self.state.read().expect("identity lock");
+        state.outbox.values().take(limit).cloned().collect()
+    }
+
+    /// Who a token id belongs to (its tenant, `None` for operators, and its user).
+    pub fn token_by_id(&self, token_id: Uuid) -> Option<TokenEntry> {
+        let state = self.state.read().expect("identity lock");
+        let hash = state.token_hashes.get(&token_id)?;
+        state.tokens.get(hash).cloned()
     }
 
     pub fn tenant(&self, tenant: TenantId) -> Option<TenantView> {
@@ -219,6 +274,82 @@ impl Identity {
                     t.flags.insert(e.flag, e.enabled);
                 }
             }
+            TenantEvent::MemberRemoved(e) => {
+                // Their tokens stop at once: without a member, a token authenticates nobody
+                // (and each is revoked by its own event in the same append).
+                if state.members.remove(&(tenant, e.user_id)).is_some()
+                    && let Some(t) = state.tenants.get_mut(&tenant)
+                {
+                    t.members = t.members.saturating_sub(1);
+                }
+                for t in state.tokens.values_mut() {
+                    if t.tenant == Some(tenant) && t.user_id == e.user_id {
+                        t.revoked = true;
+                    }
+                }
+            }
+            TenantEvent::MemberRoleChanged(e) => {
+                if let Some(m) = state.members.get_mut(&(tenant, e.user_id)) {
+                    m.role = e.to;
+                }
+            }
+            TenantEvent::InviteCreated(e) => {
+                state.invite_emails.insert(e.invite_id, e.email.to_string());
+                state.outbox.insert(
+                    e.invite_id,
+                    OutboxMessage {
+                        tenant,
+                        message_id: e.invite_id,
+                        kind: domain::tenant::MessageKind::Invite,
+                        email: e.email.to_string(),
+                        role: Some(e.role),
+                        expires_at: e.expires_at,
+                    },
+                );
+            }
+            TenantEvent::InviteUpdated(e) => {
+                if let Some(email) = state.invite_emails.get(&e.invite_id).cloned() {
+                    state.outbox.insert(
+                        e.invite_id,
+                        OutboxMessage {
+                            tenant,
+                            message_id: e.invite_id,
+                            kind: domain::tenant::MessageKind::Invite,
+                            email,
+                            role: Some(e.to),
+                            expires_at: e.expires_at,
+                        },
+                    );
+                }
+            }
+            TenantEvent::InviteAccepted(e) => {
+                state.outbox.remove(&e.invite_id);
+                state.invite_emails.remove(&e.invite_id);
+            }
+            TenantEvent::SignInCodeRequested(e) => {
+                state.outbox.insert(
+                    e.request_id,
+                    OutboxMessage {
+                        tenant,
+                        message_id: e.request_id,
+                        kind: domain::tenant::MessageKind::SignInCode,
+                        email: e.email.to_string(),
+                        role: None,
+                        expires_at: e.expires_at,
+                    },
+                );
+            }
+            TenantEvent::SignInCompleted(e) => {
+                state.outbox.remove(&e.request_id);
+            }
+            TenantEvent::MessageDelivered(e) => {
+                // Only the version delivered: one sent again since is still owed.
+                let same = |m: &OutboxMessage| e.expires_at.is_none_or(|t| t == m.expires_at);
+                if state.outbox.get(&e.message_id).is_some_and(same) {
+                    state.outbox.remove(&e.message_id);
+                }
+            }
+            TenantEvent::SignInCodeFailed(_) => {}
         }
     }
 
@@ -325,6 +456,8 @@ impl Projection for Identity {
             w.usize(t.members);
             w.json(&t.pending);
         }
+        w.json(&s.outbox.values().collect::<Vec<_>>());
+        w.json(&s.invite_emails);
         w.finish()
     }
 
@@ -391,6 +524,9 @@ impl Projection for Identity {
             };
             s.tenants.insert(tenant_id, view);
         }
+        let outbox: Vec<OutboxMessage> = r.json()?;
+        s.outbox = outbox.into_iter().map(|m| (m.message_id, m)).collect();
+        s.invite_emails = r.json()?;
         r.end()?;
         *self.state.write().expect("identity lock") = s;
         Ok(())
@@ -428,7 +564,7 @@ mod tests {
             stream_version: n,
             event_id: Uuid::from_u128(n as u128),
             event_type: e.event_type().to_owned(),
-            schema_version: 1,
+            schema_version: e.schema_version(),
             occurred_at: datetime!(2026-02-16 09:30 UTC),
             recorded_at: datetime!(2026-02-16 09:30 UTC),
             actor: "system".into(),
@@ -491,6 +627,9 @@ mod tests {
                     token_sha256: "ab".repeat(32),
                     expires_at: expires,
                 },
+                kind: domain::identity::TokenKind::SignUp,
+                issuer: None,
+                issued_at: None,
             }),
         ];
         for (i, e) in events.into_iter().enumerate() {
@@ -521,6 +660,8 @@ mod tests {
                 tenant,
                 TenantEvent::TokenRevoked(TokenRevoked {
                     token_id: Uuid::from_u128(3),
+                    reason: None,
+                    actor: None,
                 }),
             )])
             .unwrap();
@@ -529,5 +670,83 @@ mod tests {
             Err(TokenProblem::Revoked)
         );
         assert_eq!(identity.tenant(tenant).unwrap().members, 1);
+    }
+
+    #[test]
+    fn a_removed_member_stops_authenticating_and_an_email_is_found_whatever_its_case() {
+        use domain::tenant::{MemberRemoved, MemberRoleChanged};
+        let identity = Identity::default();
+        let tenant = TenantId::from_uuid(Uuid::from_u128(1));
+        let user = UserId::from_uuid(Uuid::from_u128(2));
+        let events = [
+            TenantEvent::SignedUp(SignedUp {
+                name: domain::tenant::TenantName::parse("Acme").unwrap(),
+                plan: Plan::Free,
+                at: datetime!(2026-02-16 09:30 UTC),
+            }),
+            TenantEvent::MemberAdded(MemberAdded {
+                user_id: user,
+                email: Email::parse("ana@example.com").unwrap(),
+                name: PersonName::parse("A").unwrap(),
+                role: TenantRole::Viewer,
+            }),
+            TenantEvent::TokenIssued(TokenIssued {
+                user_id: user,
+                token: IssuedToken {
+                    token_id: Uuid::from_u128(3),
+                    token_sha256: "ab".repeat(32),
+                    expires_at: datetime!(2026-03-01 00:00 UTC),
+                },
+                kind: domain::identity::TokenKind::SignIn,
+                issuer: None,
+                issued_at: None,
+            }),
+            TenantEvent::MemberRoleChanged(MemberRoleChanged {
+                user_id: user,
+                from: TenantRole::Viewer,
+                to: TenantRole::Analyst,
+                actor: "user:x".into(),
+                reason: None,
+            }),
+        ];
+        for (i, e) in events.into_iter().enumerate() {
+            identity
+                .apply(&[envelope(i as u64 + 1, tenant, e)])
+                .unwrap();
+        }
+        let now = datetime!(2026-02-20 00:00 UTC);
+        assert!(matches!(
+            identity.authenticate(&"ab".repeat(32), now),
+            Ok(Principal::Member {
+                role: TenantRole::Analyst,
+                ..
+            })
+        ));
+        assert_eq!(
+            identity
+                .member_by_email(tenant, "ANA@Example.com")
+                .map(|m| m.user_id),
+            Some(user)
+        );
+        identity
+            .apply(&[envelope(
+                5,
+                tenant,
+                TenantEvent::MemberRemoved(MemberRemoved {
+                    user_id: user,
+                    email: Email::parse("ana@example.com").unwrap(),
+                    role: TenantRole::Analyst,
+                    actor: "user:x".into(),
+                    reason: None,
+                }),
+            )])
+            .unwrap();
+        assert!(identity.authenticate(&"ab".repeat(32), now).is_err());
+        assert_eq!(identity.member_by_email(tenant, "ana@example.com"), None);
+        assert_eq!(identity.tenant(tenant).unwrap().members, 0);
+        // And the persisted state says so too.
+        let fresh = Identity::default();
+        fresh.decode(&identity.encode()).unwrap();
+        assert!(fresh.authenticate(&"ab".repeat(32), now).is_err());
     }
 }

@@ -12,6 +12,7 @@ mod audit_tree;
 mod billing;
 mod catalog;
 mod codec;
+mod directory;
 mod feedback;
 mod identity;
 mod insights;
@@ -24,8 +25,13 @@ pub use audit_tree::{AuditTree, TreeView, leaf_header};
 pub use billing::BillingView;
 pub use catalog::{Catalog, DatasetView, ExportView, PresetView};
 pub use codec::CodecError;
+pub use directory::{
+    Directory, Filter as DirectoryFilter, Page as DirectoryPage, UserWithGroups, Versioned,
+};
 pub use feedback::{FeedbackBoard, FeedbackFilter, FeedbackItem, FeedbackPage};
-pub use identity::{Identity, MemberView, Principal, TenantView, TokenEntry, TokenProblem};
+pub use identity::{
+    Identity, MemberView, OutboxMessage, Principal, TenantView, TokenEntry, TokenProblem,
+};
 pub use insights::{Insights, TenantInsight};
 pub use onboarding::FirstSuccess;
 pub use rollups::{DailyRollups, PriceKey, Priced, Rollup, RollupKey, day_of};

@@ -30,6 +30,57 @@ pub trait Projection: Send + Sync + 'static {
     /// Take over the state of `other` (a projection of the same kind), leaving it empty.
     fn adopt(&self, other: &dyn Projection);
     fn as_any(&self) -> &dyn Any;
+    /// True for a projection that must see the stored bytes (sealed personal fields sealed, no
+    /// upcasting): the audit tree hashes them (ADR 023, ADR 032). Every other reads them unsealed.
+    fn reads_stored_bytes(&self) -> bool {
+        false
+    }
+}
+
+/// A page of the log as each projection reads it: the stored events, and (when they read
+/// differently) the same events unsealed and upcast, position for position.
+pub(crate) struct Page {
+    raw: Vec<Envelope>,
+    readable: Option<Vec<Envelope>>,
+}
+
+impl std::ops::Deref for Page {
+    type Target = [Envelope];
+    fn deref(&self) -> &[Envelope] {
+        &self.raw
+    }
+}
+
+impl Page {
+    /// `raw` (read through `store.raw()`) as `store` reads it.
+    async fn read(store: &Store, raw: Vec<Envelope>) -> store::Result<Page> {
+        let readable = if store.needs_readable(&raw) {
+            Some(store.readable(raw.clone()).await?)
+        } else {
+            None
+        };
+        Ok(Page { raw, readable })
+    }
+
+    fn for_projection(&self, p: &dyn Projection) -> &[Envelope] {
+        match &self.readable {
+            Some(r) if !p.reads_stored_bytes() => r,
+            _ => &self.raw,
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Envelope) -> bool) {
+        if let Some(r) = &mut self.readable {
+            r.retain(&keep);
+        }
+        self.raw.retain(keep);
+    }
+}
+
+/// Read one page raw and make it a [`Page`].
+async fn read_page(store: &Store, start: u64) -> store::Result<Page> {
+    let raw = store.raw().read_all(start, PAGE).await?;
+    Page::read(store, raw).await
 }
 
 /// An event a projection cannot read: it stops before it.
@@ -143,7 +194,8 @@ impl Slot {
     }
 
     /// Apply the events of `page` this projection has not applied yet.
-    fn feed(&self, page: &[Envelope], start_head: Option<u64>) {
+    fn feed(&self, page: &Page, start_head: Option<u64>) {
+        let page = page.for_projection(&*self.projection);
         let p = *self.progress.borrow();
         if p.stopped {
             return;
@@ -435,7 +487,7 @@ const AHEAD: usize = 2;
 struct Pages {
     store: Store,
     next: u64,
-    ahead: VecDeque<(u64, JoinHandle<store::Result<Vec<Envelope>>>)>,
+    ahead: VecDeque<(u64, JoinHandle<store::Result<Page>>)>,
 }
 
 impl Pages {
@@ -466,11 +518,11 @@ impl Pages {
         let store = self.store.clone();
         self.ahead.push_back((
             start,
-            tokio::spawn(async move { store.read_all(start, PAGE).await }),
+            tokio::spawn(async move { read_page(&store, start).await }),
         ));
     }
 
-    async fn next(&mut self) -> store::Result<Vec<Envelope>> {
+    async fn next(&mut self) -> store::Result<Page> {
         let start = self.next;
         let mut page = match self.ahead.pop_front() {
             Some((at, a)) if at == start => {
@@ -479,9 +531,9 @@ impl Pages {
             Some((_, a)) => {
                 a.abort();
                 self.drop_ahead();
-                self.store.read_all(start, PAGE).await?
+                read_page(&self.store, start).await?
             }
-            None => self.store.read_all(start, PAGE).await?,
+            None => read_page(&self.store, start).await?,
         };
         if page.len() == PAGE {
             // Positions are dense, so this is exactly `[start, end)`; a page that went further
@@ -549,7 +601,7 @@ pub async fn replay(
         }
         let Some(last) = page.last() else { break };
         for p in projections {
-            p.apply(&page)
+            p.apply(page.for_projection(&**p))
                 .map_err(|unreadable| ReplayError::Unreadable {
                     projection: p.name(),
                     unreadable,
@@ -741,10 +793,18 @@ async fn read_loop(
                 .filter(|(s, v)| s.position() > v.saved)
                 .map(|(_, v)| v.at + cfg.every)
                 .min();
-            let mut sub = store.subscribe(from);
+            let mut sub = store.raw().subscribe(from);
             tokio::select! {
                 batch = sub.next_batch() => match batch {
                     Ok(batch) => {
+                        let batch = match Page::read(&store, batch).await {
+                            Ok(b) => b,
+                            Err(e) => {
+                                set_error(Some(e.to_string()));
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                continue;
+                            }
+                        };
                         for slot in &shared.slots {
                             slot.feed(&batch, start_head);
                         }
@@ -837,7 +897,7 @@ async fn switch(
             let mut page = pages.next().await.map_err(|e| e.to_string())?;
             page.retain(|e| e.global_position <= live);
             let Some(last) = page.last() else { break };
-            fresh.apply(&page).map_err(|u| {
+            fresh.apply(page.for_projection(fresh)).map_err(|u| {
                 format!(
                     "cannot read the {} event at position {}: {}",
                     u.event_type, u.position, u.reason
@@ -901,7 +961,7 @@ async fn rebuild_task(
             }
         };
         let Some(last) = page.last() else { break };
-        if let Err(u) = fresh.apply(&page) {
+        if let Err(u) = fresh.apply(page.for_projection(&*fresh)) {
             let reason = format!(
                 "cannot read the {} event at position {}: {}",
                 u.event_type, u.position, u.reason

@@ -86,6 +86,24 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // that took a stale key over is not undone by the late first owner).
         "ALTER TABLE idempotency ADD COLUMN owner BLOB;",
     ),
+    (
+        4,
+        // Subject keys of sealed personal fields (docs/adr/032): one per tenant, subject, UTC
+        // day and event type (and generation). Erasure overwrites `secret` with NULL on a
+        // connection with `secure_delete` on, so the freed bytes are zeroed in the file.
+        "CREATE TABLE subject_keys (
+        tenant_id BLOB NOT NULL,
+        key_id TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        day TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        secret BLOB,
+        created_at INTEGER NOT NULL,
+        erased_at INTEGER,
+        PRIMARY KEY (tenant_id, key_id)
+    );
+    CREATE INDEX subject_keys_subject ON subject_keys (tenant_id, subject);",
+    ),
 ];
 
 enum WriteOp {
@@ -282,6 +300,136 @@ impl Embedded {
         })
         .await
         .map_err(StoreError::backend)?
+    }
+
+    /// Subject keys (ADR 032). Reads go to a reader; writes open their own connection, like
+    /// projection state, with `secure_delete` on so an erased secret is zeroed in the file, and
+    /// an erasure ends with a WAL checkpoint (TRUNCATE, best effort) so no old frame keeps it.
+    pub(crate) async fn key_op(
+        &self,
+        op: crate::sealing::KeyOp,
+    ) -> Result<crate::sealing::KeyAnswer> {
+        use crate::sealing::{KeyAnswer, KeyOp};
+        match op {
+            KeyOp::Get { tenant, ids } => {
+                self.read(move |conn| {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT secret FROM subject_keys WHERE tenant_id = ?1 AND key_id = ?2",
+                    )?;
+                    let mut out = Vec::new();
+                    for id in ids {
+                        let mut rows = stmt.query(params![tenant.as_uuid().as_bytes(), id])?;
+                        if let Some(r) = rows.next()? {
+                            out.push((id, r.get::<_, Option<Vec<u8>>>(0)?));
+                        }
+                    }
+                    Ok(KeyAnswer::Keys(out))
+                })
+                .await
+            }
+            KeyOp::OfSubject { tenant, subject } => {
+                self.read(move |conn| {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT key_id FROM subject_keys WHERE tenant_id = ?1 AND subject = ?2 \
+                         AND secret IS NOT NULL ORDER BY key_id",
+                    )?;
+                    let ids = stmt
+                        .query_map(params![tenant.as_uuid().as_bytes(), subject], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()?;
+                    Ok(KeyAnswer::Ids(ids))
+                })
+                .await
+            }
+            KeyOp::GetOrCreate { tenant, keys } => {
+                let path = self.readers.path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut conn = Connection::open(&path)?;
+                    conn.busy_timeout(Duration::from_secs(30))?;
+                    conn.pragma_update(None, "synchronous", "FULL")?;
+                    let tx =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let mut out = Vec::with_capacity(keys.len());
+                    {
+                        let mut insert = tx.prepare(
+                            "INSERT INTO subject_keys \
+                             (tenant_id, key_id, subject, day, event_type, secret, created_at) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                        )?;
+                        let mut select = tx.prepare(
+                            "SELECT secret FROM subject_keys WHERE tenant_id = ?1 AND key_id = ?2",
+                        )?;
+                        let now = to_micros(now_micros());
+                        for key in keys {
+                            insert.execute(params![
+                                tenant.as_uuid().as_bytes(),
+                                key.id,
+                                key.subject,
+                                key.day,
+                                key.event_type,
+                                key.secret,
+                                now
+                            ])?;
+                            let secret: Option<Vec<u8>> = select
+                                .query_row(params![tenant.as_uuid().as_bytes(), key.id], |r| {
+                                    r.get(0)
+                                })?;
+                            out.push((key.id, secret));
+                        }
+                    }
+                    tx.commit()?;
+                    Ok(KeyAnswer::Keys(out))
+                })
+                .await
+                .map_err(StoreError::backend)?
+            }
+            KeyOp::DropSnapshots { tenant, stream } => {
+                let path = self.readers.path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let conn = Connection::open(&path)?;
+                    conn.busy_timeout(Duration::from_secs(30))?;
+                    conn.pragma_update(None, "secure_delete", true)?;
+                    let n = conn.execute(
+                        "DELETE FROM snapshots WHERE tenant_id = ?1 AND stream_id = ?2",
+                        params![tenant.as_uuid().as_bytes(), stream],
+                    )?;
+                    Ok(KeyAnswer::Count(n as u64))
+                })
+                .await
+                .map_err(StoreError::backend)?
+            }
+            KeyOp::Erase { tenant, ids } => {
+                let path = self.readers.path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut conn = Connection::open(&path)?;
+                    conn.busy_timeout(Duration::from_secs(30))?;
+                    conn.pragma_update(None, "synchronous", "FULL")?;
+                    conn.pragma_update(None, "secure_delete", true)?;
+                    let tx =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let mut n = 0u64;
+                    {
+                        let mut stmt = tx.prepare(
+                            "UPDATE subject_keys SET secret = NULL, erased_at = ?3 \
+                             WHERE tenant_id = ?1 AND key_id = ?2 AND secret IS NOT NULL",
+                        )?;
+                        let now = to_micros(now_micros());
+                        for id in &ids {
+                            n +=
+                                stmt.execute(params![tenant.as_uuid().as_bytes(), id, now])? as u64;
+                        }
+                    }
+                    tx.commit()?;
+                    // Old WAL frames may still hold the page as it was: copy the WAL back and
+                    // empty it. Readers in the middle of a transaction make this a no-op; the
+                    // writer's own checkpoints then overwrite those frames later (ADR 032).
+                    let _ = conn.busy_timeout(Duration::from_millis(200));
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                    Ok(KeyAnswer::Count(n))
+                })
+                .await
+                .map_err(StoreError::backend)?
+            }
+        }
     }
 
     pub(crate) async fn read_positions(&self, positions: Vec<u64>) -> Result<Vec<Envelope>> {

@@ -12,6 +12,7 @@ mod head;
 pub mod idempotency;
 mod planner;
 mod postgres;
+mod sealing;
 mod subscription;
 pub mod testing;
 mod tls;
@@ -23,6 +24,7 @@ pub use envelope::{
 };
 pub use error::{Result, StoreError};
 pub use planner::MAX_EVENTS_PER_APPEND;
+pub use sealing::{KEY_MEMBER, key_ids_of, open_value, sealed_parts};
 pub use subscription::Subscription;
 pub use tls::SslMode;
 pub use upcast::{Upcaster, Upcasters};
@@ -177,6 +179,10 @@ pub struct Store {
     backend: Arc<Backend>,
     upcasters: Arc<Upcasters>,
     head_probe: Arc<head::HeadProbe>,
+    /// Subject keys cached for sealing and unsealing personal fields (ADR 032).
+    sealer: Arc<sealing::Sealer>,
+    /// A raw handle reads the stored bytes: no unsealing, no upcasting (the audit's read).
+    raw: bool,
 }
 
 /// A blob opened for reading (`Store::open_blob`).
@@ -261,7 +267,50 @@ impl Store {
             backend: Arc::new(backend),
             upcasters: Arc::new(Upcasters::default()),
             head_probe: Arc::default(),
+            sealer: Arc::new(sealing::Sealer::default()),
+            raw: false,
         }
+    }
+
+    /// The same store, reading events exactly as stored: sealed personal fields stay sealed and
+    /// no upcaster runs (the bytes hashed for audit are the bytes stored). Appends through it are
+    /// sealed like any other.
+    pub fn raw(&self) -> Self {
+        Self {
+            upcasters: Arc::new(Upcasters::default()),
+            raw: true,
+            ..self.clone()
+        }
+    }
+
+    /// Whether this handle reads raw (see [`Store::raw`]).
+    pub fn is_raw(&self) -> bool {
+        self.raw
+    }
+
+    /// Events read raw, as a readable handle reads them: sealed fields unsealed (or erased),
+    /// then upcast. For readers that need both (the projections' runtime feeds the audit tree
+    /// the stored bytes and every other read model the readable events).
+    pub async fn readable(&self, events: Vec<Envelope>) -> Result<Vec<Envelope>> {
+        if self.raw {
+            return Ok(events);
+        }
+        let events = self.unseal(events).await?;
+        self.upcasters.apply_all(events)
+    }
+
+    /// Whether events read raw would read differently through this handle (sealed events, or
+    /// upcasters to run).
+    pub fn needs_readable(&self, events: &[Envelope]) -> bool {
+        !self.raw
+            && (!self.upcasters.is_empty()
+                || events
+                    .iter()
+                    .any(|e| domain::personal::is_sealed_version(e.schema_version)))
+    }
+
+    pub(crate) async fn key_op(&self, op: sealing::KeyOp) -> Result<sealing::KeyAnswer> {
+        dispatch!(self.key_op(op))
     }
 
     /// The same store, reading payloads through `upcasters`.
@@ -280,6 +329,10 @@ impl Store {
     /// Append atomically: all events or none. Waits until the append is durable.
     pub async fn append(&self, request: AppendRequest) -> Result<Appended> {
         planner::validate(&request)?;
+        // Personal fields are sealed before the append joins a group (ADR 032); the sealed
+        // request is validated again, as it is what the backend writes.
+        let request = self.seal(request).await?;
+        planner::validate(&request)?;
         dispatch!(self.append(request))
     }
 
@@ -292,13 +345,13 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Envelope>> {
         let events = dispatch!(self.read_stream(tenant, stream, from_version, limit))?;
-        self.upcasters.apply_all(events)
+        self.readable(events).await
     }
 
     /// Events in commit order from `from_position` (inclusive), at most `limit`.
     pub async fn read_all(&self, from_position: u64, limit: usize) -> Result<Vec<Envelope>> {
         let events = dispatch!(self.read_all(from_position, limit, None))?;
-        self.upcasters.apply_all(events)
+        self.readable(events).await
     }
 
     /// One tenant's events in commit order from `from_position` (inclusive), at most `limit`.
@@ -309,7 +362,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Envelope>> {
         let events = dispatch!(self.read_all(from_position, limit, Some(tenant)))?;
-        self.upcasters.apply_all(events)
+        self.readable(events).await
     }
 
     /// The stream's current version, 0 when it has no events.
@@ -427,7 +480,7 @@ impl Store {
     /// The events at these positions (those that exist), in position order.
     pub async fn read_positions(&self, positions: Vec<u64>) -> Result<Vec<Envelope>> {
         let events = dispatch!(self.read_positions(positions))?;
-        self.upcasters.apply_all(events)
+        self.readable(events).await
     }
 
     /// Begin a request under an idempotency key (see [`idempotency`]). `owner` names this

@@ -273,6 +273,41 @@ const MIGRATIONS: &[(i32, &str)] = &[
         RAISE NOTICE 'tenantry_writer needs TEMPORARY on this database (see the runbook)';
     END $$;",
     ),
+    (
+        9,
+        // Subject keys of sealed personal fields (docs/adr/032), tenant-scoped under forced
+        // row-level security like every tenant table. Erasure overwrites `secret` with NULL;
+        // a key once erased cannot be given a secret again (the trigger), and the old row
+        // version is left to VACUUM (what that means for the bytes: ADR 032).
+        "CREATE TABLE subject_keys (
+        tenant_id uuid NOT NULL,
+        key_id text NOT NULL,
+        subject text NOT NULL,
+        day text NOT NULL,
+        event_type text NOT NULL,
+        secret bytea,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        erased_at timestamptz,
+        PRIMARY KEY (tenant_id, key_id)
+    );
+    CREATE INDEX subject_keys_subject ON subject_keys (tenant_id, subject);
+    CREATE FUNCTION tenantry_subject_keys_stay_erased() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+    BEGIN
+        IF OLD.secret IS NULL AND NEW.secret IS NOT NULL THEN
+            RAISE EXCEPTION 'an erased subject key stays erased' USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER subject_keys_stay_erased BEFORE UPDATE ON subject_keys
+        FOR EACH ROW EXECUTE FUNCTION tenantry_subject_keys_stay_erased();
+    GRANT SELECT, INSERT, UPDATE ON subject_keys TO tenantry_tenant;
+    ALTER TABLE subject_keys ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_isolation ON subject_keys
+        USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
+        WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);
+    ALTER TABLE subject_keys FORCE ROW LEVEL SECURITY;",
+    ),
 ];
 
 /// The roles the service acts as (migration 7, docs/adr/017). Every connection of the pool
@@ -592,6 +627,92 @@ impl Postgres {
         )
         .await?;
         Ok(())
+    }
+
+    /// Subject keys (ADR 032), each operation one transaction bound to its tenant.
+    pub(crate) async fn key_op(
+        &self,
+        op: crate::sealing::KeyOp,
+    ) -> Result<crate::sealing::KeyAnswer> {
+        use crate::sealing::{KeyAnswer, KeyOp};
+        let mut client = self.pool.get().await?;
+        match op {
+            KeyOp::Get { tenant, ids } => {
+                let tx = tenant_scope(&mut client, tenant).await?;
+                let rows = tx
+                    .query(
+                        "SELECT key_id, secret FROM subject_keys \
+                         WHERE tenant_id = $1 AND key_id = ANY($2)",
+                        &[tenant.as_uuid(), &ids],
+                    )
+                    .await?;
+                tx.commit().await?;
+                Ok(KeyAnswer::Keys(
+                    rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+                ))
+            }
+            KeyOp::OfSubject { tenant, subject } => {
+                let tx = tenant_scope(&mut client, tenant).await?;
+                let rows = tx
+                    .query(
+                        "SELECT key_id FROM subject_keys WHERE tenant_id = $1 AND subject = $2 \
+                         AND secret IS NOT NULL ORDER BY key_id",
+                        &[tenant.as_uuid(), &subject],
+                    )
+                    .await?;
+                tx.commit().await?;
+                Ok(KeyAnswer::Ids(rows.iter().map(|r| r.get(0)).collect()))
+            }
+            KeyOp::GetOrCreate { tenant, keys } => {
+                let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+                let subjects: Vec<&str> = keys.iter().map(|k| k.subject.as_str()).collect();
+                let days: Vec<&str> = keys.iter().map(|k| k.day.as_str()).collect();
+                let types: Vec<&str> = keys.iter().map(|k| k.event_type.as_str()).collect();
+                let secrets: Vec<&[u8]> = keys.iter().map(|k| k.secret.as_slice()).collect();
+                let tx = tenant_scope(&mut client, tenant).await?;
+                tx.execute(
+                    "INSERT INTO subject_keys (tenant_id, key_id, subject, day, event_type, secret) \
+                     SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], \
+                     $6::bytea[]) ON CONFLICT (tenant_id, key_id) DO NOTHING",
+                    &[tenant.as_uuid(), &ids, &subjects, &days, &types, &secrets],
+                )
+                .await?;
+                let rows = tx
+                    .query(
+                        "SELECT key_id, secret FROM subject_keys \
+                         WHERE tenant_id = $1 AND key_id = ANY($2)",
+                        &[tenant.as_uuid(), &ids],
+                    )
+                    .await?;
+                tx.commit().await?;
+                Ok(KeyAnswer::Keys(
+                    rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+                ))
+            }
+            KeyOp::DropSnapshots { tenant, stream } => {
+                let tx = tenant_scope(&mut client, tenant).await?;
+                let n = tx
+                    .execute(
+                        "DELETE FROM snapshots WHERE tenant_id = $1 AND stream_id = $2",
+                        &[tenant.as_uuid(), &stream],
+                    )
+                    .await?;
+                tx.commit().await?;
+                Ok(KeyAnswer::Count(n))
+            }
+            KeyOp::Erase { tenant, ids } => {
+                let tx = tenant_scope(&mut client, tenant).await?;
+                let n = tx
+                    .execute(
+                        "UPDATE subject_keys SET secret = NULL, erased_at = now() \
+                         WHERE tenant_id = $1 AND key_id = ANY($2) AND secret IS NOT NULL",
+                        &[tenant.as_uuid(), &ids],
+                    )
+                    .await?;
+                tx.commit().await?;
+                Ok(KeyAnswer::Count(n))
+            }
+        }
     }
 
     /// Events by position, whoever's they are: the projections' look-ups (platform role).

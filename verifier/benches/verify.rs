@@ -34,13 +34,84 @@ fn event(i: u64) -> StoredEvent {
     }
 }
 
+/// `BENCH_SEALED=1`: the retention worst case (ADR 032). Event 0 is a policy whose zero-day
+/// window puts every member past it, events 1..n-1 are `member.added` with a sealed email and
+/// name, and the last event is the `erasure.applied` of all of them: every payload is parsed and
+/// each personal field checked sealed.
+fn sealed_event(i: u64, n: u64) -> StoredEvent {
+    let t = 1_767_225_600_000_000 + i as i64 * 1000;
+    let (ty, stream, payload) = if i == 0 {
+        (
+            "retention.policy_set",
+            "retention".to_owned(),
+            r#"{"rules":[{"name":"members","event_types":["member.added"],"fields":["/email","/name"],"keep_days":0}]}"#.to_owned(),
+        )
+    } else if i == n - 1 {
+        let seqs: Vec<String> = (1..n - 1).map(|s| s.to_string()).collect();
+        (
+            "erasure.applied",
+            "erasures".to_owned(),
+            format!(r#"{{"rule":"members","sequences":[{}]}}"#, seqs.join(",")),
+        )
+    } else {
+        let sealed = |tag: &str| {
+            format!(
+                r#"{{"$sealed":"{tag}{i:020}AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==","kid":"{:032x}"}}"#,
+                i % 977
+            )
+        };
+        (
+            "member.added",
+            format!("tenant-{TENANT}"),
+            format!(
+                r#"{{"email":{},"name":{},"role":"analyst","user_id":"00000000-0000-4000-8000-{i:012}"}}"#,
+                sealed("e"),
+                sealed("n")
+            ),
+        )
+    };
+    StoredEvent {
+        header: LeafHeader::new(
+            i,
+            10 + i * 2,
+            t,
+            t + 5,
+            ty,
+            32769,
+            stream,
+            payload.as_bytes(),
+        ),
+        payload: Some(payload.into_bytes()),
+    }
+}
+
 fn main() {
     let n: u64 = std::env::var("BENCH_EVENTS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     let from_file = std::env::var("BENCH_BUNDLE").is_ok();
-    let events: Vec<StoredEvent> = (0..if from_file { 1 } else { n }).map(event).collect();
+    let sealed = std::env::var("BENCH_SEALED").is_ok_and(|v| v == "1");
+    let count = if from_file { 1 } else { n };
+    let events: Vec<StoredEvent> = if sealed {
+        (0..count).map(|i| sealed_event(i, count)).collect()
+    } else {
+        (0..count).map(event).collect()
+    };
+    let (policy, erasures) = if sealed {
+        (
+            Some(StoredEvent {
+                header: events[0].header.clone(),
+                payload: events[0].payload.clone(),
+            }),
+            vec![StoredEvent {
+                header: events[count as usize - 1].header.clone(),
+                payload: events[count as usize - 1].payload.clone(),
+            }],
+        )
+    } else {
+        (None, vec![])
+    };
     let leaves: Vec<audit::Hash> = events
         .iter()
         .map(|e| e.header.leaf_hash().unwrap())
@@ -67,8 +138,8 @@ fn main() {
         leaves: &leaves,
         before: None,
         after: None,
-        policy: None,
-        erasures: vec![],
+        policy,
+        erasures,
         known_sizes: vec![],
         keys: BundleKeys {
             export: &export,
@@ -107,7 +178,8 @@ fn main() {
     }
     let n = bundle_events(&bundle).unwrap_or(n);
     println!(
-        "verify: {n} events ({} MB tar.gz) in {best:.3} s best of 5 ({:.0} events/s); CPU {best_cpu:.2} s over all threads",
+        "verify{}: {n} events ({} MB tar.gz) in {best:.3} s best of 5 ({:.0} events/s); CPU {best_cpu:.2} s over all threads",
+        if sealed { " (sealed, all erased)" } else { "" },
         bundle.len() >> 20,
         n as f64 / best
     );

@@ -42,6 +42,9 @@ pub const LISTED: [&str; 9] = [
 pub const POLICY_EVENT_TYPE: &str = "retention.policy_set";
 pub const ERASURE_EVENT_TYPE: &str = "erasure.applied";
 pub const SEALED_MEMBER: &str = "$sealed";
+/// The reason of an erasure a subject asked for (the right to erasure): it may fall inside a
+/// window, and must erase events that hold sealed personal data.
+pub const SUBJECT_REQUEST: &str = "$subject-request";
 
 /// The first members read, so that an unknown version is named as such.
 #[derive(Deserialize)]

@@ -83,7 +83,7 @@ struct Ctx {
     as_of: i64,
     rules: Vec<f::Rule>,
     /// Erased sequence -> (erasure's occurred_at, rule name, erasure's sequence).
-    erased: HashMap<u64, (i64, String, u64)>,
+    erased: HashMap<u64, (i64, std::sync::Arc<str>, u64)>,
     erasure_sequences: BTreeSet<u64>,
     before: Option<(i64, u64)>,
 }
@@ -135,8 +135,11 @@ impl Ctx {
             let er: f::Erasure = serde_json::from_str(text)
                 .map_err(|e| format!("erasure {}: {e}", leaf.sequence))?;
             erasure_sequences.insert(leaf.sequence);
+            // One shared rule name per erasure, not one copy per erased event.
+            let rule: std::sync::Arc<str> = er.rule.into();
+            erased.reserve(er.sequences.len());
             for s in er.sequences {
-                erased.insert(s, (h.occurred_at, er.rule.clone(), leaf.sequence));
+                erased.insert(s, (h.occurred_at, rule.clone(), leaf.sequence));
             }
         }
         let before = match &range.before {
@@ -352,21 +355,38 @@ fn check_event(
 
 /// The retention proof for one event: past its window it must be erased, by an erasure made under
 /// a rule that covers it and not before its window ended, and hold no plaintext personal field.
+/// On every event's path: no allocation unless the event is in a rule's scope, and its payload
+/// is parsed once, only when a window has passed, and shallowly where the fields are top-level.
 fn retention_of_event(h: &Header<'_>, payload: Option<&str>, c: &Ctx, scan: &mut Scan) {
     let erasure = c.erased.get(&h.sequence);
-    let rules: Vec<&f::Rule> = c
-        .rules
-        .iter()
-        .filter(|r| r.event_types.iter().any(|t| t == h.event_type))
-        .collect();
+    let covers = |r: &&f::Rule| r.event_types.iter().any(|t| t == h.event_type);
     if erasure.is_some() {
         scan.erased += 1;
     }
     let mut fail = |msg: String| {
         scan.retention.get_or_insert(msg);
     };
-    if let Some((at, rule, by)) = erasure {
-        match rules.iter().find(|r| &r.name == rule) {
+    if let Some((at, rule, by)) = erasure
+        && &**rule == f::SUBJECT_REQUEST
+    {
+        // A subject's own request is no retention rule: it may fall inside a window, but it
+        // must come after the event and erase what crypto-shredding can erase, sealed fields.
+        if *at < h.occurred_at {
+            fail(format!(
+                "erasure {by} erased event {} before it happened",
+                h.sequence
+            ));
+        }
+        if let Some(text) = payload
+            && !holds_sealed(text)
+        {
+            fail(format!(
+                "erasure {by} erased event {} at a subject's request, but it holds no sealed personal data",
+                h.sequence
+            ));
+        }
+    } else if let Some((at, rule, by)) = erasure {
+        match c.rules.iter().filter(covers).find(|r| *r.name == **rule) {
             None => fail(format!(
                 "erasure {by} erased event {} without a policy reason (rule {rule:?} does not cover it)",
                 h.sequence
@@ -381,7 +401,8 @@ fn retention_of_event(h: &Header<'_>, payload: Option<&str>, c: &Ctx, scan: &mut
             }
         }
     }
-    for r in &rules {
+    let mut parsed: Option<Result<Fields<'_>, ()>> = None;
+    for r in c.rules.iter().filter(covers) {
         scan.in_scope += 1;
         if h.occurred_at.saturating_add(keep(r)) > c.as_of {
             continue;
@@ -394,21 +415,143 @@ fn retention_of_event(h: &Header<'_>, payload: Option<&str>, c: &Ctx, scan: &mut
             ));
         }
         let Some(text) = payload else { continue };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        let fields = parsed.get_or_insert_with(|| Fields::parse(text));
+        let Ok(fields) = fields else {
             fail(format!("event {}'s payload is not JSON", h.sequence));
             continue;
         };
         for field in &r.fields {
-            match value.pointer(field) {
-                None | Some(serde_json::Value::Null) => {}
-                Some(serde_json::Value::Object(o)) if o.contains_key(f::SEALED_MEMBER) => {}
-                Some(_) => fail(format!(
+            if !fields.erased_or_sealed(field) {
+                fail(format!(
                     "event {} holds plaintext {field} past rule {:?}'s window",
                     h.sequence, r.name
-                )),
+                ));
             }
         }
     }
+}
+
+/// A payload's members, read once for its personal fields: top-level members borrowed as raw
+/// text (no tree is built), the whole value only when a rule names a nested pointer.
+struct Fields<'a> {
+    text: &'a str,
+    top: Option<Members<'a>>,
+}
+
+/// An object's members in order, keys borrowed where they hold no escape, values as raw text: no
+/// hashing, one allocation. A key given twice reads as its last value, as a JSON value would.
+struct Members<'a>(Vec<(Key<'a>, &'a serde_json::value::RawValue)>);
+
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Members<'de>, A::Error> {
+                let mut out = Vec::with_capacity(8);
+                while let Some(entry) = m.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'a> Members<'a> {
+    fn get(&self, key: &str) -> Option<&'a serde_json::value::RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k.0 == key)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// The one member a sealed value must have; its other members are not read.
+#[derive(serde::Deserialize)]
+struct SealedProbe {
+    #[serde(rename = "$sealed")]
+    sealed: Option<serde::de::IgnoredAny>,
+}
+
+impl<'a> Fields<'a> {
+    fn parse(text: &'a str) -> Result<Self, ()> {
+        // A payload that is not an object has no members: every pointer is absent.
+        let top = match text.trim_start().as_bytes().first() {
+            Some(b'{') => Some(serde_json::from_str(text).map_err(|_| ())?),
+            _ => {
+                serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| ())?;
+                None
+            }
+        };
+        Ok(Fields { text, top })
+    }
+
+    /// Whether the member at `pointer` is absent, `null`, or a sealed value.
+    fn erased_or_sealed(&self, pointer: &str) -> bool {
+        let simple = pointer
+            .strip_prefix('/')
+            .filter(|k| !k.contains('/') && !k.contains('~'));
+        let (Some(key), Some(top)) = (simple, &self.top) else {
+            // A nested pointer (or none into a non-object): the whole value, as before.
+            let value: serde_json::Value =
+                serde_json::from_str(self.text).unwrap_or(serde_json::Value::Null);
+            return match value.pointer(pointer) {
+                None | Some(serde_json::Value::Null) => true,
+                Some(serde_json::Value::Object(o)) => o.contains_key(f::SEALED_MEMBER),
+                Some(_) => false,
+            };
+        };
+        let Some(raw) = top.get(key) else {
+            return true;
+        };
+        let v = raw.get();
+        if v == "null" {
+            return true;
+        }
+        v.starts_with('{')
+            && serde_json::from_str::<SealedProbe>(v).is_ok_and(|p| p.sealed.is_some())
+    }
+}
+
+/// Whether a payload holds a sealed value (an object with a `$sealed` member) at its top level.
+fn holds_sealed(text: &str) -> bool {
+    let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return false;
+    };
+    o.values().any(|v| {
+        v.as_object()
+            .is_some_and(|m| m.contains_key(f::SEALED_MEMBER))
+    })
 }
 
 fn keep(r: &f::Rule) -> i64 {
@@ -951,7 +1094,7 @@ fn verify_tar<R: Read>(tar_stream: R, opts: &Options) -> Report {
             let leaf: f::ProvenLeaf = strict_json(line, f::ERASURES)?;
             prove_leaf(&leaf, f::ERASURE_EVENT_TYPE, size, &root).map_err(|e| format!("erasure {}: {e}", leaf.sequence))?;
             let er: f::Erasure = serde_json::from_str(leaf.payload()?.unwrap_or("")).map_err(|e| e.to_string())?;
-            if !c.rules.iter().any(|r| r.name == er.rule) {
+            if er.rule != f::SUBJECT_REQUEST && !c.rules.iter().any(|r| r.name == er.rule) {
                 return Err(format!("erasure {} has no policy reason: rule {:?} is not in the policy", leaf.sequence, er.rule));
             }
         }
@@ -1140,4 +1283,37 @@ fn lines(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
         .strip_suffix(b"\n")
         .ok_or("a JSON Lines file does not end with a newline")?;
     Ok(body.split(|&b| b == b'\n').collect())
+}
+
+#[cfg(test)]
+mod fields_tests {
+    use super::Fields;
+
+    /// The shallow reading answers what a whole `serde_json::Value` would.
+    #[test]
+    fn personal_fields_read_shallowly_as_the_whole_value_would() {
+        let cases = [
+            (r#"{"email":{"$sealed":"x","kid":"k"}}"#, "/email", true),
+            (r#"{"email":"ann@example.com"}"#, "/email", false),
+            (r#"{"email":null}"#, "/email", true),
+            (r#"{"role":"analyst"}"#, "/email", true),
+            (r#"{"email":{"kid":"k"}}"#, "/email", false),
+            (r#"{"\u0065mail":"ann@example.com"}"#, "/email", false),
+            (r#"{"email":{"\u0024sealed":"x"}}"#, "/email", true),
+            (
+                r#"{"email":{"$sealed":"x"},"email":"ann"}"#,
+                "/email",
+                false,
+            ),
+            (r#"{"a":{"b":"plain"}}"#, "/a/b", false),
+            (r#"{"a":{"b":{"$sealed":"x"}}}"#, "/a/b", true),
+            (r#"["x"]"#, "/0", false),
+            (r#""text""#, "/email", true),
+        ];
+        for (payload, pointer, ok) in cases {
+            let f = Fields::parse(payload).unwrap();
+            assert_eq!(f.erased_or_sealed(pointer), ok, "{payload} {pointer}");
+        }
+        assert!(Fields::parse("{not json").is_err());
+    }
 }

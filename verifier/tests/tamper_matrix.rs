@@ -501,6 +501,19 @@ fn cases() -> Vec<Case> {
                 ..Params::default()
             },
         ),
+        with(
+            case(
+                "subject-request erasure of an event without sealed data",
+                "retention",
+                "holds no sealed personal data",
+                |_, _| {},
+            ),
+            Params {
+                erasure_rule: "$subject-request",
+                erasure_sequences: Some("[1,6,27]"),
+                ..Params::default()
+            },
+        ),
         // Known checkpoints.
         case("stale checkpoint", "known-checkpoint", "stale", |_, o| {
             let events = history(&Params::default(), 41);
@@ -729,6 +742,19 @@ fn an_untouched_bundle_passes_every_check() {
             "no PASS {name}:\n{report}"
         );
     }
+}
+
+#[test]
+fn a_subject_request_erasure_inside_the_window_passes() {
+    // A member erased at their request: events 1, 6 (past the window) and 26 (inside it) are
+    // erased with the reason `$subject-request`, which no policy rule may take.
+    let params = Params {
+        erasure_rule: "$subject-request",
+        erase_inside_window: true,
+        ..Params::default()
+    };
+    let report = verify(&build(&params)[..], &options());
+    assert!(report.passed(), "{report}");
 }
 
 #[test]

@@ -36,6 +36,15 @@ pub fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with_clock(backend, tweak, std::sync::Arc::new(app::SystemClock))
+}
+
+/// [`spawn_app_with`] on a clock of the test's (`app::ShiftedClock` moves time forward).
+pub fn spawn_app_with_clock(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Settings),
+    clock: std::sync::Arc<dyn app::Clock>,
+) -> TestApp {
     let (location, dir) = match backend {
         Backend::Embedded => {
             let dir = tempfile::tempdir().unwrap();
@@ -60,7 +69,7 @@ pub fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Te
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let store = Store::open(&loc).await.expect("open the test store");
-            let running = api::server::start(settings, store)
+            let running = api::server::start_with_clock(settings, store, clock)
                 .await
                 .expect("start the server");
             tx.send(running.addrs[0].to_string()).unwrap();

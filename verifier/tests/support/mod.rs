@@ -40,6 +40,8 @@ pub struct Params {
     pub erasure_rule: &'static str,
     /// The erasure also erases event 26, which is inside its window.
     pub erase_inside_window: bool,
+    /// The sequences the erasure names instead of the default ones.
+    pub erasure_sequences: Option<&'static str>,
 }
 
 impl Default for Params {
@@ -49,6 +51,7 @@ impl Default for Params {
             plaintext: false,
             erasure_rule: "members",
             erase_inside_window: false,
+            erasure_sequences: None,
         }
     }
 }
@@ -66,7 +69,11 @@ pub fn history(p: &Params, total: u64) -> Vec<StoredEvent> {
                         .to_string(),
                 ),
                 38 => {
-                    let seqs = if p.erase_inside_window { "[1,6,26]" } else { "[1,6]" };
+                    let seqs = match p.erasure_sequences {
+                        Some(s) => s,
+                        None if p.erase_inside_window => "[1,6,26]",
+                        None => "[1,6]",
+                    };
                     ("erasure.applied", format!(r#"{{"rule":"{}","sequences":{seqs}}}"#, p.erasure_rule))
                 }
                 i if i % 5 == 1 => {
