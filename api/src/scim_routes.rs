@@ -13,7 +13,7 @@ use app::scim::{GroupInput, PatchKind, PatchOp, UserInput};
 use domain::TenantId;
 use domain::scim::{ScimGroup, ScimUser};
 use futures_util::future::LocalBoxFuture;
-use projections::{DirectoryFilter, Versioned};
+use projections::{DirectoryFilter, DirectoryPage, Versioned};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
@@ -452,6 +452,32 @@ fn paging(q: &ListQuery) -> Result<(usize, usize), ScimError> {
     Ok((start, count))
 }
 
+/// A list answer (RFC 7644 §3.4.2): the query's filter on `name_attr` and paging, the page the
+/// directory gives for them, each resource rendered and cut to the asked attributes.
+fn list_answer<T>(
+    query: &ListQuery,
+    name_attr: &str,
+    page_of: impl FnOnce(&DirectoryFilter, usize, usize) -> DirectoryPage<T>,
+    json_of: impl Fn(&T) -> Value,
+) -> Result<HttpResponse, ScimError> {
+    let filter = match &query.filter {
+        Some(f) => parse_filter(f, name_attr)?,
+        None => DirectoryFilter::All,
+    };
+    let (start, count) = paging(query)?;
+    let page = page_of(&filter, start, count);
+    let (only, except) = (
+        query.attributes.as_deref(),
+        query.excluded_attributes.as_deref(),
+    );
+    let items = page
+        .items
+        .iter()
+        .map(|r| project(json_of(r), only, except))
+        .collect();
+    Ok(scim_json(StatusCode::OK, &list(page.total, start, items)))
+}
+
 fn list(total: usize, start: usize, items: Vec<Value>) -> Value {
     json!({
         "schemas": [LIST_SCHEMA],
@@ -526,22 +552,12 @@ pub async fn list_users(
     caller: ScimCaller,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ScimError> {
-    let filter = match &query.filter {
-        Some(f) => parse_filter(f, "userName")?,
-        None => DirectoryFilter::All,
-    };
-    let (start, count) = paging(&query)?;
-    let page = app::scim::list_users(&state, caller.tenant, &filter, start, count);
-    let (only, except) = (
-        query.attributes.as_deref(),
-        query.excluded_attributes.as_deref(),
-    );
-    let items = page
-        .items
-        .iter()
-        .map(|u| project(user_json(&req, u), only, except))
-        .collect();
-    Ok(scim_json(StatusCode::OK, &list(page.total, start, items)))
+    list_answer(
+        &query,
+        "userName",
+        |filter, start, count| app::scim::list_users(&state, caller.tenant, filter, start, count),
+        |u| user_json(&req, u),
+    )
 }
 
 pub async fn get_user(
@@ -683,22 +699,12 @@ pub async fn list_groups(
     caller: ScimCaller,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ScimError> {
-    let filter = match &query.filter {
-        Some(f) => parse_filter(f, "displayName")?,
-        None => DirectoryFilter::All,
-    };
-    let (start, count) = paging(&query)?;
-    let page = app::scim::list_groups(&state, caller.tenant, &filter, start, count);
-    let (only, except) = (
-        query.attributes.as_deref(),
-        query.excluded_attributes.as_deref(),
-    );
-    let items = page
-        .items
-        .iter()
-        .map(|g| project(group_json(&req, g), only, except))
-        .collect();
-    Ok(scim_json(StatusCode::OK, &list(page.total, start, items)))
+    list_answer(
+        &query,
+        "displayName",
+        |filter, start, count| app::scim::list_groups(&state, caller.tenant, filter, start, count),
+        |g| group_json(&req, g),
+    )
 }
 
 pub async fn get_group(

@@ -3,37 +3,12 @@
 //! unreadable event fails without saving anything.
 
 use serde_json::{Value, json};
-use std::process::{Command, Output};
 use store::{AppendRequest, Expected, Location, Metadata, NewEvent, RawJson, Store};
 use uuid::Uuid;
 
-fn tenantry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(args)
-        .output()
-        .expect("run tenantry")
-}
+mod support;
 
-#[track_caller]
-fn ok(args: &[&str]) -> Value {
-    let out = tenantry(args);
-    assert!(
-        out.status.success(),
-        "tenantry {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("a JSON report")
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
+use support::{block_on, ok_json, tenantry};
 
 async fn append(location: &Location, tenant: domain::TenantId, event_type: &str, payload: Value) {
     let store = Store::open(location).await.unwrap();
@@ -70,16 +45,16 @@ fn rebuild_saves_the_named_projection_at_the_head_and_refuses_unknown_names_and_
         "tenant.signed_up",
         json!({"name": "Acme", "plan": "free", "at": "2026-02-16T09:30:00Z"}),
     ));
-    ok(&["operator", "token", "--role", "ops", "--data", data]);
+    ok_json(&["operator", "token", "--role", "ops", "--data", data]);
 
-    let one = ok(&["rebuild", "identity", "--data", data]);
+    let one = ok_json(&["rebuild", "identity", "--data", data]);
     assert_eq!(one["projections"], json!(["identity"]));
     assert_eq!(one["position"], 2);
     assert_eq!(one["head_position"], 2);
     assert_eq!(block_on(saved_position(&location, "identity")), Some(2));
     assert_eq!(block_on(saved_position(&location, "audit")), None);
 
-    let all = ok(&["rebuild", "--data", data]);
+    let all = ok_json(&["rebuild", "--data", data]);
     assert_eq!(
         all["projections"],
         json!([

@@ -3,37 +3,12 @@
 //! and a half-done erasure (recorded, keys still there: a crash between the two) is finished.
 
 use serde_json::{Value, json};
-use std::process::{Command, Output};
 use store::{AppendRequest, Expected, Location, Metadata, NewEvent, RawJson, Store};
 use uuid::Uuid;
 
-fn tenantry(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(args)
-        .output()
-        .expect("run tenantry")
-}
+mod support;
 
-#[track_caller]
-fn ok(args: &[&str]) -> Value {
-    let out = tenantry(args);
-    assert!(
-        out.status.success(),
-        "tenantry {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("a JSON report")
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
+use support::{block_on, ok_json};
 
 /// Append one event to `stream`, decided long ago (`occurred_at` in 2020).
 async fn append(location: &Location, tenant: domain::TenantId, stream: &str, ty: &str, p: Value) {
@@ -105,7 +80,7 @@ fn retention_apply_erases_past_the_window_and_finishes_half_done_erasures(
     let t = tenant.to_string();
     all.push(&t);
     all.extend_from_slice(args);
-    let report = ok(&all);
+    let report = ok_json(&all);
     assert_eq!(report[0]["events_erased"], 2, "{report}");
     assert_eq!(report[0]["keys_destroyed"], 2, "{report}");
     assert_eq!(report[0]["erasures"][0]["rule"], "members", "{report}");
@@ -120,7 +95,7 @@ fn retention_apply_erases_past_the_window_and_finishes_half_done_erasures(
             (true, domain::personal::ERASED.into())
         );
     });
-    let again = ok(&all);
+    let again = ok_json(&all);
     assert_eq!(again[0]["events_erased"], 0, "{again}");
     assert_eq!(again[0]["keys_destroyed"], 0, "{again}");
 
@@ -135,7 +110,7 @@ fn retention_apply_erases_past_the_window_and_finishes_half_done_erasures(
             (false, "cat@x.test".into())
         );
     });
-    let finished = ok(&all);
+    let finished = ok_json(&all);
     assert_eq!(finished[0]["events_erased"], 0, "{finished}");
     assert_eq!(finished[0]["keys_destroyed"], 1, "{finished}");
     block_on(async {
