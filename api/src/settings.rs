@@ -43,7 +43,8 @@ pub struct Settings {
     pub query_max_rows: usize,
     /// Most rows an export writes.
     pub export_max_rows: usize,
-    /// Memory for datasets kept loaded for querying, in bytes.
+    /// Memory for datasets kept loaded for querying, in bytes: the SQLite memory the loaded
+    /// tables really hold (256 MiB by default).
     pub sandbox_cache_bytes: usize,
     /// The plan registry: the defaults of SPEC §4 with the `[plans.<name>]` overrides.
     pub plans: domain::plans::Registry,
@@ -130,7 +131,7 @@ impl Default for Settings {
             query_time_ms: 5_000,
             query_max_rows: 10_000,
             export_max_rows: 2_000_000,
-            sandbox_cache_bytes: 1024 * 1024 * 1024,
+            sandbox_cache_bytes: 256 * 1024 * 1024,
             plans: domain::plans::Registry::default(),
             signup_per_minute: 20,
             trust_forwarded_for: false,

@@ -79,6 +79,11 @@ pub struct SoakArgs {
     /// same `Idempotency-Key` on writes; 1 means no retry. The canary's load uses 4.
     #[arg(long, default_value_t = 1)]
     pub tries: u32,
+    /// New tenants the mix may sign up per minute, beyond `--tenants` (ADR 033 addendum): a
+    /// soak of N tenants stays a soak of about N. Past the allowance, the mix's sign-up is the
+    /// last sign-up sent again with its `Idempotency-Key`, which must answer the same tenant.
+    #[arg(long, default_value_t = 6.0)]
+    pub signups_per_minute: f64,
 }
 
 /// The bounds of a soak.
@@ -390,6 +395,19 @@ struct Shared {
     seq: AtomicU64,
     tries: u32,
     run_id: String,
+    started: Instant,
+    signups_per_minute: f64,
+    /// New tenants signed up by the mix so far, and the last one's request (for replays).
+    signups: Mutex<(u64, Option<KeptSignup>)>,
+}
+
+/// A sign-up the mix sent, kept to send again under its key.
+#[derive(Clone)]
+struct KeptSignup {
+    key: String,
+    body: Vec<u8>,
+    /// Its answer's position, once answered.
+    position: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -490,6 +508,9 @@ impl Req {
 /// Members a tenant's team grows to; past it, the mix's member adds become reads (real teams
 /// stop growing, and a team of thousands would measure the soak, not the service).
 pub const MAX_TEAM: usize = 50;
+
+/// The route name of a sign-up sent again under its key (`--signups-per-minute`).
+const SIGNUP_REPLAY: &str = "POST /v1/signup (keyed retry)";
 
 const NOTES: &[&str] = &[
     "the chart takes a while to load",
@@ -609,23 +630,48 @@ impl Shared {
                 }
                 r
             }
-            Op::Signup => Req {
-                route: "POST /v1/signup",
-                method: "POST",
-                path: "/v1/signup".into(),
-                token: None,
-                content_type: "application/json",
-                body: Some(
-                    json!({
-                        "tenant_name": format!("Soak {run} late {n}"),
-                        "email": format!("owner{n}.{run}@soak.example"),
-                        "name": format!("Owner {n}"),
-                    })
-                    .to_string()
-                    .into_bytes(),
-                ),
-                key: None,
-            },
+            Op::Signup => {
+                let mut signups = self.signups.lock().expect("signups lock");
+                let allowance = 1
+                    + (self.started.elapsed().as_secs_f64() / 60.0
+                        * self.signups_per_minute.max(0.0)) as u64;
+                match &signups.1 {
+                    Some(kept) if signups.0 >= allowance => Req {
+                        route: SIGNUP_REPLAY,
+                        method: "POST",
+                        path: "/v1/signup".into(),
+                        token: None,
+                        content_type: "application/json",
+                        body: Some(kept.body.clone()),
+                        key: Some(kept.key.clone()),
+                    },
+                    _ => {
+                        let body = json!({
+                            "tenant_name": format!("Soak {run} late {n}"),
+                            "email": format!("owner{n}.{run}@soak.example"),
+                            "name": format!("Owner {n}"),
+                        })
+                        .to_string()
+                        .into_bytes();
+                        let key = format!("soak-{run}-signup-{n}");
+                        signups.0 += 1;
+                        signups.1 = Some(KeptSignup {
+                            key: key.clone(),
+                            body: body.clone(),
+                            position: None,
+                        });
+                        Req {
+                            route: "POST /v1/signup",
+                            method: "POST",
+                            path: "/v1/signup".into(),
+                            token: None,
+                            content_type: "application/json",
+                            body: Some(body),
+                            key: Some(key),
+                        }
+                    }
+                }
+            }
             Op::KeyedRetry => {
                 let mut r = if team_full || rng.below(2) == 0 {
                     Req::json(
@@ -708,7 +754,23 @@ impl Shared {
         let mut acked: Vec<Acked> = Vec::new();
         let mut second = None;
         match (op, &body) {
+            (Op::Signup, answer) if req.route == SIGNUP_REPLAY => {
+                // A replay answers the kept sign-up: the same position, never a new tenant.
+                let kept = self.signups.lock().expect("signups lock").1.clone();
+                let original = kept.filter(|k| Some(&k.key) == req.key.as_ref());
+                if let Some(p) = original.and_then(|k| k.position) {
+                    let replayed = answer.as_ref().and_then(|b| b["global_position"].as_u64());
+                    let mut s = self.stats.lock().expect("stats lock");
+                    s.keyed_retries += 1;
+                    s.keyed_retry_mismatches += u64::from(replayed != Some(p));
+                }
+            }
             (Op::Signup, Some(b)) => {
+                if let Some(kept) = self.signups.lock().expect("signups lock").1.as_mut()
+                    && Some(&kept.key) == req.key.as_ref()
+                {
+                    kept.position = position;
+                }
                 if let (Some(id), Some(token), Some(p)) =
                     (b["tenant_id"].as_str(), b["token"].as_str(), position)
                 {
@@ -1148,6 +1210,9 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         seq: AtomicU64::new(0),
         tries: args.tries,
         run_id,
+        started: Instant::now(),
+        signups_per_minute: args.signups_per_minute,
+        signups: Mutex::new((0, None)),
     });
 
     // The sampler: memory and projection lag of every instance, once a second.

@@ -128,6 +128,18 @@ impl std::fmt::Debug for Table {
     }
 }
 
+/// The SQLite memory a table loaded on this thread holds: what the sandbox's allocator counted
+/// since `before` (the connection, its in-memory pages, its lookaside), or `estimate` when the
+/// allocator is not in place (a test binary that never installed it). Memory counted as memory:
+/// an estimate from the CSV's size missed the connection's own ~150 KiB and undercounted small
+/// tables several times over, so a cache "within its budget" held several times its budget.
+fn held_since(before: i64, estimate: usize) -> usize {
+    if !sqlite_budget::installed() {
+        return estimate;
+    }
+    usize::try_from(sqlite_budget::thread_net().saturating_sub(before)).unwrap_or(0)
+}
+
 pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -136,6 +148,7 @@ impl Table {
     /// Load a CSV file (already validated by `ingest`) with its inferred columns.
     pub fn load(csv: &[u8], columns: &[Column]) -> Result<Self, QueryError> {
         let _sandbox = sqlite_budget::SandboxScope::enter();
+        let held_before = sqlite_budget::thread_net();
         let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
         let mut conn = Connection::open_in_memory().map_err(load)?;
         let defs: Vec<String> = columns
@@ -194,7 +207,7 @@ impl Table {
         Ok(Self {
             conn: Mutex::new(conn),
             columns: columns.to_vec(),
-            approx_bytes: csv.len() * 3 + 64 * 1024,
+            approx_bytes: held_since(held_before, csv.len() * 3 + 64 * 1024),
         })
     }
 
@@ -202,6 +215,7 @@ impl Table {
     /// untyped: SQLite keeps each value's own type.
     pub fn from_result(result: &QueryResult) -> Result<Self, QueryError> {
         let _sandbox = sqlite_budget::SandboxScope::enter();
+        let held_before = sqlite_budget::thread_net();
         let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
         let mut conn = Connection::open_in_memory().map_err(load)?;
         let defs: Vec<String> = result.columns.iter().map(|c| quote_identifier(c)).collect();
@@ -247,7 +261,7 @@ impl Table {
         Ok(Self {
             conn: Mutex::new(conn),
             columns: Vec::new(),
-            approx_bytes: approx * 2,
+            approx_bytes: held_since(held_before, approx * 2),
         })
     }
 

@@ -35,6 +35,8 @@ static INSTALLED: OnceLock<bool> = OnceLock::new();
 
 thread_local! {
     static IN_SANDBOX: Cell<bool> = const { Cell::new(false) };
+    /// Sandbox bytes this thread took minus those it gave back (see [`thread_net`]).
+    static NET: Cell<i64> = const { Cell::new(0) };
 }
 
 /// While alive, SQLite memory this thread asks for is the sandbox's. Not `Send`: it marks the
@@ -103,6 +105,19 @@ pub fn sandbox_used() -> u64 {
     USED.load(Ordering::Relaxed)
 }
 
+/// Sandbox bytes this thread has taken minus those it has given back, since it started. The
+/// difference between two readings around work done on one thread (loading a table into its own
+/// connection) is the SQLite memory that work still holds: what a cache of loaded tables must
+/// count, rather than an estimate from the input's size.
+pub fn thread_net() -> i64 {
+    NET.try_with(Cell::get).unwrap_or(0)
+}
+
+fn count_on_thread(delta: i64) {
+    // `try_with`: a block may be freed while this thread's locals are being torn down.
+    let _ = NET.try_with(|c| c.set(c.get().wrapping_add(delta)));
+}
+
 fn in_sandbox() -> bool {
     // `try_with`: SQLite may free memory while this thread's locals are being torn down.
     IN_SANDBOX.try_with(Cell::get).unwrap_or(false)
@@ -114,11 +129,13 @@ fn reserve(bytes: u64) -> bool {
         USED.fetch_sub(bytes, Ordering::Relaxed);
         return false;
     }
+    count_on_thread(bytes as i64);
     true
 }
 
 fn release(bytes: u64) {
     USED.fetch_sub(bytes, Ordering::Relaxed);
+    count_on_thread(-(bytes as i64));
 }
 
 fn layout(size: usize) -> Option<Layout> {

@@ -67,3 +67,30 @@ fn the_split_cannot_be_installed_after_sqlite_was_first_used() {
     assert!(!sqlite_budget::installed());
     drop(conn);
 }
+
+#[test]
+fn a_thread_sees_what_the_work_it_did_still_holds() {
+    assert!(install(), "installed before SQLite's first use");
+    set_budget(u64::MAX);
+    let before = sqlite_budget::thread_net();
+    let conn = {
+        let _scope = SandboxScope::enter();
+        let conn = memory_db();
+        conn.execute_batch(
+            "CREATE TABLE s AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r \
+             LIMIT 2000) SELECT x, randomblob(1000) AS b FROM r",
+        )
+        .unwrap();
+        conn
+    };
+    let held = sqlite_budget::thread_net() - before;
+    // The rows (2 MB) and the connection itself, and no more than the sandbox holds in all.
+    assert!(held > 2_000_000, "{held}");
+    assert_eq!(held as u64, sandbox_used());
+    // Memory taken outside the sandbox is not this count's.
+    let other = memory_db();
+    other.execute_batch(FILL).unwrap();
+    assert_eq!(sqlite_budget::thread_net() - before, held);
+    drop(conn);
+    assert_eq!(sqlite_budget::thread_net(), before);
+}
