@@ -75,3 +75,6 @@ cargo nextest run --workspace --no-fail-fast "$@"
 
 echo "== canary: a good build promoted, a bad one rolled back, no request lost (scripts/canary-test.sh)"
 scripts/canary-test.sh
+
+echo "== alert drill in Prometheus's own rule evaluation (scripts/drill-prometheus.sh)"
+scripts/drill-prometheus.sh

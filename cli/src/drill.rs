@@ -44,10 +44,31 @@ pub struct DrillArgs {
     /// Give up waiting for the alert to fire, then to clear, after this many seconds each.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
+    /// A Prometheus server (http://host:port) that scrapes this server and evaluates
+    /// `ops/prometheus/rules/slo.yml` (scaled by the same `--scale`: see
+    /// `scripts/drill-prometheus.sh`): the drill then also waits for
+    /// `TenantryAvailabilityBurnPageFast` to fire and clear in Prometheus's own rule evaluation
+    /// (`GET /api/v1/alerts`).
+    #[arg(long)]
+    pub prometheus: Option<String>,
 }
 
 /// The alert the drill shows firing and clearing.
 pub const ALERT: &str = "availability:page-fast";
+/// The same alert in the Prometheus rules (`ops/prometheus/rules/slo.yml`).
+pub const PROMETHEUS_ALERT: &str = "TenantryAvailabilityBurnPageFast";
+
+/// What Prometheus's own rule evaluation showed (`--prometheus`).
+#[derive(Debug, Default, Serialize)]
+pub struct PrometheusSeen {
+    pub url: String,
+    pub alert: String,
+    pub quiet_before: bool,
+    pub fired: bool,
+    pub fired_after_ms: Option<u64>,
+    pub cleared: bool,
+    pub cleared_after_ms: Option<u64>,
+}
 
 /// Requests driven in one phase, by status.
 #[derive(Debug, Default, Serialize)]
@@ -77,6 +98,8 @@ pub struct DrillReport {
     pub firing_after: Vec<String>,
     pub traffic_during: Traffic,
     pub traffic_after: Traffic,
+    /// Prometheus's view of the same alert, when `--prometheus` was given.
+    pub prometheus: Option<PrometheusSeen>,
     /// Fired, then cleared, and the drill is off.
     pub ok: bool,
 }
@@ -198,11 +221,45 @@ impl Client {
     }
 }
 
-/// What `GET /v1/ops/slo` says about the drill's alert.
+/// What `GET /v1/ops/slo` (and Prometheus, with `--prometheus`) says about the drill's alert.
 struct Seen {
     firing: Vec<String>,
     alert_firing: bool,
     burn_rates: Value,
+    /// Whether Prometheus has the alert firing (`None` without `--prometheus`).
+    prometheus_firing: Option<bool>,
+}
+
+/// Whether Prometheus's rule evaluation has `PROMETHEUS_ALERT` firing. HTTP/1.0, so the answer
+/// comes whole (never chunked) and the connection closes after it.
+async fn prometheus_firing(base: &str) -> anyhow::Result<bool> {
+    let Some(addr) = base.strip_prefix("http://") else {
+        bail!("--prometheus must start with http:// (got {base})");
+    };
+    let addr = addr.trim_end_matches('/');
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to Prometheus at {addr}"))?;
+    stream
+        .write_all(format!("GET /api/v1/alerts HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("Prometheus answered without a body: {text}"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "Prometheus /api/v1/alerts answered {}",
+        head.lines().next().unwrap_or_default()
+    );
+    let v: Value = serde_json::from_str(body).context("Prometheus /api/v1/alerts")?;
+    Ok(v["data"]["alerts"].as_array().is_some_and(|alerts| {
+        alerts
+            .iter()
+            .any(|a| a["labels"]["alertname"] == PROMETHEUS_ALERT && a["state"] == "firing")
+    }))
 }
 
 async fn look(client: &mut Client, args: &DrillArgs) -> anyhow::Result<Seen> {
@@ -233,15 +290,27 @@ async fn look(client: &mut Client, args: &DrillArgs) -> anyhow::Result<Seen> {
             .and_then(|w| w.iter().find(|w| w["window"] == name))
             .map_or(Value::Null, |w| w["burn_rate"].clone())
     };
+    let prometheus_firing = match &args.prometheus {
+        Some(base) => Some(prometheus_firing(base).await?),
+        None => None,
+    };
     Ok(Seen {
         alert_firing: firing.iter().any(|f| f == ALERT),
         burn_rates: json!({"1h": burn("1h"), "5m": burn("5m")}),
         firing,
+        prometheus_firing,
     })
 }
 
-/// Drive requests at the drilled path until `until` says stop (checked every `every`), or the
-/// timeout; returns when it stopped, if it did.
+/// When each view first showed the wanted state (ms after the phase began).
+struct Reached {
+    service: Option<u64>,
+    prometheus: Option<u64>,
+}
+
+/// Drive requests at the drilled path until the service (and Prometheus, with `--prometheus`)
+/// show the alert in the wanted state, or the timeout; returns when each did, if it did, and
+/// the service's last look.
 async fn drive(
     client: &mut Client,
     traffic_client: &mut Client,
@@ -249,10 +318,15 @@ async fn drive(
     traffic: &mut Traffic,
     want_firing: bool,
     min: Duration,
-) -> anyhow::Result<(Option<u64>, Seen)> {
+) -> anyhow::Result<(Reached, Seen)> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut next_look = started + min;
+    let mut reached = Reached {
+        service: None,
+        prometheus: None,
+    };
+    let mut last_service_look = None;
     loop {
         for _ in 0..20 {
             let (status, _) = traffic_client
@@ -264,11 +338,23 @@ async fn drive(
         let now = Instant::now();
         if now >= next_look {
             let seen = look(client, args).await?;
-            if seen.alert_firing == want_firing {
-                return Ok((Some(started.elapsed().as_millis() as u64), seen));
+            let at = started.elapsed().as_millis() as u64;
+            if reached.service.is_none() && seen.alert_firing == want_firing {
+                reached.service = Some(at);
+                last_service_look = Some(seen.firing.clone());
             }
-            if now >= deadline {
-                return Ok((None, seen));
+            if reached.prometheus.is_none() && seen.prometheus_firing == Some(want_firing) {
+                reached.prometheus = Some(at);
+            }
+            let done = reached.service.is_some()
+                && (args.prometheus.is_none() || reached.prometheus.is_some());
+            if done || now >= deadline {
+                // Report what the service showed when it reached the state (not later).
+                let seen = match last_service_look {
+                    Some(firing) if want_firing => Seen { firing, ..seen },
+                    _ => seen,
+                };
+                return Ok((reached, seen));
             }
             next_look = now + Duration::from_millis(500);
         }
@@ -324,7 +410,8 @@ pub async fn run(args: &DrillArgs) -> anyhow::Result<DrillReport> {
     .await;
     // Whatever happened, the drill is turned off.
     let stopped = set_drill(&mut client, args, 0).await?;
-    let (fired_after_ms, seen_during) = fire?;
+    let (fired_reached, seen_during) = fire?;
+    let fired_after_ms = fired_reached.service;
     eprintln!(
         "drill off; {}; waiting for it to clear",
         if fired_after_ms.is_some() {
@@ -334,7 +421,7 @@ pub async fn run(args: &DrillArgs) -> anyhow::Result<DrillReport> {
         }
     );
     let mut after = Traffic::default();
-    let (cleared_after_ms, seen_after) = drive(
+    let (cleared_reached, seen_after) = drive(
         &mut client,
         &mut traffic_client,
         args,
@@ -343,9 +430,22 @@ pub async fn run(args: &DrillArgs) -> anyhow::Result<DrillReport> {
         short,
     )
     .await?;
+    let cleared_after_ms = cleared_reached.service;
     let fired = fired_after_ms.is_some();
     let cleared = cleared_after_ms.is_some();
     let drill_off = stopped["active"] == json!(false);
+    let prometheus = args.prometheus.as_ref().map(|url| PrometheusSeen {
+        url: url.clone(),
+        alert: PROMETHEUS_ALERT.into(),
+        quiet_before: before.prometheus_firing == Some(false),
+        fired: fired_reached.prometheus.is_some(),
+        fired_after_ms: fired_reached.prometheus,
+        cleared: cleared_reached.prometheus.is_some(),
+        cleared_after_ms: cleared_reached.prometheus,
+    });
+    let prometheus_ok = prometheus
+        .as_ref()
+        .is_none_or(|p| p.quiet_before && p.fired && p.cleared);
     Ok(DrillReport {
         url: args.url.clone(),
         alert: ALERT.into(),
@@ -363,6 +463,7 @@ pub async fn run(args: &DrillArgs) -> anyhow::Result<DrillReport> {
         firing_after: seen_after.firing,
         traffic_during: during,
         traffic_after: after,
-        ok: fired && cleared && drill_off,
+        prometheus,
+        ok: fired && cleared && drill_off && prometheus_ok,
     })
 }
