@@ -3,7 +3,7 @@
 //! Each handler parses, calls one use case of `app::identity` or `app::invites`, answers.
 
 use crate::auth::Caller;
-use crate::http::{Reply, RequestContext, idempotent, json};
+use crate::http::{Reply, RequestContext, RequestHash, idempotent, idempotent_hashed, json};
 use crate::problem::Problem;
 use crate::routes::{RoleName, email_at_edge};
 use crate::server::AppState;
@@ -262,11 +262,14 @@ pub async fn sign_in(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<Reply, Problem> {
+    let started = std::time::Instant::now();
     let dto: SignInRequest = json(&req, &body)?;
     let email =
         email_at_edge(&dto.email).map_err(|e| Problem::validation(vec![("email".into(), e)]))?;
     let ctx = state.ctx(RequestContext::of(&req).metadata("user:sign-in".into()));
-    app::invites::request_sign_in(&state, &ctx, TenantId::from_uuid(dto.tenant), &email).await?;
+    // The same work before the answer whoever asks: the lookup and the write come after it.
+    let tenant = TenantId::from_uuid(dto.tenant);
+    app::invites::request_sign_in_detached(&state.app, ctx, tenant, email, started).await;
     Ok(Reply::json(
         StatusCode::ACCEPTED,
         &SignInSent {
@@ -458,26 +461,65 @@ pub(crate) struct ImportOut {
     global_position: u64,
 }
 
-/// `POST /v1/invites/csv`: `email,role[,name]` rows, one outcome each.
+/// `POST /v1/invites/csv`: `email,role[,name]` rows, one outcome each. The body is parsed as
+/// it arrives (only the rows are kept) and hashed for its idempotency record on the way; more
+/// than `dataset_limit` bytes is 413, declared or read.
 pub async fn import_csv(
     state: web::Data<AppState>,
     req: HttpRequest,
     caller: Caller,
     q: web::Query<CsvQuery>,
-    body: web::Bytes,
+    mut body: web::Payload,
 ) -> Reply {
+    use futures_util::StreamExt;
     let Some(tenant) = caller.tenant() else {
         return Problem::forbidden("platform tokens have no tenant").into();
     };
     let q = q.into_inner();
-    idempotent(&state, &req, tenant, &body, || async {
-        let (tenant, _, by, _) = member(&caller)?;
-        let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
+    let limit = state.settings.dataset_limit;
+    let too_large = || -> Reply {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "The request body is too large",
+        )
+        .detail(format!("CSV uploads are limited to {limit} bytes"))
+        .with("limit", limit)
+        .into()
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let mut hash = RequestHash::of(&req);
+    let mut rows = app::invites::CsvRows::new();
+    let mut read = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return Problem::bad_request(format!("the body was not read: {e}")).into(),
+        };
+        read += chunk.len();
+        if read > limit {
+            return too_large();
+        }
+        hash.update(&chunk);
+        rows.push(&chunk);
+    }
+    let parsed = rows.finish();
+    let (state, req, caller) = (&state, &req, &caller);
+    idempotent_hashed(state, req, tenant, hash, || async move {
+        let (tenant, _, by, _) = member(caller)?;
+        let ctx = state.ctx(RequestContext::of(req).metadata(caller.actor()));
         let options = app::invites::ImportOptions {
             dry_run: q.dry_run,
             on_conflict: q.on_conflict.into(),
         };
-        let report = app::invites::import_csv(&state, &ctx, tenant, by, &body, options).await?;
+        let report = app::invites::import_rows(state, &ctx, tenant, by, parsed, options).await?;
         let mut counts = std::collections::BTreeMap::new();
         for r in &report.rows {
             *counts.entry(r.outcome.to_owned()).or_insert(0) += 1;

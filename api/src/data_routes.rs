@@ -922,7 +922,15 @@ pub async fn download(
         BlobBody::File(file, len) => answer
             .no_chunking(len)
             .streaming(crate::http::file_chunks(file)),
-        // PostgreSQL keeps a blob as one value: it arrives whole.
+        // PostgreSQL's larger blob comes in chunks, a short read each (ADR 036).
+        BlobBody::Chunks(len, chunks) => {
+            answer
+                .no_chunking(len)
+                .streaming(futures_util::StreamExt::map(chunks, |chunk| {
+                    chunk.map(web::Bytes::from)
+                }))
+        }
+        // A blob of one chunk or less arrives whole.
         BlobBody::Bytes(bytes) => answer.body(bytes),
     })
 }

@@ -289,6 +289,41 @@ fn retryable(reply: &Reply) -> bool {
         || is_problem(reply, StatusCode::CONFLICT, "idempotency-key-in-flight")
 }
 
+/// The answer to a retry whose request went through before while its answer was lost with its
+/// process.
+fn already_applied() -> Reply {
+    Problem::conflict(
+        "idempotency-key-already-applied",
+        "a request under this Idempotency-Key was already applied; its first answer was lost and \
+         cannot be replayed (the change is in the log)",
+    )
+    .into()
+}
+
+/// The record a keyed request is kept under: its key in the store (method, caller and the
+/// client's key) and the hash of the request as the handler reads it (path, query, the body and
+/// how it is to be read, hashed as it is read: an upload's body is not copied for it). Public for
+/// tests that leave a record behind as a dead instance would (docs/adr/035).
+pub fn idempotency_record(
+    method: &str,
+    caller: &str,
+    key: &str,
+    path: &str,
+    query: &str,
+    content_types: &[&[u8]],
+    body: &[u8],
+) -> (String, String) {
+    let mut parts: Vec<&[u8]> = vec![path.as_bytes(), b"?", query.as_bytes(), b"\n"];
+    for value in content_types {
+        parts.extend([*value, b"\n"]);
+    }
+    parts.extend([b"\n".as_slice(), body]);
+    (
+        format!("{method} {caller} {key}"),
+        crate::tokens::sha256_hex_of(parts),
+    )
+}
+
 /// Run a mutating request under its `Idempotency-Key` (SPEC §13): the same key and request
 /// replay the first response, headers and token included; the same key with another request is
 /// 422; a key in flight is 409. Keys are scoped per tenant and caller (per client address for
@@ -298,6 +333,66 @@ pub async fn idempotent<F, Fut>(
     req: &HttpRequest,
     scope: TenantId,
     body: &[u8],
+    run: F,
+) -> Reply
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Reply, Problem>>,
+{
+    let mut hash = RequestHash::of(req);
+    hash.update(body);
+    idempotent_hashed(state, req, scope, hash, run).await
+}
+
+/// The request hash an idempotency record keeps, fed the body as it arrives: a body read as a
+/// stream (a CSV of invites) is hashed without being kept. The same bytes as
+/// [`idempotency_record`] hashes at once.
+pub struct RequestHash(sha2::Sha256);
+
+impl std::fmt::Debug for RequestHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestHash")
+    }
+}
+
+impl RequestHash {
+    pub fn of(req: &HttpRequest) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            req.path().as_bytes(),
+            b"?",
+            req.query_string().as_bytes(),
+            b"\n",
+        ] {
+            h.update(part);
+        }
+        for value in req.headers().get_all(header::CONTENT_TYPE) {
+            h.update(value.as_bytes());
+            h.update(b"\n");
+        }
+        h.update(b"\n");
+        RequestHash(h)
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        sha2::Digest::update(&mut self.0, chunk);
+    }
+
+    fn hex(self) -> String {
+        sha2::Digest::finalize(self.0)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// [`idempotent`] with the request's hash made by the caller (its body streamed).
+pub async fn idempotent_hashed<F, Fut>(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    scope: TenantId,
+    request_hash: RequestHash,
     run: F,
 ) -> Reply
 where
@@ -331,25 +426,18 @@ where
         .get::<CallerScope>()
         .map(|c| c.0.clone())
         .unwrap_or_else(|| format!("addr:{}", client_address(state, req)));
-    let key = format!("{} {caller} {key}", req.method());
+    let key = format!("{} {caller} {key}", req.method().as_str());
+    let hash = request_hash.hex();
     let aad = format!("{scope} {key}");
-    // The request as the handler reads it: path, query, the body and how it is to be read,
-    // hashed as it is read (an upload's body is not copied for it).
-    let mut parts: Vec<&[u8]> = vec![
-        req.path().as_bytes(),
-        b"?",
-        req.query_string().as_bytes(),
-        b"\n",
-    ];
-    for value in req.headers().get_all(header::CONTENT_TYPE) {
-        parts.extend([value.as_bytes(), b"\n"]);
-    }
-    parts.extend([b"\n".as_slice(), body]);
-    let hash = crate::tokens::sha256_hex_of(parts);
     let owner = Uuid::new_v4();
+    // The same key and request always derive the same event ids: a retry after a crash (the
+    // record left in flight, then taken over) cannot write the same facts twice; and the
+    // store marks the seed applied with the events, so a retry that would decide other facts
+    // is not run at all (docs/adr/035).
+    let seed = Uuid::new_v5(&IDEMPOTENT_EVENTS, format!("{aad}\n{hash}").as_bytes());
     match state
         .store
-        .idempotency_begin(scope, &key, &hash, owner)
+        .idempotency_begin_seeded(scope, &key, &hash, owner, Some(seed))
         .await
     {
         Err(e) => Problem::from(e).into(),
@@ -373,25 +461,21 @@ where
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             crate::replay::replay(stored, state.seal_key(), &aad)
         }
-        Ok(Begin::Started) => {
-            // The same key and request always derive the same event ids: a retry after a crash
-            // (the record left in flight, then taken over) cannot write its facts twice.
-            if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
-                ctx.event_id_seed = Some(Uuid::new_v5(
-                    &IDEMPOTENT_EVENTS,
-                    format!("{aad}\n{hash}").as_bytes(),
-                ));
-            }
-            let mut reply = run().await.unwrap_or_else(Reply::from);
+        Ok(begun @ (Begin::Started | Begin::Applied)) => {
+            let mut reply = if begun == Begin::Applied {
+                // Taken over from an attempt that died after its events were written: its
+                // answer is lost, and running again could decide other events.
+                already_applied()
+            } else {
+                if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
+                    ctx.event_id_seed = Some(seed);
+                }
+                run().await.unwrap_or_else(Reply::from)
+            };
             if is_problem(&reply, StatusCode::CONFLICT, "duplicate-event-id") {
                 // The events this key derives are stored already, with another decision: the
                 // request went through before and its answer was lost with its process.
-                reply = Problem::conflict(
-                    "idempotency-key-already-applied",
-                    "a request under this Idempotency-Key was already applied; its first answer \
-                     was lost and cannot be replayed (the change is in the log)",
-                )
-                .into();
+                reply = already_applied();
             }
             let kept = if retryable(&reply) {
                 state.store.idempotency_abandon(scope, &key, owner).await
@@ -404,8 +488,9 @@ where
             };
             match kept {
                 Ok(true) => {}
-                // Another attempt took the key over (this one ran past the in-flight timeout):
-                // its answer stands; this one is not kept.
+                // Another attempt took the key over (this one ran past the in-flight timeout, or
+                // this instance looked dead: its liveness session was cut, docs/adr/035): its
+                // answer stands; this one is not kept.
                 Ok(false) => tracing::warn!("idempotency key taken over; this answer is not kept"),
                 Err(e) => tracing::error!(error = %e, "idempotency record not kept"),
             }
@@ -433,4 +518,31 @@ pub fn file_chunks(
             Some((web::Bytes::from(chunk), file))
         })
     })
+}
+
+#[cfg(test)]
+mod request_hash_tests {
+    use super::*;
+
+    #[test]
+    fn a_body_hashed_as_it_streams_is_the_records_hash() {
+        let req = actix_web::test::TestRequest::post()
+            .uri("/v1/invites/csv?dry_run=true")
+            .insert_header((header::CONTENT_TYPE, "text/csv"))
+            .to_http_request();
+        let mut streamed = RequestHash::of(&req);
+        for chunk in [b"a@x.io,".as_slice(), b"viewer\r", b"\n"] {
+            streamed.update(chunk);
+        }
+        let (_, whole) = idempotency_record(
+            "POST",
+            "user:1",
+            "k",
+            "/v1/invites/csv",
+            "dry_run=true",
+            &[b"text/csv"],
+            b"a@x.io,viewer\r\n",
+        );
+        assert_eq!(streamed.hex(), whole);
+    }
 }

@@ -265,3 +265,217 @@ fn the_content_type_is_part_of_the_request_a_key_stands_for() {
     )
     .problem(422, "idempotency-key-reused");
 }
+
+/// The record key and hash the server keeps a `POST /v1/usage` under, for `user`'s `key`.
+fn usage_record(user: &str, key: &str, body: &[u8]) -> (String, String) {
+    api::http::idempotency_record(
+        "POST",
+        &format!("user:{user}"),
+        key,
+        "/v1/usage",
+        "",
+        &[b"application/json"],
+        body,
+    )
+}
+
+/// Send until the answer is not 409 `idempotency-key-in-flight` (as a client honouring
+/// `Retry-After` would), for at most 10 s: far below the 300 s in-flight timeout.
+fn send_until_not_in_flight(
+    app: &TestApp,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> support::Response {
+    let start = std::time::Instant::now();
+    loop {
+        let r = app.send("POST", "/v1/usage", headers, Some(body));
+        let in_flight = r.status == 409 && r.exchange.contains("idempotency-key-in-flight");
+        if !in_flight || start.elapsed() > std::time::Duration::from_secs(10) {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A keyed request begun by another instance (a second server on the same store) that dies
+/// before running it: while that instance lives a retry is told to wait (409 in flight); once
+/// it is dead the retry takes the key over at once (not after the 300 s timeout), is applied
+/// once and answered as the first would have been, and later retries replay that answer
+/// (docs/adr/035).
+fn a_key_begun_by_an_instance_that_died_is_taken_over_at_once(backend: Backend) {
+    let app = spawn_app(backend);
+    let (tenant, owner) = app.signup("Acme", "owner@example.com");
+    let user = app.get("/v1/me", &owner).expect(200)["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tenant = domain::TenantId::from_uuid(tenant.parse().unwrap());
+    let auth = format!("Bearer {owner}");
+    let h = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "u-dead"),
+    ];
+    let body = br#"{"meter": "queries", "units": 3}"#;
+    let used = || {
+        app.get("/v1/tenant/quota", &owner).expect(200)["meters"]["queries"]["used"]
+            .as_u64()
+            .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (key, hash) = usage_record(&user, "u-dead", body);
+    let other = rt.block_on(async {
+        let other = store::Store::open(&app.location).await.unwrap();
+        assert_eq!(
+            other
+                .idempotency_begin(tenant, &key, &hash, uuid::Uuid::new_v4())
+                .await
+                .unwrap(),
+            store::idempotency::Begin::Started
+        );
+        other
+    });
+    app.send("POST", "/v1/usage", &h, Some(body))
+        .problem(409, "idempotency-key-in-flight");
+    assert_eq!(
+        used(),
+        0,
+        "nothing applied while the other instance holds the key"
+    );
+    // The other instance dies (its store closed and dropped, as a process end would).
+    rt.block_on(other.close());
+    drop(other);
+    let start = std::time::Instant::now();
+    let first = send_until_not_in_flight(&app, &h, body);
+    let answer = first.expect(200);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "taken over long before the in-flight timeout"
+    );
+    assert_eq!(first.header("idempotency-replayed"), None);
+    assert_eq!(used(), 3, "applied once");
+    // The answer of a first run: admitted, 3 units used, at a fresh position.
+    assert_eq!(answer["decision"], "admitted", "{answer}");
+    assert_eq!(answer["quota"]["used"], 3, "{answer}");
+    assert!(answer["global_position"].as_u64().unwrap() > 0);
+    let again = app.send("POST", "/v1/usage", &h, Some(body));
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(again.expect(200), answer, "the kept answer is replayed");
+    assert_eq!(used(), 3, "and not applied again");
+}
+
+#[test]
+fn a_key_begun_by_an_instance_that_died_is_taken_over_at_once_embedded() {
+    a_key_begun_by_an_instance_that_died_is_taken_over_at_once(Backend::Embedded);
+}
+
+#[test]
+fn a_key_begun_by_an_instance_that_died_is_taken_over_at_once_postgres() {
+    a_key_begun_by_an_instance_that_died_is_taken_over_at_once(Backend::Postgres);
+}
+
+/// An instance that died after its command committed and before it kept the answer: the
+/// retry on a live server takes the key over at once (no 300 s wait), writes nothing (the
+/// event ids derive from the key) and says the request was applied.
+fn a_key_applied_by_an_instance_that_died_is_not_applied_again(backend: Backend) {
+    let app = spawn_app(backend);
+    let (tenant, owner) = app.signup("Acme", "owner@example.com");
+    let user = app.get("/v1/me", &owner).expect(200)["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tenant = domain::TenantId::from_uuid(tenant.parse().unwrap());
+    let auth = format!("Bearer {owner}");
+    let h = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "u-applied"),
+    ];
+    let body = br#"{"meter": "queries", "units": 3}"#;
+    let used = || {
+        app.get("/v1/tenant/quota", &owner).expect(200)["meters"]["queries"]["used"]
+            .as_u64()
+            .unwrap()
+    };
+    app.send("POST", "/v1/usage", &h, Some(body)).expect(200);
+    assert_eq!(used(), 3);
+    let head = app.head();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (key, _) = usage_record(&user, "u-applied", body);
+    // The record as the dead instance left it: in flight, its instance gone.
+    rt.block_on(async {
+        let dying = store::Store::open(&app.location).await.unwrap();
+        store::testing::orphan_idempotency(&app.location, tenant, &key, dying.instance()).await;
+        dying.close().await;
+    });
+    let retry = send_until_not_in_flight(&app, &h, body);
+    retry.problem(409, "idempotency-key-already-applied");
+    assert_eq!(used(), 3, "the retry did not meter the units again");
+    assert_eq!(app.head(), head, "nothing written by the retry");
+}
+
+#[test]
+fn a_key_applied_by_an_instance_that_died_is_not_applied_again_embedded() {
+    a_key_applied_by_an_instance_that_died_is_not_applied_again(Backend::Embedded);
+}
+
+#[test]
+fn a_key_applied_by_an_instance_that_died_is_not_applied_again_postgres() {
+    a_key_applied_by_an_instance_that_died_is_not_applied_again(Backend::Postgres);
+}
+
+/// A retry that would decide *other* events than its lost first attempt is not run: 90 units on
+/// the free plan (200 queries), then the same request again would cross the warning threshold
+/// and decide `quota.warning` + `usage.recorded` — ids the first attempt never derived, which
+/// the store would write, charging the units twice. The first attempt's events marked its key's
+/// seed applied in their own transaction, so the retry that takes the key over is answered
+/// "already applied" without running (docs/adr/035).
+fn a_retry_that_would_decide_other_events_is_not_run(backend: Backend) {
+    let app = spawn_app(backend);
+    let (tenant, owner) = app.signup("Acme", "owner@example.com");
+    let user = app.get("/v1/me", &owner).expect(200)["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tenant = domain::TenantId::from_uuid(tenant.parse().unwrap());
+    let auth = format!("Bearer {owner}");
+    let h = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "u-threshold"),
+    ];
+    let body = br#"{"meter": "queries", "units": 90}"#;
+    let used = || {
+        app.get("/v1/tenant/quota", &owner).expect(200)["meters"]["queries"]["used"]
+            .as_u64()
+            .unwrap()
+    };
+    app.send("POST", "/v1/usage", &h, Some(body)).expect(200);
+    assert_eq!(used(), 90);
+    let head = app.head();
+    let (key, _) = usage_record(&user, "u-threshold", body);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let dying = store::Store::open(&app.location).await.unwrap();
+        store::testing::orphan_idempotency(&app.location, tenant, &key, dying.instance()).await;
+        dying.close().await;
+    });
+    let retry = send_until_not_in_flight(&app, &h, body);
+    retry.problem(409, "idempotency-key-already-applied");
+    assert_eq!(used(), 90, "the units were not charged twice");
+    assert_eq!(app.head(), head, "nothing written by the retry");
+    // The answer is kept: later retries replay it.
+    let again = app.send("POST", "/v1/usage", &h, Some(body));
+    again.problem(409, "idempotency-key-already-applied");
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(used(), 90);
+}
+
+#[test]
+fn a_retry_that_would_decide_other_events_is_not_run_embedded() {
+    a_retry_that_would_decide_other_events_is_not_run(Backend::Embedded);
+}
+
+#[test]
+fn a_retry_that_would_decide_other_events_is_not_run_postgres() {
+    a_retry_that_would_decide_other_events_is_not_run(Backend::Postgres);
+}

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 /// Events read from the store per round trip while a tenant's log is scanned.
 const READ_CHUNK: usize = 4_096;
 /// The read models that hold personal fields: rebuilt after an erasure so they show it.
-const PERSONAL_READ_MODELS: &[&str] = &["identity", "feedback"];
+const PERSONAL_READ_MODELS: &[&str] = &["identity", "feedback", "directory"];
 
 /// What one erasure run did for a tenant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +50,9 @@ struct Sealed {
 struct Scan {
     by_key: BTreeMap<String, Vec<Sealed>>,
     plaintext: Vec<Sealed>,
+    /// Member (user id) → the SCIM users (SCIM ids) ever linked to them: a SCIM user's fields
+    /// are sealed under the SCIM user (ADR 037), and a member's erasure erases them too.
+    scim_users: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn micros(t: OffsetDateTime) -> i64 {
@@ -88,6 +91,22 @@ async fn scan(app: &App, tenant: TenantId) -> Result<Scan, Error> {
             let Some(row) = personal::fields_of(&e.event_type) else {
                 continue;
             };
+            if matches!(
+                e.event_type.as_str(),
+                "scim.user_provisioned" | "scim.user_updated"
+            ) {
+                // The link is not personal: it stays plaintext in the sealed payload.
+                let value = e.payload.to_value();
+                if let (Some(user), Some(scim)) = (
+                    value.get("user_id").and_then(|v| v.as_str()),
+                    value.get("scim_id").and_then(|v| v.as_str()),
+                ) {
+                    out.scim_users
+                        .entry(user.to_owned())
+                        .or_default()
+                        .insert(scim.to_owned());
+                }
+            }
             let item = Sealed {
                 sequence: s,
                 event_type: e.event_type.clone(),
@@ -160,6 +179,8 @@ async fn destroy(
             app.store.drop_snapshots(tenant, stream).await?;
             app.tenants.forget(tenant, stream);
             app.feedback.forget(tenant, stream);
+            app.sso.scim.forget(tenant, stream);
+            app.sso.logins.forget(tenant, stream);
         }
     }
     Ok(n)
@@ -325,14 +346,20 @@ pub async fn erase_member(
     tenant: TenantId,
     user_id: domain::UserId,
 ) -> Result<ErasureReport, Error> {
-    let subject = personal::user_subject(&user_id.to_string());
-    let live: BTreeSet<String> = app
-        .store
-        .subject_key_ids(tenant, &subject)
-        .await?
-        .into_iter()
-        .collect();
     let scan = scan(app, tenant).await?;
+    // The member's own subject, and the SCIM users ever linked to them (ADR 037).
+    let mut subjects = vec![personal::user_subject(&user_id.to_string())];
+    subjects.extend(
+        scan.scim_users
+            .get(&user_id.to_string())
+            .into_iter()
+            .flatten()
+            .map(|s| personal::scim_user_subject(s)),
+    );
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    for subject in &subjects {
+        live.extend(app.store.subject_key_ids(tenant, subject).await?);
+    }
     let mut report = ErasureReport {
         tenant: Some(tenant),
         ..ErasureReport::default()

@@ -143,24 +143,44 @@ pub async fn add_member(
     m: AddMember,
 ) -> Result<Admitted, Error> {
     let user_id = UserId::from_uuid(ctx.new_id("member"));
+    add_member_as(app, ctx, tenant, by, m, user_id, TokenKind::MemberAdded).await
+}
+
+/// Add a member with the id `user_id` (chosen before, e.g. named by an SSO login's record) and
+/// a first token of `kind` (`sso`, `scim` for members the directory makes; ADR 037).
+pub async fn add_member_as(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    by: TenantRole,
+    m: AddMember,
+    user_id: UserId,
+    kind: TokenKind,
+) -> Result<Admitted, Error> {
     let minted = mint(app, ctx, m.token);
     let seats = seats_for(app, tenant, ctx.now).await?;
+    let member = NewMember {
+        user_id,
+        email: m.email,
+        name: m.name,
+        role: m.role,
+        token: minted.issued.clone(),
+    };
+    let command = match kind {
+        TokenKind::MemberAdded => TenantCommand::AddMember { member, by, seats },
+        kind => TenantCommand::AddMemberFrom {
+            member,
+            by,
+            seats,
+            kind,
+        },
+    };
     let done = app
         .tenants
         .execute(
             tenant,
             &tenant::stream_id(tenant),
-            &TenantCommand::AddMember {
-                member: NewMember {
-                    user_id,
-                    email: m.email,
-                    name: m.name,
-                    role: m.role,
-                    token: minted.issued.clone(),
-                },
-                by,
-                seats,
-            },
+            &command,
             &ctx.meta,
             ctx.now,
         )

@@ -14,6 +14,8 @@ use uuid::Uuid;
 
 /// The most rows one CSV request may carry.
 pub const MAX_ROWS: usize = 10_000;
+/// The longest row read (a longer one refuses the file: no invite row comes near it).
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// The largest CSV body read (bigger is 413).
 pub const MAX_CSV_BYTES: usize = 50 * 1024 * 1024;
 
@@ -114,85 +116,228 @@ struct RawRow {
     fields: Vec<Result<String, ()>>,
 }
 
-/// Read `email,role[,name]` rows, one record at a time: a byte-order mark is skipped, CRLF and
-/// quoted fields are RFC 4180's, a first row whose first cell is `email` is a header (and may
-/// reorder the columns), a field that is not UTF-8 makes its row invalid.
-fn read_rows(bytes: &[u8]) -> Result<(Vec<RawRow>, [usize; 3]), CsvRefused> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes);
-    let mut rows = Vec::new();
-    // email, role, name column indexes.
-    let mut columns = [0usize, 1, 2];
-    let mut record = csv::ByteRecord::new();
-    let mut first = true;
-    let (mut counted, mut lines_seen) = (0usize, 0u64);
-    loop {
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                return Err(CsvRefused::Unreadable {
-                    line,
-                    reason: e.to_string(),
-                });
-            }
+/// Where a record boundary scan stands (a small copy of the CSV reader's quoting rules: a quote
+/// opens a quoted field only at a field's start, `""` inside one is a quote).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scan {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted field: its end, or the first half of `""`.
+    QuoteInQuoted,
+}
+
+/// The rows of a CSV file of invites read as its body arrives (`push` each chunk, then
+/// `finish`): only the rows are kept, never the file. The bytes up to the last record boundary
+/// seen (a newline outside quotes) are parsed at once by the `csv` reader, one record at a time;
+/// the incomplete tail waits for the next chunk. A byte-order mark is skipped, CRLF and quoted
+/// fields are RFC 4180's, a first row with a cell `email` is a header (and may reorder the
+/// columns), a field that is not UTF-8 makes its row invalid, lines are counted from the bytes.
+/// The first refusal of the file is kept and the rest of the body only counted.
+#[derive(Debug)]
+pub struct CsvRows {
+    pending: Vec<u8>,
+    /// How much of `pending` the boundary scan has seen, and its state there.
+    scanned: usize,
+    scan: Scan,
+    /// The last record boundary in `pending` (the index after its CR or LF).
+    boundary: usize,
+    /// Nothing parsed yet (a byte-order mark may lead).
+    at_start: bool,
+    /// Newlines before `pending`.
+    lines_before: u64,
+    header_checked: bool,
+    columns: [usize; 3],
+    rows: Vec<RawRow>,
+    refused: Option<CsvRefused>,
+}
+
+impl Default for CsvRows {
+    fn default() -> Self {
+        CsvRows {
+            pending: Vec::new(),
+            scanned: 0,
+            scan: Scan::FieldStart,
+            boundary: 0,
+            at_start: true,
+            lines_before: 0,
+            header_checked: false,
+            columns: [0, 1, 2],
+            rows: Vec::new(),
+            refused: None,
         }
-        // The reader's own line numbers skip blank lines; count them from the bytes instead.
-        let mut start = record.position().map_or(0, |p| p.byte() as usize);
-        while bytes.get(start).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
-            start += 1;
+    }
+}
+
+/// The rows of a whole file (or why it is refused), as `import_rows` takes them.
+#[derive(Debug)]
+pub struct ParsedCsv {
+    rows: Vec<RawRow>,
+    /// email, role, name column indexes.
+    columns: [usize; 3],
+}
+
+impl CsvRows {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Read the next bytes of the body.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.refused.is_some() {
+            return;
         }
-        lines_seen += bytes[counted..start.min(bytes.len())]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count() as u64;
-        counted = start.min(bytes.len());
-        let line = lines_seen + 1;
-        if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
-            continue;
+        self.pending.extend_from_slice(chunk);
+        for (i, &b) in self.pending[self.scanned..].iter().enumerate() {
+            self.scan = match (self.scan, b) {
+                (Scan::FieldStart, b'"') => Scan::Quoted,
+                (Scan::Quoted, b'"') => Scan::QuoteInQuoted,
+                (Scan::Quoted, _) => Scan::Quoted,
+                (Scan::QuoteInQuoted, b'"') => Scan::Quoted,
+                (_, b',') => Scan::FieldStart,
+                (_, b'\n' | b'\r') => {
+                    self.boundary = self.scanned + i + 1;
+                    Scan::FieldStart
+                }
+                _ => Scan::Unquoted,
+            };
         }
-        if first {
-            first = false;
-            let is_header = record.iter().any(|f| {
-                std::str::from_utf8(f).is_ok_and(|c| c.trim().eq_ignore_ascii_case("email"))
+        self.scanned = self.pending.len();
+        // No row of `email,role[,name]` is this long: a file that makes one is refused at
+        // once, and the rest of its body is not kept.
+        if self.pending.len() - self.boundary > MAX_RECORD_BYTES {
+            self.refused = Some(CsvRefused::Unreadable {
+                line: self.lines_before
+                    + self.pending[..self.boundary]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count() as u64
+                    + 1,
+                reason: format!("a row longer than {MAX_RECORD_BYTES} bytes"),
             });
-            if is_header {
-                let mut found = [usize::MAX; 3];
-                for (i, name) in record.iter().enumerate() {
-                    let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
-                    match name.as_str() {
-                        "email" => found[0] = i,
-                        "role" => found[1] = i,
-                        "name" => found[2] = i,
-                        _ => return Err(CsvRefused::BadHeader(name)),
-                    }
+            self.pending = Vec::new();
+            return;
+        }
+        // Parse whole records once enough has gathered (a chunk each time would parse tiny
+        // slices when the body arrives in small chunks).
+        if self.boundary >= 64 * 1024 {
+            self.parse_upto(self.boundary);
+        }
+    }
+
+    /// The rows of the whole file, or why it is refused.
+    pub fn finish(mut self) -> Result<ParsedCsv, CsvRefused> {
+        if self.refused.is_none() {
+            self.parse_upto(self.pending.len());
+        }
+        if let Some(refused) = self.refused {
+            return Err(refused);
+        }
+        if self.rows.is_empty() {
+            return Err(CsvRefused::Empty);
+        }
+        Ok(ParsedCsv {
+            rows: self.rows,
+            columns: self.columns,
+        })
+    }
+
+    /// Parse `pending[..end]` (whole records) and drop it.
+    fn parse_upto(&mut self, end: usize) {
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut bytes = &pending[..end];
+        if self.at_start {
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+            self.at_start = false;
+        }
+        let newlines = bytes.iter().filter(|b| **b == b'\n').count() as u64;
+        if let Err(e) = self.read_records(bytes) {
+            self.refused = Some(e);
+        }
+        self.lines_before += newlines;
+        pending.drain(..end);
+        self.pending = pending;
+        self.scanned -= end;
+        self.boundary = self.boundary.saturating_sub(end);
+    }
+
+    /// The records of `bytes`, which start at a record boundary and end at one.
+    fn read_records(&mut self, bytes: &[u8]) -> Result<(), CsvRefused> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(bytes);
+        let mut record = csv::ByteRecord::new();
+        let (mut counted, mut lines_seen) = (0usize, self.lines_before);
+        loop {
+            match reader.read_byte_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line()) + self.lines_before;
+                    return Err(CsvRefused::Unreadable {
+                        line,
+                        reason: e.to_string(),
+                    });
                 }
-                if found[1] == usize::MAX {
-                    return Err(CsvRefused::BadHeader("no role column".into()));
-                }
-                columns = found;
+            }
+            // The reader's own line numbers skip blank lines; count them from the bytes instead.
+            let mut start = record.position().map_or(0, |p| p.byte() as usize);
+            while bytes.get(start).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+                start += 1;
+            }
+            lines_seen += bytes[counted..start.min(bytes.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count() as u64;
+            counted = start.min(bytes.len());
+            let line = lines_seen + 1;
+            if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
                 continue;
             }
+            if !self.header_checked {
+                self.header_checked = true;
+                let is_header = record.iter().any(|f| {
+                    std::str::from_utf8(f).is_ok_and(|c| c.trim().eq_ignore_ascii_case("email"))
+                });
+                if is_header {
+                    let mut found = [usize::MAX; 3];
+                    for (i, name) in record.iter().enumerate() {
+                        let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+                        match name.as_str() {
+                            "email" => found[0] = i,
+                            "role" => found[1] = i,
+                            "name" => found[2] = i,
+                            _ => return Err(CsvRefused::BadHeader(name)),
+                        }
+                    }
+                    if found[1] == usize::MAX {
+                        return Err(CsvRefused::BadHeader("no role column".into()));
+                    }
+                    self.columns = found;
+                    continue;
+                }
+            }
+            if self.rows.len() == MAX_ROWS {
+                return Err(CsvRefused::TooManyRows);
+            }
+            self.rows.push(RawRow {
+                line,
+                fields: record
+                    .iter()
+                    .map(|f| std::str::from_utf8(f).map(str::to_owned).map_err(|_| ()))
+                    .collect(),
+            });
         }
-        if rows.len() == MAX_ROWS {
-            return Err(CsvRefused::TooManyRows);
-        }
-        rows.push(RawRow {
-            line,
-            fields: record
-                .iter()
-                .map(|f| std::str::from_utf8(f).map(str::to_owned).map_err(|_| ()))
-                .collect(),
-        });
+        Ok(())
     }
-    if rows.is_empty() {
-        return Err(CsvRefused::Empty);
-    }
-    Ok((rows, columns))
+}
+
+/// The rows of a whole CSV file in memory.
+fn read_rows(bytes: &[u8]) -> Result<ParsedCsv, CsvRefused> {
+    let mut rows = CsvRows::new();
+    rows.push(bytes);
+    rows.finish()
 }
 
 /// Options of an import.
@@ -223,7 +368,21 @@ pub async fn import_csv(
     bytes: &[u8],
     options: ImportOptions,
 ) -> Result<ImportReport, Error> {
-    let (raw, columns) = read_rows(bytes).map_err(|e| Error::field("file", e.to_string()))?;
+    import_rows(app, ctx, tenant, by, read_rows(bytes), options).await
+}
+
+/// Import the rows of a CSV file read as it arrived ([`CsvRows`]); a refused file is a 422 on
+/// `file`.
+pub async fn import_rows(
+    app: &App,
+    ctx: &Ctx,
+    tenant: TenantId,
+    by: TenantRole,
+    parsed: Result<ParsedCsv, CsvRefused>,
+    options: ImportOptions,
+) -> Result<ImportReport, Error> {
+    let ParsedCsv { rows: raw, columns } =
+        parsed.map_err(|e| Error::field("file", e.to_string()))?;
     let mut reports: Vec<Option<RowReport>> = Vec::with_capacity(raw.len());
     let mut wanted: Vec<(usize, NewInvite)> = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
@@ -504,8 +663,37 @@ pub async fn accept(
     })
 }
 
+/// How long `POST /v1/sign-in` takes at least, from its start: both answers wait for it, so what
+/// is left of scheduling noise between them is under the floor's own jitter (ADR 037).
+pub const SIGN_IN_FLOOR: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// `POST /v1/sign-in` as the service answers it: the request is taken and its work (the member
+/// looked up, the code requested, durably) runs after the answer, so a known email and an
+/// unknown one are answered after the same work, and no earlier than [`SIGN_IN_FLOOR`] after
+/// `started` (no timing oracle of who is a member; ADR 037). A failure is logged; the person
+/// asks again, as they would for a lost message.
+pub async fn request_sign_in_detached(
+    app: &std::sync::Arc<App>,
+    ctx: Ctx,
+    tenant: TenantId,
+    email: Email,
+    started: std::time::Instant,
+) {
+    tokio::time::sleep_until((started + SIGN_IN_FLOOR).into()).await;
+    let app = std::sync::Arc::clone(app);
+    tokio::spawn(async move {
+        // Let the answer leave first: on a single-threaded worker the task would otherwise run
+        // before the answer is written, for members only.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        if let Err(e) = request_sign_in(&app, &ctx, tenant, &email).await {
+            tracing::warn!(error = %e, %tenant, "a sign-in code was not requested");
+        }
+    });
+}
+
 /// Ask for a sign-in code. Unknown tenants and emails, and requests over the hourly bound, are
-/// answered the same as a code sent: the caller learns nothing about who is a member.
+/// answered the same as a code sent: the caller learns nothing about who is a member. Waits
+/// until the code request is written.
 pub async fn request_sign_in(
     app: &App,
     ctx: &Ctx,
@@ -605,7 +793,64 @@ mod tests {
     type Rows = Vec<(u64, Vec<Result<String, ()>>)>;
 
     fn outcome(bytes: &[u8]) -> Result<Rows, CsvRefused> {
-        read_rows(bytes).map(|(rows, _)| rows.into_iter().map(|r| (r.line, r.fields)).collect())
+        read_rows(bytes).map(|p| p.rows.into_iter().map(|r| (r.line, r.fields)).collect())
+    }
+
+    /// The same file in chunks of every size reads as it does whole.
+    fn in_chunks(bytes: &[u8], size: usize) -> Result<Rows, CsvRefused> {
+        let mut rows = CsvRows::new();
+        for chunk in bytes.chunks(size) {
+            rows.push(chunk);
+        }
+        rows.finish()
+            .map(|p| p.rows.into_iter().map(|r| (r.line, r.fields)).collect())
+    }
+
+    #[test]
+    fn a_file_read_in_chunks_reads_as_the_whole_file() {
+        let files: [&[u8]; 8] = [
+            b"\xEF\xBB\xBFemail,role,name\r\na@example.com,viewer,\"Doe,\r\nJane\"\r\n\r\nb@example.com,admin\r\n",
+            b"a@example.com,viewer,\"Say \"\"hi\"\"\nthere\"\n\n\n  \nb@example.com,admin",
+            b"role,email\nviewer,a@example.com\nviewer,\"unterminated\n",
+            b"a\"b@example.com,viewer\n\"x\ny\",viewer\nc@example.com,viewer\n",
+            b"a@example.com,vi\xFFewer\rb@example.com,viewer\r",
+            b"\xEF\xBB\xBF",
+            b"email,role,phone\n",
+            b"\n\n\xEF\xBB\xBFa@example.com,viewer\n",
+        ];
+        for file in files {
+            let whole = outcome(file);
+            for size in [1, 2, 3, 5, 7, 64, 4096] {
+                assert_eq!(in_chunks(file, size), whole, "{size}: {file:?}");
+            }
+        }
+        // Large enough to be parsed while it arrives (records cross the 64 KiB mark).
+        let many: String = (0..9_000)
+            .map(|i| format!("u{i}@example.com,viewer,\"Name\n{i}\"\r\n"))
+            .collect();
+        let whole = outcome(many.as_bytes()).unwrap();
+        assert_eq!(whole.len(), 9_000);
+        assert_eq!(whole[8_999].0, 2 * 8_999 + 1, "lines counted across chunks");
+        for size in [1_000, 65_537] {
+            assert_eq!(in_chunks(many.as_bytes(), size).unwrap(), whole);
+        }
+    }
+
+    #[test]
+    fn a_row_longer_than_any_invite_refuses_the_file_without_keeping_it() {
+        let mut rows = CsvRows::new();
+        rows.push(b"a@example.com,viewer\n");
+        for _ in 0..40 {
+            rows.push(&[b'a'; 64 * 1024]);
+        }
+        assert!(rows.pending.is_empty(), "nothing kept after the refusal");
+        assert_eq!(
+            rows.finish().unwrap_err(),
+            CsvRefused::Unreadable {
+                line: 2,
+                reason: format!("a row longer than {MAX_RECORD_BYTES} bytes"),
+            }
+        );
     }
 
     #[test]

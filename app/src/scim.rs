@@ -138,6 +138,11 @@ fn check_user(input: &UserInput) -> Result<(), Error> {
     if n.is_empty() || n.chars().count() > 256 {
         return Err(Error::field("userName", "must be 1 to 256 characters"));
     }
+    // What an erased userName reads as (ADR 037): no user is given it, so it never stands for
+    // a live name.
+    if n == domain::personal::ERASED {
+        return Err(Error::field("userName", "is reserved"));
+    }
     Ok(())
 }
 
@@ -174,7 +179,7 @@ async fn link(
         .or_else(|_| PersonName::parse(input.display_name.as_deref().unwrap_or("")))
         .or_else(|_| PersonName::parse(email.as_str().split('@').next().unwrap_or("member")))
         .map_err(|e| Error::field("name", e.to_string()))?;
-    let added = crate::identity::add_member(
+    let added = crate::identity::add_member_as(
         app,
         ctx,
         tenant,
@@ -185,6 +190,8 @@ async fn link(
             role,
             token: None,
         },
+        UserId::from_uuid(ctx.new_id("member")),
+        domain::identity::TokenKind::Scim,
     )
     .await?;
     Ok(Some(added.user_id))

@@ -264,6 +264,15 @@ pub async fn login(app: &App, ctx: &Ctx, req: Login) -> Result<LoggedIn, Error> 
         meta,
         ..ctx.clone()
     };
+    // The member this login signs in, named in its record so that the record is sealed under
+    // their key (ADR 037): the member with this email, or the id a first login makes them with.
+    let member = app
+        .identity
+        .member_by_email(req.tenant, claims.email.as_str());
+    let user_id = member
+        .as_ref()
+        .map(|m| m.user_id)
+        .unwrap_or_else(|| UserId::from_uuid(ctx.new_id("member")));
     let recorded = app
         .sso
         .logins
@@ -279,6 +288,7 @@ pub async fn login(app: &App, ctx: &Ctx, req: Login) -> Result<LoggedIn, Error> 
                 replay_key: claims.replay_key.clone(),
                 replay_until: claims.replay_until,
                 at: ctx.now,
+                user_id: Some(user_id),
             },
             &ctx.meta,
             ctx.now,
@@ -295,6 +305,8 @@ pub async fn login(app: &App, ctx: &Ctx, req: Login) -> Result<LoggedIn, Error> 
             role,
             kind: domain::identity::TokenKind::Sso,
             drift_reason: "sso_drift",
+            new_user_id: user_id,
+            member,
         },
     )
     .await?;
@@ -311,6 +323,11 @@ pub(crate) struct Admit {
     pub kind: domain::identity::TokenKind,
     /// The reason of a role change (`sso_drift`).
     pub drift_reason: &'static str,
+    /// The id a new member is made with.
+    pub new_user_id: UserId,
+    /// The member with this email, as looked up just before (`None`: a new member is made; one
+    /// made meanwhile by a concurrent login is found when the email is refused as taken).
+    pub member: Option<projections::MemberView>,
 }
 
 /// Make the member (a new email, seats permitting) or find them; give them the mapped role when
@@ -321,12 +338,12 @@ pub(crate) async fn admit(
     tenant: TenantId,
     a: Admit,
 ) -> Result<LoggedIn, Error> {
-    let member = match app.identity.member_by_email(tenant, a.email.as_str()) {
+    let member = match a.member {
         Some(m) => m,
         None => {
             // The mapping that grants the role was saved by an owner or admin (only owners grant
             // owner): the directory adds members with an owner's right.
-            let added = crate::identity::add_member(
+            let added = crate::identity::add_member_as(
                 app,
                 ctx,
                 tenant,
@@ -337,6 +354,8 @@ pub(crate) async fn admit(
                     role: a.role,
                     token: None,
                 },
+                a.new_user_id,
+                a.kind,
             )
             .await;
             match added {

@@ -68,12 +68,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Run the benchmark: `runs` imports of `rows` rows each.
-pub fn invites(rows: usize, runs: usize) -> anyhow::Result<InvitesReport> {
-    let dir = tempfile::tempdir()?;
-    let location = store::Location::Embedded(dir.path().join("store"));
-    let outbox = dir.path().join("outbox");
-    let outbox_dir = outbox.clone();
+/// A real server on a fresh embedded store in `dir` (its outbox in `dir/outbox`): its address.
+fn serve(dir: &std::path::Path) -> anyhow::Result<String> {
+    let location = store::Location::Embedded(dir.join("store"));
+    let outbox = dir.join("outbox");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
@@ -97,7 +95,14 @@ pub fn invites(rows: usize, runs: usize) -> anyhow::Result<InvitesReport> {
             }
         })
     });
-    let addr = rx.recv()?.map_err(|e| anyhow::anyhow!(e))?;
+    rx.recv()?.map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Run the benchmark: `runs` imports of `rows` rows each.
+pub fn invites(rows: usize, runs: usize) -> anyhow::Result<InvitesReport> {
+    let dir = tempfile::tempdir()?;
+    let outbox_dir = dir.path().join("outbox");
+    let addr = serve(dir.path())?;
     let (mut import_ms, mut dry_ms) = (Vec::new(), Vec::new());
     let mut csv_bytes = 0;
     for run in 0..runs {
@@ -188,5 +193,94 @@ pub fn invites(rows: usize, runs: usize) -> anyhow::Result<InvitesReport> {
         rows_per_second: rows as f64 / (import_median_ms / 1000.0),
         import_ms,
         outbox_drained_ms,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct SignInReport {
+    pub requests: usize,
+    /// `POST /v1/sign-in` for a member's email, then for an unknown one, in milliseconds.
+    pub known_p50_ms: f64,
+    pub known_p95_ms: f64,
+    pub unknown_p50_ms: f64,
+    pub unknown_p95_ms: f64,
+    /// Every answer's status and body were the same for both.
+    pub identical_answers: bool,
+}
+
+/// `tenantry bench sign-in`: `requests` sign-in requests for a member's email and as many for
+/// an unknown one, alternating, each on a new connection to a real server (fresh embedded
+/// store), timed from the first byte sent to the last byte read. Each member is asked for once
+/// (`requests` members: a member may ask 5 times an hour), so every known request writes its
+/// code request.
+pub fn sign_in(requests: usize) -> anyhow::Result<SignInReport> {
+    let dir = tempfile::tempdir()?;
+    let addr = serve(dir.path())?;
+    let signup = serde_json::json!({
+        "tenant_name": "Bench sign-in", "email": "owner@bench.example.com", "name": "Owner",
+    });
+    let (status, body) = request(
+        &addr,
+        "POST",
+        "/v1/signup",
+        &[("Content-Type", "application/json")],
+        signup.to_string().as_bytes(),
+    )?;
+    anyhow::ensure!(status == 201, "sign-up answered {status}");
+    let signed_up = json_of(&body)?;
+    let tenant = signed_up["tenant_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let auth = format!("Bearer {}", signed_up["token"].as_str().unwrap_or_default());
+    let json = [("Content-Type", "application/json")];
+    let (status, _) = request(
+        &addr,
+        "POST",
+        "/v1/tenant/plan",
+        &[("Authorization", &auth), json[0]],
+        br#"{"plan": "enterprise"}"#,
+    )?;
+    anyhow::ensure!(status == 200, "plan change answered {status}");
+    for i in 0..requests {
+        let member = serde_json::json!({
+            "email": format!("m{i}@bench.example.com"), "name": "Member", "role": "viewer",
+        });
+        let (status, _) = request(
+            &addr,
+            "POST",
+            "/v1/members",
+            &[("Authorization", &auth), json[0]],
+            member.to_string().as_bytes(),
+        )?;
+        anyhow::ensure!(status == 201, "adding a member answered {status}");
+    }
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    let mut answers = std::collections::BTreeSet::new();
+    for i in 0..requests {
+        for (email, times) in [
+            (format!("m{i}@bench.example.com"), &mut known),
+            (format!("nobody{i}@bench.example.com"), &mut unknown),
+        ] {
+            let body = serde_json::json!({"tenant": tenant, "email": email}).to_string();
+            let started = Instant::now();
+            let (status, answer) = request(&addr, "POST", "/v1/sign-in", &json, body.as_bytes())?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            answers.insert((status, answer));
+        }
+    }
+    let pct = |mut v: Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(SignInReport {
+        requests,
+        known_p50_ms: pct(known.clone(), 0.5),
+        known_p95_ms: pct(known, 0.95),
+        unknown_p50_ms: pct(unknown.clone(), 0.5),
+        unknown_p95_ms: pct(unknown, 0.95),
+        identical_answers: answers.len() == 1,
     })
 }

@@ -234,6 +234,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Sign-in by emailed code: a server on a fresh embedded store, N `POST /v1/sign-in` for
+    /// members' emails and N for unknown ones, alternating; the p50 and p95 of each, and whether
+    /// every answer was the same. Prints one JSON object.
+    SignIn {
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+    },
     /// Insights and first-success on a seeded store: rebuild both read models (events/s), then
     /// time the funnel, the cohorts and every user's onboarding view. Prints one JSON object.
     Insights {
@@ -906,6 +913,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             what: BenchCommand::Invites { rows, runs },
         } => {
             let report = cli::bench_invites::invites(rows, runs)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Bench {
+            what: BenchCommand::SignIn { requests },
+        } => {
+            let report = cli::bench_invites::sign_in(requests)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

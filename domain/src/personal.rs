@@ -28,6 +28,10 @@ pub enum Subject {
     InviteAt(&'static str),
     /// The event's actor (`user:<id>` for a member's own action).
     Actor,
+    /// The SCIM user whose SCIM id is at this pointer (`scim-user:<id>`): one subject across
+    /// the member ids the user is linked to over time (ADR 037). A member's erasure erases the
+    /// SCIM users linked to them.
+    ScimUserAt(&'static str),
 }
 
 /// One row of the table: an event type's personal fields (JSON pointers) and their subject.
@@ -61,6 +65,38 @@ pub const TABLE: &[PersonalFields] = &[
         subject: Subject::UserAt("/user_id"),
         fields: &["/email"],
     },
+    // SSO and SCIM (ADR 037): a login is the member's (v2 names them); a SCIM user's attributes
+    // are the SCIM user's. Group names and ids, roles and replay keys are not personal.
+    PersonalFields {
+        event_type: "sso.login_recorded",
+        subject: Subject::UserAt("/user_id"),
+        fields: &["/subject", "/email"],
+    },
+    PersonalFields {
+        event_type: "scim.user_provisioned",
+        subject: Subject::ScimUserAt("/scim_id"),
+        fields: SCIM_USER_FIELDS,
+    },
+    PersonalFields {
+        event_type: "scim.user_updated",
+        subject: Subject::ScimUserAt("/scim_id"),
+        fields: SCIM_USER_FIELDS,
+    },
+    PersonalFields {
+        event_type: "scim.user_deleted",
+        subject: Subject::ScimUserAt("/scim_id"),
+        fields: &["/user_name"],
+    },
+];
+
+/// The personal attributes of a SCIM user as its events carry them.
+const SCIM_USER_FIELDS: &[&str] = &[
+    "/user_name",
+    "/external_id",
+    "/given_name",
+    "/family_name",
+    "/display_name",
+    "/email",
 ];
 
 /// The personal fields of `event_type`, if it has any.
@@ -78,6 +114,11 @@ pub fn user_subject(user_id: &str) -> String {
     format!("user:{user_id}")
 }
 
+/// The subject of a SCIM user (by its SCIM id).
+pub fn scim_user_subject(scim_id: &str) -> String {
+    format!("scim-user:{scim_id}")
+}
+
 /// The subject of an event with `payload` made by `actor`, when its row names one that is there.
 pub fn subject_of(
     row: &PersonalFields,
@@ -91,6 +132,7 @@ pub fn subject_of(
             .as_str()
             .map(|id| format!("invite:{id}")),
         Subject::Actor => (!actor.is_empty()).then(|| actor.to_owned()),
+        Subject::ScimUserAt(pointer) => payload.pointer(pointer)?.as_str().map(scim_user_subject),
     }
 }
 
@@ -159,6 +201,18 @@ mod tests {
             Some("user:x")
         );
         assert_eq!(subject_of(member, &serde_json::json!({}), "user:x"), None);
+        let scim = fields_of("scim.user_updated").unwrap();
+        let payload = serde_json::json!({"scim_id": "s-1", "user_id": "u-1", "user_name": "a"});
+        assert_eq!(
+            subject_of(scim, &payload, "scim").as_deref(),
+            Some("scim-user:s-1"),
+            "a SCIM user's events are the SCIM user's, whatever member they are linked to"
+        );
+        let login = fields_of("sso.login_recorded").unwrap();
+        assert_eq!(
+            subject_of(login, &payload, "sso").as_deref(),
+            Some("user:u-1")
+        );
         assert!(fields_of("flag.set").is_none());
     }
 

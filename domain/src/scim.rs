@@ -15,6 +15,17 @@ pub fn stream_id(tenant: TenantId) -> String {
     format!("scim-{tenant}")
 }
 
+/// The key a userName is unique under: the name lower-cased (RFC 7643: case-insensitive). An
+/// erased userName (its key destroyed, ADR 037) reserves nothing and matches no filter: its key
+/// is the user's own, a text no userName can be (the store refuses NUL in any text).
+pub fn user_name_key(user_name: &str, scim_id: Uuid) -> String {
+    if user_name == crate::personal::ERASED {
+        format!("{}\u{0}{scim_id}", crate::personal::ERASED)
+    } else {
+        user_name.to_lowercase()
+    }
+}
+
 /// A provisioned user's attributes, as the provider last sent them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScimUser {
@@ -206,9 +217,9 @@ pub enum ScimError {
 /// What the aggregate keeps to decide: names (for uniqueness) and ids.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScimDirectory {
-    /// Lower-cased userName → SCIM id.
+    /// Lower-cased userName → SCIM id ([`user_name_key`]).
     pub user_names: HashMap<String, Uuid>,
-    /// SCIM id → lower-cased userName.
+    /// SCIM id → lower-cased userName ([`user_name_key`]).
     pub users: HashMap<Uuid, String>,
     /// Lower-cased displayName → group id.
     pub group_names: HashMap<String, Uuid>,
@@ -244,7 +255,10 @@ impl Aggregate for ScimDirectory {
                 if self.users.contains_key(&user.scim_id) {
                     return Err(ScimError::IdTaken(user.scim_id));
                 }
-                if self.user_names.contains_key(&user.user_name.to_lowercase()) {
+                if self
+                    .user_names
+                    .contains_key(&user_name_key(&user.user_name, user.scim_id))
+                {
                     return Err(ScimError::UserNameTaken(user.user_name.clone()));
                 }
                 ScimEvent::UserProvisioned(changed(user, reason))
@@ -253,7 +267,10 @@ impl Aggregate for ScimDirectory {
                 if !self.users.contains_key(&user.scim_id) {
                     return Err(ScimError::UnknownUser);
                 }
-                match self.user_names.get(&user.user_name.to_lowercase()) {
+                match self
+                    .user_names
+                    .get(&user_name_key(&user.user_name, user.scim_id))
+                {
                     Some(id) if *id != user.scim_id => {
                         return Err(ScimError::UserNameTaken(user.user_name.clone()));
                     }
@@ -263,9 +280,14 @@ impl Aggregate for ScimDirectory {
             }
             C::DeleteUser { scim_id, reason } => {
                 let name = self.users.get(scim_id).ok_or(ScimError::UnknownUser)?;
+                // An erased name's key is the user's own: the event says it was erased.
+                let name = match name.split_once('\u{0}') {
+                    Some((erased, _)) => erased.to_owned(),
+                    None => name.clone(),
+                };
                 ScimEvent::UserDeleted(UserDeleted {
                     scim_id: *scim_id,
-                    user_name: name.clone(),
+                    user_name: name,
                     reason: reason.clone(),
                 })
             }
@@ -318,7 +340,7 @@ impl Aggregate for ScimDirectory {
                 if let Some(old) = self.users.remove(&e.user.scim_id) {
                     self.user_names.remove(&old);
                 }
-                let name = e.user.user_name.to_lowercase();
+                let name = user_name_key(&e.user.user_name, e.user.scim_id);
                 self.user_names.insert(name.clone(), e.user.scim_id);
                 self.users.insert(e.user.scim_id, name);
             }
@@ -401,6 +423,29 @@ mod tests {
                 reason: "POST /Users".into(),
             })
             .then([provisioned(2, "ada@x.io")]);
+    }
+
+    #[test]
+    fn an_erased_user_name_reserves_nothing_and_is_deleted_as_erased() {
+        let erased = |n: u128| provisioned(n, crate::personal::ERASED);
+        // Two erased users do not collide, and the erased name frees the name it was.
+        let state = given::<ScimDirectory>([erased(1), erased(2)])
+            .when(ScimCommand::CreateUser {
+                user: user(3, "ada@x.io"),
+                reason: "POST /Users".into(),
+            })
+            .then([provisioned(3, "ada@x.io")]);
+        assert_eq!(state.users.len(), 3);
+        given::<ScimDirectory>([erased(1), erased(2)])
+            .when(ScimCommand::DeleteUser {
+                scim_id: Uuid::from_u128(2),
+                reason: "DELETE".into(),
+            })
+            .then([ScimEvent::UserDeleted(UserDeleted {
+                scim_id: Uuid::from_u128(2),
+                user_name: crate::personal::ERASED.into(),
+                reason: "DELETE".into(),
+            })]);
     }
 
     #[test]

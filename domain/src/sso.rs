@@ -528,6 +528,10 @@ pub struct LoginRecorded {
     /// for instances whose clocks differ) are forgotten.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The member this login signs in (v2; made by it for a first login): whose key seals the
+    /// login's personal fields (ADR 037). v1 payloads read as `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -536,12 +540,17 @@ pub enum LoginEvent {
 }
 
 impl LoginEvent {
-    pub const ALL_EVENT_TYPES: &'static [(&'static str, u16)] = &[("sso.login_recorded", 1)];
+    pub const ALL_EVENT_TYPES: &'static [(&'static str, u16)] = &[("sso.login_recorded", 2)];
 }
 
 impl DomainEvent for LoginEvent {
     fn event_type(&self) -> &'static str {
         "sso.login_recorded"
+    }
+
+    /// v2 added `user_id` (the member signed in); v1 payloads read with it `null`.
+    fn schema_version(&self) -> u16 {
+        2
     }
 
     fn to_payload(&self) -> serde_json::Value {
@@ -555,7 +564,7 @@ impl DomainEvent for LoginEvent {
         payload: &[u8],
     ) -> Result<Self, EventDecodeError> {
         match (event_type, schema_version) {
-            ("sso.login_recorded", 1) => Ok(LoginEvent::Recorded(EventDecodeError::parse(
+            ("sso.login_recorded", 1 | 2) => Ok(LoginEvent::Recorded(EventDecodeError::parse(
                 event_type, payload,
             )?)),
             _ => Err(EventDecodeError::UnknownType {
@@ -864,6 +873,7 @@ mod tests {
             replay_key: key.into(),
             replay_until: until,
             at: until - time::Duration::minutes(5),
+            user_id: Some(UserId::from_uuid(Uuid::from_u128(9))),
         }
     }
 
@@ -911,8 +921,15 @@ mod tests {
         let l = LoginEvent::Recorded(login("k", test_now()));
         let bytes = serde_json::to_vec(&l.to_payload()).unwrap();
         assert_eq!(
-            LoginEvent::from_stored("sso.login_recorded", 1, &bytes).unwrap(),
+            LoginEvent::from_stored("sso.login_recorded", 2, &bytes).unwrap(),
             l
         );
+        // A v1 payload (no `user_id`) still reads, with no member named.
+        let mut v1 = l.to_payload();
+        v1.as_object_mut().unwrap().remove("user_id");
+        let LoginEvent::Recorded(old) =
+            LoginEvent::from_stored("sso.login_recorded", 1, &serde_json::to_vec(&v1).unwrap())
+                .unwrap();
+        assert_eq!(old.user_id, None);
     }
 }

@@ -174,6 +174,14 @@ pub enum TenantCommand {
         by: TenantRole,
         seats: Option<u64>,
     },
+    /// Add a member the directory makes (an SSO first login, a SCIM user), as `AddMember`; its
+    /// first token's kind says where it came from (`sso`, `scim`) rather than `member_added`.
+    AddMemberFrom {
+        member: NewMember,
+        by: TenantRole,
+        seats: Option<u64>,
+        kind: TokenKind,
+    },
     /// Revoke one token of the tenant's members.
     RevokeToken {
         token_id: Uuid,
@@ -619,6 +627,34 @@ fn member_events(m: &NewMember, kind: TokenKind, now: OffsetDateTime) -> [Tenant
     ]
 }
 
+impl Tenant {
+    /// A new member and their first token of `kind`; `by` is the role of who asks (only owners
+    /// add owners), `seats` what the plan allows.
+    fn decide_add_member(
+        &self,
+        member: &NewMember,
+        by: TenantRole,
+        seats: Option<u64>,
+        kind: TokenKind,
+        now: OffsetDateTime,
+    ) -> Result<Vec<TenantEvent>, TenantError> {
+        if member.role == TenantRole::Owner && by != TenantRole::Owner {
+            return Err(TenantError::OnlyOwnersAddOwners);
+        }
+        self.check_new_member(member)?;
+        if let Some(seats) = seats
+            && self.seats_taken(now) as u64 >= seats
+        {
+            return Err(TenantError::TooManyMembers {
+                plan: self.plan_at(now).as_str(),
+                seats,
+                members: self.seats_taken(now),
+            });
+        }
+        Ok(member_events(member, kind, now).into())
+    }
+}
+
 impl Aggregate for Tenant {
     type Command = TenantCommand;
     type Event = TenantEvent;
@@ -694,21 +730,14 @@ impl Aggregate for Tenant {
                 )])
             }
             C::AddMember { member, by, seats } => {
-                if member.role == TenantRole::Owner && *by != TenantRole::Owner {
-                    return Err(TenantError::OnlyOwnersAddOwners);
-                }
-                self.check_new_member(member)?;
-                if let Some(seats) = *seats
-                    && self.seats_taken(now) as u64 >= seats
-                {
-                    return Err(TenantError::TooManyMembers {
-                        plan: self.plan_at(now).as_str(),
-                        seats,
-                        members: self.seats_taken(now),
-                    });
-                }
-                Ok(member_events(member, TokenKind::MemberAdded, now).into())
+                self.decide_add_member(member, *by, *seats, TokenKind::MemberAdded, now)
             }
+            C::AddMemberFrom {
+                member,
+                by,
+                seats,
+                kind,
+            } => self.decide_add_member(member, *by, *seats, *kind, now),
             C::RevokeToken { token_id } => match self.tokens.get(token_id) {
                 None => Err(TenantError::UnknownToken),
                 Some(true) => Err(TenantError::AlreadyRevoked),
@@ -1074,6 +1103,42 @@ mod tests {
             })
             .then(added(&m));
         assert_eq!(state.members.len(), 2);
+    }
+
+    #[test]
+    fn a_member_the_directory_makes_gets_a_first_token_of_its_kind() {
+        for kind in [TokenKind::Sso, TokenKind::Scim] {
+            let m = new_member(2, "ana@example.com", TenantRole::Analyst);
+            given::<Tenant>(signed_up("Acme"))
+                .when(TenantCommand::AddMemberFrom {
+                    member: m.clone(),
+                    by: TenantRole::Owner,
+                    seats: None,
+                    kind,
+                })
+                .then(member_events(&m, kind, test_now()));
+            // The same rules as any new member: seats, one email, only owners make owners.
+            given::<Tenant>(signed_up("Acme"))
+                .when(TenantCommand::AddMemberFrom {
+                    member: new_member(3, "ana@example.com", TenantRole::Owner),
+                    by: TenantRole::Admin,
+                    seats: None,
+                    kind,
+                })
+                .then_err(TenantError::OnlyOwnersAddOwners);
+            given::<Tenant>(signed_up("Acme"))
+                .when(TenantCommand::AddMemberFrom {
+                    member: m,
+                    by: TenantRole::Owner,
+                    seats: Some(1),
+                    kind,
+                })
+                .then_err(TenantError::TooManyMembers {
+                    plan: "free",
+                    seats: 1,
+                    members: 1,
+                });
+        }
     }
 
     #[test]

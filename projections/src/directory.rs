@@ -5,7 +5,7 @@
 use crate::codec::{CodecError, Reader, Writer};
 use crate::runtime::{Projection, Unreadable};
 use domain::Aggregate;
-use domain::scim::{ScimEvent, ScimGroup, ScimUser};
+use domain::scim::{ScimEvent, ScimGroup, ScimUser, user_name_key};
 use domain::sso::{ConfigEvent, LoginEvent, SsoConfig};
 use domain::{DomainEvent, TenantId};
 use serde::{Deserialize, Serialize};
@@ -75,15 +75,17 @@ impl TenantDirectory {
                 let id = e.user.scim_id;
                 let prev = self.users.remove(&id);
                 if let Some(p) = &prev {
-                    self.by_name.remove(&p.value.user_name.to_lowercase());
+                    self.by_name.remove(&user_name_key(&p.value.user_name, id));
                 }
-                self.by_name.insert(e.user.user_name.to_lowercase(), id);
+                self.by_name
+                    .insert(user_name_key(&e.user.user_name, id), id);
                 let v = versioned(e.user, prev.as_ref(), at);
                 self.users.insert(id, v);
             }
             ScimEvent::UserDeleted(e) => {
                 if let Some(p) = self.users.remove(&e.scim_id) {
-                    self.by_name.remove(&p.value.user_name.to_lowercase());
+                    self.by_name
+                        .remove(&user_name_key(&p.value.user_name, e.scim_id));
                 }
                 for g in self.memberships.remove(&e.scim_id).into_iter().flatten() {
                     if let Some(group) = self.groups.get_mut(&g) {
@@ -329,7 +331,12 @@ impl Directory {
             .iter()
             .map(|(e, g)| (e.clone(), g.clone()))
             .collect();
+        // An erased name (ADR 037) is nobody's email any more.
+        out.remove(domain::personal::ERASED);
         for u in t.users.values() {
+            if u.value.user_name == domain::personal::ERASED {
+                continue;
+            }
             let groups = t.group_names_of(u.value.scim_id);
             if !groups.is_empty() || !out.contains_key(&u.value.user_name.to_lowercase()) {
                 out.insert(u.value.user_name.to_lowercase(), groups);
@@ -539,6 +546,7 @@ mod tests {
                     replay_key: "k".into(),
                     replay_until: time::macros::datetime!(2026-02-16 10:00 UTC),
                     at: time::macros::datetime!(2026-02-16 09:30 UTC),
+                    user_id: None,
                 });
                 (l.event_type(), l.to_payload())
             }),
@@ -600,5 +608,32 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(dir.users(t, &Filter::All, 1, 10).total, 1);
+    }
+
+    #[test]
+    fn erased_user_names_are_listed_but_match_no_filter_and_no_email() {
+        let t = TenantId::from_uuid(Uuid::from_u128(7));
+        let scim = domain::scim::stream_id(t);
+        let ev = |e: ScimEvent| (e.event_type(), e.to_payload());
+        let erased = domain::personal::ERASED;
+        let events: Vec<Envelope> = (1..=2)
+            .map(|n| {
+                envelope(
+                    n,
+                    t,
+                    scim.clone(),
+                    ev(ScimEvent::UserProvisioned(UserChanged {
+                        user: user(u128::from(n), erased),
+                        reason: "POST /Users".into(),
+                    })),
+                )
+            })
+            .collect();
+        let dir = Directory::default();
+        dir.apply(&events).unwrap();
+        assert_eq!(dir.users(t, &Filter::All, 1, 10).total, 2, "both listed");
+        assert_eq!(dir.users(t, &Filter::Name(erased.into()), 1, 10).total, 0);
+        assert!(dir.user_by_name(t, erased).is_none());
+        assert!(dir.known_groups(t).is_empty());
     }
 }

@@ -23,6 +23,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+mod liveness;
+
 const PAGE_SIZE: i64 = 4096;
 
 /// The most appends one group commit takes from the queue.
@@ -104,6 +106,23 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX subject_keys_subject ON subject_keys (tenant_id, subject);",
     ),
+    (
+        5,
+        // The store instance that began an idempotency record (docs/adr/035): a record in
+        // flight whose instance no longer holds its lock file is taken over at once.
+        "ALTER TABLE idempotency ADD COLUMN instance BLOB;",
+    ),
+    (
+        6,
+        // The idempotency seeds whose events were written, marked by the group commit in the
+        // transaction that writes them (docs/adr/035).
+        "CREATE TABLE idempotency_applied (
+        tenant_id BLOB NOT NULL,
+        seed BLOB NOT NULL,
+        applied_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, seed)
+    );",
+    ),
 ];
 
 enum WriteOp {
@@ -126,6 +145,9 @@ pub(crate) struct Embedded {
     blobs: PathBuf,
     state: Arc<WriterState>,
     queue_capacity: usize,
+    /// This instance's id, and its lock file held while the store is open (docs/adr/035).
+    instance: Uuid,
+    alive: Mutex<Option<std::fs::File>>,
 }
 
 impl Embedded {
@@ -138,7 +160,17 @@ impl Embedded {
         migrate(&mut conn)?;
         // The writer waits at most this long for SQLite's write lock (another process).
         conn.busy_timeout(options.lock_timeout)?;
+        // The writer's page cache is small on purpose: at the end of every write transaction
+        // SQLite scans the whole hash of the connection's page cache (`pcache1TruncateUnsafe`
+        // from `pager_end_transaction`), which with the readers' 64 MiB was 8.5 % of the
+        // writer's CPU in `bench store` singles; 4 MiB holds what a group touches (the right-most
+        // leaves of the log and the index pages of its streams) and the rest is the OS's cache.
+        conn.pragma_update(None, "cache_size", -4096)?;
         let head = head_position(&conn)?;
+        // Alive before the first begin, until closed or dropped (or the process ends).
+        let instance = Uuid::new_v4();
+        let instances = liveness::folder(dir);
+        let alive = liveness::hold(&instances, instance)?;
         let (head_tx, head_rx) = watch::channel(head);
         let queue_capacity = options.append_queue.max(1);
         let (tx, rx) = mpsc::channel(queue_capacity);
@@ -149,7 +181,7 @@ impl Embedded {
             let (wal_frames, state) = (wal_frames.clone(), state.clone());
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || supervise(conn, rx, head_tx, wal_frames, state))
+                .spawn(move || supervise(conn, rx, head_tx, wal_frames, state, instances))
                 .map_err(StoreError::backend)?
         };
         let checkpointer = {
@@ -172,7 +204,13 @@ impl Embedded {
             head: head_rx,
             state,
             queue_capacity,
+            instance,
+            alive: Mutex::new(Some(alive)),
         })
+    }
+
+    pub(crate) fn instance(&self) -> Uuid {
+        self.instance
     }
 
     /// Queue a write, or refuse it at once when the queue is full.
@@ -638,6 +676,8 @@ impl Embedded {
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+        // Closed, it completes no key it began: they may be taken over at once.
+        drop(self.alive.lock().expect("liveness lock").take());
     }
 }
 
@@ -816,11 +856,12 @@ fn supervise(
     head: watch::Sender<u64>,
     wal_frames: Arc<AtomicI64>,
     state: Arc<WriterState>,
+    instances: PathBuf,
 ) {
     conn.set_prepared_statement_cache_capacity(64);
     loop {
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            writer_loop(&mut conn, &mut rx, &head, &wal_frames, &state)
+            writer_loop(&mut conn, &mut rx, &head, &wal_frames, &state, &instances)
         }));
         match run {
             Ok(()) => break,
@@ -841,6 +882,7 @@ fn writer_loop(
     head: &watch::Sender<u64>,
     wal_frames: &AtomicI64,
     state: &WriterState,
+    instances: &Path,
 ) {
     let mut cache = WriterCache::default();
     while let Some(first) = rx.blocking_recv() {
@@ -875,6 +917,7 @@ fn writer_loop(
             appends: &appends,
             snapshots: &snapshots,
             keyed: &keyed,
+            instances,
         };
         let outcome = commit_group(conn, &mut cache, &group, Ids::TrustUniqueIndex).or_else(|e| {
             if matches!(e, StoreError::Timeout(_)) {
@@ -929,6 +972,8 @@ struct Group<'a> {
     appends: &'a [AppendReply],
     snapshots: &'a [SnapshotReply],
     keyed: &'a [KeyedReply],
+    /// The instance lock files, to tell whether a key's owner is alive.
+    instances: &'a Path,
 }
 
 /// One transaction for the whole group: either it all commits (and every `Ok` answer is
@@ -982,6 +1027,17 @@ fn commit_group(
             results.push(result);
         }
         insert_rows(&tx, plan.rows())?;
+        let mut mark = tx.prepare_cached(
+            "INSERT INTO idempotency_applied (tenant_id, seed, applied_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT DO NOTHING",
+        )?;
+        for (tenant, seed) in plan.applied_seeds() {
+            mark.execute(params![
+                tenant.as_uuid().as_bytes(),
+                &seed.as_bytes()[..],
+                to_micros(now)
+            ])?;
+        }
         let mut snap = tx.prepare_cached(
             "INSERT INTO snapshots (tenant_id, stream_id, kind, version, state) \
              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant_id, stream_id, kind) \
@@ -1001,7 +1057,7 @@ fn commit_group(
     let keyed = group
         .keyed
         .iter()
-        .map(|(op, _)| idempotency_op(&tx, op, to_micros(now)))
+        .map(|(op, _)| idempotency_op(&tx, op, to_micros(now), group.instances))
         .collect::<Result<Vec<_>>>()?;
     tx.commit()?;
     cache.head = plan.head();
@@ -1016,6 +1072,7 @@ fn idempotency_op(
     tx: &rusqlite::Transaction<'_>,
     op: &idempotency::Op,
     now: i64,
+    instances: &Path,
 ) -> Result<idempotency::OpResult> {
     use idempotency::{Op, OpResult};
     match op {
@@ -1024,11 +1081,13 @@ fn idempotency_op(
             key,
             request_hash,
             owner,
+            instance,
+            seed,
         } => {
             let row = tx
                 .prepare_cached(
-                    "SELECT request_hash, completed, created_at, status, content_type, body \
-                     FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
+                    "SELECT request_hash, completed, created_at, status, content_type, body, \
+                     instance FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
                 )?
                 .query_row(params![tenant.as_uuid().as_bytes(), key], |r| {
                     let completed: bool = r.get(1)?;
@@ -1045,27 +1104,50 @@ fn idempotency_op(
                         } else {
                             None
                         },
+                        instance: r
+                            .get::<_, Option<Vec<u8>>>(6)?
+                            .and_then(|b| Uuid::from_slice(&b).ok()),
                     })
                 })
                 .optional()?;
-            match idempotency::decide(row, request_hash, now) {
+            let alive = |owner| liveness::alive(instances, owner);
+            let taking_over = idempotency::takes_over(row.as_ref(), request_hash, now);
+            match idempotency::decide(row, request_hash, now, *instance, alive) {
                 Some(found) => Ok(OpResult::Begin(found)),
                 None => {
                     tx.prepare_cached(
-                        "INSERT INTO idempotency (tenant_id, key, request_hash, completed, created_at, owner) \
-                         VALUES (?1, ?2, ?3, 0, ?4, ?5) ON CONFLICT (tenant_id, key) DO UPDATE SET \
-                         request_hash = excluded.request_hash, completed = 0, \
+                        "INSERT INTO idempotency (tenant_id, key, request_hash, completed, created_at, owner, \
+                         instance) VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6) ON CONFLICT (tenant_id, key) \
+                         DO UPDATE SET request_hash = excluded.request_hash, completed = 0, \
                          created_at = excluded.created_at, status = NULL, content_type = NULL, \
-                         body = NULL, owner = excluded.owner",
+                         body = NULL, owner = excluded.owner, instance = excluded.instance",
                     )?
                     .execute(params![
                         tenant.as_uuid().as_bytes(),
                         key,
                         request_hash,
                         now,
-                        &owner.as_bytes()[..]
+                        &owner.as_bytes()[..],
+                        &instance.as_bytes()[..]
                     ])?;
-                    Ok(OpResult::Begin(idempotency::Begin::Started))
+                    // The attempt it takes over may have written its events (docs/adr/035).
+                    let applied = match seed.filter(|_| taking_over) {
+                        Some(seed) => tx
+                            .prepare_cached(
+                                "SELECT EXISTS (SELECT 1 FROM idempotency_applied \
+                                 WHERE tenant_id = ?1 AND seed = ?2)",
+                            )?
+                            .query_row(
+                                params![tenant.as_uuid().as_bytes(), &seed.as_bytes()[..]],
+                                |r| r.get::<_, bool>(0),
+                            )?,
+                        None => false,
+                    };
+                    Ok(OpResult::Begin(if applied {
+                        idempotency::Begin::Applied
+                    } else {
+                        idempotency::Begin::Started
+                    }))
                 }
             }
         }
@@ -1106,6 +1188,8 @@ fn idempotency_op(
         Op::Purge { before_micros } => {
             let n = tx
                 .prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
+                .execute(params![before_micros])?;
+            tx.prepare_cached("DELETE FROM idempotency_applied WHERE applied_at < ?1")?
                 .execute(params![before_micros])?;
             Ok(OpResult::Purged(n as u64))
         }

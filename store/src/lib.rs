@@ -24,6 +24,7 @@ pub use envelope::{
 };
 pub use error::{Result, StoreError};
 pub use planner::MAX_EVENTS_PER_APPEND;
+pub use postgres::BlobChunks;
 pub use sealing::{KEY_MEMBER, key_ids_of, open_value, sealed_parts};
 pub use subscription::Subscription;
 pub use tls::SslMode;
@@ -190,8 +191,11 @@ pub struct Store {
 pub enum BlobBody {
     /// A file and its length, to read in pieces.
     File(std::fs::File, u64),
-    /// The whole blob, from a backend that keeps it in one value.
+    /// The whole blob: PostgreSQL's blobs of at most one chunk (1 MiB).
     Bytes(Vec<u8>),
+    /// Its length and its chunks in order: PostgreSQL's larger blobs, read a chunk at a time
+    /// (docs/adr/036).
+    Chunks(u64, BlobChunks),
 }
 
 macro_rules! dispatch {
@@ -429,7 +433,8 @@ impl Store {
 
     /// Keep the file at `path` as a blob, like `put_blob`, without reading it into memory where
     /// the backend allows: the embedded store copies it into place (a temporary name, fsync,
-    /// rename); PostgreSQL keeps a blob as one `bytea`, so the file is read whole and sent.
+    /// rename); PostgreSQL reads it a chunk at a time into the rows of one transaction
+    /// (docs/adr/036).
     pub async fn put_blob_file(&self, tenant: TenantId, id: &str, path: &Path) -> Result<()> {
         match &*self.backend {
             Backend::Embedded(b) => {
@@ -447,17 +452,46 @@ impl Store {
             }
             Backend::Postgres(b) => {
                 let from = path.to_owned();
-                let bytes = tokio::task::spawn_blocking(move || std::fs::read(from))
+                let file = tokio::task::spawn_blocking(move || std::fs::File::open(from))
                     .await
                     .map_err(StoreError::backend)?
                     .map_err(StoreError::backend)?;
-                b.put_blob(tenant, id, bytes).await
+                b.put_blob_reader(tenant, id, Box::new(file)).await
             }
         }
     }
 
-    /// A blob to read as a stream where the backend allows: the embedded store's blob is a file,
-    /// opened; PostgreSQL's is one `bytea`, read whole.
+    /// Keep what `reader` gives as a blob, like `put_blob`, holding a chunk of it at a time:
+    /// the embedded store copies it into a temporary file renamed into place, PostgreSQL writes
+    /// it in chunks in one transaction (docs/adr/036). A reader that fails leaves nothing of
+    /// this write visible: a blob of that id is then the one before, or none.
+    pub async fn put_blob_reader(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        mut reader: impl std::io::Read + Send + 'static,
+    ) -> Result<()> {
+        match &*self.backend {
+            Backend::Embedded(b) => {
+                let to = b.blob_path(tenant, id)?;
+                tokio::task::spawn_blocking(move || {
+                    embedded::write_blob_file(&to, |tmp| {
+                        let mut file = std::fs::File::create(tmp)?;
+                        std::io::copy(&mut reader, &mut file)?;
+                        file.sync_all()
+                    })
+                })
+                .await
+                .map_err(StoreError::backend)?
+                .map_err(StoreError::backend)
+            }
+            Backend::Postgres(b) => b.put_blob_reader(tenant, id, Box::new(reader)).await,
+        }
+    }
+
+    /// A blob to read as a stream: the embedded store's blob is a file, opened; PostgreSQL's
+    /// comes in chunks (`BlobBody::Chunks`, one short read each; docs/adr/036), or whole when
+    /// it is one chunk or less.
     pub async fn open_blob(&self, tenant: TenantId, id: &str) -> Result<Option<BlobBody>> {
         match &*self.backend {
             Backend::Embedded(b) => {
@@ -473,7 +507,7 @@ impl Store {
                 .await
                 .map_err(StoreError::backend)?
             }
-            Backend::Postgres(b) => Ok(b.get_blob(tenant, id).await?.map(BlobBody::Bytes)),
+            Backend::Postgres(b) => b.open_blob(tenant, id).await,
         }
     }
 
@@ -483,8 +517,21 @@ impl Store {
         self.readable(events).await
     }
 
+    /// This process instance's id (one per opened store; clones share it). Idempotency records
+    /// begun through it carry it, and a record whose instance is dead is taken over at once
+    /// (docs/adr/035): PostgreSQL knows an instance alive by a session advisory lock it holds,
+    /// the embedded store by a file lock.
+    pub fn instance(&self) -> uuid::Uuid {
+        match &*self.backend {
+            Backend::Embedded(b) => b.instance(),
+            Backend::Postgres(b) => b.instance(),
+        }
+    }
+
     /// Begin a request under an idempotency key (see [`idempotency`]). `owner` names this
-    /// attempt: only it may complete or abandon the key it started.
+    /// attempt: only it may complete or abandon the key it started. A key in flight whose
+    /// instance is dead is taken over at once; one of a live instance answers `InFlight`
+    /// (until [`idempotency::IN_FLIGHT_TIMEOUT_SECS`]).
     pub async fn idempotency_begin(
         &self,
         tenant: TenantId,
@@ -492,11 +539,28 @@ impl Store {
         request_hash: &str,
         owner: uuid::Uuid,
     ) -> Result<idempotency::Begin> {
+        self.idempotency_begin_seeded(tenant, key, request_hash, owner, None)
+            .await
+    }
+
+    /// [`Store::idempotency_begin`] for a request whose events carry ids derived from `seed`
+    /// (`Metadata::event_id_seed`): a key taken over from an attempt whose events were written
+    /// answers [`idempotency::Begin::Applied`] (docs/adr/035).
+    pub async fn idempotency_begin_seeded(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        request_hash: &str,
+        owner: uuid::Uuid,
+        seed: Option<uuid::Uuid>,
+    ) -> Result<idempotency::Begin> {
         let op = idempotency::Op::Begin {
             tenant,
             key: key.to_owned(),
             request_hash: request_hash.to_owned(),
             owner,
+            instance: self.instance(),
+            seed,
         };
         match dispatch!(self.idempotency(op))? {
             idempotency::OpResult::Begin(b) => Ok(b),

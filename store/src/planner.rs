@@ -75,6 +75,9 @@ pub struct Plan {
     /// Streams whose version changed in this batch, with the version they were loaded at.
     touched: HashMap<(TenantId, String), u64>,
     rows: Vec<Envelope>,
+    /// The event-id seeds (idempotency keys) whose events this batch writes, to be marked
+    /// applied in the same transaction (docs/adr/035).
+    seeds: Vec<(TenantId, Uuid)>,
 }
 
 /// Reject malformed appends before anything is loaded, and before they join a group: whatever
@@ -253,6 +256,18 @@ impl Plan {
             });
         }
         self.streams.insert(key, version);
+        for e in &request.events {
+            let seed = e
+                .metadata
+                .as_ref()
+                .unwrap_or(&request.metadata)
+                .event_id_seed;
+            if let Some(seed) = seed
+                && !self.seeds.contains(&(tenant, seed))
+            {
+                self.seeds.push((tenant, seed));
+            }
+        }
         Ok(Appended {
             positions,
             stream_version: version,
@@ -302,6 +317,12 @@ impl Plan {
             stream_version: found.last().expect("not empty").stream_version,
             replayed: true,
         }))
+    }
+
+    /// The idempotency seeds of the appends this plan writes (replays and refusals excluded):
+    /// the backend marks them applied in the transaction that writes the rows.
+    pub fn applied_seeds(&self) -> &[(TenantId, Uuid)] {
+        &self.seeds
     }
 
     /// The rows to insert, in position order.

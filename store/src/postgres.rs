@@ -30,10 +30,17 @@ use tokio_postgres::{AsyncMessage, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
+mod blobs;
+pub use blobs::BlobChunks;
+
 /// The advisory lock every writing transaction holds from assigning positions until commit.
 const WRITE_LOCK: i64 = 0x7465_6e61_6e74; // "tenant"
 /// The advisory lock that serializes migrations when several instances start at once.
 const MIGRATION_LOCK: i64 = 0x7465_6e61_6e75;
+/// How soon the server notices that the liveness session's peer vanished without closing it
+/// (a host lost, a network cut): keepalives after 10 s idle, every 5 s, 3 missed (docs/adr/035).
+const LIVENESS_KEEPALIVES: &str =
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3";
 const CHANNEL: &str = "tenantry_events";
 /// The most appends one group commit takes from the queue.
 const MAX_GROUP: usize = 2048;
@@ -308,6 +315,47 @@ const MIGRATIONS: &[(i32, &str)] = &[
         WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);
     ALTER TABLE subject_keys FORCE ROW LEVEL SECURITY;",
     ),
+    (
+        10,
+        // The process instance that began an idempotency record (docs/adr/035): a record in
+        // flight whose instance no longer holds its liveness lock is taken over at once. The
+        // tenant role's table grants cover the column; the platform role's column grants do not
+        // (it purges by age and never needs it). Row-level security stays forced on the table.
+        "ALTER TABLE idempotency ADD COLUMN instance uuid;",
+    ),
+    (
+        11,
+        // Blobs in chunks beside the single values of migration 3 (docs/adr/036).
+        blobs::MIGRATION,
+    ),
+    (
+        12,
+        // The idempotency seeds whose events were written, marked by the group commit in the
+        // transaction that writes them (docs/adr/035): a retry that takes a key over learns that
+        // its request applied even when it would decide other events. Tenant-scoped under
+        // forced row-level security; the writer inserts for every tenant, the platform purges
+        // by age.
+        "CREATE TABLE idempotency_applied (
+        tenant_id uuid NOT NULL,
+        seed uuid NOT NULL,
+        applied_at bigint NOT NULL,
+        PRIMARY KEY (tenant_id, seed)
+    );
+    GRANT SELECT ON idempotency_applied TO tenantry_tenant;
+    GRANT SELECT, INSERT ON idempotency_applied TO tenantry_writer;
+    GRANT SELECT (applied_at), DELETE ON idempotency_applied TO tenantry_platform;
+    ALTER TABLE idempotency_applied ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_isolation ON idempotency_applied
+        USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid)
+        WITH CHECK (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);
+    CREATE POLICY group_commit ON idempotency_applied FOR ALL TO tenantry_writer
+        USING (true) WITH CHECK (true);
+    CREATE POLICY platform_purges_by_age ON idempotency_applied FOR SELECT TO tenantry_platform
+        USING (true);
+    CREATE POLICY platform_purges ON idempotency_applied FOR DELETE TO tenantry_platform
+        USING (true);
+    ALTER TABLE idempotency_applied FORCE ROW LEVEL SECURITY;",
+    ),
 ];
 
 /// The roles the service acts as (migration 7, docs/adr/017). Every connection of the pool
@@ -337,6 +385,8 @@ pub(crate) struct Postgres {
     head: watch::Receiver<u64>,
     state: Arc<WriterState>,
     queue_capacity: usize,
+    /// This instance's id; its liveness lock is held by a session of its own (docs/adr/035).
+    instance: Uuid,
 }
 
 /// Session settings every connection of the store starts with (as startup options, so they
@@ -375,6 +425,21 @@ impl Postgres {
         // Migrations run as the URL's user (the tables' owner), on a connection of their own;
         // every other connection starts as the tenant role, bound to no tenant (docs/adr/017).
         migrate(&config, &connect.tls).await?;
+        // Alive from before the first begin until the store is closed or dropped.
+        let instance = Uuid::new_v4();
+        let mut liveness_config = config.clone();
+        let with_keepalives = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {LIVENESS_KEEPALIVES}"),
+            _ => LIVENESS_KEEPALIVES.to_owned(),
+        };
+        liveness_config.options(with_keepalives);
+        let first_session = hold_liveness(&liveness_config, &connect.tls, instance).await?;
+        let liveness = tokio::spawn(liveness_loop(
+            liveness_config,
+            connect.tls.clone(),
+            instance,
+            first_session,
+        ));
         let role = format!("-c role={TENANT_ROLE}");
         let all = match config.get_options() {
             Some(given) if !given.trim().is_empty() => format!("{given} {role}"),
@@ -415,11 +480,16 @@ impl Postgres {
         Ok(Self {
             pool,
             queue: std::sync::Mutex::new(Some(tx)),
-            tasks: std::sync::Mutex::new(vec![writer, listener]),
+            tasks: std::sync::Mutex::new(vec![writer, listener, liveness]),
             head: head_rx,
             state,
             queue_capacity,
+            instance,
         })
+    }
+
+    pub(crate) fn instance(&self) -> Uuid {
+        self.instance
     }
 
     pub(crate) async fn append(&self, request: AppendRequest) -> Result<Appended> {
@@ -560,75 +630,6 @@ impl Postgres {
         Ok(head_of(&rows))
     }
 
-    pub(crate) async fn put_blob(&self, tenant: TenantId, id: &str, bytes: Vec<u8>) -> Result<()> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO blobs (tenant_id, blob_id, data) VALUES ($1, $2, $3) \
-                 ON CONFLICT (tenant_id, blob_id) DO UPDATE SET data = excluded.data",
-            )
-            .await?;
-        in_scope(
-            &client,
-            Scope::Tenant(tenant),
-            client.execute(&stmt, &[tenant.as_uuid(), &id, &bytes]),
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn put_blob_if_absent(
-        &self,
-        tenant: TenantId,
-        id: &str,
-        bytes: Vec<u8>,
-    ) -> Result<Vec<u8>> {
-        let mut client = self.pool.get().await?;
-        let tx = tenant_scope(&mut client, tenant).await?;
-        tx.execute(
-            "INSERT INTO blobs (tenant_id, blob_id, data) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id, blob_id) DO NOTHING",
-            &[tenant.as_uuid(), &id, &bytes],
-        )
-        .await?;
-        let row = tx
-            .query_one(
-                "SELECT data FROM blobs WHERE tenant_id = $1 AND blob_id = $2",
-                &[tenant.as_uuid(), &id],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok(row.get(0))
-    }
-
-    pub(crate) async fn get_blob(&self, tenant: TenantId, id: &str) -> Result<Option<Vec<u8>>> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached("SELECT data FROM blobs WHERE tenant_id = $1 AND blob_id = $2")
-            .await?;
-        let rows = in_scope(
-            &client,
-            Scope::Tenant(tenant),
-            client.query(&stmt, &[tenant.as_uuid(), &id]),
-        )
-        .await?;
-        Ok(rows.first().map(|r| r.get(0)))
-    }
-
-    pub(crate) async fn delete_blob(&self, tenant: TenantId, id: &str) -> Result<()> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached("DELETE FROM blobs WHERE tenant_id = $1 AND blob_id = $2")
-            .await?;
-        in_scope(
-            &client,
-            Scope::Tenant(tenant),
-            client.execute(&stmt, &[tenant.as_uuid(), &id]),
-        )
-        .await?;
-        Ok(())
-    }
-
     /// Subject keys (ADR 032), each operation one transaction bound to its tenant.
     pub(crate) async fn key_op(
         &self,
@@ -738,6 +739,8 @@ impl Postgres {
                 key,
                 request_hash,
                 owner,
+                instance,
+                seed,
             } => {
                 let tx = tenant_scope(&mut client, tenant).await?;
                 // Lock the key (or its absence) for the decision, across instances.
@@ -748,8 +751,8 @@ impl Postgres {
                 .await?;
                 let row = tx
                     .query_opt(
-                        "SELECT request_hash, completed, created_at, status, content_type, body \
-                         FROM idempotency WHERE tenant_id = $1 AND key = $2",
+                        "SELECT request_hash, completed, created_at, status, content_type, body, \
+                         instance FROM idempotency WHERE tenant_id = $1 AND key = $2",
                         &[tenant.as_uuid(), &key],
                     )
                     .await?
@@ -764,24 +767,57 @@ impl Postgres {
                                 content_type: r.get(4),
                                 body: r.get(5),
                             }),
+                            instance: r.get(6),
                         }
                     });
-                let found = idempotency::decide(row, &request_hash, now);
+                // The owner is alive while its session holds the exclusive liveness lock; a
+                // shared one is granted only when nobody does (released with this transaction).
+                let alive = match row
+                    .as_ref()
+                    .and_then(|r| idempotency::owner_to_ask(r, &request_hash, now, instance))
+                {
+                    Some(other) => {
+                        let (a, b) = liveness_key(other);
+                        let free: bool = tx
+                            .query_one("SELECT pg_try_advisory_xact_lock_shared($1, $2)", &[&a, &b])
+                            .await?
+                            .get(0);
+                        !free
+                    }
+                    None => true,
+                };
+                let taking_over = idempotency::takes_over(row.as_ref(), &request_hash, now);
+                let found = idempotency::decide(row, &request_hash, now, instance, |_| alive);
                 if found.is_none() {
                     tx.execute(
                         "INSERT INTO idempotency (tenant_id, key, request_hash, completed, created_at, \
-                         owner) VALUES ($1, $2, $3, false, $4, $5) ON CONFLICT (tenant_id, key) DO \
+                         owner, instance) VALUES ($1, $2, $3, false, $4, $5, $6) \
+                         ON CONFLICT (tenant_id, key) DO \
                          UPDATE SET request_hash = excluded.request_hash, completed = false, \
                          created_at = excluded.created_at, status = NULL, content_type = NULL, \
-                         body = NULL, owner = excluded.owner",
-                        &[tenant.as_uuid(), &key, &request_hash, &now, &owner],
+                         body = NULL, owner = excluded.owner, instance = excluded.instance",
+                        &[tenant.as_uuid(), &key, &request_hash, &now, &owner, &instance],
                     )
                     .await?;
                 }
+                // The attempt it takes over may have written its events (docs/adr/035).
+                let applied = match seed.filter(|_| found.is_none() && taking_over) {
+                    Some(seed) => tx
+                        .query_one(
+                            "SELECT EXISTS (SELECT 1 FROM idempotency_applied \
+                             WHERE tenant_id = $1 AND seed = $2)",
+                            &[tenant.as_uuid(), &seed],
+                        )
+                        .await?
+                        .get(0),
+                    None => false,
+                };
                 tx.commit().await?;
-                Ok(OpResult::Begin(
-                    found.unwrap_or(idempotency::Begin::Started),
-                ))
+                Ok(OpResult::Begin(found.unwrap_or(if applied {
+                    idempotency::Begin::Applied
+                } else {
+                    idempotency::Begin::Started
+                })))
             }
             Op::Complete {
                 tenant,
@@ -829,6 +865,11 @@ impl Postgres {
                         &[&before_micros],
                     )
                     .await?;
+                tx.execute(
+                    "DELETE FROM idempotency_applied WHERE applied_at < $1",
+                    &[&before_micros],
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(OpResult::Purged(n))
             }
@@ -1272,6 +1313,7 @@ struct Statements {
     insert_streams: Statement,
     insert_events: Statement,
     notify: Statement,
+    mark_applied: Statement,
 }
 
 async fn statements(
@@ -1285,9 +1327,10 @@ async fn statements(
         client.prepare_cached(UPDATE_STREAMS),
         client.prepare_cached(INSERT_STREAMS),
     )?;
-    let (insert_events, notify) = tokio::try_join!(
+    let (insert_events, notify, mark_applied) = tokio::try_join!(
         client.prepare_cached(INSERT_EVENTS),
         client.prepare_cached("SELECT pg_notify($1, $2)"),
+        client.prepare_cached(MARK_APPLIED),
     )?;
     Ok(Statements {
         lock,
@@ -1298,6 +1341,7 @@ async fn statements(
         insert_streams,
         insert_events,
         notify,
+        mark_applied,
     })
 }
 
@@ -1575,6 +1619,12 @@ async fn write_rows(
     let traces: Vec<Option<&str>> = rows.iter().map(|e| e.trace_id.as_deref()).collect();
     let payloads: Vec<&str> = rows.iter().map(|e| e.payload.as_str()).collect();
     let notify = plan.head().to_string();
+    let (seed_tenants, seeds): (Vec<Uuid>, Vec<Uuid>) = plan
+        .applied_seeds()
+        .iter()
+        .map(|(t, s)| (*t.as_uuid(), *s))
+        .unzip();
+    let applied_at = crate::envelope::to_micros(crate::envelope::now_micros());
 
     // Each future sends its request when first polled; `join`, `join3` and `join4` poll in
     // argument order, so the server receives the requests in this order. All are awaited (an
@@ -1639,6 +1689,15 @@ async fn write_rows(
             .await
             .map(|_| ())
     };
+    let mark_q = async {
+        if seeds.is_empty() {
+            return Ok(());
+        }
+        client
+            .execute(&s.mark_applied, &[&seed_tenants, &seeds, &applied_at])
+            .await
+            .map(|_| ())
+    };
     let notify_q = async {
         client
             .execute(&s.notify, &[&CHANNEL, &notify])
@@ -1652,18 +1711,21 @@ async fn write_rows(
         commit_sent.store(true, Ordering::SeqCst);
         client.batch_execute("COMMIT").await
     };
-    let ((begun, locked, updated, inserted_streams), (inserted_events, notified, committed)) =
-        join(
-            join4(begin_q, lock_q, update_q, insert_streams_q),
-            join3(insert_events_q, notify_q, commit_q),
-        )
-        .await;
+    let (
+        (begun, locked, updated, inserted_streams),
+        (inserted_events, marked, notified, committed),
+    ) = join(
+        join4(begin_q, lock_q, update_q, insert_streams_q),
+        join4(insert_events_q, mark_q, notify_q, commit_q),
+    )
+    .await;
     let first_error = [
         begun,
         locked,
         updated,
         inserted_streams,
         inserted_events,
+        marked,
         notified,
         committed,
     ]
@@ -1809,6 +1871,9 @@ const UPDATE_STREAMS: &str = "WITH moved AS (UPDATE streams s SET version = k.af
     WHERE s.tenant_id = k.tenant_id AND s.stream_id = k.stream_id AND s.version = k.before \
     RETURNING 1) SELECT tenantry_expect_streams($5::bigint, count(*)) FROM moved";
 const HEAD: &str = "SELECT coalesce(max(global_position), 0) FROM events";
+/// Mark the idempotency seeds of a group's fresh writes applied (docs/adr/035).
+const MARK_APPLIED: &str = "INSERT INTO idempotency_applied (tenant_id, seed, applied_at) \
+    SELECT t, s, $3 FROM unnest($1::uuid[], $2::uuid[]) AS m (t, s) ON CONFLICT DO NOTHING";
 const INSERT_STREAMS: &str = "INSERT INTO streams (tenant_id, stream_id, version) \
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[])";
 const INSERT_EVENTS: &str = "INSERT INTO events (global_position, tenant_id, stream_id, \
@@ -1819,6 +1884,88 @@ const INSERT_EVENTS: &str = "INSERT INTO events (global_position, tenant_id, str
 
 /// Keep a LISTEN connection open and move the head watch forward on every notification.
 /// Notifications only wake readers: readers always re-read the table, and also poll.
+/// The advisory lock that says an instance is alive: two `int4` keys, a space apart from the
+/// `bigint` locks (the write lock, migrations, idempotency keys), from the instance id's first
+/// 64 bits.
+fn liveness_key(instance: Uuid) -> (i32, i32) {
+    let b = instance.as_bytes();
+    (
+        i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+    )
+}
+
+/// The session that holds an instance's liveness lock: the client (kept, or the session ends)
+/// and the connection that must be driven.
+type LivenessSession = (
+    tokio_postgres::Client,
+    std::pin::Pin<
+        Box<
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+                    tokio_postgres::Socket,
+                >>::Stream,
+            >,
+        >,
+    >,
+);
+
+/// A session of its own that holds `instance`'s liveness lock (session-level: released when the
+/// session ends, however it ends: the process killed, the store dropped or closed, the
+/// connection cut or terminated by the server).
+async fn hold_liveness(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+    instance: Uuid,
+) -> Result<LivenessSession> {
+    let (client, connection) = config.connect(tls.clone()).await?;
+    let mut connection = Box::pin(connection);
+    let (a, b) = liveness_key(instance);
+    // The connection is driven here only while the statement runs; the caller drives it after.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&a, &b];
+    let lock = client.execute("SELECT pg_advisory_lock($1, $2)", &params);
+    match futures_util::future::select(Box::pin(lock), connection.as_mut()).await {
+        futures_util::future::Either::Left((locked, _)) => {
+            locked?;
+        }
+        futures_util::future::Either::Right((ended, _)) => {
+            ended?;
+            return Err(StoreError::Backend("the liveness session closed".into()));
+        }
+    }
+    Ok((client, connection))
+}
+
+/// Keep this instance's liveness lock for the store's lifetime: while the session lives, wait;
+/// when it ends (the server restarted, a network cut), take the lock again on a new one. Between
+/// the two the instance looks dead and its keys in flight can be taken over, which is safe
+/// (docs/adr/035). Aborting the task drops the session and releases the lock.
+async fn liveness_loop(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    instance: Uuid,
+    first: LivenessSession,
+) {
+    let mut session = Some(first);
+    loop {
+        if let Some((client, connection)) = session.take() {
+            match connection.await {
+                Err(e) => {
+                    tracing::warn!(error = %e, "liveness session ended; taking the lock again")
+                }
+                Ok(()) => tracing::warn!("liveness session closed; taking the lock again"),
+            }
+            drop(client);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match hold_liveness(&config, &tls, instance).await {
+            Ok(s) => session = Some(s),
+            Err(e) => tracing::warn!(error = %e, "liveness lock not taken; retrying"),
+        }
+    }
+}
+
 async fn listen_loop(
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,

@@ -134,6 +134,49 @@ pub async fn rewind_idempotency(
     }
 }
 
+/// Make `key`'s idempotency record of `tenant` look begun by `instance` and not completed: what
+/// an instance that died after its command committed and before it kept the answer leaves
+/// behind (docs/adr/035). Raw SQL through the backend's own driver.
+pub async fn orphan_idempotency(
+    location: &Location,
+    tenant: domain::TenantId,
+    key: &str,
+    instance: uuid::Uuid,
+) {
+    match location {
+        Location::Embedded(dir) => {
+            let conn = rusqlite::Connection::open(dir.join("events.db")).expect("open events.db");
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .expect("busy timeout");
+            let n = conn
+                .execute(
+                    "UPDATE idempotency SET completed = 0, instance = ?3 \
+                     WHERE tenant_id = ?1 AND key = ?2",
+                    rusqlite::params![tenant.as_uuid().as_bytes(), key, &instance.as_bytes()[..]],
+                )
+                .expect("orphan the idempotency record");
+            assert_eq!(n, 1, "one record under {key}");
+        }
+        Location::Postgres(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            let driver = tokio::spawn(conn);
+            let n = client
+                .execute(
+                    "UPDATE idempotency SET completed = false, instance = $3 \
+                     WHERE tenant_id = $1 AND key = $2",
+                    &[tenant.as_uuid(), &key, &instance],
+                )
+                .await
+                .expect("orphan the idempotency record");
+            assert_eq!(n, 1, "one record under {key}");
+            drop(client);
+            let _ = driver.await;
+        }
+    }
+}
+
 /// `base` with its database name replaced by `name`.
 pub fn with_database(base: &str, name: &str) -> String {
     let (head, query) = match base.split_once('?') {

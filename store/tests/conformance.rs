@@ -761,6 +761,174 @@ async fn blobs_are_kept_per_tenant_replaced_and_removed(h: &Harness) {
     assert_eq!(s.get_blob(t, "b-1").await.unwrap(), None);
 }
 
+/// Bytes that differ from chunk to chunk (251 is prime, a chunk is not a multiple of it), so
+/// chunks read out of order or twice cannot pass for the blob.
+fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 31 + seed) % 251) as u8).collect()
+}
+
+/// A blob as read for a download, whole: a file read to its end, or a stream of chunks
+/// collected (its announced length checked).
+async fn body(blob: store::BlobBody) -> Vec<u8> {
+    use futures_util::StreamExt;
+    use std::io::Read;
+    let (out, len) = match blob {
+        store::BlobBody::File(mut f, len) => {
+            let mut out = Vec::new();
+            f.read_to_end(&mut out).unwrap();
+            (out, len)
+        }
+        store::BlobBody::Bytes(b) => {
+            let len = b.len() as u64;
+            (b, len)
+        }
+        store::BlobBody::Chunks(len, mut chunks) => {
+            let mut out = Vec::new();
+            while let Some(chunk) = chunks.next().await {
+                out.extend_from_slice(&chunk.unwrap());
+            }
+            (out, len)
+        }
+    };
+    assert_eq!(out.len() as u64, len, "the announced length is the blob's");
+    out
+}
+
+/// A reader that gives `left` bytes, then fails (a disk that went away mid-export).
+struct FailingReader {
+    left: usize,
+}
+
+impl std::io::Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("the source went away"));
+        }
+        let n = buf.len().min(self.left);
+        buf[..n].fill(9);
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+async fn blobs_of_several_chunks_round_trip_byte_exact(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    const MIB: usize = 1 << 20;
+    // Around PostgreSQL's one-value bound (a chunk, 1 MiB) and well past it.
+    for (seed, (id, len)) in [
+        ("one-chunk", MIB),
+        ("just-over", MIB + 1),
+        ("several", 3 * MIB + 12_345),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bytes = pattern(len, seed);
+        s.put_blob(t, id, bytes.clone()).await.unwrap();
+        assert_eq!(
+            body(s.open_blob(t, id).await.unwrap().unwrap()).await,
+            bytes,
+            "{id}"
+        );
+        assert_eq!(
+            s.get_blob(t, id).await.unwrap().as_ref(),
+            Some(&bytes),
+            "{id}"
+        );
+        // Through a reader, replacing it.
+        let other = pattern(len, seed + 100);
+        s.put_blob_reader(t, id, std::io::Cursor::new(other.clone()))
+            .await
+            .unwrap();
+        let again = h.another_handle().await;
+        assert_eq!(
+            body(again.open_blob(t, id).await.unwrap().unwrap()).await,
+            other,
+            "{id}"
+        );
+        assert_eq!(again.get_blob(t, id).await.unwrap(), Some(other), "{id}");
+    }
+    // A blob of several chunks replaced by a small one and back: each read answers the last
+    // write, whole.
+    s.put_blob(t, "several", b"small".to_vec()).await.unwrap();
+    assert_eq!(
+        body(s.open_blob(t, "several").await.unwrap().unwrap()).await,
+        b"small"
+    );
+    let big = pattern(2 * MIB + 7, 7);
+    s.put_blob(t, "several", big.clone()).await.unwrap();
+    assert_eq!(
+        body(s.open_blob(t, "several").await.unwrap().unwrap()).await,
+        big
+    );
+    assert_eq!(s.get_blob(t, "several").await.unwrap().as_ref(), Some(&big));
+    // The first writer wins over a blob of several chunks too, and a large first write wins.
+    assert_eq!(
+        s.put_blob_if_absent(t, "several", b"x".to_vec())
+            .await
+            .unwrap(),
+        big
+    );
+    let once = pattern(2 * MIB + 3, 8);
+    assert_eq!(
+        s.put_blob_if_absent(t, "big-once", once.clone())
+            .await
+            .unwrap(),
+        once
+    );
+    assert_eq!(
+        h.another_handle()
+            .await
+            .put_blob_if_absent(t, "big-once", b"y".to_vec())
+            .await
+            .unwrap(),
+        once
+    );
+    assert!(
+        s.open_blob(tenant(), "several").await.unwrap().is_none(),
+        "blobs are per tenant"
+    );
+    s.delete_blob(t, "several").await.unwrap();
+    assert!(s.open_blob(t, "several").await.unwrap().is_none());
+    assert_eq!(s.get_blob(t, "several").await.unwrap(), None);
+}
+
+async fn a_blob_whose_write_fails_midway_leaves_nothing_visible(h: &Harness) {
+    let s = &h.store;
+    let t = tenant();
+    let midway = || FailingReader { left: 2_500_000 };
+    assert!(s.put_blob_reader(t, "never", midway()).await.is_err());
+    assert!(s.open_blob(t, "never").await.unwrap().is_none());
+    assert_eq!(s.get_blob(t, "never").await.unwrap(), None);
+    // A blob whose replacement fails midway is the one before, whole.
+    for (id, len) in [("kept-small", 1000), ("kept-large", 2_600_000)] {
+        let before = pattern(len, 3);
+        s.put_blob(t, id, before.clone()).await.unwrap();
+        assert!(s.put_blob_reader(t, id, midway()).await.is_err());
+        assert_eq!(
+            body(s.open_blob(t, id).await.unwrap().unwrap()).await,
+            before,
+            "{id}"
+        );
+        assert_eq!(
+            s.get_blob(t, id).await.unwrap().as_ref(),
+            Some(&before),
+            "{id}"
+        );
+        // Nothing is left half-done or held: the next write of the id succeeds.
+        let after = pattern(len + 1, 4);
+        s.put_blob_reader(t, id, std::io::Cursor::new(after.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            body(s.open_blob(t, id).await.unwrap().unwrap()).await,
+            after,
+            "{id}"
+        );
+    }
+}
+
 async fn business_time_is_kept_beside_commit_time(h: &Harness) {
     let s = &h.store;
     let t = tenant();
@@ -862,6 +1030,8 @@ conformance!(
     events_are_read_back_by_position,
     a_shared_head_read_is_never_older_than_its_caller_and_serves_a_crowd,
     blobs_are_kept_per_tenant_replaced_and_removed,
+    blobs_of_several_chunks_round_trip_byte_exact,
+    a_blob_whose_write_fails_midway_leaves_nothing_visible,
     business_time_is_kept_beside_commit_time,
     expired_idempotency_records_are_purged,
     a_taken_over_idempotency_key_belongs_to_its_new_owner,

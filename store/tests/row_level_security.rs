@@ -12,7 +12,20 @@ use tokio_postgres::{Client, GenericClient, NoTls};
 use uuid::Uuid;
 
 /// The tenant-scoped tables: every one of them must hide B from a session bound to A.
-const TABLES: [&str; 5] = ["events", "streams", "snapshots", "idempotency", "blobs"];
+const TABLES: [&str; 7] = [
+    "events",
+    "streams",
+    "snapshots",
+    "idempotency",
+    "blobs",
+    "chunked_blobs",
+    "blob_chunks",
+];
+
+/// A blob of two chunks (docs/adr/036), its bytes the tenant's own.
+fn chunked(tenant: TenantId) -> Vec<u8> {
+    tenant.as_uuid().as_bytes().repeat((1 << 20) / 16 + 1)
+}
 
 fn event(i: usize) -> NewEvent {
     NewEvent::new(
@@ -51,7 +64,8 @@ async fn append(store: &Store, tenant: TenantId, n: usize, batch: usize) {
 }
 
 /// Rows of `tenant` in every tenant-scoped table: events and streams by appends, then a
-/// snapshot, a completed idempotency record and a blob, each through the store.
+/// snapshot, a completed idempotency record, a blob of one value and one of chunks, each
+/// through the store.
 async fn populate(store: &Store, tenant: TenantId, events: usize, batch: usize) {
     append(store, tenant, events, batch).await;
     store
@@ -82,6 +96,10 @@ async fn populate(store: &Store, tenant: TenantId, events: usize, batch: usize) 
         .put_blob(tenant, "b", tenant.as_uuid().as_bytes().to_vec())
         .await
         .expect("put a blob");
+    store
+        .put_blob(tenant, "c", chunked(tenant))
+        .await
+        .expect("put a blob of chunks");
 }
 
 fn response(tenant: TenantId) -> StoredResponse {
@@ -191,6 +209,18 @@ async fn every_tenant_scoped_read_of_the_store_answers_its_tenants_rows_through_
         Begin::Completed(response(a)),
         "the kept answer is replayed"
     );
+    assert_eq!(
+        store.get_blob(a, "c").await.expect("get_blob"),
+        Some(chunked(a))
+    );
+    match store.open_blob(b, "c").await.expect("open_blob") {
+        Some(store::BlobBody::Chunks(len, chunks)) => {
+            use futures_util::StreamExt;
+            let read: Vec<_> = chunks.map(|c| c.expect("a chunk")).collect().await;
+            assert_eq!((len, read.concat()), (chunked(b).len() as u64, chunked(b)));
+        }
+        other => panic!("B's blob of chunks: {other:?}"),
+    }
     store.delete_blob(a, "b").await.expect("delete_blob");
     assert_eq!(store.get_blob(a, "b").await.expect("get_blob"), None);
     assert_eq!(
@@ -300,6 +330,16 @@ async fn sql_the_store_never_sends_bound_to_tenant_a_sees_and_changes_nothing_of
             "row-level security",
         ),
         (
+            "INSERT INTO chunked_blobs (tenant_id, blob_id, generation, size, chunks) \
+             VALUES ($1, 'x', gen_random_uuid(), 0, 0)",
+            "row-level security",
+        ),
+        (
+            "INSERT INTO blob_chunks (tenant_id, blob_id, generation, seq, bytes) \
+             VALUES ($1, 'x', gen_random_uuid(), 0, '')",
+            "row-level security",
+        ),
+        (
             "INSERT INTO streams (tenant_id, stream_id, version) VALUES ($1, 'x', 1)",
             "permission denied",
         ),
@@ -337,9 +377,13 @@ async fn sql_the_store_never_sends_bound_to_tenant_a_sees_and_changes_nothing_of
         "UPDATE snapshots SET state = 'x' WHERE tenant_id = $1",
         "UPDATE idempotency SET body = 'x' WHERE tenant_id = $1",
         "UPDATE blobs SET data = 'x' WHERE tenant_id = $1",
+        "UPDATE chunked_blobs SET size = 0 WHERE tenant_id = $1",
+        "UPDATE blob_chunks SET bytes = 'x' WHERE tenant_id = $1",
         "DELETE FROM snapshots WHERE tenant_id = $1",
         "DELETE FROM idempotency WHERE tenant_id = $1",
         "DELETE FROM blobs WHERE tenant_id = $1",
+        "DELETE FROM chunked_blobs WHERE tenant_id = $1",
+        "DELETE FROM blob_chunks WHERE tenant_id = $1",
     ] {
         let n = tx.execute(sql, &[b.as_uuid()]).await.expect(sql);
         assert_eq!(n, 0, "{sql} touches none of B's rows");
@@ -424,7 +468,7 @@ async fn a_non_superuser_owner_runs_the_migrations_and_is_bound_by_the_forced_po
     );
     assert_eq!(
         facts.get::<_, i64>(2),
-        5,
+        TABLES.len() as i64,
         "owns every tenant-scoped table, each with row-level security forced"
     );
     // The service's sessions on this database start as the tenant role: bound to no tenant,
@@ -438,7 +482,7 @@ async fn a_non_superuser_owner_runs_the_migrations_and_is_bound_by_the_forced_po
     }
     // The owner itself is bound too (FORCE): on the tables no cross-tenant path reads, it sees
     // none of the rows while it binds no tenant.
-    for table in ["snapshots", "blobs"] {
+    for table in ["snapshots", "blobs", "chunked_blobs", "blob_chunks"] {
         let n = owner
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await
