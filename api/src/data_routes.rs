@@ -43,9 +43,41 @@ pub(crate) struct Dataset {
     global_position: Option<u64>,
 }
 
+/// A page of the tenant's datasets, in id order.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct DatasetList {
     datasets: Vec<Dataset>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/datasets`: a page at a time (SPEC: lists are paginated with an opaque cursor).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^d1[0-9a-f]{32}$")]
+    cursor: Option<String>,
+    /// Datasets per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// Wait (bounded) until the read models have applied this global position.
+    min_position: Option<u64>,
+}
+
+/// Cursors are opaque to clients: a version tag and the last dataset id, in hex.
+fn encode_dataset_cursor(id: Uuid) -> String {
+    format!("d1{}", id.simple())
+}
+
+fn decode_dataset_cursor(cursor: &str) -> Option<Uuid> {
+    let hex = cursor.strip_prefix("d1")?;
+    (hex.len() == 32
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| Uuid::parse_str(hex).ok())
+    .flatten()
 }
 
 #[derive(Serialize, ToSchema)]
@@ -146,19 +178,40 @@ async fn upload_once(
 pub async fn list(
     state: web::Data<AppState>,
     caller: Caller,
-    q: web::Query<ReadQuery>,
+    q: web::Query<ListQuery>,
 ) -> Result<Reply, Problem> {
+    let limit = q.limit.unwrap_or(100);
+    let mut invalid = Vec::new();
+    if !(1..=1000).contains(&limit) {
+        invalid.push(("limit".to_owned(), "must be 1 to 1000".to_owned()));
+    }
+    let after = match q.cursor.as_deref() {
+        Some(c) => match decode_dataset_cursor(c) {
+            Some(id) => Some(id),
+            None => {
+                invalid.push((
+                    "cursor".to_owned(),
+                    "is not a cursor of this list".to_owned(),
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    if !invalid.is_empty() {
+        return Err(Problem::validation(invalid));
+    }
     wait_for(&state, q.min_position).await?;
     let tenant = caller.tenant_or_forbidden()?;
-    let items: Vec<_> = state
-        .catalog
-        .datasets(tenant)
-        .iter()
-        .map(dataset_json)
-        .collect();
+    let (page, next) = state.catalog.datasets_page(tenant, after, limit);
+    let next_cursor = next.map(encode_dataset_cursor);
+    let datasets = page.iter().map(dataset_json).collect();
     Ok(Reply::json(
         StatusCode::OK,
-        &DatasetList { datasets: items },
+        &DatasetList {
+            datasets,
+            next_cursor,
+        },
     ))
 }
 

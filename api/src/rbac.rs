@@ -977,9 +977,11 @@ pub const ROUTES: &[RouteSpec] = &[
         path: "/v1/datasets",
         access: Access::Roles(DATA_READERS),
         flag: None,
-        summary: "The tenant's datasets",
+        summary: "The tenant's datasets, a page at a time (?limit=…&cursor=…)",
         handler: |route| route.to(data::list),
-        api: Api::read::<data::DatasetList>(),
+        api: Api::read::<data::DatasetList>()
+            .with_query(params::<data::ListQuery>())
+            .with_problems(&[(422, "The cursor or the limit is invalid")]),
     },
     RouteSpec {
         method: "GET",

@@ -648,6 +648,64 @@ fn an_export_past_its_memory_cap_is_refused_and_a_streamed_one_is_downloaded_on_
     an_export_past_its_memory_cap_is_refused_and_a_streamed_one_is_downloaded(Backend::Postgres);
 }
 
+fn datasets_are_listed_a_page_at_a_time_with_an_opaque_cursor(app: TestApp) {
+    let (_, owner) = app.signup("Acme", "owner@example.com");
+    let (_, other) = app.signup("Globex", "owner@globex.example");
+    let mut uploaded: Vec<String> = (0..5)
+        .map(|i| {
+            upload(&app, &owner, &format!("d{i}"), CSV).expect(201)["dataset_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    upload(&app, &other, "theirs", CSV).expect(201);
+    uploaded.sort();
+
+    // Pages of two: 2 + 2 + 1, in id order, each dataset once, the last page without a cursor.
+    let mut seen = Vec::new();
+    let mut path = "/v1/datasets?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = app.get(&path, &owner).expect(200);
+        pages += 1;
+        let items = page["datasets"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page}");
+        seen.extend(
+            items
+                .iter()
+                .map(|d| d["dataset_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/datasets?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen, uploaded,
+        "every dataset of the tenant once, none of another's"
+    );
+    // The default page holds them all, and says it is the last.
+    let all = app.get("/v1/datasets", &owner).expect(200);
+    assert_eq!(all["datasets"].as_array().unwrap().len(), 5);
+    assert!(all["next_cursor"].is_null());
+
+    // A bad limit or a cursor that is not ours is a 422 naming the field.
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "cursor=c1ff",
+        "cursor=d1zz",
+        "cursor=d1",
+    ] {
+        let r = app.get(&format!("/v1/datasets?{bad}"), &owner);
+        assert_eq!(r.status, 422, "{bad}: {}", r.json());
+        let field = bad.split('=').next().unwrap();
+        assert!(r.json().to_string().contains(field), "{bad}: {}", r.json());
+    }
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -665,4 +723,5 @@ on_both_stores!(
     hostile_sql_is_refused_or_stopped_and_the_server_stays_healthy,
     exports_are_redacted_badged_byte_identical_and_downloadable,
     presets_are_versioned_shared_and_applied_at_export,
+    datasets_are_listed_a_page_at_a_time_with_an_opaque_cursor,
 );

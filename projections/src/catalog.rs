@@ -65,6 +65,32 @@ impl Catalog {
             .unwrap_or_default()
     }
 
+    /// One page of the tenant's datasets in id order: at most `limit` after `after`, and the
+    /// id the next page starts after (`None` on the last page). Only the page is cloned,
+    /// whatever the tenant holds.
+    pub fn datasets_page(
+        &self,
+        tenant: TenantId,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> (Vec<DatasetView>, Option<Uuid>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let s = self.state.read().expect("catalog lock");
+        let Some(m) = s.datasets.get(&tenant) else {
+            return (Vec::new(), None);
+        };
+        let lower = after.map_or(Unbounded, Excluded);
+        let mut range = m.range((lower, Unbounded));
+        let mut page = Vec::with_capacity(limit.min(m.len()));
+        let mut last = None;
+        for (id, v) in range.by_ref().take(limit) {
+            page.push(v.clone());
+            last = Some(*id);
+        }
+        let next = if range.next().is_some() { last } else { None };
+        (page, next)
+    }
+
     pub fn dataset(&self, tenant: TenantId, id: Uuid) -> Option<DatasetView> {
         let s = self.state.read().expect("catalog lock");
         s.datasets.get(&tenant)?.get(&id).cloned()
