@@ -511,9 +511,9 @@ async fn invite_many(
         on_conflict: options.on_conflict,
         seats,
     };
-    let done = app
+    let (done, state) = app
         .tenants
-        .execute(tenant, &stream, &command, &ctx.meta, ctx.now)
+        .execute_with_state(tenant, &stream, &command, &ctx.meta, ctx.now)
         .await?;
     // The report of the decision that was written: a row whose email has an event was created
     // or updated; one without is a member or a pending invite of another role.
@@ -524,7 +524,7 @@ async fn invite_many(
                 changed.insert(c.email.as_str(), InviteOutcome::Created);
             }
             tenant::TenantEvent::InviteUpdated(u) => {
-                if let Some(i) = done.state.invites.get(&u.invite_id) {
+                if let Some(i) = state.invites.get(&u.invite_id) {
                     changed.insert(i.email.as_str(), InviteOutcome::UpdatedPendingInvite);
                 }
             }
@@ -535,7 +535,7 @@ async fn invite_many(
         .iter()
         .map(|inv| match changed.get(inv.email.as_str()) {
             Some(o) => *o,
-            None if done.state.member_by_email(&inv.email).is_some() => {
+            None if state.member_by_email(&inv.email).is_some() => {
                 InviteOutcome::SkippedExistingMember
             }
             None => InviteOutcome::ConflictRole,

@@ -115,9 +115,9 @@ async fn decide_units(
         ..Record::units(meter, units, limits)
     };
     let stream = quota::stream_id(meter, quota::Period::of(now));
-    let done = app
+    let (done, state) = app
         .usage
-        .execute(
+        .execute_with_state(
             tenant,
             &stream,
             &UsageCommand::Record(record.clone()),
@@ -125,7 +125,7 @@ async fn decide_units(
             now,
         )
         .await?;
-    let outcome = Outcome::of(&record, &done.events, &done.state, now);
+    let outcome = Outcome::of(&record, &done.events, &state, now);
     let grace_ended_at = done.events.iter().find_map(|e| match e {
         UsageEvent::GraceEnded(g) => Some(g.at),
         _ => None,
@@ -157,7 +157,7 @@ async fn decide_units(
         admitted: outcome == Outcome::Admitted,
         outcome,
         view: {
-            let mut view = done.state.view(meter, limits, now);
+            let mut view = state.view(meter, limits, now);
             // An admitted request answers with the state it was admitted in: the last grace
             // unit is admitted in grace, though the meter is blocked for the next one.
             if let Some(state) = done.events.iter().find_map(|e| match e {
@@ -169,7 +169,7 @@ async fn decide_units(
             view
         },
         position: app.committed(&done.appended),
-        grace_ended_at: grace_ended_at.or(done.state.grace_ended_at),
+        grace_ended_at: grace_ended_at.or(state.grace_ended_at),
         quota: limits.limit
             + if limits.blocking {
                 limits.grace_units()
@@ -402,8 +402,8 @@ pub async fn publish_registry(
         effective_from: now,
         source: "settings".into(),
     };
-    let done = executor
-        .execute(
+    let (_, registry) = executor
+        .execute_with_state(
             TenantId::PLATFORM,
             domain::plans::STREAM,
             &command,
@@ -412,7 +412,7 @@ pub async fn publish_registry(
         )
         .await
         .map_err(|e| e.to_string())?;
-    done.state
+    registry
         .latest()
         .ok_or_else(|| "the registry has no version".to_owned())
 }

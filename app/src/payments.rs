@@ -302,10 +302,16 @@ async fn book_execute(
     app: &App,
     ctx: &Ctx,
     command: BookCommand,
-) -> Result<commands::Executed<billing::InvoiceBook>, Error> {
+) -> Result<
+    (
+        commands::Executed<billing::InvoiceBook>,
+        billing::InvoiceBook,
+    ),
+    Error,
+> {
     Ok(app
         .invoices
-        .execute(
+        .execute_with_state(
             TenantId::PLATFORM,
             billing::BOOK_STREAM,
             &command,
@@ -325,29 +331,28 @@ pub async fn charge_invoice(
 ) -> Result<Charged, Error> {
     let mut tries = 0;
     loop {
-        let started = match book_execute(app, ctx, BookCommand::StartAttempt { number: seq }).await
-        {
-            Ok(done) => done,
-            Err(Error::Billing(BillingError::AlreadyPaid(_))) => {
-                let (book, _) = app
-                    .invoices
-                    .load(TenantId::PLATFORM, billing::BOOK_STREAM)
-                    .await?;
-                let e = &book.invoices[&seq];
-                return Ok(Charged::Paid {
-                    charge_id: e.paid_by.clone().unwrap_or_default(),
-                    attempts: e.attempts,
-                });
-            }
-            Err(Error::Billing(
-                e @ (BillingError::Shadow(_) | BillingError::NothingToCharge(_)),
-            )) => return Ok(Charged::NotCharged(e.to_string())),
-            Err(e) => return Err(e),
-        };
+        let (started, book) =
+            match book_execute(app, ctx, BookCommand::StartAttempt { number: seq }).await {
+                Ok(done) => done,
+                Err(Error::Billing(BillingError::AlreadyPaid(_))) => {
+                    let (book, _) = app
+                        .invoices
+                        .load(TenantId::PLATFORM, billing::BOOK_STREAM)
+                        .await?;
+                    let e = &book.invoices[&seq];
+                    return Ok(Charged::Paid {
+                        charge_id: e.paid_by.clone().unwrap_or_default(),
+                        attempts: e.attempts,
+                    });
+                }
+                Err(Error::Billing(
+                    e @ (BillingError::Shadow(_) | BillingError::NothingToCharge(_)),
+                )) => return Ok(Charged::NotCharged(e.to_string())),
+                Err(e) => return Err(e),
+            };
         let Some(BookEvent::Attempted(a)) = started.events.first() else {
             return Err(Error::Internal("an attempt decided nothing".into()));
         };
-        let (book, _) = (started.state.clone(), ());
         let entry = &book.invoices[&seq];
         let request = ChargeRequest {
             idempotency_key: a.idempotency_key.clone(),

@@ -550,9 +550,9 @@ pub async fn set_drill(
         })
     };
     let drills = &app.drills;
-    let done = drills
+    let (done, state) = drills
         .log
-        .execute(
+        .execute_with_state(
             TenantId::PLATFORM,
             domain::drill::STREAM,
             &command,
@@ -561,7 +561,7 @@ pub async fn set_drill(
         )
         .await
         .map_err(execute_error)?;
-    let drill = done.state.active(ctx.now).cloned();
+    let drill = state.active(ctx.now).cloned();
     drills.adopt(drill.clone());
     let position = app.committed(&done.appended);
     match &drill {

@@ -52,8 +52,6 @@ pub enum ExecuteError<E: std::error::Error + 'static> {
 /// The outcome of a command.
 #[derive(Debug)]
 pub struct Executed<A: Aggregate> {
-    /// The state after the command.
-    pub state: A,
     /// The stream version after the command.
     pub version: u64,
     /// What was appended; `None` when the decision produced no events.
@@ -70,13 +68,19 @@ struct Hot<A> {
     loaded: bool,
 }
 
-type Reply<A> = oneshot::Sender<Result<Executed<A>, ExecuteError<<A as Aggregate>::Error>>>;
+/// The outcome, and the state after the command when the caller asked for it: a copy of the
+/// aggregate's whole state per command is the largest cost of a batch of commands on a big
+/// aggregate (a replay guard, a tenant's members and tokens), so only callers that read it pay.
+type Reply<A> =
+    oneshot::Sender<Result<(Executed<A>, Option<A>), ExecuteError<<A as Aggregate>::Error>>>;
 
 /// A command waiting for its stream.
 struct Pending<A: Aggregate> {
     command: A::Command,
     metadata: Metadata,
     now: OffsetDateTime,
+    /// Whether the caller reads the state after its command (a copy of it is made).
+    with_state: bool,
     reply: Reply<A>,
 }
 
@@ -196,7 +200,8 @@ where
 
     /// Decide `command` against the stream's state and append the result with the expected
     /// version; on a conflict, catch up and decide again. Commands for the same stream that
-    /// arrive together are decided in order and appended at once.
+    /// arrive together are decided in order and appended at once. The outcome carries no state
+    /// (see `execute_with_state`).
     pub async fn execute(
         &self,
         tenant: TenantId,
@@ -205,12 +210,47 @@ where
         metadata: &Metadata,
         now: OffsetDateTime,
     ) -> Result<Executed<A>, ExecuteError<A::Error>> {
+        let (done, _) = self
+            .submit(tenant, stream, command, metadata, now, false)
+            .await?;
+        Ok(done)
+    }
+
+    /// `execute`, and the stream's state right after this command (not after the commands
+    /// decided with it in its batch).
+    pub async fn execute_with_state(
+        &self,
+        tenant: TenantId,
+        stream: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+        now: OffsetDateTime,
+    ) -> Result<(Executed<A>, A), ExecuteError<A::Error>> {
+        let (done, state) = self
+            .submit(tenant, stream, command, metadata, now, true)
+            .await?;
+        Ok((
+            done,
+            state.expect("the batch copies the state for a caller that asks for it"),
+        ))
+    }
+
+    async fn submit(
+        &self,
+        tenant: TenantId,
+        stream: &str,
+        command: &A::Command,
+        metadata: &Metadata,
+        now: OffsetDateTime,
+        with_state: bool,
+    ) -> Result<(Executed<A>, Option<A>), ExecuteError<A::Error>> {
         let slot = self.slot(tenant, stream);
         let (tx, rx) = oneshot::channel();
         slot.queue.lock().expect("queue lock").push(Pending {
             command: command.clone(),
             metadata: metadata.clone(),
             now,
+            with_state,
             reply: tx,
         });
         // The queue is drained by a task of its own: a caller that goes away (its request was
@@ -299,7 +339,7 @@ impl Core {
                             }
                             new_events.push(event);
                         }
-                        outcomes.push(Ok((events, state.clone())));
+                        outcomes.push(Ok((events, p.with_state.then(|| state.clone()))));
                     }
                     Err(e) => outcomes.push(Err(e)),
                 }
@@ -333,12 +373,14 @@ impl Core {
                 }
                 for (p, outcome) in batch.into_iter().zip(outcomes) {
                     let _ = p.reply.send(match outcome {
-                        Ok((events, _)) => Ok(Executed {
-                            state: hot.state.clone(),
-                            version: hot.version,
-                            appended: None,
-                            events,
-                        }),
+                        Ok((events, _)) => Ok((
+                            Executed {
+                                version: hot.version,
+                                appended: None,
+                                events,
+                            },
+                            p.with_state.then(|| hot.state.clone()),
+                        )),
                         Err(e) => Err(ExecuteError::Domain(e)),
                     });
                 }
@@ -388,19 +430,20 @@ impl Core {
                                 });
                                 offset += n;
                                 Ok(if trusted {
-                                    Executed {
-                                        state: decided,
-                                        version: first + offset as u64 - 1,
+                                    let version = first + offset as u64 - 1;
+                                    let done = Executed {
+                                        version,
                                         appended: mine,
                                         events,
-                                    }
+                                    };
+                                    (done, decided)
                                 } else {
-                                    Executed {
-                                        state: hot.state.clone(),
+                                    let done = Executed {
                                         version: hot.version,
                                         appended: mine,
                                         events,
-                                    }
+                                    };
+                                    (done, p.with_state.then(|| hot.state.clone()))
                                 })
                             }
                             Err(e) => Err(ExecuteError::Domain(e)),

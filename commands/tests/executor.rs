@@ -68,11 +68,11 @@ async fn commands_are_decided_and_appended(h: TestStore) {
         seats: Some(25),
         registry_version: 1,
     };
-    let done = ex
-        .execute(t, &stream, &upgrade, &meta, now())
+    let (_, state) = ex
+        .execute_with_state(t, &stream, &upgrade, &meta, now())
         .await
         .unwrap();
-    assert_eq!(done.state.plan, Plan::Pro);
+    assert_eq!(state.plan, Plan::Pro);
     let stored = h.store.read_stream(t, &stream, 1, 10).await.unwrap();
     assert_eq!(
         stored
@@ -195,7 +195,8 @@ async fn snapshots_bound_the_replay_on_a_cold_start(h: TestStore) {
 }
 
 /// Commands arriving together on one stream are decided in order and appended at once; each
-/// caller still gets its own positions and version, and its own actor in the log.
+/// caller still gets its own positions and version, and its own actor in the log; a caller that
+/// asks for the state gets the state after its own command, the others get none.
 async fn concurrent_commands_on_one_stream_each_get_their_own_answer(h: TestStore) {
     let ex = std::sync::Arc::new(executor(&h.store, 1_000));
     let t = TenantId::from_uuid(Uuid::new_v4());
@@ -208,16 +209,32 @@ async fn concurrent_commands_on_one_stream_each_get_their_own_answer(h: TestStor
             let (ex, stream) = (ex.clone(), stream.clone());
             tokio::spawn(async move {
                 let meta = Metadata::actor(format!("user-{i}"));
-                ex.execute(t, &stream, &rename(&format!("Name {i}")), &meta, now())
-                    .await
-                    .map(|d| (i, d.version, d.appended.unwrap().positions))
+                let command = rename(&format!("Name {i}"));
+                let done = if i % 2 == 0 {
+                    ex.execute_with_state(t, &stream, &command, &meta, now())
+                        .await
+                        .map(|(d, s)| (d, Some(s)))
+                } else {
+                    ex.execute(t, &stream, &command, &meta, now())
+                        .await
+                        .map(|d| (d, None))
+                };
+                done.map(|(d, state)| {
+                    let name = state.map(|s| s.name.map(|n| n.as_str().to_owned()));
+                    (i, d.version, d.appended.unwrap().positions, name)
+                })
             })
         })
         .collect();
     let mut versions = std::collections::HashSet::new();
     let mut positions = std::collections::HashSet::new();
     for task in tasks {
-        let (_, version, p) = task.await.unwrap().unwrap();
+        let (i, version, p, name) = task.await.unwrap().unwrap();
+        let expected = (i % 2 == 0).then(|| Some(format!("Name {i}")));
+        assert_eq!(
+            name, expected,
+            "the state after command {i}, only when asked"
+        );
         assert!(versions.insert(version), "each command has its own version");
         assert_eq!(p.len(), 1);
         assert!(positions.insert(p[0]));
@@ -252,15 +269,12 @@ async fn a_refusal_is_never_decided_on_a_stale_cache(h: TestStore) {
         .await
         .unwrap();
     // b's cache still says "One": renaming to "One" would be refused as the same name.
-    let done = b
-        .execute(t, &stream, &rename("One"), &meta, now())
+    let (done, state) = b
+        .execute_with_state(t, &stream, &rename("One"), &meta, now())
         .await
         .unwrap();
     assert_eq!(
-        (
-            done.state.name.as_ref().map(TenantName::as_str),
-            done.version
-        ),
+        (state.name.as_ref().map(TenantName::as_str), done.version),
         (Some("One"), 5)
     );
 
@@ -464,8 +478,11 @@ async fn a_replayed_append_leaves_the_cache_equal_to_the_log(h: TestStore) {
     let mut meta = Metadata::actor("user-1");
     meta.event_id_seed = Some(Uuid::new_v4());
     let ex = usage(&h.store);
-    let first = ex.execute(t, stream, &command, &meta, now).await.unwrap();
-    assert_eq!(first.state.blocked_attempts, 5);
+    let (_, first) = ex
+        .execute_with_state(t, stream, &command, &meta, now)
+        .await
+        .unwrap();
+    assert_eq!(first.blocked_attempts, 5);
     let again = ex.execute(t, stream, &command, &meta, now).await.unwrap();
     assert_eq!(again.appended.map(|a| a.replayed), Some(true));
     assert_eq!(h.store.stream_version(t, stream).await.unwrap(), 1);

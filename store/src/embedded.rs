@@ -132,7 +132,13 @@ enum WriteOp {
         idempotency::Op,
         oneshot::Sender<Result<idempotency::OpResult>>,
     ),
+    /// New subject keys (ADR 032): made in the group commit, so a first sealed write pays no
+    /// transaction and no fsync of its own.
+    Keys(KeysRequest, oneshot::Sender<Result<KeyRows>>),
 }
+
+type KeysRequest = (TenantId, Vec<crate::sealing::NewKey>);
+type KeyRows = Vec<(String, Option<Vec<u8>>)>;
 
 #[derive(Debug)]
 pub(crate) struct Embedded {
@@ -340,7 +346,8 @@ impl Embedded {
         .map_err(StoreError::backend)?
     }
 
-    /// Subject keys (ADR 032). Reads go to a reader; writes open their own connection, like
+    /// Subject keys (ADR 032). Reads go to a reader; new keys are written by the group commit
+    /// (beside the events that are sealed with them); erasures open their own connection, like
     /// projection state, with `secure_delete` on so an erased secret is zeroed in the file, and
     /// an erasure ends with a WAL checkpoint (TRUNCATE, best effort) so no old frame keeps it.
     pub(crate) async fn key_op(
@@ -379,46 +386,9 @@ impl Embedded {
                 .await
             }
             KeyOp::GetOrCreate { tenant, keys } => {
-                let path = self.readers.path.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut conn = Connection::open(&path)?;
-                    conn.busy_timeout(Duration::from_secs(30))?;
-                    conn.pragma_update(None, "synchronous", "FULL")?;
-                    let tx =
-                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    let mut out = Vec::with_capacity(keys.len());
-                    {
-                        let mut insert = tx.prepare(
-                            "INSERT INTO subject_keys \
-                             (tenant_id, key_id, subject, day, event_type, secret, created_at) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-                        )?;
-                        let mut select = tx.prepare(
-                            "SELECT secret FROM subject_keys WHERE tenant_id = ?1 AND key_id = ?2",
-                        )?;
-                        let now = to_micros(now_micros());
-                        for key in keys {
-                            insert.execute(params![
-                                tenant.as_uuid().as_bytes(),
-                                key.id,
-                                key.subject,
-                                key.day,
-                                key.event_type,
-                                key.secret,
-                                now
-                            ])?;
-                            let secret: Option<Vec<u8>> = select
-                                .query_row(params![tenant.as_uuid().as_bytes(), key.id], |r| {
-                                    r.get(0)
-                                })?;
-                            out.push((key.id, secret));
-                        }
-                    }
-                    tx.commit()?;
-                    Ok(KeyAnswer::Keys(out))
-                })
-                .await
-                .map_err(StoreError::backend)?
+                let (tx, rx) = oneshot::channel();
+                self.submit(WriteOp::Keys((tenant, keys), tx))?;
+                Ok(KeyAnswer::Keys(rx.await.map_err(|_| writer_died())??))
             }
             KeyOp::DropSnapshots { tenant, stream } => {
                 let path = self.readers.path.clone();
@@ -899,6 +869,7 @@ fn writer_loop(
         let mut appends = Vec::new();
         let mut snapshots = Vec::new();
         let mut keyed = Vec::new();
+        let mut keys = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(op) = next.take() {
@@ -906,6 +877,7 @@ fn writer_loop(
                 WriteOp::Append(req, reply) => appends.push((req, reply)),
                 WriteOp::Snapshot(s, reply) => snapshots.push((s, reply)),
                 WriteOp::Idempotency(op, reply) => keyed.push((op, reply)),
+                WriteOp::Keys(request, reply) => keys.push((request, reply)),
             }
             taken += 1;
             if taken < MAX_GROUP {
@@ -917,6 +889,7 @@ fn writer_loop(
             appends: &appends,
             snapshots: &snapshots,
             keyed: &keyed,
+            keys: &keys,
             instances,
         };
         let outcome = commit_group(conn, &mut cache, &group, Ids::TrustUniqueIndex).or_else(|e| {
@@ -928,7 +901,7 @@ fn writer_loop(
             commit_group(conn, &mut cache, &group, Ids::LookUp)
         });
         match outcome {
-            Ok((results, keyed_results)) => {
+            Ok((results, keyed_results, key_rows)) => {
                 head.send_if_modified(|h| {
                     let moved = cache.head > *h;
                     *h = (*h).max(cache.head);
@@ -943,6 +916,9 @@ fn writer_loop(
                 for (_, reply) in snapshots {
                     let _ = reply.send(Ok(()));
                 }
+                for ((_, reply), rows) in keys.into_iter().zip(key_rows) {
+                    let _ = reply.send(Ok(rows));
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed; nothing of it was written");
@@ -953,6 +929,9 @@ fn writer_loop(
                     let _ = reply.send(Err(e.clone()));
                 }
                 for (_, reply) in keyed {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                for (_, reply) in keys {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
@@ -966,12 +945,21 @@ type KeyedReply = (
     idempotency::Op,
     oneshot::Sender<Result<idempotency::OpResult>>,
 );
+type KeysReply = (KeysRequest, oneshot::Sender<Result<KeyRows>>);
+
+/// A committed group's answers: each append's, each keyed operation's, each key request's.
+type GroupAnswers = (
+    Vec<Result<Appended>>,
+    Vec<idempotency::OpResult>,
+    Vec<KeyRows>,
+);
 
 /// Everything one group commit writes.
 struct Group<'a> {
     appends: &'a [AppendReply],
     snapshots: &'a [SnapshotReply],
     keyed: &'a [KeyedReply],
+    keys: &'a [KeysReply],
     /// The instance lock files, to tell whether a key's owner is alive.
     instances: &'a Path,
 }
@@ -983,7 +971,7 @@ fn commit_group(
     cache: &mut WriterCache,
     group: &Group<'_>,
     ids: Ids,
-) -> Result<(Vec<Result<Appended>>, Vec<idempotency::OpResult>)> {
+) -> Result<GroupAnswers> {
     let (appends, snapshots) = (group.appends, group.snapshots);
     let now = now_micros();
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -1059,13 +1047,50 @@ fn commit_group(
         .iter()
         .map(|(op, _)| idempotency_op(&tx, op, to_micros(now), group.instances))
         .collect::<Result<Vec<_>>>()?;
+    let key_rows = group
+        .keys
+        .iter()
+        .map(|((tenant, keys), _)| get_or_create_keys(&tx, *tenant, keys, to_micros(now)))
+        .collect::<Result<Vec<_>>>()?;
     tx.commit()?;
     cache.head = plan.head();
     cache.streams.extend(loaded);
     for (tenant, stream, _, after) in plan.stream_updates() {
         cache.streams.insert((tenant, stream.to_owned()), after);
     }
-    Ok((results, keyed))
+    Ok((results, keyed, key_rows))
+}
+
+/// Insert each key unless one of its id exists; answer what is stored (`None`: erased).
+fn get_or_create_keys(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: TenantId,
+    keys: &[crate::sealing::NewKey],
+    now: i64,
+) -> Result<KeyRows> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO subject_keys \
+         (tenant_id, key_id, subject, day, event_type, secret, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+    )?;
+    let mut select =
+        tx.prepare_cached("SELECT secret FROM subject_keys WHERE tenant_id = ?1 AND key_id = ?2")?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        insert.execute(params![
+            tenant.as_uuid().as_bytes(),
+            key.id,
+            key.subject,
+            key.day,
+            key.event_type,
+            key.secret,
+            now
+        ])?;
+        let secret: Option<Vec<u8>> =
+            select.query_row(params![tenant.as_uuid().as_bytes(), key.id], |r| r.get(0))?;
+        out.push((key.id.clone(), secret));
+    }
+    Ok(out)
 }
 
 fn idempotency_op(
