@@ -22,6 +22,9 @@ pub struct RequestContext {
     /// Set under an `Idempotency-Key`: the seed the events' ids are derived from
     /// ([`store::Metadata::event_id_seed`]).
     pub event_id_seed: Option<Uuid>,
+    /// Set on a retry of a request whose events were already written: its appends must replay
+    /// them ([`store::Metadata::replay_only`]).
+    pub replay_only: bool,
 }
 
 impl RequestContext {
@@ -33,6 +36,7 @@ impl RequestContext {
                 request_id: Uuid::now_v7().to_string(),
                 trace_id: Uuid::new_v4().simple().to_string(),
                 event_id_seed: None,
+                replay_only: false,
             })
     }
 
@@ -44,6 +48,7 @@ impl RequestContext {
             causation_id: None,
             trace_id: Some(self.trace_id.clone()),
             event_id_seed: self.event_id_seed,
+            replay_only: self.replay_only,
         }
     }
 }
@@ -295,7 +300,7 @@ fn already_applied() -> Reply {
     Problem::conflict(
         "idempotency-key-already-applied",
         "a request under this Idempotency-Key was already applied; its first answer was lost and \
-         cannot be replayed (the change is in the log)",
+         running it again would decide otherwise (the change is in the log)",
     )
     .into()
 }
@@ -462,19 +467,21 @@ where
             crate::replay::replay(stored, state.seal_key(), &aad)
         }
         Ok(begun @ (Begin::Started | Begin::Applied)) => {
-            let mut reply = if begun == Begin::Applied {
-                // Taken over from an attempt that died after its events were written: its
-                // answer is lost, and running again could decide other events.
-                already_applied()
-            } else {
-                if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
-                    ctx.event_id_seed = Some(seed);
-                }
-                run().await.unwrap_or_else(Reply::from)
-            };
-            if is_problem(&reply, StatusCode::CONFLICT, "duplicate-event-id") {
-                // The events this key derives are stored already, with another decision: the
-                // request went through before and its answer was lost with its process.
+            // An earlier attempt wrote its events and its answer was lost (its process died, or
+            // it answered 5xx after the append): the request runs again only as a replay of
+            // those events, which rebuilds the first answer when it decides the same; a run that
+            // would decide other events writes nothing (docs/adr/035).
+            let replay_only = begun == Begin::Applied;
+            if let Some(ctx) = req.extensions_mut().get_mut::<RequestContext>() {
+                ctx.event_id_seed = Some(seed);
+                ctx.replay_only = replay_only;
+            }
+            let mut reply = run().await.unwrap_or_else(Reply::from);
+            if is_problem(&reply, StatusCode::CONFLICT, "duplicate-event-id")
+                || (replay_only && !reply.status.is_success())
+            {
+                // The events this key derives are stored already, with another decision (or the
+                // replay was refused): the request went through before and its answer is lost.
                 reply = already_applied();
             }
             let kept = if retryable(&reply) {

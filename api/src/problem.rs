@@ -194,6 +194,9 @@ impl From<store::StoreError> for Problem {
         match e {
             E::Conflict { .. } => Problem::conflict("version-conflict", e.to_string()),
             E::DuplicateEventId { .. } => Problem::conflict("duplicate-event-id", e.to_string()),
+            E::NotAReplay { .. } => {
+                Problem::conflict("idempotency-key-already-applied", e.to_string())
+            }
             E::InvalidAppend(m) => Problem::validation(vec![("events".into(), m)]),
             E::Overloaded { retry_after, .. } => {
                 tracing::warn!(error = %e, "store overloaded");

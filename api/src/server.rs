@@ -92,6 +92,7 @@ async fn context(
         request_id: request_id(&req),
         trace_id: trace_id(&req).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         event_id_seed: None,
+        replay_only: false,
     };
     let request_id = ctx.request_id.clone();
     req.extensions_mut().insert(ctx);

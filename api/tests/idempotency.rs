@@ -479,3 +479,65 @@ fn a_retry_that_would_decide_other_events_is_not_run_embedded() {
 fn a_retry_that_would_decide_other_events_is_not_run_postgres() {
     a_retry_that_would_decide_other_events_is_not_run(Backend::Postgres);
 }
+
+/// A request whose events were written and which then answered something worth retrying (a 5xx
+/// after the append: the key is abandoned, not kept) is retried under its key: the retry would
+/// cross the quota warning and decide other events (new ids the derived ids cannot catch), so it
+/// runs only as a replay, which the store refuses — "already applied", never charged twice
+/// (docs/adr/035). Before the mark was asked on every begin, this retry charged 180 units.
+fn a_retry_after_an_abandoned_answer_whose_events_were_written_is_not_applied_again(
+    backend: Backend,
+) {
+    let app = spawn_app(backend);
+    let (tenant, owner) = app.signup("Acme", "owner@example.com");
+    let user = app.get("/v1/me", &owner).expect(200)["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tenant = domain::TenantId::from_uuid(tenant.parse().unwrap());
+    let auth = format!("Bearer {owner}");
+    let h = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "u-abandoned"),
+    ];
+    let body = br#"{"meter": "queries", "units": 90}"#;
+    let used = || {
+        app.get("/v1/tenant/quota", &owner).expect(200)["meters"]["queries"]["used"]
+            .as_u64()
+            .unwrap()
+    };
+    app.send("POST", "/v1/usage", &h, Some(body)).expect(200);
+    assert_eq!(used(), 90);
+    let head = app.head();
+    let (key, _) = usage_record(&user, "u-abandoned", body);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        store::testing::abandon_idempotency(&app.location, tenant, &key).await;
+    });
+    let retry = app.send("POST", "/v1/usage", &h, Some(body));
+    retry.problem(409, "idempotency-key-already-applied");
+    assert_eq!(used(), 90, "the units were not charged twice");
+    assert_eq!(app.head(), head, "nothing written by the retry");
+    // Another key is another request, charged.
+    let h2 = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "u-other"),
+    ];
+    app.send("POST", "/v1/usage", &h2, Some(body)).expect(200);
+    assert_eq!(used(), 180);
+}
+
+#[test]
+fn a_retry_after_an_abandoned_answer_whose_events_were_written_is_not_applied_again_embedded() {
+    a_retry_after_an_abandoned_answer_whose_events_were_written_is_not_applied_again(
+        Backend::Embedded,
+    );
+}
+
+#[test]
+fn a_retry_after_an_abandoned_answer_whose_events_were_written_is_not_applied_again_postgres() {
+    a_retry_after_an_abandoned_answer_whose_events_were_written_is_not_applied_again(
+        Backend::Postgres,
+    );
+}

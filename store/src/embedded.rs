@@ -1003,7 +1003,7 @@ fn commit_group(
                 };
                 plan.load_stream(tenant, &req.stream_id, version);
             }
-            if ids == Ids::LookUp {
+            if ids == Ids::LookUp || req.replay_only() {
                 load_ids(&mut by_id, &mut plan, req)?;
             }
             let mut result = plan.decide(req, now);
@@ -1136,7 +1136,6 @@ fn idempotency_op(
                 })
                 .optional()?;
             let alive = |owner| liveness::alive(instances, owner);
-            let taking_over = idempotency::takes_over(row.as_ref(), request_hash, now);
             match idempotency::decide(row, request_hash, now, *instance, alive) {
                 Some(found) => Ok(OpResult::Begin(found)),
                 None => {
@@ -1155,15 +1154,20 @@ fn idempotency_op(
                         &owner.as_bytes()[..],
                         &instance.as_bytes()[..]
                     ])?;
-                    // The attempt it takes over may have written its events (docs/adr/035).
-                    let applied = match seed.filter(|_| taking_over) {
+                    // An earlier attempt of this request (taken over, or abandoned after an answer
+                    // worth retrying) may have written its events (docs/adr/035).
+                    let applied = match seed {
                         Some(seed) => tx
                             .prepare_cached(
                                 "SELECT EXISTS (SELECT 1 FROM idempotency_applied \
-                                 WHERE tenant_id = ?1 AND seed = ?2)",
+                                 WHERE tenant_id = ?1 AND seed = ?2 AND applied_at >= ?3)",
                             )?
                             .query_row(
-                                params![tenant.as_uuid().as_bytes(), &seed.as_bytes()[..]],
+                                params![
+                                    tenant.as_uuid().as_bytes(),
+                                    &seed.as_bytes()[..],
+                                    idempotency::retained_since(now)
+                                ],
                                 |r| r.get::<_, bool>(0),
                             )?,
                         None => false,

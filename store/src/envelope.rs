@@ -201,6 +201,13 @@ pub struct Metadata {
     /// the store's idempotent append answers whether the first attempt was written (a replay),
     /// or refuses a different decision under the same ids — never a second copy.
     pub event_id_seed: Option<Uuid>,
+    /// Set on a retry of a request whose events were already written (its idempotency record was
+    /// abandoned or taken over, but its seed is marked applied, docs/adr/035): every append made
+    /// under this metadata must be a replay of stored events (the same ids and content), or it is
+    /// refused with [`crate::StoreError::NotAReplay`] and writes nothing. The retry then rebuilds
+    /// the first answer when it decides what the first attempt decided, and never writes a
+    /// second, different decision. Not stored.
+    pub replay_only: bool,
 }
 
 impl Metadata {
@@ -215,6 +222,7 @@ impl Metadata {
             causation_id: None,
             trace_id: None,
             event_id_seed: None,
+            replay_only: false,
         }
     }
 }
@@ -227,6 +235,18 @@ pub struct AppendRequest {
     pub expected: Expected,
     pub events: Vec<NewEvent>,
     pub metadata: Metadata,
+}
+
+impl AppendRequest {
+    /// Whether any event of it (or the append itself) is under `Metadata::replay_only`: then the
+    /// whole append must be a replay. Backends look its event ids up before they plan it.
+    pub fn replay_only(&self) -> bool {
+        self.metadata.replay_only
+            || self
+                .events
+                .iter()
+                .any(|e| e.metadata.as_ref().is_some_and(|m| m.replay_only))
+    }
 }
 
 /// What an append wrote (or, for an idempotent re-append, what the original wrote).

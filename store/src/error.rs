@@ -17,6 +17,11 @@ pub enum StoreError {
     /// An event id is already stored with other content (or in another stream). HTTP 409.
     #[error("event id {event_id} is already stored with different content")]
     DuplicateEventId { event_id: Uuid },
+    /// An append made under [`crate::Metadata::replay_only`] (a retry of a request whose events
+    /// were written) holds events that are not stored: the retry decided otherwise than the first
+    /// attempt. Nothing was written. HTTP 409 `idempotency-key-already-applied`.
+    #[error("a retry of an applied request decided events that are not stored ({event_id})")]
+    NotAReplay { event_id: Uuid },
     /// The append itself is malformed (no events, an id twice in one call, a NUL character in a
     /// string, …). Decided before the append joins a group, the same on both backends, so it
     /// fails this append alone. HTTP 422.

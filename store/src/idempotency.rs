@@ -40,10 +40,12 @@ pub enum Begin {
     Completed(StoredResponse),
     /// The key was used with a different request.
     Mismatch,
-    /// The key was taken over from an attempt that died (or ran past the timeout) after its
-    /// request's events were written (marked in their transaction, docs/adr/035): the caller owns
-    /// the key and must complete it, but must not run the request again — a second run may
-    /// decide other events, which the derived ids would not catch.
+    /// An earlier attempt of this request wrote its events (marked in their transaction,
+    /// docs/adr/035) but its answer was not kept: it died (the key was taken over) or answered
+    /// something worth retrying (a 5xx after the append; the key was abandoned). The caller owns
+    /// the key and must complete it; it may run the request only as a replay
+    /// (`Metadata::replay_only`): a second run may decide other events, which the derived ids
+    /// alone would not catch.
     Applied,
 }
 
@@ -58,7 +60,7 @@ pub(crate) enum Op {
         /// The process instance (store handle) that begins it: its liveness lets a retry take
         /// the key over at once when it dies (docs/adr/035).
         instance: Uuid,
-        /// The request's event-id seed: a key taken over whose seed is marked applied answers
+        /// The request's event-id seed: a key (re)started whose seed is marked applied answers
         /// [`Begin::Applied`].
         seed: Option<Uuid>,
     },
@@ -127,14 +129,10 @@ pub(crate) fn decide(
     }
 }
 
-/// Whether starting on `row` (when [`decide`] answered `None`) takes over an attempt of the same
-/// request that never finished: its events may be in the log.
-pub(crate) fn takes_over(row: Option<&Row>, request_hash: &str, now_micros: i64) -> bool {
-    row.is_some_and(|r| {
-        !r.completed
-            && r.request_hash == request_hash
-            && now_micros - r.created_at_micros <= RETENTION_SECS * 1_000_000
-    })
+/// The oldest record or applied mark still in force at `now_micros`: older ones are expired
+/// (a key reused after them is a new request).
+pub(crate) fn retained_since(now_micros: i64) -> i64 {
+    now_micros - RETENTION_SECS * 1_000_000
 }
 
 /// The instance [`decide`] would ask about, if any: for backends whose liveness check is IO

@@ -200,6 +200,11 @@ impl Plan {
         if let Some(replayed) = self.replay(request)? {
             return Ok(replayed);
         }
+        if let Some(e) = request.events.first().filter(|_| request.replay_only()) {
+            return Err(StoreError::NotAReplay {
+                event_id: e.event_id,
+            });
+        }
         let key = (tenant, request.stream_id.clone());
         let current = *self
             .streams

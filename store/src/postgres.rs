@@ -786,7 +786,6 @@ impl Postgres {
                     }
                     None => true,
                 };
-                let taking_over = idempotency::takes_over(row.as_ref(), &request_hash, now);
                 let found = idempotency::decide(row, &request_hash, now, instance, |_| alive);
                 if found.is_none() {
                     tx.execute(
@@ -800,13 +799,14 @@ impl Postgres {
                     )
                     .await?;
                 }
-                // The attempt it takes over may have written its events (docs/adr/035).
-                let applied = match seed.filter(|_| found.is_none() && taking_over) {
+                // An earlier attempt of this request (taken over, or abandoned after an answer
+                // worth retrying) may have written its events (docs/adr/035).
+                let applied = match seed.filter(|_| found.is_none()) {
                     Some(seed) => tx
                         .query_one(
                             "SELECT EXISTS (SELECT 1 FROM idempotency_applied \
-                             WHERE tenant_id = $1 AND seed = $2)",
-                            &[tenant.as_uuid(), &seed],
+                             WHERE tenant_id = $1 AND seed = $2 AND applied_at >= $3)",
+                            &[tenant.as_uuid(), &seed, &idempotency::retained_since(now)],
                         )
                         .await?
                         .get(0),
@@ -1366,7 +1366,7 @@ async fn load(
             st_ids.push(r.stream_id.as_str());
             unknown.insert(key);
         }
-        if careful {
+        if careful || r.replay_only() {
             for e in &r.events {
                 id_tenants.push(*r.tenant_id.as_uuid());
                 id_ids.push(e.event_id);
@@ -1504,12 +1504,14 @@ async fn run_group(
     let now = crate::envelope::now_micros();
     let s = statements(client).await?;
     let mut read_everything = mode == Mode::Careful;
+    // A replay-only append is decided from its ids as stored: never on the cache alone.
     if mode == Mode::Optimistic
         && cache.head.is_some()
         && requests.iter().all(|r| {
-            cache
-                .streams
-                .contains_key(&(r.tenant_id, r.stream_id.clone()))
+            !r.replay_only()
+                && cache
+                    .streams
+                    .contains_key(&(r.tenant_id, r.stream_id.clone()))
         })
     {
         let (plan, results, conflicted) = plan_group(&Loaded::default(), cache, requests, now);

@@ -177,6 +177,42 @@ pub async fn orphan_idempotency(
     }
 }
 
+/// Delete `key`'s idempotency record of `tenant`: what an attempt leaves behind when it answered
+/// something worth retrying (a 5xx after its append committed) and abandoned its key, while its
+/// events, and the mark of its seed, stay (docs/adr/035). Raw SQL through the backend's driver.
+pub async fn abandon_idempotency(location: &Location, tenant: domain::TenantId, key: &str) {
+    match location {
+        Location::Embedded(dir) => {
+            let conn = rusqlite::Connection::open(dir.join("events.db")).expect("open events.db");
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .expect("busy timeout");
+            let n = conn
+                .execute(
+                    "DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
+                    rusqlite::params![tenant.as_uuid().as_bytes(), key],
+                )
+                .expect("abandon the idempotency record");
+            assert_eq!(n, 1, "one record under {key}");
+        }
+        Location::Postgres(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            let driver = tokio::spawn(conn);
+            let n = client
+                .execute(
+                    "DELETE FROM idempotency WHERE tenant_id = $1 AND key = $2",
+                    &[tenant.as_uuid(), &key],
+                )
+                .await
+                .expect("abandon the idempotency record");
+            assert_eq!(n, 1, "one record under {key}");
+            drop(client);
+            let _ = driver.await;
+        }
+    }
+}
+
 /// `base` with its database name replaced by `name`.
 pub fn with_database(base: &str, name: &str) -> String {
     let (head, query) = match base.split_once('?') {

@@ -309,9 +309,10 @@ fn seeded(
 }
 
 /// The events of a keyed request mark its seed applied in their own transaction: a key taken
-/// over from a dead attempt whose events were written answers `Applied` (the retry must not run
-/// again: it could decide other events); one whose events were never written, or were refused,
-/// answers `Started`; a key that is not taken over is never `Applied`.
+/// over from a dead attempt whose events were written answers `Applied` (the retry may run only
+/// as a replay: it could decide other events); one whose events were never written, or were
+/// refused, answers `Started`; so does a key abandoned by an attempt that wrote nothing, while
+/// one abandoned after its events were written answers `Applied`.
 async fn a_key_taken_over_after_its_events_were_written_answers_applied(h: TestStore) {
     let live = &h.store;
     let t = tenant();
@@ -372,9 +373,86 @@ async fn a_key_taken_over_after_its_events_were_written_answers_applied(h: TestS
             .await
             .unwrap()
     );
-    // Not a takeover: a new key (the service derives a seed from its key, so this is only a
-    // check that the mark is asked about takeovers alone).
-    assert_eq!(begin("fresh", seeds[0]).await.unwrap(), Begin::Started);
+    // Not a takeover: an attempt that answered something worth retrying after its events were
+    // written (a 5xx) abandons its key; the retry begins it afresh and still learns it applied.
+    let seed = Uuid::new_v4();
+    let first = Uuid::new_v4();
+    assert_eq!(
+        live.idempotency_begin_seeded(t, "k5", "h", first, Some(seed))
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    live.append(seeded(t, "s5", Expected::Any, seed, false))
+        .await
+        .unwrap();
+    assert!(live.idempotency_abandon(t, "k5", first).await.unwrap());
+    assert_eq!(begin("k5", seed).await.unwrap(), Begin::Applied);
+    // An abandoned key whose attempt wrote nothing starts again.
+    let (unwritten, first) = (Uuid::new_v4(), Uuid::new_v4());
+    live.idempotency_begin_seeded(t, "k6", "h", first, Some(unwritten))
+        .await
+        .unwrap();
+    assert!(live.idempotency_abandon(t, "k6", first).await.unwrap());
+    assert_eq!(begin("k6", unwritten).await.unwrap(), Begin::Started);
+}
+
+/// An append under `Metadata::replay_only` (the retry of a request whose events were written)
+/// is answered as a replay when it carries exactly the stored events, and is refused with
+/// `NotAReplay`, writing nothing, when any of its events is not stored — alone or decided with
+/// other commands in one request. Both backends.
+async fn a_replay_only_append_writes_nothing_new(h: TestStore) {
+    let store = &h.store;
+    let t = tenant();
+    let seed = Uuid::new_v4();
+    let first = store
+        .append(seeded(t, "r", Expected::Any, seed, false))
+        .await
+        .unwrap();
+    let head = store.head().await.unwrap();
+    // The same events again, replay-only: the first answer.
+    let mut again = seeded(t, "r", Expected::Any, seed, false);
+    again.events[0].event_id = first_event_id(store, t, "r").await;
+    again.metadata.replay_only = true;
+    let replayed = store.append(again.clone()).await.unwrap();
+    assert!(replayed.replayed);
+    assert_eq!(replayed.positions, first.positions);
+    // Another decision (a new event): refused, nothing written.
+    let mut other = again.clone();
+    other.events[0] = NewEvent::new("test.other", RawJson::parse(r#"{"n":2}"#).unwrap());
+    assert!(matches!(
+        store.append(other.clone()).await.unwrap_err(),
+        store::StoreError::NotAReplay { .. }
+    ));
+    // Replay-only carried by one event of the request (as a batch of commands carries it).
+    let mut mixed = other.clone();
+    mixed.metadata.replay_only = false;
+    let mut flagged = Metadata::actor("retry");
+    flagged.replay_only = true;
+    mixed.events[0] = mixed.events[0].clone().with_metadata(flagged);
+    assert!(matches!(
+        store.append(mixed).await.unwrap_err(),
+        store::StoreError::NotAReplay { .. }
+    ));
+    assert_eq!(store.head().await.unwrap(), head, "nothing was written");
+    // Without the flag the same new event is an ordinary append.
+    other.metadata.replay_only = false;
+    assert!(!store.append(other).await.unwrap().replayed);
+    assert_eq!(store.head().await.unwrap(), head + 1);
+}
+
+async fn first_event_id(store: &Store, t: TenantId, stream: &str) -> Uuid {
+    store.read_stream(t, stream, 1, 1).await.unwrap()[0].event_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_a_replay_only_append_writes_nothing_new() {
+    a_replay_only_append_writes_nothing_new(TestStore::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_replay_only_append_writes_nothing_new() {
+    a_replay_only_append_writes_nothing_new(TestStore::postgres().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,11 +12,12 @@ use tokio_postgres::{Client, GenericClient, NoTls};
 use uuid::Uuid;
 
 /// The tenant-scoped tables: every one of them must hide B from a session bound to A.
-const TABLES: [&str; 7] = [
+const TABLES: [&str; 8] = [
     "events",
     "streams",
     "snapshots",
     "idempotency",
+    "idempotency_applied",
     "blobs",
     "chunked_blobs",
     "blob_chunks",
@@ -34,17 +35,22 @@ fn event(i: usize) -> NewEvent {
     )
 }
 
-/// `n` events of `tenant` on stream `s`, one append each, then one append of `batch` events
-/// (above the COPY threshold when large: the writer's other path).
+/// `n` events of `tenant` on stream `s`, one append each (the first under an idempotency seed,
+/// which the group commit marks applied), then one append of `batch` events (above the COPY
+/// threshold when large: the writer's other path).
 async fn append(store: &Store, tenant: TenantId, n: usize, batch: usize) {
     for i in 0..n {
+        let mut metadata = Metadata::system();
+        if i == 0 {
+            metadata.event_id_seed = Some(Uuid::new_v4());
+        }
         store
             .append(AppendRequest {
                 tenant_id: tenant,
                 stream_id: "s".into(),
                 expected: Expected::Any,
                 events: vec![event(i)],
-                metadata: Metadata::system(),
+                metadata,
             })
             .await
             .expect("append");
@@ -224,7 +230,7 @@ async fn every_tenant_scoped_read_of_the_store_answers_its_tenants_rows_through_
     store.delete_blob(a, "b").await.expect("delete_blob");
     assert_eq!(store.get_blob(a, "b").await.expect("get_blob"), None);
     assert_eq!(
-        stored(&url, b).await[4],
+        stored(&url, b).await[5],
         ("blobs", 1, 1),
         "A's delete leaves B's blob"
     );
