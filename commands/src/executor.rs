@@ -2,6 +2,7 @@
 
 use domain::{Aggregate, DomainEvent, EventDecodeError, TenantId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use store::{
     AppendRequest, Appended, Expected, Metadata, NewEvent, RawJson, Snapshot, Store, StoreError,
@@ -18,7 +19,10 @@ pub struct ExecutorConfig {
     pub max_retries: u32,
     /// Save a snapshot each time a stream's version crosses a multiple of this.
     pub snapshot_every: u64,
-    /// The most streams kept hot; idle ones are dropped past it (they reload from a snapshot).
+    /// The most streams kept hot. Reaching it drops the least recently used half of the idle
+    /// ones (they reload from a snapshot and their tail when next used): the executor's memory
+    /// is bounded by this many states, not by how many streams the log has (a stream per
+    /// dataset, per feedback item, per preset).
     pub max_hot_streams: usize,
 }
 
@@ -28,7 +32,7 @@ impl ExecutorConfig {
             kind,
             max_retries: 8,
             snapshot_every: 1_000,
-            max_hot_streams: 100_000,
+            max_hot_streams: 8_192,
         }
     }
 }
@@ -90,6 +94,9 @@ struct Pending<A: Aggregate> {
 struct SlotInner<A: Aggregate> {
     hot: tokio::sync::Mutex<Hot<A>>,
     queue: Mutex<Vec<Pending<A>>>,
+    /// The executor's use counter when this stream was last asked for (least recently used
+    /// streams are dropped first).
+    last_used: AtomicU64,
 }
 
 impl<A: Aggregate> std::fmt::Debug for SlotInner<A> {
@@ -108,6 +115,8 @@ const MAX_BATCH: usize = 512;
 pub struct Executor<A: Aggregate> {
     core: Core,
     hot: Mutex<HashMap<(TenantId, String), Slot<A>>>,
+    /// Counts uses of streams: the clock of `SlotInner::last_used`.
+    uses: AtomicU64,
 }
 
 /// What deciding and appending needs, shared with the tasks that drain a stream's queue.
@@ -151,17 +160,19 @@ where
         Self {
             core: Core { store, config },
             hot: Mutex::new(HashMap::new()),
+            uses: AtomicU64::new(0),
         }
     }
 
     fn slot(&self, tenant: TenantId, stream: &str) -> Slot<A> {
+        let now = self.uses.fetch_add(1, Ordering::Relaxed);
         let mut hot = self.hot.lock().expect("hot lock");
         if let Some(slot) = hot.get(&(tenant, stream.to_owned())) {
+            slot.last_used.store(now, Ordering::Relaxed);
             return slot.clone();
         }
         if hot.len() >= self.core.config.max_hot_streams {
-            // Drop idle streams; they come back from their snapshot and tail when next used.
-            hot.retain(|_, slot| Arc::strong_count(slot) > 1);
+            evict_least_recently_used(&mut hot);
         }
         hot.entry((tenant, stream.to_owned()))
             .or_insert_with(|| {
@@ -172,9 +183,15 @@ where
                         loaded: false,
                     }),
                     queue: Mutex::new(Vec::new()),
+                    last_used: AtomicU64::new(now),
                 })
             })
             .clone()
+    }
+
+    /// How many streams are hot now (for tests and metrics).
+    pub fn hot_streams(&self) -> usize {
+        self.hot.lock().expect("hot lock").len()
     }
 
     /// Drop a stream's hot state (after an erasure: it is decoded state and may hold erased
@@ -260,6 +277,27 @@ where
         rx.await
             .unwrap_or_else(|_| Err(ExecuteError::Store(StoreError::Closed)))
     }
+}
+
+/// Drop the least recently used half of the idle streams (a stream in use — a command queued or
+/// running, a state being loaded — is never dropped: its slot is shared). They come back from
+/// their snapshot and tail when next used. Linear in the hot streams, once per half of them made
+/// hot, so constant per stream.
+fn evict_least_recently_used<A: Aggregate>(hot: &mut HashMap<(TenantId, String), Slot<A>>) {
+    let mut idle: Vec<u64> = hot
+        .values()
+        .filter(|slot| Arc::strong_count(slot) == 1)
+        .map(|slot| slot.last_used.load(Ordering::Relaxed))
+        .collect();
+    if idle.is_empty() {
+        return;
+    }
+    let middle = idle.len() / 2;
+    let (_, median, _) = idle.select_nth_unstable(middle);
+    let median = *median;
+    hot.retain(|_, slot| {
+        Arc::strong_count(slot) > 1 || slot.last_used.load(Ordering::Relaxed) > median
+    });
 }
 
 impl Core {

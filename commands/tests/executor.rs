@@ -495,6 +495,98 @@ async fn a_replayed_append_leaves_the_cache_equal_to_the_log(h: TestStore) {
     assert_eq!(cached.blocked_attempts, 5);
 }
 
+/// The executor keeps at most `max_hot_streams` streams hot, whatever the log holds: past it the
+/// least recently used idle half is dropped, the busiest stream stays, and a dropped stream comes
+/// back from the log with its state (its next command decided on it, at the right version).
+async fn hot_streams_are_bounded_and_the_least_recently_used_go_first(h: TestStore) {
+    let mut config = ExecutorConfig::new("tenant/v1");
+    config.max_hot_streams = 8;
+    let ex = Executor::<Tenant>::new(h.store.clone(), config);
+    let meta = Metadata::system();
+    let tenants: Vec<TenantId> = (0..40)
+        .map(|_| TenantId::from_uuid(Uuid::new_v4()))
+        .collect();
+    let busy = tenants[0];
+    let busy_stream = tenant::stream_id(busy);
+    // Which streams are hot shows through planted snapshots (a state the log never had, the
+    // Enterprise plan, at the stream's current version): a hot stream never reads its snapshot,
+    // a dropped one reloads from it.
+    let plant = |t: TenantId, version: u64| {
+        let store = h.store.clone();
+        async move {
+            let reader = executor(&store, 1_000);
+            let (mut state, at) = reader.load(t, &tenant::stream_id(t)).await.unwrap();
+            assert_eq!(at, version);
+            state.plan = Plan::Enterprise;
+            store
+                .save_snapshot(store::Snapshot {
+                    tenant_id: t,
+                    stream_id: tenant::stream_id(t),
+                    kind: "tenant/v1".into(),
+                    version,
+                    state: serde_json::to_vec(&state).unwrap(),
+                })
+                .await
+                .unwrap();
+        }
+    };
+    ex.execute(busy, &busy_stream, &signup("Busy"), &meta, now())
+        .await
+        .unwrap();
+    for (i, t) in tenants.iter().enumerate().skip(1) {
+        if i == 10 {
+            // From here on, a reload of the busy stream would show.
+            plant(busy, 3 + 9).await;
+        }
+        ex.execute(
+            *t,
+            &tenant::stream_id(*t),
+            &signup(&format!("T{i}")),
+            &meta,
+            now(),
+        )
+        .await
+        .unwrap();
+        // The busy tenant is used between every other stream's first use.
+        ex.execute(
+            busy,
+            &busy_stream,
+            &rename(&format!("Busy {i}")),
+            &meta,
+            now(),
+        )
+        .await
+        .unwrap();
+        assert!(ex.hot_streams() <= 8, "{} hot streams", ex.hot_streams());
+    }
+    let (state, _) = ex.load(busy, &busy_stream).await.unwrap();
+    assert_eq!(
+        (state.plan, state.name),
+        (Plan::Free, Some(name("Busy 39"))),
+        "the busy stream stayed hot through every eviction"
+    );
+    let early = tenants[1];
+    plant(early, 3).await;
+    let (state, version) = ex.load(early, &tenant::stream_id(early)).await.unwrap();
+    assert_eq!(
+        (state.plan, version),
+        (Plan::Enterprise, 3),
+        "the early stream was dropped and came back from its snapshot"
+    );
+    let done = ex
+        .execute(
+            early,
+            &tenant::stream_id(early),
+            &rename("Back"),
+            &meta,
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.version, 4);
+    assert!(ex.hot_streams() <= 8);
+}
+
 macro_rules! on_both_stores {
     ($($name:ident),*) => {
         mod embedded {
@@ -525,5 +617,6 @@ on_both_stores!(
     a_retry_under_the_same_seed_never_writes_twice,
     a_replayed_append_leaves_the_cache_equal_to_the_log,
     a_refused_command_does_not_fail_the_others_of_its_batch,
-    events_carry_the_decision_time_as_occurred_at
+    events_carry_the_decision_time_as_occurred_at,
+    hot_streams_are_bounded_and_the_least_recently_used_go_first
 );

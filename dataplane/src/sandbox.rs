@@ -151,6 +151,7 @@ impl Table {
         let held_before = sqlite_budget::thread_net();
         let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
         let mut conn = Connection::open_in_memory().map_err(load)?;
+        sqlite_budget::without_lookaside(&conn);
         let defs: Vec<String> = columns
             .iter()
             .map(|c| {
@@ -218,6 +219,7 @@ impl Table {
         let held_before = sqlite_budget::thread_net();
         let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
         let mut conn = Connection::open_in_memory().map_err(load)?;
+        sqlite_budget::without_lookaside(&conn);
         let defs: Vec<String> = result.columns.iter().map(|c| quote_identifier(c)).collect();
         if defs.is_empty() {
             return Err(QueryError::Invalid(

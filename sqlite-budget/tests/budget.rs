@@ -94,3 +94,29 @@ fn a_thread_sees_what_the_work_it_did_still_holds() {
     drop(conn);
     assert_eq!(sqlite_budget::thread_net(), before);
 }
+
+/// A connection without lookaside holds what it needs, not the pool SQLite sets aside at open:
+/// an in-memory connection with one small table holds less than half as much.
+#[test]
+fn a_connection_without_lookaside_holds_less() {
+    assert!(install(), "installed before SQLite's first use");
+    set_budget(u64::MAX);
+    let held = |lookaside: bool| {
+        let _scope = SandboxScope::enter();
+        let before = sqlite_budget::thread_net();
+        let conn = Connection::open_in_memory().unwrap();
+        if !lookaside {
+            assert!(sqlite_budget::without_lookaside(&conn), "SQLite took it");
+        }
+        conn.execute_batch("CREATE TABLE t (a, b); INSERT INTO t VALUES (1, 'x');")
+            .unwrap();
+        let held = sqlite_budget::thread_net() - before;
+        drop(conn);
+        held
+    };
+    let (with, without) = (held(true), held(false));
+    assert!(
+        without * 2 < with && with - without > 40_000,
+        "with lookaside {with} B, without {without} B"
+    );
+}
