@@ -528,7 +528,10 @@ fn start_in_background(
 }
 
 fn main() -> std::process::ExitCode {
-    // Before anything opens SQLite: tenants' SQL gets a memory budget of its own (ADR 034).
+    // Large transient buffers (checkpoints, exports, results) go back to the system when freed
+    // (ADR 038), and before anything opens SQLite, tenants' SQL gets a memory budget of its own
+    // (ADR 034).
+    malloc_tuning::tune_for_server();
     dataplane::sandbox::split_memory();
     let cli = Cli::parse();
     match run(cli) {
