@@ -739,6 +739,16 @@ impl Shared {
     async fn run(&self, op: Op, tenant: usize, due: Instant, mut rng: Rng) {
         let t = self.tenants[tenant].clone();
         let mut req = self.prepare(op, &t, &mut rng);
+        // A sign-up replayed while its first sending is still in flight is rightly answered 409
+        // `idempotency-key-in-flight`: only a replay sent after the first answer came back must
+        // answer that answer's position.
+        let answered_before = (req.route == SIGNUP_REPLAY)
+            .then(|| {
+                let kept = self.signups.lock().expect("signups lock").1.clone();
+                kept.filter(|k| Some(&k.key) == req.key.as_ref())
+                    .and_then(|k| k.position)
+            })
+            .flatten();
         let answer = self.send(t.url, &mut req).await;
         let first = Outcome {
             route: req.route,
@@ -756,9 +766,7 @@ impl Shared {
         match (op, &body) {
             (Op::Signup, answer) if req.route == SIGNUP_REPLAY => {
                 // A replay answers the kept sign-up: the same position, never a new tenant.
-                let kept = self.signups.lock().expect("signups lock").1.clone();
-                let original = kept.filter(|k| Some(&k.key) == req.key.as_ref());
-                if let Some(p) = original.and_then(|k| k.position) {
+                if let Some(p) = answered_before {
                     let replayed = answer.as_ref().and_then(|b| b["global_position"].as_u64());
                     let mut s = self.stats.lock().expect("stats lock");
                     s.keyed_retries += 1;

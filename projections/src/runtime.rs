@@ -102,7 +102,10 @@ impl Unreadable {
 }
 
 /// When projections are checkpointed: after `every_events` events or `every` of time with
-/// something unsaved, whichever comes first, and at a graceful shutdown.
+/// something unsaved, whichever comes first, and at a graceful shutdown. A checkpoint encodes
+/// the read model whole on the reader's path, so the reader (and every command waiting to read
+/// its own write) pauses for it: at most one projection is checkpointed each time the reader
+/// reaches the head, and their first checkpoints are spread over `every` (ADR 038).
 #[derive(Clone, Debug)]
 pub struct Checkpointing {
     pub every_events: u64,
@@ -113,7 +116,7 @@ impl Default for Checkpointing {
     fn default() -> Self {
         Self {
             every_events: 1_000_000,
-            every: Duration::from_secs(30),
+            every: Duration::from_secs(300),
         }
     }
 }
@@ -647,6 +650,27 @@ pub async fn load(store: &Store, projection: &dyn Projection) -> store::Result<O
     }
 }
 
+/// Checkpoint the due projection that was saved longest ago, if any (one per call: each encodes
+/// its whole read model on the reader's path). True when another one is still due.
+fn save_most_overdue(
+    store: &Store,
+    slots: &[Slot],
+    savers: &mut [Saver],
+    cfg: &Checkpointing,
+) -> bool {
+    let mut due: Vec<usize> = (0..slots.len())
+        .filter(|&i| !savers[i].writing() && savers[i].due(slots[i].position(), cfg))
+        .collect();
+    due.sort_by_key(|&i| savers[i].at);
+    match due.first() {
+        Some(&i) => {
+            savers[i].save(store, &slots[i]);
+            due.len() > 1
+        }
+        None => false,
+    }
+}
+
 /// Per projection: what was saved last and whether a save is still being written.
 struct Saver {
     saved: u64,
@@ -655,6 +679,11 @@ struct Saver {
 }
 
 impl Saver {
+    /// Whether its last checkpoint is still being written.
+    fn writing(&self) -> bool {
+        self.writing.as_ref().is_some_and(|w| !w.is_finished())
+    }
+
     fn due(&self, position: u64, cfg: &Checkpointing) -> bool {
         position > self.saved
             && (position - self.saved >= cfg.every_events || self.at.elapsed() >= cfg.every)
@@ -708,7 +737,8 @@ async fn read_loop(
             .unwrap_or_else(|p| p.into_inner()) = e;
     };
     let mut savers = Vec::new();
-    for slot in &shared.slots {
+    let slots = shared.slots.len().max(1) as u32;
+    for (i, slot) in shared.slots.iter().enumerate() {
         let resumed = loop {
             match load(&store, &*slot.projection).await {
                 Ok(r) => break r,
@@ -721,9 +751,12 @@ async fn read_loop(
         let position = resumed.unwrap_or(0);
         slot.info().resumed_from = resumed;
         slot.advance(position, false, None);
+        // Spread the first checkpoints over `every`: projections started together would
+        // otherwise all come due, and pause the reader, at the same moment every time.
+        let offset = cfg.every / slots * i as u32;
         savers.push(Saver {
             saved: position,
-            at: Instant::now(),
+            at: Instant::now() + offset,
             writing: None,
         });
     }
@@ -779,20 +812,21 @@ async fn read_loop(
         };
         set_error(None);
         if page.is_empty() {
-            // At the head: checkpoint what is due, then wait for new events, a control message
-            // or the next checkpoint.
-            for (slot, saver) in shared.slots.iter().zip(savers.iter_mut()) {
-                if saver.due(slot.position(), &cfg) {
-                    saver.save(&store, slot);
-                }
-            }
-            let next_save = shared
-                .slots
-                .iter()
-                .zip(&savers)
-                .filter(|(s, v)| s.position() > v.saved)
-                .map(|(_, v)| v.at + cfg.every)
-                .min();
+            // At the head: checkpoint the most overdue projection, if one is due (one per
+            // pass, so the reader pauses for one encoding at a time), then wait for new events,
+            // a control message or the next checkpoint.
+            let more = save_most_overdue(&store, &shared.slots, &mut savers, &cfg);
+            let next_save = if more {
+                Some(Instant::now())
+            } else {
+                shared
+                    .slots
+                    .iter()
+                    .zip(&savers)
+                    .filter(|(s, v)| s.position() > v.saved)
+                    .map(|(_, v)| v.at + cfg.every)
+                    .min()
+            };
             let mut sub = store.raw().subscribe(from);
             tokio::select! {
                 batch = sub.next_batch() => match batch {
@@ -830,11 +864,7 @@ async fn read_loop(
                 slot.feed(&page, start_head);
             }
         }
-        for (slot, saver) in shared.slots.iter().zip(savers.iter_mut()) {
-            if saver.due(slot.position(), &cfg) {
-                saver.save(&store, slot);
-            }
-        }
+        save_most_overdue(&store, &shared.slots, &mut savers, &cfg);
     }
 }
 
