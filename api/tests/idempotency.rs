@@ -431,6 +431,38 @@ fn a_key_applied_by_an_instance_that_died_is_not_applied_again_postgres() {
 /// seed applied in their own transaction, so the retry that takes the key over is answered
 /// "already applied" without running (docs/adr/035).
 fn a_retry_that_would_decide_other_events_is_not_run(backend: Backend) {
+    let (app, owner, h) = ninety_units_lost_then_retried(backend, "u-threshold", |app, t, key| {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let dying = store::Store::open(&app.location).await.unwrap();
+            store::testing::orphan_idempotency(&app.location, t, key, dying.instance()).await;
+            dying.close().await;
+        });
+    });
+    // The answer is kept: later retries replay it.
+    let body = br#"{"meter": "queries", "units": 90}"#;
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let again = app.send("POST", "/v1/usage", &h, Some(body));
+    again.problem(409, "idempotency-key-already-applied");
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(queries_used(&app, &owner), 90);
+}
+
+fn queries_used(app: &TestApp, owner: &str) -> u64 {
+    app.get("/v1/tenant/quota", owner).expect(200)["meters"]["queries"]["used"]
+        .as_u64()
+        .unwrap()
+}
+
+/// 90 queries under `key` on the free plan (200), whose first answer `lose` then loses (as a
+/// dying instance or an abandoning attempt would leave it, given the tenant and the record's
+/// key), and the retry: a second run would cross the warning threshold and decide other events,
+/// so it is answered "already applied", nothing charged or written again. Gives the app, the
+/// owner's token and the request's headers for the checks that follow.
+fn ninety_units_lost_then_retried(
+    backend: Backend,
+    key: &str,
+    lose: impl FnOnce(&TestApp, domain::TenantId, &str),
+) -> (TestApp, String, [(&'static str, String); 3]) {
     let app = spawn_app(backend);
     let (tenant, owner) = app.signup("Acme", "owner@example.com");
     let user = app.get("/v1/me", &owner).expect(200)["user_id"]
@@ -438,36 +470,27 @@ fn a_retry_that_would_decide_other_events_is_not_run(backend: Backend) {
         .unwrap()
         .to_owned();
     let tenant = domain::TenantId::from_uuid(tenant.parse().unwrap());
-    let auth = format!("Bearer {owner}");
-    let h = [
-        ("Authorization", auth.as_str()),
-        ("Content-Type", "application/json"),
-        ("Idempotency-Key", "u-threshold"),
+    let headers = [
+        ("Authorization", format!("Bearer {owner}")),
+        ("Content-Type", "application/json".to_owned()),
+        ("Idempotency-Key", key.to_owned()),
     ];
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let body = br#"{"meter": "queries", "units": 90}"#;
-    let used = || {
-        app.get("/v1/tenant/quota", &owner).expect(200)["meters"]["queries"]["used"]
-            .as_u64()
-            .unwrap()
-    };
     app.send("POST", "/v1/usage", &h, Some(body)).expect(200);
-    assert_eq!(used(), 90);
+    assert_eq!(queries_used(&app, &owner), 90);
     let head = app.head();
-    let (key, _) = usage_record(&user, "u-threshold", body);
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let dying = store::Store::open(&app.location).await.unwrap();
-        store::testing::orphan_idempotency(&app.location, tenant, &key, dying.instance()).await;
-        dying.close().await;
-    });
+    let (record, _) = usage_record(&user, key, body);
+    lose(&app, tenant, &record);
     let retry = send_until_not_in_flight(&app, &h, body);
     retry.problem(409, "idempotency-key-already-applied");
-    assert_eq!(used(), 90, "the units were not charged twice");
+    assert_eq!(
+        queries_used(&app, &owner),
+        90,
+        "the units were not charged twice"
+    );
     assert_eq!(app.head(), head, "nothing written by the retry");
-    // The answer is kept: later retries replay it.
-    let again = app.send("POST", "/v1/usage", &h, Some(body));
-    again.problem(409, "idempotency-key-already-applied");
-    assert_eq!(again.header("idempotency-replayed"), Some("true"));
-    assert_eq!(used(), 90);
+    (app, owner, headers)
 }
 
 #[test]
@@ -488,44 +511,21 @@ fn a_retry_that_would_decide_other_events_is_not_run_postgres() {
 fn a_retry_after_an_abandoned_answer_whose_events_were_written_is_not_applied_again(
     backend: Backend,
 ) {
-    let app = spawn_app(backend);
-    let (tenant, owner) = app.signup("Acme", "owner@example.com");
-    let user = app.get("/v1/me", &owner).expect(200)["user_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let tenant = domain::TenantId::from_uuid(tenant.parse().unwrap());
-    let auth = format!("Bearer {owner}");
-    let h = [
-        ("Authorization", auth.as_str()),
-        ("Content-Type", "application/json"),
-        ("Idempotency-Key", "u-abandoned"),
-    ];
-    let body = br#"{"meter": "queries", "units": 90}"#;
-    let used = || {
-        app.get("/v1/tenant/quota", &owner).expect(200)["meters"]["queries"]["used"]
-            .as_u64()
-            .unwrap()
-    };
-    app.send("POST", "/v1/usage", &h, Some(body)).expect(200);
-    assert_eq!(used(), 90);
-    let head = app.head();
-    let (key, _) = usage_record(&user, "u-abandoned", body);
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        store::testing::abandon_idempotency(&app.location, tenant, &key).await;
+    let (app, owner, _) = ninety_units_lost_then_retried(backend, "u-abandoned", |app, t, key| {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            store::testing::abandon_idempotency(&app.location, t, key).await;
+        });
     });
-    let retry = app.send("POST", "/v1/usage", &h, Some(body));
-    retry.problem(409, "idempotency-key-already-applied");
-    assert_eq!(used(), 90, "the units were not charged twice");
-    assert_eq!(app.head(), head, "nothing written by the retry");
     // Another key is another request, charged.
+    let auth = format!("Bearer {owner}");
     let h2 = [
         ("Authorization", auth.as_str()),
         ("Content-Type", "application/json"),
         ("Idempotency-Key", "u-other"),
     ];
+    let body = br#"{"meter": "queries", "units": 90}"#;
     app.send("POST", "/v1/usage", &h2, Some(body)).expect(200);
-    assert_eq!(used(), 180);
+    assert_eq!(queries_used(&app, &owner), 180);
 }
 
 #[test]
