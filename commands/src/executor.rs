@@ -189,7 +189,7 @@ where
             .clone()
     }
 
-    /// How many streams are hot now (for tests and metrics).
+    /// How many streams are hot now.
     pub fn hot_streams(&self) -> usize {
         self.hot.lock().expect("hot lock").len()
     }

@@ -658,17 +658,14 @@ fn save_most_overdue(
     savers: &mut [Saver],
     cfg: &Checkpointing,
 ) -> bool {
-    let mut due: Vec<usize> = (0..slots.len())
+    let due: Vec<usize> = (0..slots.len())
         .filter(|&i| !savers[i].writing() && savers[i].due(slots[i].position(), cfg))
         .collect();
-    due.sort_by_key(|&i| savers[i].at);
-    match due.first() {
-        Some(&i) => {
-            savers[i].save(store, &slots[i]);
-            due.len() > 1
-        }
-        None => false,
-    }
+    let Some(&oldest) = due.iter().min_by_key(|&&i| savers[i].at) else {
+        return false;
+    };
+    savers[oldest].save(store, &slots[oldest]);
+    due.len() > 1
 }
 
 /// Per projection: what was saved last and whether a save is still being written.
@@ -692,7 +689,7 @@ impl Saver {
     /// Encode now (a consistent state at `position`), write in the background; skipped while
     /// the previous write is still going.
     fn save(&mut self, store: &Store, slot: &Slot) {
-        if self.writing.as_ref().is_some_and(|w| !w.is_finished()) {
+        if self.writing() {
             return;
         }
         let position = slot.position();

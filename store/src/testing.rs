@@ -90,6 +90,30 @@ pub async fn fresh_postgres_url() -> String {
     with_database(&base, &name)
 }
 
+/// The embedded store's database, opened beside the store for raw SQL.
+fn embedded_db(dir: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join("events.db")).expect("open events.db");
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
+    conn
+}
+
+/// Run one statement on a connection of its own, as the URL's user: the rows it changed.
+async fn postgres_execute(
+    url: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> u64 {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let driver = tokio::spawn(conn);
+    let n = client.execute(sql, params).await.expect(sql);
+    drop(client);
+    let _ = driver.await;
+    n
+}
+
 /// Make the idempotency records of `tenant` (only `key`'s when given) look begun `secs` seconds
 /// earlier and, with `in_flight`, not completed: what a process that died mid-request leaves
 /// behind. Raw SQL through the backend's own driver, for tests of takeovers and purges.
@@ -103,9 +127,7 @@ pub async fn rewind_idempotency(
     let shift = secs * 1_000_000;
     match location {
         Location::Embedded(dir) => {
-            let conn = rusqlite::Connection::open(dir.join("events.db")).expect("open events.db");
-            conn.busy_timeout(std::time::Duration::from_secs(10))
-                .expect("busy timeout");
+            let conn = embedded_db(dir);
             conn.execute(
                 "UPDATE idempotency SET created_at = created_at - ?1, \
                  completed = CASE WHEN ?3 THEN 0 ELSE completed END \
@@ -115,21 +137,14 @@ pub async fn rewind_idempotency(
             .expect("rewind idempotency records");
         }
         Location::Postgres(url) => {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            let driver = tokio::spawn(conn);
-            client
-                .execute(
-                    "UPDATE idempotency SET created_at = created_at - $1, \
-                     completed = CASE WHEN $3 THEN false ELSE completed END \
-                     WHERE tenant_id = $2 AND ($4::text IS NULL OR key = $4)",
-                    &[&shift, tenant.as_uuid(), &in_flight, &key],
-                )
-                .await
-                .expect("rewind idempotency records");
-            drop(client);
-            let _ = driver.await;
+            postgres_execute(
+                url,
+                "UPDATE idempotency SET created_at = created_at - $1, \
+                 completed = CASE WHEN $3 THEN false ELSE completed END \
+                 WHERE tenant_id = $2 AND ($4::text IS NULL OR key = $4)",
+                &[&shift, tenant.as_uuid(), &in_flight, &key],
+            )
+            .await;
         }
     }
 }
@@ -145,9 +160,7 @@ pub async fn orphan_idempotency(
 ) {
     match location {
         Location::Embedded(dir) => {
-            let conn = rusqlite::Connection::open(dir.join("events.db")).expect("open events.db");
-            conn.busy_timeout(std::time::Duration::from_secs(10))
-                .expect("busy timeout");
+            let conn = embedded_db(dir);
             let n = conn
                 .execute(
                     "UPDATE idempotency SET completed = 0, instance = ?3 \
@@ -158,21 +171,14 @@ pub async fn orphan_idempotency(
             assert_eq!(n, 1, "one record under {key}");
         }
         Location::Postgres(url) => {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            let driver = tokio::spawn(conn);
-            let n = client
-                .execute(
-                    "UPDATE idempotency SET completed = false, instance = $3 \
-                     WHERE tenant_id = $1 AND key = $2",
-                    &[tenant.as_uuid(), &key, &instance],
-                )
-                .await
-                .expect("orphan the idempotency record");
+            let n = postgres_execute(
+                url,
+                "UPDATE idempotency SET completed = false, instance = $3 \
+                 WHERE tenant_id = $1 AND key = $2",
+                &[tenant.as_uuid(), &key, &instance],
+            )
+            .await;
             assert_eq!(n, 1, "one record under {key}");
-            drop(client);
-            let _ = driver.await;
         }
     }
 }
@@ -183,9 +189,7 @@ pub async fn orphan_idempotency(
 pub async fn abandon_idempotency(location: &Location, tenant: domain::TenantId, key: &str) {
     match location {
         Location::Embedded(dir) => {
-            let conn = rusqlite::Connection::open(dir.join("events.db")).expect("open events.db");
-            conn.busy_timeout(std::time::Duration::from_secs(10))
-                .expect("busy timeout");
+            let conn = embedded_db(dir);
             let n = conn
                 .execute(
                     "DELETE FROM idempotency WHERE tenant_id = ?1 AND key = ?2",
@@ -195,20 +199,13 @@ pub async fn abandon_idempotency(location: &Location, tenant: domain::TenantId, 
             assert_eq!(n, 1, "one record under {key}");
         }
         Location::Postgres(url) => {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            let driver = tokio::spawn(conn);
-            let n = client
-                .execute(
-                    "DELETE FROM idempotency WHERE tenant_id = $1 AND key = $2",
-                    &[tenant.as_uuid(), &key],
-                )
-                .await
-                .expect("abandon the idempotency record");
+            let n = postgres_execute(
+                url,
+                "DELETE FROM idempotency WHERE tenant_id = $1 AND key = $2",
+                &[tenant.as_uuid(), &key],
+            )
+            .await;
             assert_eq!(n, 1, "one record under {key}");
-            drop(client);
-            let _ = driver.await;
         }
     }
 }
