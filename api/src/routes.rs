@@ -651,7 +651,11 @@ pub async fn audit_events(
     let mut scanned = 0;
     let mut exhausted = false;
     while events.len() < limit && scanned < AUDIT_SCAN_BUDGET {
-        let positions = state.audit.positions_after(tenant, after, 500);
+        let positions = state
+            .audit_tree
+            .positions_after(&state.store, tenant, after, 500)
+            .await
+            .map_err(Problem::from)?;
         if positions.is_empty() {
             exhausted = true;
             break;
@@ -683,7 +687,13 @@ pub async fn audit_events(
             *positions.last().expect("not empty")
         };
     }
-    let more = !exhausted && !state.audit.positions_after(tenant, after, 1).is_empty();
+    let more = !exhausted
+        && !state
+            .audit_tree
+            .positions_after(&state.store, tenant, after, 1)
+            .await
+            .map_err(Problem::from)?
+            .is_empty();
     let next_cursor = more.then(|| encode_cursor(after));
     Ok(Reply::json(
         StatusCode::OK,

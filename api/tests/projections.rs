@@ -78,7 +78,7 @@ fn an_undecodable_revocation_stops_identity_readyz_names_it_and_auth_refuses(bac
         .as_array()
         .unwrap()
         .iter()
-        .find(|d| d["name"] == "audit")
+        .find(|d| d["name"] == "audit_tree")
         .unwrap();
     assert!(audit["stopped"].is_null());
     // The token might have been revoked by that event: authentication refuses, with a problem.

@@ -514,7 +514,7 @@ pub async fn state_at(
 ) -> Result<domain::replay::TenantState, Error> {
     let at_us = micros(at);
     current_tree(app).await?;
-    let view = app.audit_tree.view(tenant);
+    let view = app.audit_tree.view(&app.store, tenant).await?;
     let end = view.first_at_or_after(at_us.saturating_add(1));
     let raw = app.store.raw();
     let mut replay = domain::replay::Replay::new();
@@ -703,7 +703,7 @@ pub async fn bundle(
         .ok_or_else(|| internal("no export key"))?;
     let export = signing_key(app, export_info).await?;
     current_tree(app).await?;
-    let view = app.audit_tree.view(tenant);
+    let view = app.audit_tree.view(&app.store, tenant).await?;
     let first = view.first_at_or_after(from_us);
     let end = view.first_at_or_after(to_us);
     if first >= end {

@@ -74,7 +74,7 @@ fn audit_error(e: ExecuteError<domain::audit::AuditError>) -> Error {
 /// Read every event of `tenant` (as the audit tree has them, by sequence) raw.
 async fn scan(app: &App, tenant: TenantId) -> Result<Scan, Error> {
     current_tree(app).await?;
-    let view = app.audit_tree.view(tenant);
+    let view = app.audit_tree.view(&app.store, tenant).await?;
     let raw = app.store.raw();
     let mut out = Scan::default();
     let mut sequence = 0u64;

@@ -38,7 +38,7 @@ use domain::preset::Preset;
 use domain::quota::Usage;
 use domain::tenant::Tenant;
 use domain::{Flag, TenantId};
-use projections::{Audit, AuditTree, Catalog, FirstSuccess, Identity, Insights, Runtime};
+use projections::{AuditTree, Catalog, FirstSuccess, Identity, Insights, Runtime};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,8 +160,7 @@ pub struct App {
     /// Each tenant's billing mode and plan events (invoicing reads no stream).
     pub billing_view: Arc<projections::BillingView>,
     pub identity: Arc<Identity>,
-    pub audit: Arc<Audit>,
-    /// Each tenant's audit Merkle tree (ADR 023).
+    /// Each tenant's audit Merkle tree (ADR 023), and the audit feed's index (ADR 039).
     pub audit_tree: Arc<AuditTree>,
     /// The audit log's own records: the keyring and the bundles exported.
     pub audit_log: Executor<domain::audit::AuditLog>,
@@ -218,7 +217,6 @@ impl App {
         }
         let pii_secret = pii_secret(&store).await;
         let identity = Arc::new(Identity::default());
-        let audit = Arc::new(Audit::default());
         let catalog = Arc::new(Catalog::default());
         let rollups = Arc::new(projections::DailyRollups::default());
         let billing_view = Arc::new(projections::BillingView::default());
@@ -231,7 +229,6 @@ impl App {
             &store,
             vec![
                 identity.clone(),
-                audit.clone(),
                 catalog.clone(),
                 insights.clone(),
                 first_success.clone(),
@@ -276,7 +273,6 @@ impl App {
             store,
             clock,
             identity,
-            audit,
             audit_tree,
             catalog,
             rollups,

@@ -3,7 +3,7 @@
 use commands::{Executor, ExecutorConfig};
 use domain::platform::Platform;
 use domain::{PlatformRole, UserId};
-use projections::{Audit, Catalog, FirstSuccess, Identity, Insights, Projection};
+use projections::{Catalog, FirstSuccess, Identity, Insights, Projection};
 use serde::Serialize;
 use std::sync::Arc;
 use store::{Metadata, Store};
@@ -58,7 +58,6 @@ pub struct RebuildReport {
 pub fn all_projections() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(Identity::default()),
-        Arc::new(Audit::default()),
         Arc::new(Catalog::default()),
         Arc::new(Insights::default()),
         Arc::new(FirstSuccess::default()),

@@ -52,14 +52,13 @@ fn rebuild_saves_the_named_projection_at_the_head_and_refuses_unknown_names_and_
     assert_eq!(one["position"], 2);
     assert_eq!(one["head_position"], 2);
     assert_eq!(block_on(saved_position(&location, "identity")), Some(2));
-    assert_eq!(block_on(saved_position(&location, "audit")), None);
+    assert_eq!(block_on(saved_position(&location, "audit_tree")), None);
 
     let all = ok_json(&["rebuild", "--data", data]);
     assert_eq!(
         all["projections"],
         json!([
             "identity",
-            "audit",
             "catalog",
             "insights",
             "first_success",
@@ -68,12 +67,12 @@ fn rebuild_saves_the_named_projection_at_the_head_and_refuses_unknown_names_and_
             "directory"
         ])
     );
-    assert_eq!(block_on(saved_position(&location, "audit")), Some(2));
+    assert_eq!(block_on(saved_position(&location, "audit_tree")), Some(2));
 
     let unknown = tenantry(&["rebuild", "nope", "--data", data]);
     assert!(!unknown.status.success());
     let stderr = String::from_utf8_lossy(&unknown.stderr);
-    assert!(stderr.contains("identity, audit, catalog"), "{stderr}");
+    assert!(stderr.contains("identity, catalog, insights"), "{stderr}");
 
     // An event the identity projection cannot read: the rebuild fails and saves nothing new.
     block_on(append(

@@ -1,42 +1,75 @@
 //! The audit tree: each tenant's RFC 9162 Merkle tree over its events in commit order (tenant
-//! sequence = leaf index, ADR 020's v1 leaf), kept incrementally as a compact range — one leaf
-//! hash and on average one node hash per event — with the leaf hashes, global positions and
-//! `recorded_at` of every leaf, which proofs and bundles need (ADR 023).
+//! sequence = leaf index, ADR 020's v1 leaf), kept incrementally as a compact range (ADR 023).
 //!
 //! The leaf commits to the SHA-256 of the payload bytes as the runtime hands them over, which are
 //! the stored bytes as long as the runtime's store handle has no upcasters (the service's has
 //! none; store-level upcasting would have to skip this projection). A bundle re-reads the events
 //! raw and refuses to sign when a leaf it recomputes differs from the one kept here.
 //!
-//! Persisted as, per tenant, its id and per leaf the position delta, the `recorded_at` delta and
-//! the leaf hash (~36 bytes per event); the compact range is recomputed from the leaves on load.
+//! Memory holds, per tenant, only the compact range (one hash per set bit of the size) and the
+//! last position: the leaves are rows in the store (ADR 039), one per event, keyed by the event's
+//! global position, holding its tenant sequence, its `recorded_at` and its leaf hash (48 bytes).
+//! The same rows are the audit feed's per-tenant index of the log (ADR 003 declined one on the
+//! log itself). Proofs, bundles and point-in-time reads load the rows they need.
+//!
+//! A tenant's head (size, root) is published only once the rows behind it are in the store, so a
+//! reader that sees a size finds every row below it.
 
 use crate::codec::{CodecError, Reader, Writer};
 use crate::runtime::{Projection, Unreadable};
 use audit::{CompactRange, Hash, LeafHeader};
 use domain::TenantId;
 use std::any::Any;
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use store::Envelope;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use store::{Envelope, ProjectionRow, Store, StoreError};
 
-const LAYOUT: u16 = 1;
+const NAME: &str = "audit_tree";
+/// 2: compact ranges only, the leaves in rows (1 held every leaf in the state).
+const LAYOUT: u16 = 2;
+/// Bytes of a row's value: tenant sequence, `recorded_at` (µs), leaf hash.
+const ROW_BYTES: usize = 48;
+/// Rows per read of the store.
+const READ_ROWS: usize = 10_000;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct TenantTree {
     range: CompactRange,
-    leaves: Vec<Hash>,
-    positions: Vec<u64>,
-    recorded: Vec<i64>,
+    last_position: u64,
 }
 
 impl TenantTree {
-    fn push(&mut self, leaf: Hash, position: u64, recorded: i64) {
-        self.range.push(leaf);
-        self.leaves.push(leaf);
-        self.positions.push(position);
-        self.recorded.push(recorded);
+    fn head(&self) -> Head {
+        Head {
+            size: self.range.size(),
+            root: self.range.root(),
+            last_position: self.last_position,
+        }
     }
+}
+
+/// A tenant's tree as readers see it: its rows are in the store.
+#[derive(Clone, Copy, Debug)]
+struct Head {
+    size: u64,
+    root: Hash,
+    last_position: u64,
+}
+
+const EMPTY: Head = Head {
+    size: 0,
+    root: audit::EMPTY_ROOT,
+    last_position: 0,
+};
+
+/// What `apply` changed and the runtime has not stored yet.
+#[derive(Debug, Default)]
+struct Applied {
+    trees: HashMap<TenantId, TenantTree>,
+    rows: Vec<ProjectionRow>,
+    touched: HashSet<TenantId>,
+    /// The heads whose rows were taken, published by `rows_stored`.
+    taken: Vec<(TenantId, Head)>,
 }
 
 /// A copy of one tenant's tree as it was at one moment: what a checkpoint signs and a bundle
@@ -80,63 +113,125 @@ pub fn leaf_header(e: &Envelope, sequence: u64) -> LeafHeader {
     )
 }
 
+fn row_value(sequence: u64, recorded: i64, leaf: &Hash) -> Vec<u8> {
+    let mut v = Vec::with_capacity(ROW_BYTES);
+    v.extend_from_slice(&sequence.to_be_bytes());
+    v.extend_from_slice(&recorded.to_be_bytes());
+    v.extend_from_slice(leaf);
+    v
+}
+
+fn missing(tenant: TenantId, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!(
+        "the audit tree of tenant {tenant} does not match its rows: {what}"
+    ))
+}
+
 #[derive(Debug, Default)]
 pub struct AuditTree {
-    tenants: RwLock<HashMap<TenantId, TenantTree>>,
+    applied: Mutex<Applied>,
+    visible: RwLock<HashMap<TenantId, Head>>,
 }
 
 impl AuditTree {
-    /// How many events of `tenant` the tree holds.
-    pub fn size(&self, tenant: TenantId) -> u64 {
-        self.tenants
+    fn visible(&self, tenant: TenantId) -> Head {
+        self.visible
             .read()
             .expect("audit tree lock")
             .get(&tenant)
-            .map_or(0, |t| t.range.size())
+            .copied()
+            .unwrap_or(EMPTY)
+    }
+
+    /// How many events of `tenant` the tree holds.
+    pub fn size(&self, tenant: TenantId) -> u64 {
+        self.visible(tenant).size
     }
 
     /// Every tenant with its tree's size.
     pub fn sizes(&self) -> Vec<(TenantId, u64)> {
-        let map = self.tenants.read().expect("audit tree lock");
-        map.iter()
-            .map(|(t, tree)| (*t, tree.range.size()))
-            .collect()
+        let map = self.visible.read().expect("audit tree lock");
+        map.iter().map(|(t, h)| (*t, h.size)).collect()
     }
 
     /// The tree's size and root for `tenant` (the empty root for a tenant without events).
     pub fn head(&self, tenant: TenantId) -> (u64, Hash) {
-        let map = self.tenants.read().expect("audit tree lock");
-        match map.get(&tenant) {
-            Some(t) => (t.range.size(), t.range.root()),
-            None => (0, audit::EMPTY_ROOT),
-        }
+        let h = self.visible(tenant);
+        (h.size, h.root)
     }
 
-    /// A copy of `tenant`'s whole tree (linear in its size: ~48 bytes per event).
-    pub fn view(&self, tenant: TenantId) -> TreeView {
-        let map = self.tenants.read().expect("audit tree lock");
-        match map.get(&tenant) {
-            Some(t) => TreeView {
-                size: t.range.size(),
-                root: t.range.root(),
-                leaves: t.leaves.clone(),
-                positions: t.positions.clone(),
-                recorded: t.recorded.clone(),
-            },
-            None => TreeView {
-                size: 0,
-                root: audit::EMPTY_ROOT,
-                leaves: Vec::new(),
-                positions: Vec::new(),
-                recorded: Vec::new(),
-            },
+    /// Up to `limit` global positions of `tenant`'s events after `after`, in order: the audit
+    /// feed's index.
+    pub async fn positions_after(
+        &self,
+        store: &Store,
+        tenant: TenantId,
+        after: u64,
+        limit: usize,
+    ) -> store::Result<Vec<u64>> {
+        let head = self.visible(tenant);
+        if after >= head.last_position {
+            return Ok(Vec::new());
         }
+        let rows = store
+            .projection_rows(NAME, tenant, after + 1, head.last_position, limit)
+            .await?;
+        Ok(rows.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// A copy of `tenant`'s whole tree, read from its rows (linear in its size: ~48 bytes per
+    /// event, for as long as the copy is held).
+    pub async fn view(&self, store: &Store, tenant: TenantId) -> store::Result<TreeView> {
+        let head = self.visible(tenant);
+        let n = usize::try_from(head.size).map_err(|e| missing(tenant, e))?;
+        let mut view = TreeView {
+            size: head.size,
+            root: head.root,
+            leaves: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+            recorded: Vec::with_capacity(n),
+        };
+        let mut from = 1;
+        while view.leaves.len() < n && from <= head.last_position {
+            let rows = store
+                .projection_rows(NAME, tenant, from, head.last_position, READ_ROWS)
+                .await?;
+            let Some(&(last, _)) = rows.last() else { break };
+            for (position, value) in rows {
+                let (sequence, rest) = value
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| missing(tenant, "a short row"))?;
+                let (recorded, leaf) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| missing(tenant, "a short row"))?;
+                let leaf: Hash = leaf
+                    .try_into()
+                    .map_err(|_| missing(tenant, "a short row"))?;
+                if u64::from_be_bytes(*sequence) != view.leaves.len() as u64 {
+                    return Err(missing(
+                        tenant,
+                        format!("no leaf {} before position {position}", view.leaves.len()),
+                    ));
+                }
+                view.leaves.push(leaf);
+                view.positions.push(position);
+                view.recorded.push(i64::from_be_bytes(*recorded));
+            }
+            from = last + 1;
+        }
+        if view.leaves.len() != n {
+            return Err(missing(
+                tenant,
+                format!("{} leaves of {n} found", view.leaves.len()),
+            ));
+        }
+        Ok(view)
     }
 }
 
 impl Projection for AuditTree {
     fn name(&self) -> &'static str {
-        "audit_tree"
+        NAME
     }
 
     fn reads_stored_bytes(&self) -> bool {
@@ -144,31 +239,61 @@ impl Projection for AuditTree {
     }
 
     fn apply(&self, events: &[Envelope]) -> Result<(), Unreadable> {
-        let mut map = self.tenants.write().expect("audit tree lock");
+        let mut applied = self.applied.lock().expect("audit tree lock");
+        let Applied {
+            trees,
+            rows,
+            touched,
+            ..
+        } = &mut *applied;
         for e in events {
-            let tree = map.entry(e.tenant_id).or_default();
-            let header = leaf_header(e, tree.range.size());
+            let tree = trees.entry(e.tenant_id).or_default();
+            let sequence = tree.range.size();
+            let header = leaf_header(e, sequence);
             let leaf = header.leaf_hash().map_err(|err| Unreadable::at(e, err))?;
-            tree.push(leaf, e.global_position, header.recorded_at_micros);
+            tree.range.push(leaf);
+            tree.last_position = e.global_position;
+            rows.push(ProjectionRow {
+                tenant: e.tenant_id,
+                key: e.global_position,
+                value: row_value(sequence, header.recorded_at_micros, &leaf),
+            });
+            touched.insert(e.tenant_id);
         }
         Ok(())
     }
 
+    fn take_rows(&self) -> Vec<ProjectionRow> {
+        let mut applied = self.applied.lock().expect("audit tree lock");
+        let Applied {
+            trees,
+            rows,
+            touched,
+            taken,
+        } = &mut *applied;
+        taken.extend(touched.drain().map(|t| (t, trees[&t].head())));
+        std::mem::take(rows)
+    }
+
+    fn rows_stored(&self) {
+        let taken = std::mem::take(&mut self.applied.lock().expect("audit tree lock").taken);
+        let mut visible = self.visible.write().expect("audit tree lock");
+        for (tenant, head) in taken {
+            visible.insert(tenant, head);
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
-        let map = self.tenants.read().expect("audit tree lock");
+        let applied = self.applied.lock().expect("audit tree lock");
         let mut w = Writer::new(self.name(), LAYOUT);
-        w.usize(map.len());
-        for (tenant, t) in map.iter() {
+        w.usize(applied.trees.len());
+        for (tenant, t) in &applied.trees {
             w.uuid(tenant.as_uuid());
-            w.usize(t.leaves.len());
-            let (mut prev_pos, mut prev_rec) = (0u64, 0i64);
-            for i in 0..t.leaves.len() {
-                w.u64(t.positions[i] - prev_pos);
-                w.i64(t.recorded[i].wrapping_sub(prev_rec));
-                w.fixed(&t.leaves[i]);
-                prev_pos = t.positions[i];
-                prev_rec = t.recorded[i];
+            w.u64(t.range.size());
+            for root in t.range.roots() {
+                w.fixed(root);
             }
+            w.u64(t.last_position);
         }
         w.finish()
     }
@@ -176,28 +301,36 @@ impl Projection for AuditTree {
     fn decode(&self, bytes: &[u8]) -> Result<(), CodecError> {
         let mut r = Reader::new(bytes, self.name(), LAYOUT)?;
         let tenants = r.len()?;
-        let mut map = HashMap::with_capacity(tenants);
+        let mut trees = HashMap::with_capacity(tenants);
         for _ in 0..tenants {
             let tenant = TenantId::from_uuid(r.uuid()?);
-            let n = r.len()?;
-            let mut t = TenantTree::default();
-            let (mut pos, mut rec) = (0u64, 0i64);
-            for _ in 0..n {
-                let delta = r.u64()?;
-                if delta == 0 {
-                    return Err(CodecError::Malformed("positions not increasing".into()));
-                }
-                pos = pos
-                    .checked_add(delta)
-                    .ok_or_else(|| CodecError::Malformed("position overflow".into()))?;
-                rec = rec.wrapping_add(r.i64()?);
-                let leaf = r.fixed::<32>()?;
-                t.push(leaf, pos, rec);
+            let size = r.u64()?;
+            let roots = (0..size.count_ones())
+                .map(|_| r.fixed::<32>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let range = CompactRange::from_parts(size, roots)
+                .map_err(|e| CodecError::Malformed(e.to_string()))?;
+            let last_position = r.u64()?;
+            if (size == 0) != (last_position == 0) {
+                return Err(CodecError::Malformed(
+                    "a tree's size and last position disagree".into(),
+                ));
             }
-            map.insert(tenant, t);
+            trees.insert(
+                tenant,
+                TenantTree {
+                    range,
+                    last_position,
+                },
+            );
         }
         r.end()?;
-        *self.tenants.write().expect("audit tree lock") = map;
+        let visible = trees.iter().map(|(t, tree)| (*t, tree.head())).collect();
+        *self.applied.lock().expect("audit tree lock") = Applied {
+            trees,
+            ..Applied::default()
+        };
+        *self.visible.write().expect("audit tree lock") = visible;
         Ok(())
     }
 
@@ -207,8 +340,10 @@ impl Projection for AuditTree {
 
     fn adopt(&self, other: &dyn Projection) {
         if let Some(o) = other.as_any().downcast_ref::<AuditTree>() {
-            let taken = std::mem::take(&mut *o.tenants.write().expect("audit tree lock"));
-            *self.tenants.write().expect("audit tree lock") = taken;
+            let applied = std::mem::take(&mut *o.applied.lock().expect("audit tree lock"));
+            let visible = std::mem::take(&mut *o.visible.write().expect("audit tree lock"));
+            *self.applied.lock().expect("audit tree lock") = applied;
+            *self.visible.write().expect("audit tree lock") = visible;
         }
     }
 
@@ -244,16 +379,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn each_tenant_has_its_own_tree_whose_root_is_rfc9162s_and_survives_encoding() {
+    /// Apply `events` as the runtime does: apply, store the rows, publish.
+    async fn feed(tree: &AuditTree, store: &Store, events: &[Envelope]) {
+        tree.apply(events).unwrap();
+        crate::runtime::keep_rows(store, tree).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_tenant_has_its_own_tree_whose_root_is_rfc9162s_with_its_leaves_in_rows() {
+        let ts = store::testing::TestStore::embedded().await;
+        let store = &ts.store;
         let tree = AuditTree::default();
         let events: Vec<_> = (1..=9)
             .map(|p| event(1 + (p % 2) as u128, p, &format!("{{\"n\":{p}}}")))
             .collect();
-        tree.apply(&events[..4]).unwrap();
-        tree.apply(&events[4..]).unwrap();
+        feed(&tree, store, &events[..4]).await;
+        feed(&tree, store, &events[4..]).await;
         let a = TenantId::from_uuid(Uuid::from_u128(1));
-        let view = tree.view(a);
+        let view = tree.view(store, a).await.unwrap();
         assert_eq!(view.size, 4, "positions 2, 4, 6, 8");
         assert_eq!(view.positions, vec![2, 4, 6, 8]);
         let expected: Vec<Hash> = events
@@ -264,10 +407,19 @@ mod tests {
             .collect();
         assert_eq!(view.leaves, expected);
         assert_eq!(view.root, audit::root(&expected, 4).unwrap());
+        assert_eq!(
+            tree.positions_after(store, a, 4, 10).await.unwrap(),
+            vec![6, 8]
+        );
+        assert_eq!(tree.positions_after(store, a, 2, 1).await.unwrap(), vec![4]);
+
+        // The state holds the compact ranges only; the leaves come back from the rows.
         let back = AuditTree::default();
         back.decode(&tree.encode()).unwrap();
         assert_eq!(back.head(a), tree.head(a));
-        assert_eq!(back.view(a).recorded, view.recorded);
+        let again = back.view(store, a).await.unwrap();
+        assert_eq!(again.recorded, view.recorded);
+        assert_eq!(again.leaves, view.leaves);
         let bytes = tree.encode();
         assert!(back.decode(&bytes[..bytes.len() - 3]).is_err());
         assert_eq!(
@@ -275,5 +427,49 @@ mod tests {
             4,
             "a failed decode leaves the state as it was"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_head_is_published_only_once_its_rows_are_stored() {
+        let ts = store::testing::TestStore::embedded().await;
+        let store = &ts.store;
+        let tree = AuditTree::default();
+        let a = TenantId::from_uuid(Uuid::from_u128(1));
+        feed(&tree, store, &[event(1, 1, "{}")]).await;
+        tree.apply(&[event(1, 2, "{}"), event(1, 3, "{}")]).unwrap();
+        assert_eq!(tree.size(a), 1, "applied, rows not stored");
+        assert_eq!(tree.view(store, a).await.unwrap().positions, vec![1]);
+        assert_eq!(
+            tree.positions_after(store, a, 0, 10).await.unwrap(),
+            vec![1]
+        );
+        let rows = tree.take_rows();
+        assert_eq!(rows.len(), 2);
+        store.put_projection_rows("audit_tree", rows).await.unwrap();
+        assert_eq!(tree.size(a), 1, "published by rows_stored only");
+        tree.rows_stored();
+        assert_eq!(tree.size(a), 3);
+        assert_eq!(tree.view(store, a).await.unwrap().positions, vec![1, 2, 3]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tree_whose_rows_are_missing_is_refused_not_proven() {
+        let ts = store::testing::TestStore::embedded().await;
+        let store = &ts.store;
+        let tree = AuditTree::default();
+        let a = TenantId::from_uuid(Uuid::from_u128(1));
+        tree.apply(&[event(1, 1, "{}"), event(1, 2, "{}")]).unwrap();
+        drop(tree.take_rows());
+        tree.rows_stored();
+        let err = tree.view(store, a).await.unwrap_err();
+        assert!(err.to_string().contains("0 leaves of 2"), "{err}");
+    }
+
+    #[test]
+    fn a_state_of_layout_1_is_refused_so_the_tree_is_replayed() {
+        let mut w = Writer::new("audit_tree", 1);
+        w.usize(0);
+        let old = w.finish();
+        assert!(AuditTree::default().decode(&old).is_err());
     }
 }

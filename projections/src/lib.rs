@@ -7,7 +7,6 @@
 //! and switches when caught up (ADR 009). Readers can wait until the projections have reached a
 //! position (read-your-writes, ADR 004).
 
-mod audit;
 mod audit_tree;
 mod billing;
 mod catalog;
@@ -20,7 +19,6 @@ mod onboarding;
 mod rollups;
 mod runtime;
 
-pub use audit::Audit;
 pub use audit_tree::{AuditTree, TreeView, leaf_header};
 pub use billing::BillingView;
 pub use catalog::{Catalog, DatasetView, ExportView, PresetView};

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use store::{Envelope, ProjectionState, Store, StoreError};
+use store::{Envelope, ProjectionRow, ProjectionState, Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -35,6 +35,31 @@ pub trait Projection: Send + Sync + 'static {
     fn reads_stored_bytes(&self) -> bool {
         false
     }
+    /// The rows the `apply`s since the last call produced, for the store to keep instead of
+    /// memory (ADR 039). The runtime writes them before it publishes the position that
+    /// produced them, then calls [`Projection::rows_stored`]; a projection must not let readers
+    /// count on rows before that.
+    fn take_rows(&self) -> Vec<ProjectionRow> {
+        Vec::new()
+    }
+    /// The rows taken last are in the store.
+    fn rows_stored(&self) {}
+}
+
+/// Write the rows `p`'s last `apply`s produced (retrying until the store takes them: the
+/// projection has applied the events already, and the position is published only after), then
+/// tell it they are stored.
+pub(crate) async fn keep_rows(store: &Store, p: &dyn Projection) {
+    let rows = p.take_rows();
+    if !rows.is_empty() {
+        let mut delay = Duration::from_millis(50);
+        while let Err(e) = store.put_projection_rows(p.name(), rows.clone()).await {
+            tracing::warn!(projection = p.name(), error = %e, "read model rows not written; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+    p.rows_stored();
 }
 
 /// A page of the log as each projection reads it: the stored events, and (when they read
@@ -196,8 +221,9 @@ impl Slot {
         self.info.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Apply the events of `page` this projection has not applied yet.
-    fn feed(&self, page: &Page, start_head: Option<u64>) {
+    /// Apply the events of `page` this projection has not applied yet, store the rows they
+    /// produced, then publish the new position.
+    async fn feed(&self, store: &Store, page: &Page, start_head: Option<u64>) {
         let page = page.for_projection(&*self.projection);
         let p = *self.progress.borrow();
         if p.stopped {
@@ -206,7 +232,9 @@ impl Slot {
         let start = page.partition_point(|e| e.global_position <= p.position);
         let events = &page[start..];
         let Some(last) = events.last() else { return };
-        match self.projection.apply(events) {
+        let applied = self.projection.apply(events);
+        keep_rows(store, &*self.projection).await;
+        match applied {
             Ok(()) => self.advance(last.global_position, false, start_head),
             Err(u) => {
                 let applied = events
@@ -604,11 +632,12 @@ pub async fn replay(
         }
         let Some(last) = page.last() else { break };
         for p in projections {
-            p.apply(page.for_projection(&**p))
-                .map_err(|unreadable| ReplayError::Unreadable {
-                    projection: p.name(),
-                    unreadable,
-                })?;
+            let applied = p.apply(page.for_projection(&**p));
+            keep_rows(store, &**p).await;
+            applied.map_err(|unreadable| ReplayError::Unreadable {
+                projection: p.name(),
+                unreadable,
+            })?;
         }
         position = last.global_position;
         events += page.len() as u64;
@@ -837,7 +866,7 @@ async fn read_loop(
                             }
                         };
                         for slot in &shared.slots {
-                            slot.feed(&batch, start_head);
+                            slot.feed(&store, &batch, start_head).await;
                         }
                         pages.seek(sub.position());
                     }
@@ -858,7 +887,7 @@ async fn read_loop(
             }
         } else {
             for slot in &shared.slots {
-                slot.feed(&page, start_head);
+                slot.feed(&store, &page, start_head).await;
             }
         }
         save_most_overdue(&store, &shared.slots, &mut savers, &cfg);
@@ -924,7 +953,9 @@ async fn switch(
             let mut page = pages.next().await.map_err(|e| e.to_string())?;
             page.retain(|e| e.global_position <= live);
             let Some(last) = page.last() else { break };
-            fresh.apply(page.for_projection(fresh)).map_err(|u| {
+            let applied = fresh.apply(page.for_projection(fresh));
+            keep_rows(store, fresh).await;
+            applied.map_err(|u| {
                 format!(
                     "cannot read the {} event at position {}: {}",
                     u.event_type, u.position, u.reason
@@ -988,7 +1019,9 @@ async fn rebuild_task(
             }
         };
         let Some(last) = page.last() else { break };
-        if let Err(u) = fresh.apply(page.for_projection(&*fresh)) {
+        let applied = fresh.apply(page.for_projection(&*fresh));
+        keep_rows(&store, &*fresh).await;
+        if let Err(u) = applied {
             let reason = format!(
                 "cannot read the {} event at position {}: {}",
                 u.event_type, u.position, u.reason

@@ -4,7 +4,7 @@
 
 use domain::TenantId;
 use projections::{
-    Audit, Catalog, Checkpointing, Identity, Principal, Projection, RebuildState, Runtime,
+    AuditTree, Catalog, Checkpointing, Identity, Principal, Projection, RebuildState, Runtime,
     TokenProblem,
 };
 use serde_json::json;
@@ -77,14 +77,14 @@ async fn usage(store: &Store, tenant: TenantId, n: usize) -> u64 {
 
 struct Set {
     identity: Arc<Identity>,
-    audit: Arc<Audit>,
+    audit: Arc<AuditTree>,
     catalog: Arc<Catalog>,
     runtime: Runtime,
 }
 
 fn start(store: &Store, checkpointing: Checkpointing) -> Set {
     let identity = Arc::new(Identity::default());
-    let audit = Arc::new(Audit::default());
+    let audit = Arc::new(AuditTree::default());
     let catalog = Arc::new(Catalog::default());
     let all: Vec<Arc<dyn Projection>> = vec![identity.clone(), audit.clone(), catalog.clone()];
     Set {
@@ -107,7 +107,7 @@ async fn resumes_from_its_persisted_checkpoint_after_a_graceful_shutdown(ts: Tes
     let first = start(store, Checkpointing::default());
     assert!(first.runtime.catch_up(Duration::from_secs(10)).await);
     first.runtime.shutdown().await;
-    for name in ["identity", "audit", "catalog"] {
+    for name in ["identity", "audit_tree", "catalog"] {
         let saved = store.load_projection(name).await.unwrap().expect(name);
         assert_eq!(saved.position, head, "{name} checkpointed at the head");
     }
@@ -126,7 +126,15 @@ async fn resumes_from_its_persisted_checkpoint_after_a_graceful_shutdown(ts: Tes
         second.identity.authenticate(&hash, now()),
         Ok(Principal::Member { tenant: t, .. }) if t == tenant
     ));
-    assert_eq!(second.audit.count(tenant), 503);
+    assert_eq!(second.audit.size(tenant), 503);
+    let view = second.audit.view(store, tenant).await.unwrap();
+    assert_eq!(
+        view.positions.len(),
+        503,
+        "the leaves are rows in the store"
+    );
+    assert_eq!(view.positions.last(), Some(&head));
+    assert_eq!(view.root, audit::root(&view.leaves, 503).unwrap());
     assert!(second.catalog.datasets(tenant).is_empty());
 }
 
@@ -144,7 +152,7 @@ async fn checkpoints_every_n_events_without_a_shutdown(ts: TestStore) {
     let tenant = TenantId::from_uuid(Uuid::new_v4());
     let head = usage(store, tenant, 250).await;
     assert!(set.runtime.catch_up(Duration::from_secs(10)).await);
-    for name in ["identity", "audit", "catalog"] {
+    for name in ["identity", "audit_tree", "catalog"] {
         let mut saved = None;
         for _ in 0..100 {
             saved = store.load_projection(name).await.unwrap();
@@ -171,7 +179,7 @@ async fn checkpoints_after_t_seconds_when_fewer_than_n_events_came(ts: TestStore
     assert!(set.runtime.catch_up(Duration::from_secs(10)).await);
     let mut saved = None;
     for _ in 0..60 {
-        saved = store.load_projection("audit").await.unwrap();
+        saved = store.load_projection("audit_tree").await.unwrap();
         if saved.as_ref().is_some_and(|s| s.position == head) {
             break;
         }
@@ -186,7 +194,7 @@ async fn a_state_of_an_unknown_layout_is_ignored_and_rebuilt_from_position_1(ts:
     let head = usage(store, tenant, 40).await;
     store
         .save_projection(ProjectionState {
-            name: "audit".into(),
+            name: "audit_tree".into(),
             position: head,
             state: br#"{"layout":"json v0","positions":{}}"#.to_vec(),
         })
@@ -198,10 +206,10 @@ async fn a_state_of_an_unknown_layout_is_ignored_and_rebuilt_from_position_1(ts:
         .runtime
         .status()
         .into_iter()
-        .find(|s| s.name == "audit")
+        .find(|s| s.name == "audit_tree")
         .unwrap();
     assert_eq!(audit.resumed_from, None);
-    assert_eq!(set.audit.count(tenant), 40, "rebuilt from position 1");
+    assert_eq!(set.audit.size(tenant), 40, "rebuilt from position 1");
 }
 
 async fn identity_stops_at_an_undecodable_revocation_and_never_checkpoints_past_it(ts: TestStore) {
@@ -248,8 +256,12 @@ async fn identity_stops_at_an_undecodable_revocation_and_never_checkpoints_past_
         "stops before the unreadable event"
     );
     // The other projections go on to the head.
-    assert!(set.runtime.started("audit", Duration::from_secs(5)).await);
-    assert_eq!(set.audit.count(tenant), head as usize);
+    assert!(
+        set.runtime
+            .started("audit_tree", Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(set.audit.size(tenant), head);
     // The identity projection still believes the token valid (the revocation is behind the
     // stop): that is why authentication refuses while the runtime says identity is stopped
     // (api/src/auth.rs).
@@ -295,9 +307,9 @@ async fn a_rebuild_switches_in_when_caught_up_while_events_keep_coming(ts: TestS
     usage(store, tenant, 10_000).await;
     let set = start(store, Checkpointing::default());
     assert!(set.runtime.catch_up(Duration::from_secs(20)).await);
-    set.runtime.rebuild("audit").unwrap();
+    set.runtime.rebuild("audit_tree").unwrap();
     assert!(
-        set.runtime.rebuild("audit").is_err(),
+        set.runtime.rebuild("audit_tree").is_err(),
         "one rebuild at a time"
     );
     assert!(set.runtime.rebuild("nope").is_err());
@@ -315,7 +327,7 @@ async fn a_rebuild_switches_in_when_caught_up_while_events_keep_coming(ts: TestS
             .runtime
             .status()
             .into_iter()
-            .find(|s| s.name == "audit")
+            .find(|s| s.name == "audit_tree")
             .and_then(|s| s.rebuild)
             .unwrap();
         if r.state != RebuildState::Running {
@@ -326,17 +338,24 @@ async fn a_rebuild_switches_in_when_caught_up_while_events_keep_coming(ts: TestS
     }
     let done = done.expect("the rebuild finishes");
     assert!(matches!(done.state, RebuildState::Done { .. }), "{done:?}");
-    assert_eq!(done.name, "audit.rebuild");
+    assert_eq!(done.name, "audit_tree.rebuild");
     writer.await.unwrap();
     assert!(set.runtime.catch_up(Duration::from_secs(10)).await);
     let head = store.head().await.unwrap();
-    assert_eq!(
-        set.audit.count(tenant),
-        head as usize,
-        "no event missed or doubled"
-    );
-    let positions = set.audit.positions_after(tenant, 0, usize::MAX);
+    assert_eq!(set.audit.size(tenant), head, "no event missed or doubled");
+    let positions = set
+        .audit
+        .positions_after(store, tenant, 0, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(positions.len() as u64, head);
     assert!(positions.windows(2).all(|w| w[0] + 1 == w[1]));
+    let view = set.audit.view(store, tenant).await.unwrap();
+    assert_eq!(
+        view.root,
+        audit::root(&view.leaves, head).unwrap(),
+        "the rows written by the rebuild and the live tree agree"
+    );
 }
 
 /// Checks that it sees every position once, in order.

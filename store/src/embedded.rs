@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 mod liveness;
+mod rows;
 
 const PAGE_SIZE: i64 = 4096;
 
@@ -147,6 +148,8 @@ pub(crate) struct Embedded {
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     stop_checkpointer: Arc<(Mutex<bool>, std::sync::Condvar)>,
     readers: Arc<ReaderPool>,
+    /// The read models' rows, in a file of their own (ADR 039).
+    rows: rows::Rows,
     head: watch::Receiver<u64>,
     blobs: PathBuf,
     state: Arc<WriterState>,
@@ -164,6 +167,17 @@ impl Embedded {
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
         migrate(&mut conn)?;
+        let (rows, rows_created) = rows::Rows::open(dir)?;
+        if rows_created {
+            // States saved with rows this file no longer has: replay rather than trust them.
+            let forgotten = conn.execute("DELETE FROM projection_state", [])?;
+            if forgotten > 0 {
+                tracing::warn!(
+                    forgotten,
+                    "projections.db was missing: every projection replays from position 1"
+                );
+            }
+        }
         // The writer waits at most this long for SQLite's write lock (another process).
         conn.busy_timeout(options.lock_timeout)?;
         // The writer's page cache is small on purpose: at the end of every write transaction
@@ -203,10 +217,8 @@ impl Embedded {
             checkpointer: Mutex::new(Some(checkpointer)),
             stop_checkpointer,
             blobs: dir.join("blobs"),
-            readers: Arc::new(ReaderPool {
-                path,
-                idle: Mutex::new(Vec::new()),
-            }),
+            readers: Arc::new(ReaderPool::new(path)),
+            rows,
             head: head_rx,
             state,
             queue_capacity,
@@ -470,6 +482,8 @@ impl Embedded {
     /// can be megabytes and must not hold up a group commit's queue (SQLite's write lock is
     /// still taken for the moment of the write; the busy timeout waits for it).
     pub(crate) async fn save_projection(&self, p: crate::ProjectionState) -> Result<()> {
+        // The rows the state covers are durable before the state is.
+        self.rows.sync().await?;
         let path = self.readers.path.clone();
         tokio::task::spawn_blocking(move || {
             let conn = Connection::open(&path)?;
@@ -511,6 +525,25 @@ impl Embedded {
             }))
         })
         .await
+    }
+
+    pub(crate) async fn put_projection_rows(
+        &self,
+        projection: &str,
+        rows: Vec<crate::ProjectionRow>,
+    ) -> Result<()> {
+        self.rows.put(projection, rows).await
+    }
+
+    pub(crate) async fn projection_rows(
+        &self,
+        projection: &str,
+        tenant: TenantId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.rows.read(projection, tenant, from, to, limit).await
     }
 
     pub(crate) async fn delete_projection(&self, name: &str) -> Result<()> {
@@ -1335,6 +1368,13 @@ struct ReaderPool {
 }
 
 impl ReaderPool {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
     fn get(&self) -> Result<Connection> {
         if let Some(conn) = self.idle.lock().expect("pool lock").pop() {
             return Ok(conn);

@@ -168,6 +168,23 @@ pub struct ProjectionState {
     pub state: Vec<u8>,
 }
 
+/// One row a read model keeps in the store instead of in memory (ADR 039): under the
+/// projection's name, one tenant's `key` (ordered: a position, a sequence) and its bytes.
+///
+/// Rows are written by the projections runtime before the position that produced them is
+/// published, and they are durable before any checkpoint that covers them is. A row-keeping
+/// projection is a deterministic function of the stored log: a replay after a crash, or a rebuild
+/// beside the live projection, writes the same bytes under the same keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectionRow {
+    pub tenant: TenantId,
+    pub key: u64,
+    pub value: Vec<u8>,
+}
+
+/// The greatest key a row may have (keys are stored as signed 64-bit integers).
+pub const MAX_ROW_KEY: u64 = i64::MAX as u64;
+
 #[derive(Debug)]
 enum Backend {
     Embedded(embedded::Embedded),
@@ -647,6 +664,42 @@ impl Store {
     /// Forget a projection's persisted state (it is rebuilt from position 1 when next started).
     pub async fn delete_projection(&self, name: &str) -> Result<()> {
         dispatch!(self.delete_projection(name))
+    }
+
+    /// Write `rows` of the projection `projection`, replacing rows under the same keys, in one
+    /// transaction. Durable before the next [`Store::save_projection`] returns.
+    pub async fn put_projection_rows(
+        &self,
+        projection: &str,
+        rows: Vec<ProjectionRow>,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if let Some(r) = rows.iter().find(|r| r.key > MAX_ROW_KEY) {
+            return Err(StoreError::Backend(format!(
+                "projection row key {} is past {MAX_ROW_KEY}",
+                r.key
+            )));
+        }
+        dispatch!(self.put_projection_rows(projection, rows))
+    }
+
+    /// `tenant`'s rows of `projection` with keys in `from..=to`, in key order, at most `limit`:
+    /// `(key, value)` pairs. Read in the tenant's scope (row-level security on PostgreSQL).
+    pub async fn projection_rows(
+        &self,
+        projection: &str,
+        tenant: TenantId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let to = to.min(MAX_ROW_KEY);
+        if from > to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.projection_rows(projection, tenant, from, to, limit))
     }
 
     /// Stop accepting appends, commit what is queued, release the backend.

@@ -356,6 +356,27 @@ const MIGRATIONS: &[(i32, &str)] = &[
         USING (true);
     ALTER TABLE idempotency_applied FORCE ROW LEVEL SECURITY;",
     ),
+    (
+        13,
+        // The rows read models keep instead of memory (docs/adr/039): the platform's reader
+        // writes them for every tenant in the projection's transaction order; a tenant's reads
+        // see its own rows only (row-level security forced, as on every tenant-scoped table).
+        "CREATE TABLE projection_rows (
+        projection text NOT NULL,
+        tenant_id uuid NOT NULL,
+        key bigint NOT NULL,
+        value bytea NOT NULL,
+        PRIMARY KEY (projection, tenant_id, key)
+    );
+    GRANT SELECT ON projection_rows TO tenantry_tenant;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON projection_rows TO tenantry_platform;
+    ALTER TABLE projection_rows ENABLE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_isolation ON projection_rows
+        USING (tenant_id = nullif(current_setting('tenantry.tenant_id', true), '')::uuid);
+    CREATE POLICY platform_projections ON projection_rows FOR ALL TO tenantry_platform
+        USING (true) WITH CHECK (true);
+    ALTER TABLE projection_rows FORCE ROW LEVEL SECURITY;",
+    ),
 ];
 
 /// The roles the service acts as (migration 7, docs/adr/017). Every connection of the pool
@@ -938,6 +959,61 @@ impl Postgres {
             position: r.get::<_, i64>(0) as u64,
             state: r.get(1),
         }))
+    }
+
+    pub(crate) async fn put_projection_rows(
+        &self,
+        projection: &str,
+        rows: Vec<crate::ProjectionRow>,
+    ) -> Result<()> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO projection_rows (projection, tenant_id, key, value) \
+                 SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::bytea[]) \
+                 ON CONFLICT (projection, tenant_id, key) DO UPDATE SET value = excluded.value",
+            )
+            .await?;
+        let tenants: Vec<Uuid> = rows.iter().map(|r| *r.tenant.as_uuid()).collect();
+        let keys: Vec<i64> = rows.iter().map(|r| r.key as i64).collect();
+        let values: Vec<&[u8]> = rows.iter().map(|r| r.value.as_slice()).collect();
+        in_scope(
+            &client,
+            Scope::Platform,
+            client.execute(&stmt, &[&projection, &tenants, &keys, &values]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn projection_rows(
+        &self,
+        projection: &str,
+        tenant: TenantId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT key, value FROM projection_rows \
+                 WHERE projection = $1 AND tenant_id = $2 AND key BETWEEN $3 AND $4 \
+                 ORDER BY key LIMIT $5",
+            )
+            .await?;
+        let (from, to) = (from as i64, to as i64);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = in_scope(
+            &client,
+            Scope::Tenant(tenant),
+            client.query(&stmt, &[&projection, tenant.as_uuid(), &from, &to, &limit]),
+        )
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
+            .collect())
     }
 
     pub(crate) async fn delete_projection(&self, name: &str) -> Result<()> {

@@ -983,6 +983,74 @@ async fn projection_state_is_kept_replaced_and_forgotten(h: &Harness) {
     assert_eq!(s.load_projection(&name).await.unwrap(), None);
 }
 
+async fn projection_rows_are_kept_per_tenant_replaced_and_read_in_key_order(h: &Harness) {
+    let s = &h.store;
+    let name = format!("test-{}", Uuid::new_v4());
+    let (a, b) = (
+        TenantId::from_uuid(Uuid::new_v4()),
+        TenantId::from_uuid(Uuid::new_v4()),
+    );
+    let row = |tenant, key: u64, value: &str| store::ProjectionRow {
+        tenant,
+        key,
+        value: value.as_bytes().to_vec(),
+    };
+    s.put_projection_rows(
+        &name,
+        vec![row(a, 30, "a30"), row(a, 10, "a10"), row(b, 10, "b10")],
+    )
+    .await
+    .unwrap();
+    s.put_projection_rows(&name, vec![row(a, 20, "a20"), row(a, 30, "a30 again")])
+        .await
+        .unwrap();
+    s.put_projection_rows(&name, Vec::new()).await.unwrap();
+    let text = |rows: Vec<(u64, Vec<u8>)>| {
+        rows.into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        text(s.projection_rows(&name, a, 0, u64::MAX, 100).await.unwrap()),
+        vec![
+            (10, "a10".to_owned()),
+            (20, "a20".to_owned()),
+            (30, "a30 again".to_owned())
+        ]
+    );
+    assert_eq!(
+        text(s.projection_rows(&name, a, 11, 30, 1).await.unwrap()),
+        vec![(20, "a20".to_owned())],
+        "from..=to, at most limit"
+    );
+    assert_eq!(
+        text(s.projection_rows(&name, b, 0, u64::MAX, 100).await.unwrap()),
+        vec![(10, "b10".to_owned())],
+        "another tenant's rows"
+    );
+    assert!(
+        s.projection_rows("other", a, 0, u64::MAX, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "another projection's rows"
+    );
+    assert!(
+        s.put_projection_rows(&name, vec![row(a, u64::MAX, "too far")])
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        h.another_handle()
+            .await
+            .projection_rows(&name, a, 0, u64::MAX, 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* ; mut $($mname:ident),*) => {
         mod embedded {
@@ -1035,6 +1103,7 @@ conformance!(
     business_time_is_kept_beside_commit_time,
     expired_idempotency_records_are_purged,
     a_taken_over_idempotency_key_belongs_to_its_new_owner,
-    projection_state_is_kept_replaced_and_forgotten;
+    projection_state_is_kept_replaced_and_forgotten,
+    projection_rows_are_kept_per_tenant_replaced_and_read_in_key_order;
     mut everything_survives_close_and_reopen
 );

@@ -12,7 +12,7 @@ use tokio_postgres::{Client, GenericClient, NoTls};
 use uuid::Uuid;
 
 /// The tenant-scoped tables: every one of them must hide B from a session bound to A.
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
     "events",
     "streams",
     "snapshots",
@@ -21,6 +21,7 @@ const TABLES: [&str; 8] = [
     "blobs",
     "chunked_blobs",
     "blob_chunks",
+    "projection_rows",
 ];
 
 /// A blob of two chunks (docs/adr/036), its bytes the tenant's own.
@@ -106,6 +107,17 @@ async fn populate(store: &Store, tenant: TenantId, events: usize, batch: usize) 
         .put_blob(tenant, "c", chunked(tenant))
         .await
         .expect("put a blob of chunks");
+    store
+        .put_projection_rows(
+            "rls",
+            vec![store::ProjectionRow {
+                tenant,
+                key: 1,
+                value: tenant.as_uuid().as_bytes().to_vec(),
+            }],
+        )
+        .await
+        .expect("put a projection row");
 }
 
 fn response(tenant: TenantId) -> StoredResponse {
@@ -227,6 +239,14 @@ async fn every_tenant_scoped_read_of_the_store_answers_its_tenants_rows_through_
         }
         other => panic!("B's blob of chunks: {other:?}"),
     }
+    assert_eq!(
+        store
+            .projection_rows("rls", b, 0, u64::MAX, 10)
+            .await
+            .expect("projection_rows"),
+        vec![(1, b.as_uuid().as_bytes().to_vec())],
+        "projection_rows"
+    );
     store.delete_blob(a, "b").await.expect("delete_blob");
     assert_eq!(store.get_blob(a, "b").await.expect("get_blob"), None);
     assert_eq!(

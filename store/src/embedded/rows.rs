@@ -1,0 +1,164 @@
+//! The rows read models keep instead of memory (ADR 039), in a SQLite file of their own beside the
+//! log (`projections.db`): written by the projections runtime on a connection of its own, so they
+//! never take the log's write lock from a group commit, and read on reader connections.
+//!
+//! Rows are derived from the log and are written with `synchronous=NORMAL` (a commit does not
+//! wait for the disk). A checkpoint of a projection must not cover rows that a power cut could
+//! take back, so [`Rows::sync`] — a full WAL checkpoint, which syncs the WAL first — runs before
+//! every projection state is saved. A data directory whose `projections.db` is missing (deleted,
+//! or not restored from a backup) while the log holds projection states has those states
+//! forgotten at open: every projection replays from position 1 rather than trust rows it lacks.
+
+use super::ReaderPool;
+use crate::ProjectionRow;
+use crate::error::{Result, StoreError};
+use domain::TenantId;
+use rusqlite::{Connection, OpenFlags, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE projection_rows (
+        projection TEXT NOT NULL,
+        tenant_id BLOB NOT NULL,
+        key INTEGER NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (projection, tenant_id, key)
+    ) WITHOUT ROWID;",
+)];
+
+#[derive(Debug)]
+pub(super) struct Rows {
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<ReaderPool>,
+}
+
+impl Rows {
+    /// Open (creating if needed) `projections.db` in `dir`. The answer's flag is true when the
+    /// file was created now.
+    pub(super) fn open(dir: &Path) -> Result<(Self, bool)> {
+        let path = dir.join("projections.db");
+        let created = !path.exists();
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "cache_size", -4096)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )?;
+        for (version, sql) in MIGRATIONS {
+            let applied: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+                [version],
+                |r| r.get(0),
+            )?;
+            if !applied {
+                tx.execute_batch(sql)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                    [version],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok((
+            Self {
+                writer: Arc::new(Mutex::new(conn)),
+                readers: Arc::new(ReaderPool::new(path)),
+            },
+            created,
+        ))
+    }
+
+    pub(super) async fn put(&self, projection: &str, rows: Vec<ProjectionRow>) -> Result<()> {
+        let (writer, projection) = (self.writer.clone(), projection.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO projection_rows (projection, tenant_id, key, value) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (projection, tenant_id, key) \
+                     DO UPDATE SET value = excluded.value",
+                )?;
+                for r in &rows {
+                    insert.execute(params![
+                        projection,
+                        r.tenant.as_uuid().as_bytes(),
+                        r.key as i64,
+                        r.value
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    pub(super) async fn read(
+        &self,
+        projection: &str,
+        tenant: TenantId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let (pool, projection) = (self.readers.clone(), projection.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get()?;
+            let out = (|| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT key, value FROM projection_rows \
+                     WHERE projection = ?1 AND tenant_id = ?2 AND key BETWEEN ?3 AND ?4 \
+                     ORDER BY key LIMIT ?5",
+                )?;
+                let rows = stmt.query_map(
+                    params![
+                        projection,
+                        tenant.as_uuid().as_bytes(),
+                        from as i64,
+                        to as i64,
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+                )?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(StoreError::from)
+            })();
+            pool.put(conn);
+            out
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    /// Make every row committed so far durable (a full checkpoint syncs the WAL before copying
+    /// it), before a projection state that covers them is saved.
+    pub(super) async fn sync(&self) -> Result<()> {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get(0))?;
+            if busy != 0 {
+                return Err(StoreError::Backend(
+                    "the read models' rows could not be synced (checkpoint busy)".into(),
+                ));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+}
