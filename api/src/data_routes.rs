@@ -203,7 +203,11 @@ pub async fn list(
     }
     wait_for(&state, q.min_position).await?;
     let tenant = caller.tenant_or_forbidden()?;
-    let (page, next) = state.catalog.datasets_page(tenant, after, limit);
+    let (page, next) = state
+        .catalog
+        .datasets_page(&state.store, tenant, after, limit)
+        .await
+        .map_err(Problem::from)?;
     let next_cursor = next.map(encode_dataset_cursor);
     let datasets = page.iter().map(dataset_json).collect();
     Ok(Reply::json(
@@ -215,8 +219,8 @@ pub async fn list(
     ))
 }
 
-fn dataset_of(state: &AppState, tenant: TenantId, raw: &str) -> Result<DatasetView, Problem> {
-    Ok(app::analysis::dataset_of(state, tenant, raw)?)
+async fn dataset_of(state: &AppState, tenant: TenantId, raw: &str) -> Result<DatasetView, Problem> {
+    Ok(app::analysis::dataset_of(state, tenant, raw).await?)
 }
 
 pub async fn get(
@@ -227,7 +231,7 @@ pub async fn get(
 ) -> Result<Reply, Problem> {
     wait_for(&state, q.min_position).await?;
     let tenant = caller.tenant_or_forbidden()?;
-    let view = dataset_of(&state, tenant, &path)?;
+    let view = dataset_of(&state, tenant, &path).await?;
     Ok(Reply::json(StatusCode::OK, &dataset_json(&view)))
 }
 
@@ -883,11 +887,25 @@ pub async fn get_export(
 ) -> Result<Reply, Problem> {
     wait_for(&state, q.min_position).await?;
     let tenant = caller.tenant_or_forbidden()?;
-    let x = Uuid::parse_str(&path)
-        .ok()
-        .and_then(|id| state.catalog.export(tenant, id))
-        .ok_or_else(|| Problem::not_found("no such export"))?;
+    let x = export_of(&state, tenant, &path).await?;
     Ok(Reply::json(StatusCode::OK, &export_json(&x.export, 0)))
+}
+
+/// A tenant's export by the id a client sent.
+async fn export_of(
+    state: &AppState,
+    tenant: TenantId,
+    raw: &str,
+) -> Result<projections::ExportView, Problem> {
+    let Ok(id) = Uuid::parse_str(raw) else {
+        return Err(Problem::not_found("no such export"));
+    };
+    state
+        .catalog
+        .export(&state.store, tenant, id)
+        .await
+        .map_err(Problem::from)?
+        .ok_or_else(|| Problem::not_found("no such export"))
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -934,10 +952,7 @@ pub async fn download(
     q: web::Query<DownloadQuery>,
 ) -> Result<HttpResponse, Problem> {
     let tenant = caller.tenant_or_forbidden()?;
-    let x = Uuid::parse_str(&path)
-        .ok()
-        .and_then(|id| state.catalog.export(tenant, id))
-        .ok_or_else(|| Problem::not_found("no such export"))?;
+    let x = export_of(&state, tenant, &path).await?;
     // Every download is a fact; a FAIL file needs the caller's acknowledgement first.
     let ctx = state.ctx(RequestContext::of(&req).metadata(caller.actor()));
     let acknowledged = matches!(q.acknowledge, Some(Acknowledge::Fail));

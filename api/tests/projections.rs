@@ -121,6 +121,24 @@ fn persisted<P: projections::Projection + Default>(app: &TestApp, name: &str) ->
         })
 }
 
+/// `f` run on another handle of the app's store.
+fn block_on_store<T, F>(app: &TestApp, f: impl FnOnce(Store) -> F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    let location = app.location.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let store = Store::open(&location).await.unwrap();
+            let out = f(store.clone()).await;
+            store.close().await;
+            out
+        })
+}
+
 fn an_operator_rebuilds_projections_beside_the_live_ones_and_their_checkpoints_read_back(
     backend: Backend,
 ) {
@@ -184,7 +202,17 @@ fn an_operator_rebuilds_projections_beside_the_live_ones_and_their_checkpoints_r
     let listed = app.get("/v1/datasets", &owner).expect(200);
     assert!(listed.to_string().contains(&dataset), "{listed}");
     let (_, catalog) = persisted::<projections::Catalog>(&app, "catalog");
-    let datasets = catalog.datasets(tenant);
+    let catalog = std::sync::Arc::new(catalog);
+    let datasets = block_on_store(&app, |store| {
+        let catalog = catalog.clone();
+        async move {
+            catalog
+                .datasets_page(&store, tenant, None, 10)
+                .await
+                .unwrap()
+                .0
+        }
+    });
     assert_eq!(datasets.len(), 1);
     assert_eq!(datasets[0].dataset.dataset_id.to_string(), dataset);
     assert_eq!(catalog.presets(tenant).len(), 1);

@@ -67,10 +67,13 @@ fn kind_of(name: &str) -> ColumnType {
 }
 
 /// A tenant's dataset by the id a client sent.
-pub fn dataset_of(app: &App, tenant: TenantId, raw: &str) -> Result<DatasetView, Error> {
-    Uuid::parse_str(raw)
-        .ok()
-        .and_then(|id| app.catalog.dataset(tenant, id))
+pub async fn dataset_of(app: &App, tenant: TenantId, raw: &str) -> Result<DatasetView, Error> {
+    let Ok(id) = Uuid::parse_str(raw) else {
+        return Err(Error::NotFound("no such dataset".into()));
+    };
+    app.catalog
+        .dataset(&app.store, tenant, id)
+        .await?
         .ok_or_else(|| Error::NotFound("no such dataset".into()))
 }
 
@@ -185,7 +188,7 @@ pub async fn query(
         return Err(Error::field("sql", "is empty"));
     }
     sql_within_limit(Some(sql))?;
-    let view = dataset_of(app, tenant, dataset)?;
+    let view = dataset_of(app, tenant, dataset).await?;
     let budget = app.config.query_time;
     // The tenant's fair share of running queries; waiting for a slot counts against the budget.
     let _running = app.shares.acquire(tenant, Work::Query, budget).await?;
@@ -306,7 +309,7 @@ pub async fn export(
 ) -> Result<ExportDone, Error> {
     sql_within_limit(spec.sql.as_deref())?;
     let (preset_id, preset_version, rules) = preset_rules(app, tenant, &spec.preset)?;
-    let view = dataset_of(app, tenant, &spec.dataset)?;
+    let view = dataset_of(app, tenant, &spec.dataset).await?;
     let budget = app.config.query_time.max(Duration::from_secs(60));
     let _running = app.shares.acquire(tenant, Work::Export, budget).await?;
     let table = table(app, tenant, &view).await?;

@@ -22,7 +22,7 @@ use domain::TenantId;
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use store::{Envelope, ProjectionRow, Store, StoreError};
+use store::{Envelope, ProjectionRow, RowWrite, Store, StoreError};
 
 const NAME: &str = "audit_tree";
 /// 2: compact ranges only, the leaves in rows (1 held every leaf in the state).
@@ -121,6 +121,18 @@ fn row_value(sequence: u64, recorded: i64, leaf: &Hash) -> Vec<u8> {
     v
 }
 
+/// A row's key: the event's global position, big-endian (bytewise order is position order).
+fn key(position: u64) -> [u8; 8] {
+    position.to_be_bytes()
+}
+
+fn position_of(tenant: TenantId, key: &[u8]) -> store::Result<u64> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| missing(tenant, "a key of another form"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 fn missing(tenant: TenantId, what: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!(
         "the audit tree of tenant {tenant} does not match its rows: {what}"
@@ -174,9 +186,17 @@ impl AuditTree {
             return Ok(Vec::new());
         }
         let rows = store
-            .projection_rows(NAME, tenant, after + 1, head.last_position, limit)
+            .projection_rows(
+                NAME,
+                tenant,
+                &key(after + 1),
+                &key(head.last_position),
+                limit,
+            )
             .await?;
-        Ok(rows.into_iter().map(|(key, _)| key).collect())
+        rows.into_iter()
+            .map(|(k, _)| position_of(tenant, &k))
+            .collect()
     }
 
     /// A copy of `tenant`'s whole tree, read from its rows (linear in its size: ~48 bytes per
@@ -194,10 +214,19 @@ impl AuditTree {
         let mut from = 1;
         while view.leaves.len() < n && from <= head.last_position {
             let rows = store
-                .projection_rows(NAME, tenant, from, head.last_position, READ_ROWS)
+                .projection_rows(
+                    NAME,
+                    tenant,
+                    &key(from),
+                    &key(head.last_position),
+                    READ_ROWS,
+                )
                 .await?;
-            let Some(&(last, _)) = rows.last() else { break };
-            for (position, value) in rows {
+            let Some(last) = rows.last().map(|(k, _)| position_of(tenant, k)) else {
+                break;
+            };
+            for (k, value) in rows {
+                let position = position_of(tenant, &k)?;
                 let (sequence, rest) = value
                     .split_first_chunk::<8>()
                     .ok_or_else(|| missing(tenant, "a short row"))?;
@@ -217,7 +246,7 @@ impl AuditTree {
                 view.positions.push(position);
                 view.recorded.push(i64::from_be_bytes(*recorded));
             }
-            from = last + 1;
+            from = last? + 1;
         }
         if view.leaves.len() != n {
             return Err(missing(
@@ -255,8 +284,8 @@ impl Projection for AuditTree {
             tree.last_position = e.global_position;
             rows.push(ProjectionRow {
                 tenant: e.tenant_id,
-                key: e.global_position,
-                value: row_value(sequence, header.recorded_at_micros, &leaf),
+                key: key(e.global_position).to_vec(),
+                write: RowWrite::Put(row_value(sequence, header.recorded_at_micros, &leaf)),
             });
             touched.insert(e.tenant_id);
         }

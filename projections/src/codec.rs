@@ -40,8 +40,13 @@ pub struct Writer {
 impl Writer {
     /// A state of projection `kind` in layout `layout`.
     pub fn new(kind: &str, layout: u16) -> Self {
+        Self::with_capacity(kind, layout, 1 << 12)
+    }
+
+    /// The same, for a small value (a row kept in the store, ADR 039).
+    pub fn with_capacity(kind: &str, layout: u16, capacity: usize) -> Self {
         let mut w = Self {
-            buf: Vec::with_capacity(1 << 12),
+            buf: Vec::with_capacity(capacity),
         };
         w.buf.extend_from_slice(MAGIC);
         w.str(kind);

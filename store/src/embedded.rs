@@ -539,10 +539,10 @@ impl Embedded {
         &self,
         projection: &str,
         tenant: TenantId,
-        from: u64,
-        to: u64,
+        from: &[u8],
+        to: &[u8],
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.rows.read(projection, tenant, from, to, limit).await
     }
 

@@ -169,21 +169,46 @@ pub struct ProjectionState {
 }
 
 /// One row a read model keeps in the store instead of in memory (ADR 039): under the
-/// projection's name, one tenant's `key` (ordered: a position, a sequence) and its bytes.
+/// projection's name, one tenant's `key` (bytes, ordered bytewise: a big-endian position, a
+/// time-ordered id) and what to write there.
 ///
 /// Rows are written by the projections runtime before the position that produced them is
 /// published, and they are durable before any checkpoint that covers them is. A row-keeping
-/// projection is a deterministic function of the stored log: a replay after a crash, or a rebuild
-/// beside the live projection, writes the same bytes under the same keys.
+/// projection is a deterministic function of the stored log, and its writes are chosen so that
+/// applying a stretch of the log again (a replay after a crash, a rebuild beside the live
+/// projection) leaves the rows as they were and never shows an older state meanwhile: a row
+/// that is replaced or removed later is first written with [`RowWrite::Insert`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProjectionRow {
     pub tenant: TenantId,
-    pub key: u64,
-    pub value: Vec<u8>,
+    pub key: Vec<u8>,
+    pub write: RowWrite,
 }
 
-/// The greatest key a row may have (keys are stored as signed 64-bit integers).
-pub const MAX_ROW_KEY: u64 = i64::MAX as u64;
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowWrite {
+    /// Write these bytes, replacing what is there.
+    Put(Vec<u8>),
+    /// Write these bytes only where no row is.
+    Insert(Vec<u8>),
+    /// Remove the row.
+    Delete,
+}
+
+impl RowWrite {
+    /// One write with the effect of `self` then `next` on the same row.
+    fn then(self, next: RowWrite) -> RowWrite {
+        match (self, next) {
+            (_, RowWrite::Put(v)) => RowWrite::Put(v),
+            (_, RowWrite::Delete) => RowWrite::Delete,
+            (RowWrite::Delete, RowWrite::Insert(v)) => RowWrite::Put(v),
+            (earlier, RowWrite::Insert(_)) => earlier,
+        }
+    }
+}
+
+/// The longest key a projection row may have, in bytes.
+pub const MAX_ROW_KEY: usize = 256;
 
 #[derive(Debug)]
 enum Backend {
@@ -666,40 +691,75 @@ impl Store {
         dispatch!(self.delete_projection(name))
     }
 
-    /// Write `rows` of the projection `projection`, replacing rows under the same keys, in one
-    /// transaction. Durable before the next [`Store::save_projection`] returns.
+    /// Write `rows` of the projection `projection` in order, in one transaction: each replaces or
+    /// removes the row under its key. Durable before the next [`Store::save_projection`] returns.
     pub async fn put_projection_rows(
         &self,
         projection: &str,
         rows: Vec<ProjectionRow>,
     ) -> Result<()> {
+        if let Some(r) = rows.iter().find(|r| r.key.len() > MAX_ROW_KEY) {
+            return Err(StoreError::Backend(format!(
+                "a projection row key of {} bytes is longer than {MAX_ROW_KEY}",
+                r.key.len()
+            )));
+        }
+        // One write per key, with the effect of all of them in order (one statement may not
+        // touch a row twice on PostgreSQL).
+        let mut index: std::collections::HashMap<(TenantId, Vec<u8>), usize> =
+            std::collections::HashMap::with_capacity(rows.len());
+        let mut distinct: Vec<ProjectionRow> = Vec::with_capacity(rows.len());
+        for r in rows {
+            match index.get(&(r.tenant, r.key.clone())) {
+                Some(&i) => {
+                    let earlier = std::mem::replace(&mut distinct[i].write, RowWrite::Delete);
+                    distinct[i].write = earlier.then(r.write);
+                }
+                None => {
+                    index.insert((r.tenant, r.key.clone()), distinct.len());
+                    distinct.push(r);
+                }
+            }
+        }
+        self.put_distinct_rows(projection, distinct).await
+    }
+
+    async fn put_distinct_rows(&self, projection: &str, rows: Vec<ProjectionRow>) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
-        }
-        if let Some(r) = rows.iter().find(|r| r.key > MAX_ROW_KEY) {
-            return Err(StoreError::Backend(format!(
-                "projection row key {} is past {MAX_ROW_KEY}",
-                r.key
-            )));
         }
         dispatch!(self.put_projection_rows(projection, rows))
     }
 
-    /// `tenant`'s rows of `projection` with keys in `from..=to`, in key order, at most `limit`:
-    /// `(key, value)` pairs. Read in the tenant's scope (row-level security on PostgreSQL).
+    /// `tenant`'s rows of `projection` with keys in `from..=to` (bytewise), in key order, at most
+    /// `limit`: `(key, value)` pairs. Read in the tenant's scope (row-level security on
+    /// PostgreSQL).
     pub async fn projection_rows(
         &self,
         projection: &str,
         tenant: TenantId,
-        from: u64,
-        to: u64,
+        from: &[u8],
+        to: &[u8],
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
-        let to = to.min(MAX_ROW_KEY);
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }
         dispatch!(self.projection_rows(projection, tenant, from, to, limit))
+    }
+
+    /// One row of `tenant`'s under `key`.
+    pub async fn projection_row(
+        &self,
+        projection: &str,
+        tenant: TenantId,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .projection_rows(projection, tenant, key, key, 1)
+            .await?
+            .pop()
+            .map(|(_, v)| v))
     }
 
     /// Stop accepting appends, commit what is queued, release the backend.

@@ -364,7 +364,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "CREATE TABLE projection_rows (
         projection text NOT NULL,
         tenant_id uuid NOT NULL,
-        key bigint NOT NULL,
+        key bytea NOT NULL,
         value bytea NOT NULL,
         PRIMARY KEY (projection, tenant_id, key)
     );
@@ -966,23 +966,58 @@ impl Postgres {
         projection: &str,
         rows: Vec<crate::ProjectionRow>,
     ) -> Result<()> {
-        let client = self.pool.get().await?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO projection_rows (projection, tenant_id, key, value) \
-                 SELECT $1, * FROM unnest($2::uuid[], $3::int8[], $4::bytea[]) \
-                 ON CONFLICT (projection, tenant_id, key) DO UPDATE SET value = excluded.value",
-            )
-            .await?;
-        let tenants: Vec<Uuid> = rows.iter().map(|r| *r.tenant.as_uuid()).collect();
-        let keys: Vec<i64> = rows.iter().map(|r| r.key as i64).collect();
-        let values: Vec<&[u8]> = rows.iter().map(|r| r.value.as_slice()).collect();
-        in_scope(
-            &client,
-            Scope::Platform,
-            client.execute(&stmt, &[&projection, &tenants, &keys, &values]),
-        )
-        .await?;
+        let mut client = self.pool.get().await?;
+        type Columns<'a> = (Vec<Uuid>, Vec<&'a [u8]>, Vec<&'a [u8]>);
+        let (mut put, mut insert): (Columns<'_>, Columns<'_>) = Default::default();
+        let mut gone: (Vec<Uuid>, Vec<&[u8]>) = Default::default();
+        for r in &rows {
+            let (tenant, key) = (*r.tenant.as_uuid(), r.key.as_slice());
+            match &r.write {
+                crate::RowWrite::Put(v) => {
+                    put.0.push(tenant);
+                    put.1.push(key);
+                    put.2.push(v.as_slice());
+                }
+                crate::RowWrite::Insert(v) => {
+                    insert.0.push(tenant);
+                    insert.1.push(key);
+                    insert.2.push(v.as_slice());
+                }
+                crate::RowWrite::Delete => {
+                    gone.0.push(tenant);
+                    gone.1.push(key);
+                }
+            }
+        }
+        let tx = platform_scope(&mut client).await?;
+        for (columns, conflict) in [
+            (&put, "DO UPDATE SET value = excluded.value"),
+            (&insert, "DO NOTHING"),
+        ] {
+            if columns.0.is_empty() {
+                continue;
+            }
+            let stmt = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO projection_rows (projection, tenant_id, key, value) \
+                     SELECT $1, * FROM unnest($2::uuid[], $3::bytea[], $4::bytea[]) \
+                     ON CONFLICT (projection, tenant_id, key) {conflict}"
+                ))
+                .await?;
+            tx.execute(&stmt, &[&projection, &columns.0, &columns.1, &columns.2])
+                .await?;
+        }
+        if !gone.0.is_empty() {
+            let stmt = tx
+                .prepare_cached(
+                    "DELETE FROM projection_rows r USING unnest($2::uuid[], $3::bytea[]) \
+                     AS g (tenant_id, key) \
+                     WHERE r.projection = $1 AND r.tenant_id = g.tenant_id AND r.key = g.key",
+                )
+                .await?;
+            tx.execute(&stmt, &[&projection, &gone.0, &gone.1]).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -990,10 +1025,10 @@ impl Postgres {
         &self,
         projection: &str,
         tenant: TenantId,
-        from: u64,
-        to: u64,
+        from: &[u8],
+        to: &[u8],
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
@@ -1002,7 +1037,6 @@ impl Postgres {
                  ORDER BY key LIMIT $5",
             )
             .await?;
-        let (from, to) = (from as i64, to as i64);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = in_scope(
             &client,
@@ -1012,7 +1046,7 @@ impl Postgres {
         .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
+            .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
             .collect())
     }
 

@@ -983,67 +983,129 @@ async fn projection_state_is_kept_replaced_and_forgotten(h: &Harness) {
     assert_eq!(s.load_projection(&name).await.unwrap(), None);
 }
 
-async fn projection_rows_are_kept_per_tenant_replaced_and_read_in_key_order(h: &Harness) {
+async fn projection_rows_are_kept_per_tenant_put_inserted_removed_and_read_in_key_order(
+    h: &Harness,
+) {
     let s = &h.store;
     let name = format!("test-{}", Uuid::new_v4());
     let (a, b) = (
         TenantId::from_uuid(Uuid::new_v4()),
         TenantId::from_uuid(Uuid::new_v4()),
     );
-    let row = |tenant, key: u64, value: &str| store::ProjectionRow {
+    let row = |tenant, key: &[u8], value: Option<&str>| store::ProjectionRow {
         tenant,
-        key,
-        value: value.as_bytes().to_vec(),
+        key: key.to_vec(),
+        write: match value {
+            Some(v) => store::RowWrite::Put(v.as_bytes().to_vec()),
+            None => store::RowWrite::Delete,
+        },
     };
     s.put_projection_rows(
         &name,
-        vec![row(a, 30, "a30"), row(a, 10, "a10"), row(b, 10, "b10")],
+        vec![
+            row(a, b"\x30", Some("a30")),
+            row(a, b"\x10", Some("a10")),
+            row(b, b"\x10", Some("b10")),
+            row(a, b"\x40", Some("a40")),
+            row(a, b"\x50", Some("a50, removed in the same write")),
+            row(a, b"\x50", None),
+        ],
     )
     .await
     .unwrap();
-    s.put_projection_rows(&name, vec![row(a, 20, "a20"), row(a, 30, "a30 again")])
-        .await
-        .unwrap();
+    s.put_projection_rows(
+        &name,
+        vec![
+            row(a, b"\x20", Some("a20")),
+            row(a, b"\x30", Some("a30 first")),
+            row(a, b"\x30", Some("a30 again")),
+            row(a, b"\x40", None),
+            row(a, b"\x60", None),
+        ],
+    )
+    .await
+    .unwrap();
     s.put_projection_rows(&name, Vec::new()).await.unwrap();
-    let text = |rows: Vec<(u64, Vec<u8>)>| {
+    let text = |rows: Vec<(Vec<u8>, Vec<u8>)>| {
         rows.into_iter()
-            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+            .map(|(k, v)| (k[0], String::from_utf8(v).unwrap()))
             .collect::<Vec<_>>()
     };
+    let all = |t| s.projection_rows(&name, t, &[], &[0xff; 8], 100);
     assert_eq!(
-        text(s.projection_rows(&name, a, 0, u64::MAX, 100).await.unwrap()),
+        text(all(a).await.unwrap()),
         vec![
-            (10, "a10".to_owned()),
-            (20, "a20".to_owned()),
-            (30, "a30 again".to_owned())
-        ]
+            (0x10, "a10".to_owned()),
+            (0x20, "a20".to_owned()),
+            (0x30, "a30 again".to_owned())
+        ],
+        "the last write of a key counts, a removal removes"
     );
     assert_eq!(
-        text(s.projection_rows(&name, a, 11, 30, 1).await.unwrap()),
-        vec![(20, "a20".to_owned())],
+        text(
+            s.projection_rows(&name, a, b"\x11", b"\x30", 1)
+                .await
+                .unwrap()
+        ),
+        vec![(0x20, "a20".to_owned())],
         "from..=to, at most limit"
     );
     assert_eq!(
-        text(s.projection_rows(&name, b, 0, u64::MAX, 100).await.unwrap()),
-        vec![(10, "b10".to_owned())],
+        s.projection_row(&name, a, b"\x30").await.unwrap(),
+        Some(b"a30 again".to_vec())
+    );
+    assert_eq!(s.projection_row(&name, a, b"\x40").await.unwrap(), None);
+    assert_eq!(
+        text(all(b).await.unwrap()),
+        vec![(0x10, "b10".to_owned())],
         "another tenant's rows"
     );
     assert!(
-        s.projection_rows("other", a, 0, u64::MAX, 100)
+        s.projection_rows("other", a, &[], &[0xff], 100)
             .await
             .unwrap()
             .is_empty(),
         "another projection's rows"
     );
+    // Insert writes only where no row is, also after earlier writes of the same call.
+    let insert = |key: &[u8], value: &str| store::ProjectionRow {
+        tenant: a,
+        key: key.to_vec(),
+        write: store::RowWrite::Insert(value.as_bytes().to_vec()),
+    };
+    s.put_projection_rows(
+        &name,
+        vec![
+            insert(b"\x30", "a30 inserted over a row"),
+            insert(b"\x70", "a70"),
+            insert(b"\x70", "a70 inserted twice"),
+            row(a, b"\x20", None),
+            insert(b"\x20", "a20 after its removal"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text(all(a).await.unwrap()),
+        vec![
+            (0x10, "a10".to_owned()),
+            (0x20, "a20 after its removal".to_owned()),
+            (0x30, "a30 again".to_owned()),
+            (0x70, "a70".to_owned())
+        ]
+    );
+    s.put_projection_rows(&name, vec![row(a, b"\x70", None)])
+        .await
+        .unwrap();
     assert!(
-        s.put_projection_rows(&name, vec![row(a, u64::MAX, "too far")])
+        s.put_projection_rows(&name, vec![row(a, &[1; 257], Some("too long"))])
             .await
             .is_err()
     );
     assert_eq!(
         h.another_handle()
             .await
-            .projection_rows(&name, a, 0, u64::MAX, 100)
+            .projection_rows(&name, a, &[], &[0xff], 100)
             .await
             .unwrap()
             .len(),
@@ -1104,6 +1166,6 @@ conformance!(
     expired_idempotency_records_are_purged,
     a_taken_over_idempotency_key_belongs_to_its_new_owner,
     projection_state_is_kept_replaced_and_forgotten,
-    projection_rows_are_kept_per_tenant_replaced_and_read_in_key_order;
+    projection_rows_are_kept_per_tenant_put_inserted_removed_and_read_in_key_order;
     mut everything_survives_close_and_reopen
 );

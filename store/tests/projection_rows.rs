@@ -22,8 +22,8 @@ async fn states_saved_with_rows_are_forgotten_when_the_rows_file_is_missing() {
                 "tree",
                 vec![ProjectionRow {
                     tenant,
-                    key: 7,
-                    value: b"row".to_vec(),
+                    key: vec![7],
+                    write: store::RowWrite::Put(b"row".to_vec()),
                 }],
             )
             .await
@@ -39,11 +39,8 @@ async fn states_saved_with_rows_are_forgotten_when_the_rows_file_is_missing() {
             Some(state("tree"))
         );
         assert_eq!(
-            store
-                .projection_rows("tree", tenant, 0, u64::MAX, 10)
-                .await
-                .unwrap(),
-            vec![(7, b"row".to_vec())]
+            store.projection_row("tree", tenant, &[7]).await.unwrap(),
+            Some(b"row".to_vec())
         );
         store.close().await;
     }
@@ -58,9 +55,9 @@ async fn states_saved_with_rows_are_forgotten_when_the_rows_file_is_missing() {
     );
     assert!(
         store
-            .projection_rows("tree", tenant, 0, u64::MAX, 10)
+            .projection_row("tree", tenant, &[7])
             .await
             .unwrap()
-            .is_empty()
+            .is_none()
     );
 }

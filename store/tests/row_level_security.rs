@@ -112,8 +112,8 @@ async fn populate(store: &Store, tenant: TenantId, events: usize, batch: usize) 
             "rls",
             vec![store::ProjectionRow {
                 tenant,
-                key: 1,
-                value: tenant.as_uuid().as_bytes().to_vec(),
+                key: vec![1],
+                write: store::RowWrite::Put(tenant.as_uuid().as_bytes().to_vec()),
             }],
         )
         .await
@@ -241,10 +241,10 @@ async fn every_tenant_scoped_read_of_the_store_answers_its_tenants_rows_through_
     }
     assert_eq!(
         store
-            .projection_rows("rls", b, 0, u64::MAX, 10)
+            .projection_rows("rls", b, &[], &[0xff], 10)
             .await
             .expect("projection_rows"),
-        vec![(1, b.as_uuid().as_bytes().to_vec())],
+        vec![(vec![1], b.as_uuid().as_bytes().to_vec())],
         "projection_rows"
     );
     store.delete_blob(a, "b").await.expect("delete_blob");

@@ -10,8 +10,8 @@
 //! forgotten at open: every projection replays from position 1 rather than trust rows it lacks.
 
 use super::ReaderPool;
-use crate::ProjectionRow;
 use crate::error::{Result, StoreError};
+use crate::{ProjectionRow, RowWrite};
 use domain::TenantId;
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::Path;
@@ -23,7 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     "CREATE TABLE projection_rows (
         projection TEXT NOT NULL,
         tenant_id BLOB NOT NULL,
-        key INTEGER NOT NULL,
+        key BLOB NOT NULL,
         value BLOB NOT NULL,
         PRIMARY KEY (projection, tenant_id, key)
     ) WITHOUT ROWID;",
@@ -91,13 +91,25 @@ impl Rows {
                      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (projection, tenant_id, key) \
                      DO UPDATE SET value = excluded.value",
                 )?;
+                let mut insert_new = tx.prepare_cached(
+                    "INSERT INTO projection_rows (projection, tenant_id, key, value) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (projection, tenant_id, key) DO NOTHING",
+                )?;
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM projection_rows \
+                     WHERE projection = ?1 AND tenant_id = ?2 AND key = ?3",
+                )?;
                 for r in &rows {
-                    insert.execute(params![
-                        projection,
-                        r.tenant.as_uuid().as_bytes(),
-                        r.key as i64,
-                        r.value
-                    ])?;
+                    let tenant = r.tenant.as_uuid().as_bytes();
+                    match &r.write {
+                        RowWrite::Put(v) => {
+                            insert.execute(params![projection, tenant, r.key, v])?
+                        }
+                        RowWrite::Insert(v) => {
+                            insert_new.execute(params![projection, tenant, r.key, v])?
+                        }
+                        RowWrite::Delete => delete.execute(params![projection, tenant, r.key])?,
+                    };
                 }
             }
             tx.commit()?;
@@ -111,11 +123,12 @@ impl Rows {
         &self,
         projection: &str,
         tenant: TenantId,
-        from: u64,
-        to: u64,
+        from: &[u8],
+        to: &[u8],
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>> {
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let (pool, projection) = (self.readers.clone(), projection.to_owned());
+        let (from, to) = (from.to_vec(), to.to_vec());
         tokio::task::spawn_blocking(move || {
             let conn = pool.get()?;
             let out = (|| {
@@ -128,11 +141,11 @@ impl Rows {
                     params![
                         projection,
                         tenant.as_uuid().as_bytes(),
-                        from as i64,
-                        to as i64,
+                        from,
+                        to,
                         i64::try_from(limit).unwrap_or(i64::MAX)
                     ],
-                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)),
+                    |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
                 )?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(StoreError::from)
