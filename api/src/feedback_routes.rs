@@ -447,7 +447,8 @@ pub async fn list(
         q.filter()?,
         q.cursor.as_deref(),
         q.limit.map(|l| l as usize),
-    )?;
+    )
+    .await?;
     let body = FeedbackList {
         next_cursor: page.next.map(app::feedback::encode_cursor),
         total: page.total,
@@ -471,7 +472,7 @@ pub async fn csv(
 ) -> Result<HttpResponse, Problem> {
     let q = FeedbackQuery::from(q.into_inner());
     wait_for(&state, q.min_position).await?;
-    let items = app::feedback::all(&state, caller.tenant(), q.filter()?)?;
+    let items = app::feedback::all(&state, caller.tenant(), q.filter()?).await?;
     Ok(HttpResponse::Ok()
         .content_type(crate::http::CSV)
         .insert_header((

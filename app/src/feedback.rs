@@ -247,13 +247,14 @@ pub async fn triage(
     let position = app.settled(&done.appended).await;
     let item = app
         .feedback_board
-        .get(tenant, feedback_id)
+        .get(&app.store, tenant, feedback_id)
+        .await?
         .ok_or_else(not_found)?;
     Ok((item, position))
 }
 
 /// A page of the board. `scope` limits it to the caller's tenant (platform staff: `None`).
-pub fn list(
+pub async fn list(
     app: &App,
     scope: Option<TenantId>,
     filter: FeedbackFilter,
@@ -268,9 +269,13 @@ pub fn list(
         None => None,
         Some(c) => Some(decode_cursor(c).ok_or_else(|| Error::field("cursor", "not a cursor"))?),
     };
-    Ok(scoped(scope, filter)
-        .map(|f| app.feedback_board.list(&f, before, limit))
-        .unwrap_or_default())
+    match scoped(scope, filter) {
+        Some(f) => Ok(app
+            .feedback_board
+            .list(&app.store, &f, before, limit)
+            .await?),
+        None => Ok(FeedbackPage::default()),
+    }
 }
 
 /// The filter, limited to the caller's tenant (platform staff: `scope` is `None`);
@@ -374,12 +379,17 @@ pub fn csv(items: &[FeedbackItem]) -> String {
 }
 
 /// Every item of a filtered view (for the CSV), newest first.
-pub fn all(
+pub async fn all(
     app: &App,
     scope: Option<TenantId>,
     filter: FeedbackFilter,
 ) -> Result<Vec<FeedbackItem>, Error> {
-    Ok(scoped(scope, filter)
-        .map(|f| app.feedback_board.list(&f, None, usize::MAX).items)
-        .unwrap_or_default())
+    match scoped(scope, filter) {
+        Some(f) => Ok(app
+            .feedback_board
+            .list(&app.store, &f, None, usize::MAX)
+            .await?
+            .items),
+        None => Ok(Vec::new()),
+    }
 }

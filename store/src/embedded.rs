@@ -546,6 +546,14 @@ impl Embedded {
         self.rows.read(projection, tenant, from, to, limit).await
     }
 
+    pub(crate) async fn projection_rows_at(
+        &self,
+        projection: &str,
+        keys: Vec<(TenantId, Vec<u8>)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        self.rows.read_at(projection, keys).await
+    }
+
     pub(crate) async fn delete_projection(&self, name: &str) -> Result<()> {
         let (path, name) = (self.readers.path.clone(), name.to_owned());
         tokio::task::spawn_blocking(move || {

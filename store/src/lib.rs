@@ -748,6 +748,20 @@ impl Store {
         dispatch!(self.projection_rows(projection, tenant, from, to, limit))
     }
 
+    /// The rows of `projection` under each `(tenant, key)`, in the order asked (`None` where no
+    /// row is). Keys of one tenant are read in that tenant's scope; a set that spans tenants (a
+    /// platform view, such as the feedback board across tenants) is read as the platform.
+    pub async fn projection_rows_at(
+        &self,
+        projection: &str,
+        keys: Vec<(TenantId, Vec<u8>)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.projection_rows_at(projection, keys))
+    }
+
     /// One row of `tenant`'s under `key`.
     pub async fn projection_row(
         &self,

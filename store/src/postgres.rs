@@ -1050,6 +1050,44 @@ impl Postgres {
             .collect())
     }
 
+    pub(crate) async fn projection_rows_at(
+        &self,
+        projection: &str,
+        keys: Vec<(TenantId, Vec<u8>)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT k.i, r.value FROM unnest($2::uuid[], $3::bytea[]) \
+                 WITH ORDINALITY AS k (tenant_id, key, i) \
+                 JOIN projection_rows r ON r.projection = $1 \
+                 AND r.tenant_id = k.tenant_id AND r.key = k.key",
+            )
+            .await?;
+        let tenants: Vec<Uuid> = keys.iter().map(|(t, _)| *t.as_uuid()).collect();
+        let bytes: Vec<&[u8]> = keys.iter().map(|(_, k)| k.as_slice()).collect();
+        let first = keys[0].0;
+        let scope = if keys.iter().all(|(t, _)| *t == first) {
+            Scope::Tenant(first)
+        } else {
+            Scope::Platform
+        };
+        let rows = in_scope(
+            &client,
+            scope,
+            client.query(&stmt, &[&projection, &tenants, &bytes]),
+        )
+        .await?;
+        let mut out = vec![None; keys.len()];
+        for r in rows {
+            let i = r.get::<_, i64>(0) as usize;
+            if let Some(slot) = out.get_mut(i.wrapping_sub(1)) {
+                *slot = Some(r.get::<_, Vec<u8>>(1));
+            }
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn delete_projection(&self, name: &str) -> Result<()> {
         let client = self.pool.get().await?;
         let stmt = client

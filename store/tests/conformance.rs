@@ -1060,6 +1060,20 @@ async fn projection_rows_are_kept_per_tenant_put_inserted_removed_and_read_in_ke
         vec![(0x10, "b10".to_owned())],
         "another tenant's rows"
     );
+    assert_eq!(
+        s.projection_rows_at(
+            &name,
+            vec![
+                (a, b"\x30".to_vec()),
+                (b, b"\x10".to_vec()),
+                (a, b"\x99".to_vec())
+            ]
+        )
+        .await
+        .unwrap(),
+        vec![Some(b"a30 again".to_vec()), Some(b"b10".to_vec()), None],
+        "rows at keys of several tenants, in the order asked"
+    );
     assert!(
         s.projection_rows("other", a, &[], &[0xff], 100)
             .await

@@ -247,6 +247,25 @@ async fn every_tenant_scoped_read_of_the_store_answers_its_tenants_rows_through_
         vec![(vec![1], b.as_uuid().as_bytes().to_vec())],
         "projection_rows"
     );
+    assert_eq!(
+        store
+            .projection_rows_at("rls", vec![(b, vec![1]), (b, vec![2])])
+            .await
+            .expect("projection_rows_at"),
+        vec![Some(b.as_uuid().as_bytes().to_vec()), None],
+        "projection_rows_at, one tenant"
+    );
+    assert_eq!(
+        store
+            .projection_rows_at("rls", vec![(a, vec![1]), (b, vec![1])])
+            .await
+            .expect("projection_rows_at"),
+        vec![
+            Some(a.as_uuid().as_bytes().to_vec()),
+            Some(b.as_uuid().as_bytes().to_vec())
+        ],
+        "projection_rows_at across tenants (the platform's view)"
+    );
     store.delete_blob(a, "b").await.expect("delete_blob");
     assert_eq!(store.get_blob(a, "b").await.expect("get_blob"), None);
     assert_eq!(

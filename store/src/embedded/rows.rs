@@ -13,7 +13,7 @@ use super::ReaderPool;
 use crate::error::{Result, StoreError};
 use crate::{ProjectionRow, RowWrite};
 use domain::TenantId;
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -149,6 +149,40 @@ impl Rows {
                 )?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(StoreError::from)
+            })();
+            pool.put(conn);
+            out
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    pub(super) async fn read_at(
+        &self,
+        projection: &str,
+        keys: Vec<(TenantId, Vec<u8>)>,
+    ) -> Result<Vec<Option<Vec<u8>>>> {
+        let (pool, projection) = (self.readers.clone(), projection.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get()?;
+            let out = (|| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT value FROM projection_rows \
+                     WHERE projection = ?1 AND tenant_id = ?2 AND key = ?3",
+                )?;
+                let tx = conn.unchecked_transaction()?;
+                let mut out = Vec::with_capacity(keys.len());
+                for (tenant, key) in &keys {
+                    out.push(
+                        stmt.query_row(
+                            params![projection, tenant.as_uuid().as_bytes(), key],
+                            |r| r.get::<_, Vec<u8>>(0),
+                        )
+                        .optional()?,
+                    );
+                }
+                tx.finish()?;
+                Ok(out)
             })();
             pool.put(conn);
             out
