@@ -46,20 +46,49 @@ pub trait Projection: Send + Sync + 'static {
     fn rows_stored(&self) {}
 }
 
-/// Write the rows `p`'s last `apply`s produced (retrying until the store takes them: the
-/// projection has applied the events already, and the position is published only after), then
-/// tell it they are stored.
+/// Write the rows `p`'s last `apply`s produced, then tell it they are stored.
 pub(crate) async fn keep_rows(store: &Store, p: &dyn Projection) {
-    let rows = p.take_rows();
-    if !rows.is_empty() {
+    keep_rows_of(store, &[p]).await;
+}
+
+/// Write the rows the last `apply`s of `projections` produced, in one transaction (retrying
+/// until the store takes them: the projections have applied the events already, and the
+/// positions are published only after), then tell each they are stored.
+async fn keep_rows_of(store: &Store, projections: &[&dyn Projection]) {
+    let writes: Vec<(String, Vec<ProjectionRow>)> = projections
+        .iter()
+        .map(|p| (p.name().to_owned(), p.take_rows()))
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect();
+    if !writes.is_empty() {
         let mut delay = Duration::from_millis(50);
-        while let Err(e) = store.put_projection_rows(p.name(), rows.clone()).await {
-            tracing::warn!(projection = p.name(), error = %e, "read model rows not written; retrying");
+        while let Err(e) = store.put_rows_of(writes.clone()).await {
+            tracing::warn!(error = %e, "read model rows not written; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
-    p.rows_stored();
+    for p in projections {
+        p.rows_stored();
+    }
+}
+
+/// Feed `page` to every projection of `slots`: apply, store the rows all of them produced in
+/// one write, then publish each one's new position.
+async fn feed_all(store: &Store, slots: &[Slot], page: &Page, start_head: Option<u64>) {
+    let applied: Vec<_> = slots.iter().map(|s| s.apply(page)).collect();
+    let fed: Vec<&dyn Projection> = slots
+        .iter()
+        .zip(&applied)
+        .filter(|(_, a)| a.is_some())
+        .map(|(s, _)| &*s.projection)
+        .collect();
+    keep_rows_of(store, &fed).await;
+    for (slot, applied) in slots.iter().zip(applied) {
+        if let Some(applied) = applied {
+            slot.publish(applied, start_head);
+        }
+    }
 }
 
 /// A page of the log as each projection reads it: the stored events, and (when they read
@@ -221,27 +250,35 @@ impl Slot {
         self.info.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Apply the events of `page` this projection has not applied yet, store the rows they
-    /// produced, then publish the new position.
-    async fn feed(&self, store: &Store, page: &Page, start_head: Option<u64>) {
+    /// Apply the events of `page` this projection has not applied yet: `None` when there were
+    /// none (or it is stopped), else the last position and the outcome.
+    fn apply(&self, page: &Page) -> Option<(u64, Result<(), Unreadable>)> {
         let page = page.for_projection(&*self.projection);
         let p = *self.progress.borrow();
         if p.stopped {
-            return;
+            return None;
         }
         let start = page.partition_point(|e| e.global_position <= p.position);
         let events = &page[start..];
-        let Some(last) = events.last() else { return };
-        let applied = self.projection.apply(events);
-        keep_rows(store, &*self.projection).await;
-        match applied {
-            Ok(()) => self.advance(last.global_position, false, start_head),
+        let last = events.last()?.global_position;
+        match self.projection.apply(events) {
+            Ok(()) => Some((last, Ok(()))),
             Err(u) => {
                 let applied = events
                     .iter()
                     .take_while(|e| e.global_position < u.position)
                     .last()
                     .map_or(p.position, |e| e.global_position);
+                Some((applied, Err(u)))
+            }
+        }
+    }
+
+    /// Publish what [`Slot::apply`] did, once its rows are stored.
+    fn publish(&self, (position, outcome): (u64, Result<(), Unreadable>), start_head: Option<u64>) {
+        match outcome {
+            Ok(()) => self.advance(position, false, start_head),
+            Err(u) => {
                 tracing::error!(
                     projection = self.projection.name(),
                     position = u.position,
@@ -250,7 +287,7 @@ impl Slot {
                     "projection stopped at an event it cannot read"
                 );
                 self.info().stopped = Some(u);
-                self.advance(applied, true, start_head);
+                self.advance(position, true, start_head);
             }
         }
     }
@@ -865,9 +902,7 @@ async fn read_loop(
                                 continue;
                             }
                         };
-                        for slot in &shared.slots {
-                            slot.feed(&store, &batch, start_head).await;
-                        }
+                        feed_all(&store, &shared.slots, &batch, start_head).await;
                         pages.seek(sub.position());
                     }
                     Err(e) => {
@@ -886,9 +921,7 @@ async fn read_loop(
                 () = sleep_until(next_save) => {}
             }
         } else {
-            for slot in &shared.slots {
-                slot.feed(&store, &page, start_head).await;
-            }
+            feed_all(&store, &shared.slots, &page, start_head).await;
         }
         save_most_overdue(&store, &shared.slots, &mut savers, &cfg);
     }

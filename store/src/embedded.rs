@@ -527,12 +527,11 @@ impl Embedded {
         .await
     }
 
-    pub(crate) async fn put_projection_rows(
+    pub(crate) async fn put_rows_of(
         &self,
-        projection: &str,
-        rows: Vec<crate::ProjectionRow>,
+        writes: Vec<(String, Vec<crate::ProjectionRow>)>,
     ) -> Result<()> {
-        self.rows.put(projection, rows).await
+        self.rows.put(writes).await
     }
 
     pub(crate) async fn projection_rows(

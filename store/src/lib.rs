@@ -207,6 +207,27 @@ impl RowWrite {
     }
 }
 
+/// One write per key, with the effect of all of `rows` in order (one statement may not touch a
+/// row twice on PostgreSQL).
+fn distinct(rows: Vec<ProjectionRow>) -> Vec<ProjectionRow> {
+    let mut index: std::collections::HashMap<(TenantId, Vec<u8>), usize> =
+        std::collections::HashMap::with_capacity(rows.len());
+    let mut out: Vec<ProjectionRow> = Vec::with_capacity(rows.len());
+    for r in rows {
+        match index.get(&(r.tenant, r.key.clone())) {
+            Some(&i) => {
+                let earlier = std::mem::replace(&mut out[i].write, RowWrite::Delete);
+                out[i].write = earlier.then(r.write);
+            }
+            None => {
+                index.insert((r.tenant, r.key.clone()), out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
 /// The longest key a projection row may have, in bytes.
 pub const MAX_ROW_KEY: usize = 256;
 
@@ -691,44 +712,37 @@ impl Store {
         dispatch!(self.delete_projection(name))
     }
 
-    /// Write `rows` of the projection `projection` in order, in one transaction: each replaces or
-    /// removes the row under its key. Durable before the next [`Store::save_projection`] returns.
+    /// Write `rows` of the projection `projection` in order, in one transaction: each puts,
+    /// inserts or removes the row under its key. Durable before the next
+    /// [`Store::save_projection`] returns.
     pub async fn put_projection_rows(
         &self,
         projection: &str,
         rows: Vec<ProjectionRow>,
     ) -> Result<()> {
-        if let Some(r) = rows.iter().find(|r| r.key.len() > MAX_ROW_KEY) {
-            return Err(StoreError::Backend(format!(
-                "a projection row key of {} bytes is longer than {MAX_ROW_KEY}",
-                r.key.len()
-            )));
-        }
-        // One write per key, with the effect of all of them in order (one statement may not
-        // touch a row twice on PostgreSQL).
-        let mut index: std::collections::HashMap<(TenantId, Vec<u8>), usize> =
-            std::collections::HashMap::with_capacity(rows.len());
-        let mut distinct: Vec<ProjectionRow> = Vec::with_capacity(rows.len());
-        for r in rows {
-            match index.get(&(r.tenant, r.key.clone())) {
-                Some(&i) => {
-                    let earlier = std::mem::replace(&mut distinct[i].write, RowWrite::Delete);
-                    distinct[i].write = earlier.then(r.write);
-                }
-                None => {
-                    index.insert((r.tenant, r.key.clone()), distinct.len());
-                    distinct.push(r);
-                }
-            }
-        }
-        self.put_distinct_rows(projection, distinct).await
+        self.put_rows_of(vec![(projection.to_owned(), rows)]).await
     }
 
-    async fn put_distinct_rows(&self, projection: &str, rows: Vec<ProjectionRow>) -> Result<()> {
-        if rows.is_empty() {
+    /// The rows of several projections (`(name, rows)`), each as [`Store::put_projection_rows`]
+    /// writes them, all in one transaction: what the projections runtime writes for one page.
+    pub async fn put_rows_of(&self, writes: Vec<(String, Vec<ProjectionRow>)>) -> Result<()> {
+        let mut distinct_writes = Vec::with_capacity(writes.len());
+        for (projection, rows) in writes {
+            if let Some(r) = rows.iter().find(|r| r.key.len() > MAX_ROW_KEY) {
+                return Err(StoreError::Backend(format!(
+                    "a projection row key of {} bytes is longer than {MAX_ROW_KEY}",
+                    r.key.len()
+                )));
+            }
+            let rows = distinct(rows);
+            if !rows.is_empty() {
+                distinct_writes.push((projection, rows));
+            }
+        }
+        if distinct_writes.is_empty() {
             return Ok(());
         }
-        dispatch!(self.put_projection_rows(projection, rows))
+        dispatch!(self.put_rows_of(distinct_writes))
     }
 
     /// `tenant`'s rows of `projection` with keys in `from..=to` (bytewise), in key order, at most

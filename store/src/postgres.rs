@@ -961,31 +961,37 @@ impl Postgres {
         }))
     }
 
-    pub(crate) async fn put_projection_rows(
+    pub(crate) async fn put_rows_of(
         &self,
-        projection: &str,
-        rows: Vec<crate::ProjectionRow>,
+        writes: Vec<(String, Vec<crate::ProjectionRow>)>,
     ) -> Result<()> {
         let mut client = self.pool.get().await?;
-        type Columns<'a> = (Vec<Uuid>, Vec<&'a [u8]>, Vec<&'a [u8]>);
+        // Columns: projection, tenant, key (and value).
+        type Columns<'a> = (Vec<&'a str>, Vec<Uuid>, Vec<&'a [u8]>, Vec<&'a [u8]>);
         let (mut put, mut insert): (Columns<'_>, Columns<'_>) = Default::default();
-        let mut gone: (Vec<Uuid>, Vec<&[u8]>) = Default::default();
-        for r in &rows {
+        let mut gone: (Vec<&str>, Vec<Uuid>, Vec<&[u8]>) = Default::default();
+        for (projection, r) in writes
+            .iter()
+            .flat_map(|(p, rows)| rows.iter().map(move |r| (p.as_str(), r)))
+        {
             let (tenant, key) = (*r.tenant.as_uuid(), r.key.as_slice());
             match &r.write {
                 crate::RowWrite::Put(v) => {
-                    put.0.push(tenant);
-                    put.1.push(key);
-                    put.2.push(v.as_slice());
+                    put.0.push(projection);
+                    put.1.push(tenant);
+                    put.2.push(key);
+                    put.3.push(v.as_slice());
                 }
                 crate::RowWrite::Insert(v) => {
-                    insert.0.push(tenant);
-                    insert.1.push(key);
-                    insert.2.push(v.as_slice());
+                    insert.0.push(projection);
+                    insert.1.push(tenant);
+                    insert.2.push(key);
+                    insert.3.push(v.as_slice());
                 }
                 crate::RowWrite::Delete => {
-                    gone.0.push(tenant);
-                    gone.1.push(key);
+                    gone.0.push(projection);
+                    gone.1.push(tenant);
+                    gone.2.push(key);
                 }
             }
         }
@@ -1000,22 +1006,23 @@ impl Postgres {
             let stmt = tx
                 .prepare_cached(&format!(
                     "INSERT INTO projection_rows (projection, tenant_id, key, value) \
-                     SELECT $1, * FROM unnest($2::uuid[], $3::bytea[], $4::bytea[]) \
+                     SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::bytea[]) \
                      ON CONFLICT (projection, tenant_id, key) {conflict}"
                 ))
                 .await?;
-            tx.execute(&stmt, &[&projection, &columns.0, &columns.1, &columns.2])
+            tx.execute(&stmt, &[&columns.0, &columns.1, &columns.2, &columns.3])
                 .await?;
         }
         if !gone.0.is_empty() {
             let stmt = tx
                 .prepare_cached(
-                    "DELETE FROM projection_rows r USING unnest($2::uuid[], $3::bytea[]) \
-                     AS g (tenant_id, key) \
-                     WHERE r.projection = $1 AND r.tenant_id = g.tenant_id AND r.key = g.key",
+                    "DELETE FROM projection_rows r \
+                     USING unnest($1::text[], $2::uuid[], $3::bytea[]) AS g (projection, tenant_id, key) \
+                     WHERE r.projection = g.projection AND r.tenant_id = g.tenant_id \
+                     AND r.key = g.key",
                 )
                 .await?;
-            tx.execute(&stmt, &[&projection, &gone.0, &gone.1]).await?;
+            tx.execute(&stmt, &[&gone.0, &gone.1, &gone.2]).await?;
         }
         tx.commit().await?;
         Ok(())

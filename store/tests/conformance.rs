@@ -1081,6 +1081,19 @@ async fn projection_rows_are_kept_per_tenant_put_inserted_removed_and_read_in_ke
             .is_empty(),
         "another projection's rows"
     );
+    // Several projections' rows in one write.
+    let other = format!("{name}-other");
+    s.put_rows_of(vec![
+        (other.clone(), vec![row(b, b"\x01", Some("other b01"))]),
+        (name.clone(), vec![row(b, b"\x02", Some("b02"))]),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.projection_row(&other, b, b"\x01").await.unwrap(),
+        Some(b"other b01".to_vec())
+    );
+    assert_eq!(text(all(b).await.unwrap()).len(), 2);
     // Insert writes only where no row is, also after earlier writes of the same call.
     let insert = |key: &[u8], value: &str| store::ProjectionRow {
         tenant: a,

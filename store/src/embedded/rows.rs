@@ -80,8 +80,8 @@ impl Rows {
         ))
     }
 
-    pub(super) async fn put(&self, projection: &str, rows: Vec<ProjectionRow>) -> Result<()> {
-        let (writer, projection) = (self.writer.clone(), projection.to_owned());
+    pub(super) async fn put(&self, writes: Vec<(String, Vec<ProjectionRow>)>) -> Result<()> {
+        let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -99,7 +99,10 @@ impl Rows {
                     "DELETE FROM projection_rows \
                      WHERE projection = ?1 AND tenant_id = ?2 AND key = ?3",
                 )?;
-                for r in &rows {
+                for (projection, r) in writes
+                    .iter()
+                    .flat_map(|(p, rows)| rows.iter().map(move |r| (p, r)))
+                {
                     let tenant = r.tenant.as_uuid().as_bytes();
                     match &r.write {
                         RowWrite::Put(v) => {
