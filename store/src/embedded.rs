@@ -208,7 +208,7 @@ impl Embedded {
             let (path, stop) = (path.clone(), stop_checkpointer.clone());
             std::thread::Builder::new()
                 .name("store-checkpoint".into())
-                .spawn(move || checkpointer(path, wal_frames, stop))
+                .spawn(move || checkpointer(path, wal_frames, stop, Duration::from_millis(250)))
                 .map_err(StoreError::backend)?
         };
         Ok(Self {
@@ -764,6 +764,7 @@ fn checkpointer(
     path: PathBuf,
     wal_frames: Arc<AtomicI64>,
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    every: Duration,
 ) {
     let conn = match Connection::open(&path) {
         Ok(c) => c,
@@ -776,9 +777,7 @@ fn checkpointer(
     let (lock, signal) = &*stop;
     loop {
         let stopped = lock.lock().expect("stop lock");
-        let (stopped, _) = signal
-            .wait_timeout(stopped, Duration::from_millis(250))
-            .expect("stop lock");
+        let (stopped, _) = signal.wait_timeout(stopped, every).expect("stop lock");
         if *stopped {
             break;
         }
