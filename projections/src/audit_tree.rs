@@ -12,16 +12,17 @@
 //! The same rows are the audit feed's per-tenant index of the log (ADR 003 declined one on the
 //! log itself). Proofs, bundles and point-in-time reads load the rows they need.
 //!
-//! A tenant's head (size, root) is published only once the rows behind it are in the store, so a
-//! reader that sees a size finds every row below it.
+//! Rows applied but not yet in the store are read from the projection's pending rows
+//! (`pending.rs`), so a reader that sees a size finds every row below it.
 
 use crate::codec::{CodecError, Reader, Writer};
+use crate::pending::Pending;
 use crate::runtime::{Projection, Unreadable};
 use audit::{CompactRange, Hash, LeafHeader};
 use domain::TenantId;
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use store::{Envelope, ProjectionRow, RowWrite, Store, StoreError};
 
 const NAME: &str = "audit_tree";
@@ -61,16 +62,6 @@ const EMPTY: Head = Head {
     root: audit::EMPTY_ROOT,
     last_position: 0,
 };
-
-/// What `apply` changed and the runtime has not stored yet.
-#[derive(Debug, Default)]
-struct Applied {
-    trees: HashMap<TenantId, TenantTree>,
-    rows: Vec<ProjectionRow>,
-    touched: HashSet<TenantId>,
-    /// The heads whose rows were taken, published by `rows_stored`.
-    taken: Vec<(TenantId, Head)>,
-}
 
 /// A copy of one tenant's tree as it was at one moment: what a checkpoint signs and a bundle
 /// proves against, unaffected by events applied after it was taken.
@@ -141,18 +132,17 @@ fn missing(tenant: TenantId, what: impl std::fmt::Display) -> StoreError {
 
 #[derive(Debug, Default)]
 pub struct AuditTree {
-    applied: Mutex<Applied>,
-    visible: RwLock<HashMap<TenantId, Head>>,
+    trees: RwLock<HashMap<TenantId, TenantTree>>,
+    pending: Pending,
 }
 
 impl AuditTree {
     fn visible(&self, tenant: TenantId) -> Head {
-        self.visible
+        self.trees
             .read()
             .expect("audit tree lock")
             .get(&tenant)
-            .copied()
-            .unwrap_or(EMPTY)
+            .map_or(EMPTY, TenantTree::head)
     }
 
     /// How many events of `tenant` the tree holds.
@@ -162,8 +152,8 @@ impl AuditTree {
 
     /// Every tenant with its tree's size.
     pub fn sizes(&self) -> Vec<(TenantId, u64)> {
-        let map = self.visible.read().expect("audit tree lock");
-        map.iter().map(|(t, h)| (*t, h.size)).collect()
+        let map = self.trees.read().expect("audit tree lock");
+        map.iter().map(|(t, h)| (*t, h.range.size())).collect()
     }
 
     /// The tree's size and root for `tenant` (the empty root for a tenant without events).
@@ -185,8 +175,10 @@ impl AuditTree {
         if after >= head.last_position {
             return Ok(Vec::new());
         }
-        let rows = store
-            .projection_rows(
+        let rows = self
+            .pending
+            .range(
+                store,
                 NAME,
                 tenant,
                 &key(after + 1),
@@ -213,8 +205,10 @@ impl AuditTree {
         };
         let mut from = 1;
         while view.leaves.len() < n && from <= head.last_position {
-            let rows = store
-                .projection_rows(
+            let rows = self
+                .pending
+                .range(
+                    store,
                     NAME,
                     tenant,
                     &key(from),
@@ -268,13 +262,7 @@ impl Projection for AuditTree {
     }
 
     fn apply(&self, events: &[Envelope]) -> Result<(), Unreadable> {
-        let mut applied = self.applied.lock().expect("audit tree lock");
-        let Applied {
-            trees,
-            rows,
-            touched,
-            ..
-        } = &mut *applied;
+        let mut trees = self.trees.write().expect("audit tree lock");
         for e in events {
             let tree = trees.entry(e.tenant_id).or_default();
             let sequence = tree.range.size();
@@ -282,41 +270,28 @@ impl Projection for AuditTree {
             let leaf = header.leaf_hash().map_err(|err| Unreadable::at(e, err))?;
             tree.range.push(leaf);
             tree.last_position = e.global_position;
-            rows.push(ProjectionRow {
+            self.pending.push(ProjectionRow {
                 tenant: e.tenant_id,
                 key: key(e.global_position).to_vec(),
                 write: RowWrite::Put(row_value(sequence, header.recorded_at_micros, &leaf)),
             });
-            touched.insert(e.tenant_id);
         }
         Ok(())
     }
 
     fn take_rows(&self) -> Vec<ProjectionRow> {
-        let mut applied = self.applied.lock().expect("audit tree lock");
-        let Applied {
-            trees,
-            rows,
-            touched,
-            taken,
-        } = &mut *applied;
-        taken.extend(touched.drain().map(|t| (t, trees[&t].head())));
-        std::mem::take(rows)
+        self.pending.take()
     }
 
     fn rows_stored(&self) {
-        let taken = std::mem::take(&mut self.applied.lock().expect("audit tree lock").taken);
-        let mut visible = self.visible.write().expect("audit tree lock");
-        for (tenant, head) in taken {
-            visible.insert(tenant, head);
-        }
+        self.pending.stored();
     }
 
     fn encode(&self) -> Vec<u8> {
-        let applied = self.applied.lock().expect("audit tree lock");
+        let trees = self.trees.read().expect("audit tree lock");
         let mut w = Writer::new(self.name(), LAYOUT);
-        w.usize(applied.trees.len());
-        for (tenant, t) in &applied.trees {
+        w.usize(trees.len());
+        for (tenant, t) in trees.iter() {
             w.uuid(tenant.as_uuid());
             w.u64(t.range.size());
             for root in t.range.roots() {
@@ -354,12 +329,8 @@ impl Projection for AuditTree {
             );
         }
         r.end()?;
-        let visible = trees.iter().map(|(t, tree)| (*t, tree.head())).collect();
-        *self.applied.lock().expect("audit tree lock") = Applied {
-            trees,
-            ..Applied::default()
-        };
-        *self.visible.write().expect("audit tree lock") = visible;
+        *self.trees.write().expect("audit tree lock") = trees;
+        self.pending.clear();
         Ok(())
     }
 
@@ -369,10 +340,9 @@ impl Projection for AuditTree {
 
     fn adopt(&self, other: &dyn Projection) {
         if let Some(o) = other.as_any().downcast_ref::<AuditTree>() {
-            let applied = std::mem::take(&mut *o.applied.lock().expect("audit tree lock"));
-            let visible = std::mem::take(&mut *o.visible.write().expect("audit tree lock"));
-            *self.applied.lock().expect("audit tree lock") = applied;
-            *self.visible.write().expect("audit tree lock") = visible;
+            let trees = std::mem::take(&mut *o.trees.write().expect("audit tree lock"));
+            *self.trees.write().expect("audit tree lock") = trees;
+            self.pending.clear();
         }
     }
 
@@ -459,26 +429,37 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_head_is_published_only_once_its_rows_are_stored() {
+    async fn rows_not_yet_stored_are_read_from_the_pending_ones() {
         let ts = store::testing::TestStore::embedded().await;
         let store = &ts.store;
         let tree = AuditTree::default();
         let a = TenantId::from_uuid(Uuid::from_u128(1));
         feed(&tree, store, &[event(1, 1, "{}")]).await;
         tree.apply(&[event(1, 2, "{}"), event(1, 3, "{}")]).unwrap();
-        assert_eq!(tree.size(a), 1, "applied, rows not stored");
-        assert_eq!(tree.view(store, a).await.unwrap().positions, vec![1]);
+        assert_eq!(tree.size(a), 3, "applied: the rows are pending");
+        assert_eq!(tree.view(store, a).await.unwrap().positions, vec![1, 2, 3]);
         assert_eq!(
-            tree.positions_after(store, a, 0, 10).await.unwrap(),
-            vec![1]
+            tree.positions_after(store, a, 1, 10).await.unwrap(),
+            vec![2, 3]
         );
         let rows = tree.take_rows();
         assert_eq!(rows.len(), 2);
+        assert_eq!(
+            tree.positions_after(store, a, 0, 10).await.unwrap(),
+            vec![1, 2, 3],
+            "taken but not stored: still pending"
+        );
         store.put_projection_rows("audit_tree", rows).await.unwrap();
-        assert_eq!(tree.size(a), 1, "published by rows_stored only");
         tree.rows_stored();
-        assert_eq!(tree.size(a), 3);
-        assert_eq!(tree.view(store, a).await.unwrap().positions, vec![1, 2, 3]);
+        assert_eq!(
+            tree.view(store, a).await.unwrap().positions,
+            vec![1, 2, 3],
+            "now from the store"
+        );
+        assert_eq!(
+            tree.positions_after(store, a, 0, 2).await.unwrap(),
+            vec![1, 2]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

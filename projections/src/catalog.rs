@@ -3,13 +3,15 @@
 //! Datasets and exports grow with what tenants do, so they are rows in the store (ADR 039), keyed
 //! by a kind byte and the id (ids are time-ordered: key order is upload order); only presets, a
 //! handful per tenant, are in memory. The datasets read last are cached (a query looks its dataset
-//! up every time), two generations of at most `CACHED / 2` each.
+//! up every time), two generations of at most `CACHED / 2` each. Rows applied and not yet stored
+//! are read from the pending ones (`pending.rs`).
 //!
 //! A deleted dataset's row becomes a tombstone (an empty value) and an upload's row is written
 //! only where none is: applying the log again (a replay, a rebuild beside the live catalog) never
 //! brings a deleted dataset back, not even for a moment.
 
 use crate::codec::{CodecError, Reader, Writer};
+use crate::pending::Pending;
 use crate::runtime::{Projection, Unreadable};
 use domain::dataset::{DatasetEvent, ExportCompleted, Uploaded};
 use domain::preset::{PresetEvent, PresetVersion};
@@ -111,16 +113,10 @@ fn unreadable(e: CodecError) -> StoreError {
 #[derive(Debug, Default)]
 struct State {
     presets: HashMap<TenantId, BTreeMap<Uuid, PresetView>>,
-    /// Rows applied and not yet taken by the runtime.
-    rows: Vec<ProjectionRow>,
-    /// The datasets those rows change, and those of the rows taken: dropped from the cache once
-    /// stored.
-    touched: Vec<(TenantId, Uuid)>,
-    taken: Vec<(TenantId, Uuid)>,
 }
 
-/// Datasets read lately. `epoch` moves whenever stored rows change datasets, so that a read that
-/// began before a change does not cache what it read.
+/// Datasets read lately. `epoch` moves whenever an applied event changes datasets, so that a read
+/// that began before a change does not cache what it read.
 #[derive(Debug, Default)]
 struct Cache {
     epoch: u64,
@@ -155,6 +151,7 @@ impl Cache {
 pub struct Catalog {
     state: RwLock<State>,
     cache: Mutex<Cache>,
+    pending: Pending,
 }
 
 impl Catalog {
@@ -180,8 +177,9 @@ impl Catalog {
         let mut page = Vec::new();
         loop {
             let want = limit.saturating_add(1).saturating_sub(page.len());
-            let rows = store
-                .projection_rows(NAME, tenant, &from, &[DATASET, 0xff], want)
+            let rows = self
+                .pending
+                .range(store, NAME, tenant, &from, &[DATASET, 0xff], want)
                 .await?;
             let exhausted = rows.len() < want;
             if let Some((k, _)) = rows.last() {
@@ -217,8 +215,9 @@ impl Catalog {
             }
             cache.epoch
         };
-        let Some(bytes) = store
-            .projection_row(NAME, tenant, &key(DATASET, id))
+        let Some(bytes) = self
+            .pending
+            .row(store, NAME, tenant, &key(DATASET, id))
             .await?
         else {
             return Ok(None);
@@ -254,8 +253,8 @@ impl Catalog {
         tenant: TenantId,
         id: Uuid,
     ) -> store::Result<Option<ExportView>> {
-        store
-            .projection_row(NAME, tenant, &key(EXPORT, id))
+        self.pending
+            .row(store, NAME, tenant, &key(EXPORT, id))
             .await?
             .map(|b| decode_export(&b).map_err(unreadable))
             .transpose()
@@ -264,7 +263,7 @@ impl Catalog {
 
 impl Catalog {
     /// Apply one event to the state; an event of ours that does not decode stops the batch.
-    fn apply_one(s: &mut State, e: &Envelope) -> Result<(), Unreadable> {
+    fn apply_one(&self, s: &mut State, e: &Envelope) -> Result<(), Unreadable> {
         if e.stream_id.starts_with("dataset-") {
             let event =
                 DatasetEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())
@@ -283,12 +282,14 @@ impl Catalog {
                 }
                 DatasetEvent::Deleted(d) => (d.dataset_id, RowWrite::Put(Vec::new())),
             };
-            s.rows.push(ProjectionRow {
+            self.pending.push(ProjectionRow {
                 tenant: e.tenant_id,
                 key: key(DATASET, id),
                 write,
             });
-            s.touched.push((e.tenant_id, id));
+            let mut cache = self.cache.lock().expect("catalog cache lock");
+            cache.epoch += 1;
+            cache.forget(&(e.tenant_id, id));
         } else if e.stream_id.starts_with("preset-") {
             let event =
                 PresetEvent::from_stored(&e.event_type, e.schema_version, e.payload.as_bytes())
@@ -316,7 +317,7 @@ impl Catalog {
                 export: x,
                 completed_at: e.recorded_at,
             };
-            s.rows.push(ProjectionRow {
+            self.pending.push(ProjectionRow {
                 tenant: e.tenant_id,
                 key: key(EXPORT, view.export.export_id),
                 write: RowWrite::Put(encode_export(&view)),
@@ -334,25 +335,17 @@ impl Projection for Catalog {
     fn apply(&self, events: &[Envelope]) -> Result<(), Unreadable> {
         let mut s = self.state.write().expect("catalog lock");
         for e in events {
-            Self::apply_one(&mut s, e)?;
+            self.apply_one(&mut s, e)?;
         }
         Ok(())
     }
 
     fn take_rows(&self) -> Vec<ProjectionRow> {
-        let mut s = self.state.write().expect("catalog lock");
-        let touched = std::mem::take(&mut s.touched);
-        s.taken.extend(touched);
-        std::mem::take(&mut s.rows)
+        self.pending.take()
     }
 
     fn rows_stored(&self) {
-        let taken = std::mem::take(&mut self.state.write().expect("catalog lock").taken);
-        let mut cache = self.cache.lock().expect("catalog cache lock");
-        cache.epoch += 1;
-        for k in &taken {
-            cache.forget(k);
-        }
+        self.pending.stored();
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -405,6 +398,7 @@ impl Projection for Catalog {
         r.end()?;
         *self.state.write().expect("catalog lock") = s;
         *self.cache.lock().expect("catalog cache lock") = Cache::default();
+        self.pending.clear();
         Ok(())
     }
 
@@ -417,6 +411,7 @@ impl Projection for Catalog {
             let taken = std::mem::take(&mut *o.state.write().expect("catalog lock"));
             *self.state.write().expect("catalog lock") = taken;
             *self.cache.lock().expect("catalog cache lock") = Cache::default();
+            self.pending.clear();
         }
     }
 
@@ -529,6 +524,16 @@ mod tests {
             vec![vec![ids[0], ids[2], ids[4]]]
         );
 
+        // Applied, its row not yet stored: found all the same (the pending rows).
+        let late = Uuid::now_v7();
+        catalog.apply(&[uploaded(9, t, late)]).unwrap();
+        assert!(catalog.dataset(store, t, late).await.unwrap().is_some());
+        assert_eq!(
+            listed(&catalog, store, t, 10).await,
+            vec![vec![ids[0], ids[2], ids[4], late]]
+        );
+        keep_rows(store, &catalog).await;
+
         // The log applied again from position 1 (a rebuild beside the live catalog): the upload
         // of a deleted dataset does not bring it back while the replay is between the two.
         let rebuilt = Catalog::default();
@@ -537,7 +542,7 @@ mod tests {
         assert_eq!(catalog.dataset(store, t, ids[3]).await.unwrap(), None);
         assert_eq!(
             listed(&catalog, store, t, 10).await,
-            vec![vec![ids[0], ids[2], ids[4]]]
+            vec![vec![ids[0], ids[2], ids[4], late]]
         );
     }
 

@@ -4,9 +4,11 @@
 //! A view with its counts is a scan of every item, so each item has a compact entry in memory:
 //! position, tenant, id, severity, state, screen (interned), the text the filter searches and its
 //! triage. The submission itself — message, step, category, diagnostics — is a row in the store
-//! (ADR 039), read for the items of the page only. An entry is listed once its row is stored.
+//! (ADR 039), read for the items of the page only (from the pending rows until stored,
+//! `pending.rs`).
 
 use crate::codec::{CodecError, Reader, Writer};
+use crate::pending::Pending;
 use crate::runtime::{Projection, Unreadable};
 use domain::DomainEvent;
 use domain::TenantId;
@@ -132,15 +134,11 @@ fn searched(message: Option<&str>, category: Option<&str>) -> Box<str> {
 
 #[derive(Debug, Default)]
 struct Board {
-    /// In submission order (positions ascending); the first `visible` are listed.
+    /// In submission order (positions ascending).
     entries: Vec<Entry>,
     by_id: HashMap<Uuid, u32>,
     screens: Vec<String>,
     screen_ids: HashMap<String, u32>,
-    visible: usize,
-    /// Entries whose rows the runtime has taken (listed once `rows_stored`).
-    taken: usize,
-    rows: Vec<ProjectionRow>,
 }
 
 impl Board {
@@ -154,11 +152,8 @@ impl Board {
         i
     }
 
-    fn visible_index(&self, id: Uuid) -> Option<usize> {
-        self.by_id
-            .get(&id)
-            .map(|&i| i as usize)
-            .filter(|&i| i < self.visible)
+    fn index(&self, id: Uuid) -> Option<usize> {
+        self.by_id.get(&id).map(|&i| i as usize)
     }
 }
 
@@ -169,6 +164,7 @@ fn missing(what: impl std::fmt::Display) -> StoreError {
 #[derive(Debug, Default)]
 pub struct FeedbackBoard {
     board: RwLock<Board>,
+    pending: Pending,
 }
 
 impl FeedbackBoard {
@@ -181,7 +177,7 @@ impl FeedbackBoard {
     ) -> store::Result<Option<FeedbackItem>> {
         let (entry, screen) = {
             let b = self.board.read().expect("feedback lock");
-            let Some(i) = b.visible_index(feedback) else {
+            let Some(i) = b.index(feedback) else {
                 return Ok(None);
             };
             let e = b.entries[i].clone();
@@ -197,7 +193,7 @@ impl FeedbackBoard {
     /// The tenant an item belongs to.
     pub fn tenant_of(&self, feedback: Uuid) -> Option<TenantId> {
         let b = self.board.read().expect("feedback lock");
-        b.visible_index(feedback).map(|i| b.entries[i].tenant)
+        b.index(feedback).map(|i| b.entries[i].tenant)
     }
 
     /// A filtered view, newest first: up to `limit` items submitted before position `before`
@@ -222,7 +218,7 @@ impl FeedbackBoard {
             }
             let mut by_screen: HashMap<u32, u64> = HashMap::new();
             let mut picked = Vec::new();
-            for e in b.entries[..b.visible].iter().rev() {
+            for e in b.entries.iter().rev() {
                 if !e.matches(filter, screen, text.as_deref()) {
                     continue;
                 }
@@ -257,7 +253,7 @@ impl FeedbackBoard {
             .iter()
             .map(|(e, _)| (e.tenant, key(e.position)))
             .collect();
-        let rows = store.projection_rows_at(NAME, keys).await?;
+        let rows = self.pending.rows_at(store, NAME, keys).await?;
         entries
             .into_iter()
             .zip(rows)
@@ -286,7 +282,7 @@ impl FeedbackBoard {
             .collect()
     }
 
-    fn apply_one(b: &mut Board, e: &Envelope) -> Result<(), Unreadable> {
+    fn apply_one(&self, b: &mut Board, e: &Envelope) -> Result<(), Unreadable> {
         // A tenant's settings (`feedback.diagnostics_set`) are read from their own stream.
         if !e.event_type.starts_with("feedback.") || e.event_type == "feedback.diagnostics_set" {
             return Ok(());
@@ -317,7 +313,7 @@ impl FeedbackBoard {
                     diagnostics: s.diagnostics,
                 };
                 let row = serde_json::to_vec(&row).map_err(|err| Unreadable::at(e, err))?;
-                b.rows.push(ProjectionRow {
+                self.pending.push(ProjectionRow {
                     tenant: e.tenant_id,
                     key: key(e.global_position),
                     write: RowWrite::Put(row),
@@ -368,20 +364,17 @@ impl Projection for FeedbackBoard {
     fn apply(&self, events: &[Envelope]) -> Result<(), Unreadable> {
         let mut b = self.board.write().expect("feedback lock");
         for e in events {
-            Self::apply_one(&mut b, e)?;
+            self.apply_one(&mut b, e)?;
         }
         Ok(())
     }
 
     fn take_rows(&self) -> Vec<ProjectionRow> {
-        let mut b = self.board.write().expect("feedback lock");
-        b.taken = b.entries.len();
-        std::mem::take(&mut b.rows)
+        self.pending.take()
     }
 
     fn rows_stored(&self) {
-        let mut b = self.board.write().expect("feedback lock");
-        b.visible = b.taken;
+        self.pending.stored();
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -409,16 +402,13 @@ impl Projection for FeedbackBoard {
             .enumerate()
             .map(|(i, s)| (s.clone(), i as u32))
             .collect();
-        let n = entries.len();
         *self.board.write().expect("feedback lock") = Board {
             entries,
             by_id,
             screens,
             screen_ids,
-            visible: n,
-            taken: n,
-            rows: Vec::new(),
         };
+        self.pending.clear();
         Ok(())
     }
 
@@ -430,6 +420,7 @@ impl Projection for FeedbackBoard {
         if let Some(o) = other.as_any().downcast_ref::<FeedbackBoard>() {
             let taken = std::mem::take(&mut *o.board.write().expect("feedback lock"));
             *self.board.write().expect("feedback lock") = taken;
+            self.pending.clear();
         }
     }
 
@@ -545,14 +536,21 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_item_is_listed_once_its_row_is_stored_and_the_state_keeps_the_entries() {
+    async fn an_item_not_yet_stored_is_listed_from_its_pending_row_and_the_state_keeps_the_entries()
+    {
         let ts = store::testing::TestStore::embedded().await;
         let store = &ts.store;
         let b = board(store, 3).await;
         b.apply(&[submitted(3, tenant(0))]).unwrap();
         let all = FeedbackFilter::default();
-        assert_eq!(b.list(store, &all, None, 10).await.unwrap().total, 3);
-        assert_eq!(b.tenant_of(Uuid::from_u128(4)), None);
+        let listed = b.list(store, &all, None, 10).await.unwrap();
+        assert_eq!(listed.total, 4);
+        assert_eq!(
+            listed.items[0].message.as_deref(),
+            Some("The export of report 3 fails with a timeout"),
+            "its submission from the pending row"
+        );
+        assert_eq!(b.tenant_of(Uuid::from_u128(4)), Some(tenant(0)));
         crate::runtime::keep_rows(store, &b).await;
         assert_eq!(b.list(store, &all, None, 10).await.unwrap().total, 4);
         assert_eq!(b.tenant_of(Uuid::from_u128(4)), Some(tenant(0)));

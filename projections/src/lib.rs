@@ -16,6 +16,7 @@ mod feedback;
 mod identity;
 mod insights;
 mod onboarding;
+mod pending;
 mod rollups;
 mod runtime;
 

@@ -73,20 +73,89 @@ async fn keep_rows_of(store: &Store, projections: &[&dyn Projection]) {
     }
 }
 
-/// Feed `page` to every projection of `slots`: apply, store the rows all of them produced in
-/// one write, then publish each one's new position.
-async fn feed_all(store: &Store, slots: &[Slot], page: &Page, start_head: Option<u64>) {
+/// Feed `page` to every projection of `slots`: apply, hand the rows they produced to the
+/// writer, then publish each one's new position (their reads see the rows not yet stored,
+/// `pending.rs`).
+async fn feed_all(rows: &RowWriter, slots: &[Slot], page: &Page, start_head: Option<u64>) {
     let applied: Vec<_> = slots.iter().map(|s| s.apply(page)).collect();
-    let fed: Vec<&dyn Projection> = slots
-        .iter()
-        .zip(&applied)
-        .filter(|(_, a)| a.is_some())
-        .map(|(s, _)| &*s.projection)
-        .collect();
-    keep_rows_of(store, &fed).await;
+    rows.write(
+        slots
+            .iter()
+            .zip(&applied)
+            .filter(|(_, a)| a.is_some())
+            .map(|(s, _)| s.projection.clone()),
+    )
+    .await;
     for (slot, applied) in slots.iter().zip(applied) {
         if let Some(applied) = applied {
             slot.publish(applied, start_head);
+        }
+    }
+}
+
+enum RowMsg {
+    /// Rows of several projections (one page), and the projections to tell when stored.
+    Write(Vec<(String, Vec<ProjectionRow>)>, Vec<Arc<dyn Projection>>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The live reader's writes of read models' rows, in order, off the reader's path: the reader
+/// queues a page's rows and goes on; a checkpoint waits for every row queued before it.
+#[derive(Clone)]
+struct RowWriter {
+    tx: mpsc::Sender<RowMsg>,
+}
+
+/// Pages of rows queued at most; past it the reader waits for the store.
+const ROW_QUEUE: usize = 64;
+
+impl RowWriter {
+    fn start(store: Store) -> Self {
+        let (tx, mut rx) = mpsc::channel::<RowMsg>(ROW_QUEUE);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    RowMsg::Write(writes, stored) => {
+                        let mut delay = Duration::from_millis(50);
+                        while let Err(e) = store.put_rows_of(writes.clone()).await {
+                            tracing::warn!(error = %e, "read model rows not written; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(2));
+                        }
+                        for p in stored {
+                            p.rows_stored();
+                        }
+                    }
+                    RowMsg::Flush(reply) => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Queue the rows `projections` produced since their last `take_rows`.
+    async fn write(&self, projections: impl Iterator<Item = Arc<dyn Projection>>) {
+        let mut writes = Vec::new();
+        let mut stored = Vec::new();
+        for p in projections {
+            let rows = p.take_rows();
+            if !rows.is_empty() {
+                writes.push((p.name().to_owned(), rows));
+                stored.push(p);
+            }
+        }
+        if !writes.is_empty() {
+            let _ = self.tx.send(RowMsg::Write(writes, stored)).await;
+        }
+    }
+
+    /// Wait until every row queued so far is stored.
+    async fn flush(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(RowMsg::Flush(reply)).await.is_ok() {
+            let _ = done.await;
         }
     }
 }
@@ -739,6 +808,7 @@ struct Saver {
     saved: u64,
     at: Instant,
     writing: Option<JoinHandle<()>>,
+    rows: RowWriter,
 }
 
 impl Saver {
@@ -764,8 +834,10 @@ impl Saver {
             position,
             state: slot.projection.encode(),
         };
-        let store = store.clone();
+        let (store, rows) = (store.clone(), self.rows.clone());
         self.writing = Some(tokio::spawn(async move {
+            // The rows the state covers are in the store before the state is.
+            rows.flush().await;
             if let Err(e) = store.save_projection(state).await {
                 tracing::warn!(error = %e, "projection checkpoint not saved");
             }
@@ -800,6 +872,7 @@ async fn read_loop(
             .unwrap_or_else(|p| p.into_inner()) = e;
     };
     let mut savers = Vec::new();
+    let rows = RowWriter::start(store.clone());
     let slots = shared.slots.len().max(1) as u32;
     for (i, slot) in shared.slots.iter().enumerate() {
         let resumed = loop {
@@ -821,6 +894,7 @@ async fn read_loop(
             saved: position,
             at: Instant::now() + offset,
             writing: None,
+            rows: rows.clone(),
         });
     }
     let start_head = loop {
@@ -902,7 +976,7 @@ async fn read_loop(
                                 continue;
                             }
                         };
-                        feed_all(&store, &shared.slots, &batch, start_head).await;
+                        feed_all(&rows, &shared.slots, &batch, start_head).await;
                         pages.seek(sub.position());
                     }
                     Err(e) => {
@@ -921,7 +995,7 @@ async fn read_loop(
                 () = sleep_until(next_save) => {}
             }
         } else {
-            feed_all(&store, &shared.slots, &page, start_head).await;
+            feed_all(&rows, &shared.slots, &page, start_head).await;
         }
         save_most_overdue(&store, &shared.slots, &mut savers, &cfg);
     }
@@ -957,6 +1031,8 @@ async fn handle(
             reply,
         } => {
             let slot = &shared.slots[index];
+            // The live projection's rows in flight are stored before its state is replaced.
+            savers[index].rows.flush().await;
             let outcome = switch(store, slot, &*fresh, position, start_head).await;
             if outcome.is_ok() {
                 // The state changed at the same position: save it even though the position did

@@ -197,7 +197,7 @@ pub enum RowWrite {
 
 impl RowWrite {
     /// One write with the effect of `self` then `next` on the same row.
-    fn then(self, next: RowWrite) -> RowWrite {
+    pub fn then(self, next: RowWrite) -> RowWrite {
         match (self, next) {
             (_, RowWrite::Put(v)) => RowWrite::Put(v),
             (_, RowWrite::Delete) => RowWrite::Delete,
