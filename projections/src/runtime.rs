@@ -108,20 +108,47 @@ struct RowWriter {
 
 /// Pages of rows queued at most; past it the reader waits for the store.
 const ROW_QUEUE: usize = 64;
+/// Projections' row sets written in one transaction at most (pages queued while the last
+/// transaction ran go together).
+const MAX_COALESCED: usize = 256;
 
 impl RowWriter {
     fn start(store: Store) -> Self {
         let (tx, mut rx) = mpsc::channel::<RowMsg>(ROW_QUEUE);
         tokio::spawn(async move {
-            while let Some(msg) = rx.recv().await {
+            let mut next = None;
+            loop {
+                let msg = match next.take() {
+                    Some(m) => m,
+                    None => match rx.recv().await {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
                 match msg {
-                    RowMsg::Write(writes, stored) => {
+                    RowMsg::Write(mut writes, mut stored) => {
+                        // The pages queued meanwhile go in the same transaction: fewer commits
+                        // rewrite fewer pages of the rows' tables under load.
+                        while writes.len() < MAX_COALESCED {
+                            match rx.try_recv() {
+                                Ok(RowMsg::Write(w, s)) => {
+                                    writes.extend(w);
+                                    stored.extend(s);
+                                }
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
                         let mut delay = Duration::from_millis(50);
                         while let Err(e) = store.put_rows_of(writes.clone()).await {
                             tracing::warn!(error = %e, "read model rows not written; retrying");
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(Duration::from_secs(2));
                         }
+                        // In the order they were taken: each projection's batches, oldest first.
                         for p in stored {
                             p.rows_stored();
                         }

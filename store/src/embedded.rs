@@ -208,7 +208,7 @@ impl Embedded {
             let (path, stop) = (path.clone(), stop_checkpointer.clone());
             std::thread::Builder::new()
                 .name("store-checkpoint".into())
-                .spawn(move || checkpointer(path, wal_frames, stop, Duration::from_millis(250)))
+                .spawn(move || checkpointer(path, wal_frames, stop))
                 .map_err(StoreError::backend)?
         };
         Ok(Self {
@@ -764,7 +764,6 @@ fn checkpointer(
     path: PathBuf,
     wal_frames: Arc<AtomicI64>,
     stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
-    every: Duration,
 ) {
     let conn = match Connection::open(&path) {
         Ok(c) => c,
@@ -777,7 +776,9 @@ fn checkpointer(
     let (lock, signal) = &*stop;
     loop {
         let stopped = lock.lock().expect("stop lock");
-        let (stopped, _) = signal.wait_timeout(stopped, every).expect("stop lock");
+        let (stopped, _) = signal
+            .wait_timeout(stopped, Duration::from_millis(250))
+            .expect("stop lock");
         if *stopped {
             break;
         }

@@ -726,8 +726,16 @@ impl Store {
     /// The rows of several projections (`(name, rows)`), each as [`Store::put_projection_rows`]
     /// writes them, all in one transaction: what the projections runtime writes for one page.
     pub async fn put_rows_of(&self, writes: Vec<(String, Vec<ProjectionRow>)>) -> Result<()> {
-        let mut distinct_writes = Vec::with_capacity(writes.len());
+        // One set of rows per projection, in the order given (a name may come more than once).
+        let mut grouped: Vec<(String, Vec<ProjectionRow>)> = Vec::with_capacity(writes.len());
         for (projection, rows) in writes {
+            match grouped.iter_mut().find(|(p, _)| *p == projection) {
+                Some((_, all)) => all.extend(rows),
+                None => grouped.push((projection, rows)),
+            }
+        }
+        let mut distinct_writes = Vec::with_capacity(grouped.len());
+        for (projection, rows) in grouped {
             if let Some(r) = rows.iter().find(|r| r.key.len() > MAX_ROW_KEY) {
                 return Err(StoreError::Backend(format!(
                     "a projection row key of {} bytes is longer than {MAX_ROW_KEY}",

@@ -1085,6 +1085,7 @@ async fn projection_rows_are_kept_per_tenant_put_inserted_removed_and_read_in_ke
     let other = format!("{name}-other");
     s.put_rows_of(vec![
         (other.clone(), vec![row(b, b"\x01", Some("other b01"))]),
+        (name.clone(), vec![row(b, b"\x02", Some("b02 first"))]),
         (name.clone(), vec![row(b, b"\x02", Some("b02"))]),
     ])
     .await
@@ -1092,6 +1093,11 @@ async fn projection_rows_are_kept_per_tenant_put_inserted_removed_and_read_in_ke
     assert_eq!(
         s.projection_row(&other, b, b"\x01").await.unwrap(),
         Some(b"other b01".to_vec())
+    );
+    assert_eq!(
+        s.projection_row(&name, b, b"\x02").await.unwrap(),
+        Some(b"b02".to_vec()),
+        "one projection's rows given twice in one write: the later wins"
     );
     assert_eq!(text(all(b).await.unwrap()).len(), 2);
     // Insert writes only where no row is, also after earlier writes of the same call.

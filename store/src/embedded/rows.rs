@@ -3,9 +3,8 @@
 //! never take the log's write lock from a group commit, and read on reader connections.
 //!
 //! Rows are derived from the log and are written with `synchronous=NORMAL` (a commit does not
-//! wait for the disk) and without automatic checkpoints (a checkpoint inside a commit syncs the
-//! file on the reader's path): a thread of their own copies the WAL back every few seconds. A
-//! checkpoint of a projection must not cover rows that a power cut could take back, so
+//! wait for the disk), by the projections runtime's writer task, off the path of the reader
+//! (SQLite's automatic checkpoints run inside those commits). A checkpoint of a projection must not cover rows that a power cut could take back, so
 //! [`Rows::sync`] — one small commit with `synchronous=FULL`, which syncs the whole WAL and so
 //! every row committed before it — runs before every projection state is saved. A data directory whose `projections.db` is missing (deleted,
 //! or not restored from a backup) while the log holds projection states has those states
@@ -32,27 +31,10 @@ const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE TABLE synced (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);",
 )];
 
-/// How often the rows' WAL is copied back: rarely, since each copy syncs the file and the disk is
-/// the log's group commits' first (a few MiB of WAL between two is no cost to the readers).
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
-
 #[derive(Debug)]
 pub(super) struct Rows {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<ReaderPool>,
-    checkpointer: Option<std::thread::JoinHandle<()>>,
-    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
-}
-
-impl Drop for Rows {
-    fn drop(&mut self) {
-        let (lock, signal) = &*self.stop;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        signal.notify_all();
-        if let Some(t) = self.checkpointer.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Rows {
@@ -71,8 +53,6 @@ impl Rows {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -4096)?;
-        // Checkpoints run on their own thread (`super::checkpointer`), not inside commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -93,21 +73,10 @@ impl Rows {
             }
         }
         tx.commit()?;
-        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let checkpointer = {
-            let (path, stop) = (path.clone(), stop.clone());
-            let frames = Arc::new(std::sync::atomic::AtomicI64::new(0));
-            std::thread::Builder::new()
-                .name("rows-checkpoint".into())
-                .spawn(move || super::checkpointer(path, frames, stop, CHECKPOINT_EVERY))
-                .map_err(StoreError::backend)?
-        };
         Ok((
             Self {
                 writer: Arc::new(Mutex::new(conn)),
                 readers: Arc::new(ReaderPool::new(path)),
-                checkpointer: Some(checkpointer),
-                stop,
             },
             created,
         ))
