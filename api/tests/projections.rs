@@ -6,34 +6,27 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use store::{AppendRequest, Expected, Metadata, NewEvent, RawJson, Store};
+use store::{AppendRequest, Expected, Metadata, NewEvent, RawJson};
 use support::{Backend, TestApp, spawn_app};
 
 /// Append events straight through the store, as another process (or a bug) could.
 fn append_raw(app: &TestApp, tenant: &str, stream: &str, event_type: &str, payload: Value) -> u64 {
-    let location = app.location.clone();
     let tenant: domain::TenantId = tenant.parse().expect("a tenant id");
     let stream = stream.to_owned();
     let event_type = event_type.to_owned();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async move {
-            let store = Store::open(&location).await.unwrap();
-            let appended = store
-                .append(AppendRequest {
-                    tenant_id: tenant,
-                    stream_id: stream,
-                    expected: Expected::Any,
-                    events: vec![NewEvent::new(event_type, RawJson::from_value(&payload))],
-                    metadata: Metadata::actor("test"),
-                })
-                .await
-                .unwrap();
-            store.close().await;
-            appended.last_position()
-        })
+    app.with_store(|store| async move {
+        let appended = store
+            .append(AppendRequest {
+                tenant_id: tenant,
+                stream_id: stream,
+                expected: Expected::Any,
+                events: vec![NewEvent::new(event_type, RawJson::from_value(&payload))],
+                metadata: Metadata::actor("test"),
+            })
+            .await
+            .unwrap();
+        appended.last_position()
+    })
 }
 
 /// Poll `/readyz` until `done` holds for its body (up to 15 s).
@@ -101,42 +94,17 @@ fn rebuild_state(body: &Value, name: &str) -> Value {
 
 /// The persisted state of `name`, read back into a fresh projection through another handle.
 fn persisted<P: projections::Projection + Default>(app: &TestApp, name: &str) -> (u64, P) {
-    let location = app.location.clone();
     let name = name.to_owned();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async move {
-            let store = Store::open(&location).await.unwrap();
-            let saved = store
-                .load_projection(&name)
-                .await
-                .unwrap()
-                .expect("a checkpoint");
-            store.close().await;
-            let p = P::default();
-            p.decode(&saved.state).expect("the checkpoint decodes");
-            (saved.position, p)
-        })
-}
-
-/// `f` run on another handle of the app's store.
-fn block_on_store<T, F>(app: &TestApp, f: impl FnOnce(Store) -> F) -> T
-where
-    F: std::future::Future<Output = T>,
-{
-    let location = app.location.clone();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async move {
-            let store = Store::open(&location).await.unwrap();
-            let out = f(store.clone()).await;
-            store.close().await;
-            out
-        })
+    app.with_store(|store| async move {
+        let saved = store
+            .load_projection(&name)
+            .await
+            .unwrap()
+            .expect("a checkpoint");
+        let p = P::default();
+        p.decode(&saved.state).expect("the checkpoint decodes");
+        (saved.position, p)
+    })
 }
 
 fn an_operator_rebuilds_projections_beside_the_live_ones_and_their_checkpoints_read_back(
@@ -203,7 +171,7 @@ fn an_operator_rebuilds_projections_beside_the_live_ones_and_their_checkpoints_r
     assert!(listed.to_string().contains(&dataset), "{listed}");
     let (_, catalog) = persisted::<projections::Catalog>(&app, "catalog");
     let catalog = std::sync::Arc::new(catalog);
-    let datasets = block_on_store(&app, |store| {
+    let datasets = app.with_store(|store| {
         let catalog = catalog.clone();
         async move {
             catalog

@@ -46,6 +46,17 @@ pub trait Projection: Send + Sync + 'static {
     fn rows_stored(&self) {}
 }
 
+/// Store `writes`, retrying until the store takes them: the projections have applied the
+/// events that produced them already.
+async fn put_rows(store: &Store, writes: Vec<(String, Vec<ProjectionRow>)>) {
+    let mut delay = Duration::from_millis(50);
+    while let Err(e) = store.put_rows_of(writes.clone()).await {
+        tracing::warn!(error = %e, "read model rows not written; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Write the rows `p`'s last `apply`s produced, then tell it they are stored.
 pub(crate) async fn keep_rows(store: &Store, p: &dyn Projection) {
     keep_rows_of(store, &[p]).await;
@@ -61,12 +72,7 @@ async fn keep_rows_of(store: &Store, projections: &[&dyn Projection]) {
         .filter(|(_, rows)| !rows.is_empty())
         .collect();
     if !writes.is_empty() {
-        let mut delay = Duration::from_millis(50);
-        while let Err(e) = store.put_rows_of(writes.clone()).await {
-            tracing::warn!(error = %e, "read model rows not written; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
-        }
+        put_rows(store, writes).await;
     }
     for p in projections {
         p.rows_stored();
@@ -142,12 +148,7 @@ impl RowWriter {
                                 Err(_) => break,
                             }
                         }
-                        let mut delay = Duration::from_millis(50);
-                        while let Err(e) = store.put_rows_of(writes.clone()).await {
-                            tracing::warn!(error = %e, "read model rows not written; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(2));
-                        }
+                        put_rows(&store, writes).await;
                         // In the order they were taken: each projection's batches, oldest first.
                         for p in stored {
                             p.rows_stored();

@@ -166,7 +166,7 @@ impl Embedded {
         let path = dir.join("events.db");
         let mut conn = Connection::open(&path)?;
         configure(&conn)?;
-        migrate(&mut conn)?;
+        migrate(&mut conn, MIGRATIONS)?;
         let (rows, rows_created) = rows::Rows::open(dir)?;
         if rows_created {
             // States saved with rows this file no longer has: replay rather than trust them.
@@ -791,12 +791,14 @@ fn checkpointer(
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+/// Apply the `migrations` not yet recorded in the file's `schema_migrations`, each in a
+/// transaction of its own (the log's, and the read models' rows' file).
+fn migrate(conn: &mut Connection, migrations: &[(i64, &str)]) -> Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
     )?;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql) in migrations {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let applied: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",

@@ -219,11 +219,12 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no head position:\n{}", r.exchange))
     }
 
-    /// A platform token valid for a day, issued through the real command path on this app's
-    /// store, from a second `Store` beside the running server: the command `tenantry operator
-    /// token` (the `cli` crate) runs, with its actor.
-    pub fn operator_token(&self, role: domain::PlatformRole) -> String {
-        use domain::platform::{self, Platform, PlatformCommand};
+    /// `f` run on another handle of this app's store (as another process beside the server
+    /// would), closed after it.
+    pub fn with_store<T, F>(&self, f: impl FnOnce(Store) -> F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
         let location = self.location.clone();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -231,34 +232,45 @@ impl TestApp {
             .unwrap()
             .block_on(async move {
                 let store = Store::open(&location).await.unwrap();
-                let executor = commands::Executor::<Platform>::new(
-                    store.clone(),
-                    commands::ExecutorConfig::new("platform/v1"),
-                );
-                let token = api::tokens::generate();
-                let now = time::OffsetDateTime::now_utc();
-                let command = PlatformCommand::IssueOperatorToken {
-                    operator_id: domain::UserId::from_uuid(uuid::Uuid::now_v7()),
-                    role,
-                    token: domain::identity::IssuedToken {
-                        token_id: uuid::Uuid::now_v7(),
-                        token_sha256: api::tokens::sha256_hex(token.as_bytes()),
-                        expires_at: now + time::Duration::days(1),
-                    },
-                };
-                executor
-                    .execute(
-                        domain::TenantId::PLATFORM,
-                        platform::STREAM,
-                        &command,
-                        &store::Metadata::actor("cli:operator-token"),
-                        now,
-                    )
-                    .await
-                    .unwrap();
+                let out = f(store.clone()).await;
                 store.close().await;
-                token
+                out
             })
+    }
+
+    /// A platform token valid for a day, issued through the real command path on this app's
+    /// store, from a second `Store` beside the running server: the command `tenantry operator
+    /// token` (the `cli` crate) runs, with its actor.
+    pub fn operator_token(&self, role: domain::PlatformRole) -> String {
+        use domain::platform::{self, Platform, PlatformCommand};
+        self.with_store(|store| async move {
+            let executor = commands::Executor::<Platform>::new(
+                store.clone(),
+                commands::ExecutorConfig::new("platform/v1"),
+            );
+            let token = api::tokens::generate();
+            let now = time::OffsetDateTime::now_utc();
+            let command = PlatformCommand::IssueOperatorToken {
+                operator_id: domain::UserId::from_uuid(uuid::Uuid::now_v7()),
+                role,
+                token: domain::identity::IssuedToken {
+                    token_id: uuid::Uuid::now_v7(),
+                    token_sha256: api::tokens::sha256_hex(token.as_bytes()),
+                    expires_at: now + time::Duration::days(1),
+                },
+            };
+            executor
+                .execute(
+                    domain::TenantId::PLATFORM,
+                    platform::STREAM,
+                    &command,
+                    &store::Metadata::actor("cli:operator-token"),
+                    now,
+                )
+                .await
+                .unwrap();
+            token
+        })
     }
 }
 

@@ -53,26 +53,7 @@ impl Rows {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -4096)?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
-        )?;
-        for (version, sql) in MIGRATIONS {
-            let applied: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
-                [version],
-                |r| r.get(0),
-            )?;
-            if !applied {
-                tx.execute_batch(sql)?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
-                    [version],
-                )?;
-            }
-        }
-        tx.commit()?;
+        super::migrate(&mut conn, MIGRATIONS)?;
         Ok((
             Self {
                 writer: Arc::new(Mutex::new(conn)),
