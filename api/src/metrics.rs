@@ -124,7 +124,13 @@ impl Metrics {
 
     /// The exposition text: the edge's counters and the application's (`counters`); `lag` is
     /// each projection's distance behind the log's head.
-    pub fn render(&self, counters: &app::Counters, lag: &[(&str, u64)]) -> String {
+    /// `gauges` are the service's other readings: name, help and value.
+    pub fn render(
+        &self,
+        counters: &app::Counters,
+        lag: &[(&str, u64)],
+        gauges: &[(&str, &str, u64)],
+    ) -> String {
         let mut registry = Registry::with_prefix("tenantry");
         registry.register(
             "http_request_duration_seconds",
@@ -176,6 +182,11 @@ impl Metrics {
                 rss,
             );
         }
+        for (name, help, value) in gauges {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(i64::try_from(*value).unwrap_or(i64::MAX));
+            registry.register(*name, *help, gauge);
+        }
         let lag_family = Family::<ProjectionLabels, Gauge>::default();
         for (name, events) in lag {
             lag_family
@@ -226,7 +237,11 @@ mod tests {
         for method in ["GET", "BREW", "PROPFIND", "X-ANYTHING"] {
             m.observe_request(method, "/v1/me", 200, 0.001);
         }
-        let text = m.render(&app::Counters::default(), &[("identity", 3)]);
+        let text = m.render(
+            &app::Counters::default(),
+            &[("identity", 3)],
+            &[("dataset_cache_bytes", "Cached", 42)],
+        );
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("tenantry_http_request_duration_seconds_count"))
@@ -239,6 +254,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tenantry_events_appended_total 0"), "{text}");
+        assert!(text.contains("tenantry_dataset_cache_bytes 42"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
@@ -267,7 +283,7 @@ mod tests {
 
     #[test]
     fn resident_memory_is_exposed_on_linux() {
-        let text = Metrics::default().render(&app::Counters::default(), &[]);
+        let text = Metrics::default().render(&app::Counters::default(), &[], &[]);
         let rss: f64 = text
             .lines()
             .find_map(|l| l.strip_prefix("tenantry_process_resident_memory_bytes "))

@@ -846,7 +846,41 @@ pub async fn metrics(
         .collect();
     Ok(HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
-        .body(state.metrics.render(&state.counters, &lag)))
+        .body(state.metrics.render(&state.counters, &lag, &gauges(&state))))
+}
+
+/// What the service's bounded caches hold, for `/metrics` (a soak reads them to see when they
+/// are full; ADR 040).
+fn gauges(state: &AppState) -> [(&'static str, &'static str, u64); 5] {
+    let cache = &state.sandbox;
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    [
+        (
+            "dataset_cache_bytes",
+            "What the cached loaded datasets take: bytes of their files (of memory when the cache is in memory)",
+            n(cache.loaded_bytes()),
+        ),
+        (
+            "dataset_cache_budget_bytes",
+            "The dataset cache's budget (sandbox_cache_bytes)",
+            n(cache.budget()),
+        ),
+        (
+            "dataset_cache_tables",
+            "Loaded datasets in the cache",
+            n(cache.len()),
+        ),
+        (
+            "sandbox_memory_bytes",
+            "SQLite memory tenants' SQL holds now (running queries, and tables when cached in memory)",
+            dataplane::sandbox::sandbox_memory_used(),
+        ),
+        (
+            "executor_hot_streams",
+            "Streams whose state the command executors keep hot, all executors together",
+            n(state.hot_streams()),
+        ),
+    ]
 }
 
 pub async fn openapi() -> HttpResponse {

@@ -43,9 +43,13 @@ pub struct Settings {
     pub query_max_rows: usize,
     /// Most rows an export writes.
     pub export_max_rows: usize,
-    /// Memory for datasets kept loaded for querying, in bytes: the SQLite memory the loaded
-    /// tables really hold (256 MiB by default).
+    /// Disk for datasets kept loaded for querying, in bytes: the files of the loaded tables
+    /// (256 MiB by default; ADR 040).
     pub sandbox_cache_bytes: usize,
+    /// Where the loaded tables' files go (a directory of the process's own is made in it): by
+    /// default `sandbox/` in an embedded store's directory, the system's temporary directory
+    /// with PostgreSQL.
+    pub sandbox_dir: Option<PathBuf>,
     /// The plan registry: the defaults of SPEC §4 with the `[plans.<name>]` overrides.
     pub plans: domain::plans::Registry,
     /// Anonymous sign-ups per minute per client address (0: no limit).
@@ -132,6 +136,7 @@ impl Default for Settings {
             query_max_rows: 10_000,
             export_max_rows: 2_000_000,
             sandbox_cache_bytes: 256 * 1024 * 1024,
+            sandbox_dir: None,
             plans: domain::plans::Registry::default(),
             signup_per_minute: 20,
             trust_forwarded_for: false,
@@ -173,6 +178,7 @@ struct FileSettings {
     query_max_rows: Option<usize>,
     export_max_rows: Option<usize>,
     sandbox_cache_bytes: Option<usize>,
+    sandbox_dir: Option<PathBuf>,
     signup_per_minute: Option<u32>,
     trust_forwarded_for: Option<bool>,
     metrics_token: Option<String>,
@@ -261,6 +267,11 @@ impl Settings {
             query_max_rows: self.query_max_rows,
             export_max_rows: self.export_max_rows,
             sandbox_cache_bytes: self.sandbox_cache_bytes,
+            sandbox_dir: Some(match (&self.sandbox_dir, &self.store) {
+                (Some(dir), _) => dir.clone(),
+                (None, Location::Embedded(data)) => data.join("sandbox"),
+                (None, _) => std::env::temp_dir(),
+            }),
             concurrency_per_tenant: self.concurrency_per_tenant,
             concurrency_global: self.concurrency_global,
             refusal_timer: true,
@@ -322,6 +333,9 @@ impl Settings {
         }
         if let Some(v) = f.sandbox_cache_bytes {
             self.sandbox_cache_bytes = v;
+        }
+        if let Some(v) = f.sandbox_dir {
+            self.sandbox_dir = Some(v);
         }
         if let Some(v) = f.signup_per_minute {
             self.signup_per_minute = v;
@@ -443,6 +457,7 @@ impl Settings {
                 }
                 "METRICS_TOKEN" => self.metrics_token = Some(Secret(value.clone())),
                 "OUTBOX_DIR" => self.outbox_dir = Some(PathBuf::from(value)),
+                "SANDBOX_DIR" => self.sandbox_dir = Some(PathBuf::from(value)),
                 "SMTP_URL" => self.smtp_url = Some(Secret(value.clone())),
                 "SMTP_FROM" => self.smtp_from = value.clone(),
                 "FAULT_ERROR_RATIO" => {

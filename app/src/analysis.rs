@@ -102,7 +102,7 @@ async fn table(app: &App, tenant: TenantId, view: &DatasetView) -> Result<Arc<Ta
         .ok_or_else(|| Error::Internal("shutting down".into()))?;
     blocking(move || {
         app.sandbox
-            .get_or_load(&id.to_string(), || Table::load(&bytes, &columns))
+            .get_or_load(&id.to_string(), |dir| Table::load_in(dir, &bytes, &columns))
     })
     .await?
     .map_err(|e| {

@@ -46,6 +46,10 @@ use std::time::Duration;
 use store::{Appended, Store};
 use time::OffsetDateTime;
 
+/// The hot streams of an executor with a stream per thing made (datasets, presets, feedback
+/// items).
+pub const PER_THING_HOT_STREAMS: usize = 1_024;
+
 /// What the use cases are configured with (from `api::settings::Settings`, or a CLI's flags).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -62,7 +66,12 @@ pub struct Config {
     pub query_time: Duration,
     pub query_max_rows: usize,
     pub export_max_rows: usize,
+    /// The budget of the cache of loaded datasets: of disk when `sandbox_dir` is set, of memory
+    /// otherwise.
     pub sandbox_cache_bytes: usize,
+    /// Where loaded datasets are kept as files (a directory of this process's own is made in it,
+    /// ADR 040); `None`: in memory.
+    pub sandbox_dir: Option<std::path::PathBuf>,
     pub concurrency_per_tenant: usize,
     pub concurrency_global: usize,
     /// Write the coalesced refusal counts on a timer once their minute is over (`serve`);
@@ -202,9 +211,25 @@ impl App {
             }
             Err(e) => tracing::error!(error = %e, "plan registry not published"),
         }
-        // Loaded tables, plus 1 GiB for queries (and, when SQLite's memory could not be split,
-        // for the store's own SQLite: ADR 034).
-        let cap = config.sandbox_cache_bytes as u64 + (1 << 30);
+        let sandbox = match &config.sandbox_dir {
+            None => dataplane::sandbox::Cache::new(config.sandbox_cache_bytes),
+            Some(dir) => match dataplane::sandbox::Cache::in_dir(config.sandbox_cache_bytes, dir) {
+                Ok(cache) => cache,
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %dir.display(),
+                        "the dataset cache's directory cannot be made: datasets are cached in memory");
+                    dataplane::sandbox::Cache::new(config.sandbox_cache_bytes)
+                }
+            },
+        };
+        // 1 GiB for queries, plus the loaded tables when they are in memory (and, when SQLite's
+        // memory could not be split, for the store's own SQLite: ADR 034).
+        let cap = (1u64 << 30)
+            + if sandbox.dir().is_none() {
+                config.sandbox_cache_bytes as u64
+            } else {
+                0
+            };
         match dataplane::sandbox::set_memory_cap(cap) {
             Ok(dataplane::sandbox::MemoryCap::Sandbox) => {
                 tracing::info!(bytes = cap, "tenants' SQL has a memory budget of its own")
@@ -240,12 +265,20 @@ impl App {
             ],
         );
         let executor = |kind: &'static str| ExecutorConfig::new(kind);
+        // Executors with a stream per thing made (a dataset, a preset, a feedback item) see
+        // mostly one command per stream, at its creation: a small hot set holds their working
+        // set, where the default (8,192) kept thousands of finished streams' states for minutes
+        // after they were last used (ADR 040).
+        let per_thing = |kind: &'static str| ExecutorConfig {
+            max_hot_streams: PER_THING_HOT_STREAMS,
+            ..ExecutorConfig::new(kind)
+        };
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             billing_accounts: Executor::new(store.clone(), executor("billing-account/v1")),
             invoices: Executor::new(store.clone(), executor("invoice-book/v1")),
-            datasets: Executor::new(store.clone(), executor("dataset/v1")),
-            presets: Executor::new(store.clone(), executor("preset/v1")),
+            datasets: Executor::new(store.clone(), per_thing("dataset/v1")),
+            presets: Executor::new(store.clone(), per_thing("preset/v1")),
             usage: Executor::new(
                 store.clone(),
                 ExecutorConfig {
@@ -259,10 +292,10 @@ impl App {
             tenants: Executor::new(store.clone(), executor("tenant/v2")),
             platform: Executor::new(store.clone(), executor("platform/v1")),
             onboarding: Executor::new(store.clone(), executor("onboarding/v1")),
-            feedback: Executor::new(store.clone(), executor("feedback/v1")),
+            feedback: Executor::new(store.clone(), per_thing("feedback/v1")),
             feedback_settings: Executor::new(store.clone(), executor("feedback-settings/v1")),
             audit_log: Executor::new(store.clone(), executor("audit/v1")),
-            sandbox: dataplane::sandbox::Cache::new(config.sandbox_cache_bytes),
+            sandbox,
             shares: config.shares(),
             refusals: metering::Refusals::default(),
             drills: slo::Drills::new(store.clone()),
@@ -291,6 +324,22 @@ impl App {
     }
 
     /// A context for a decision made now, by the clock.
+    /// Streams whose state the executors keep hot now, all executors together (each keeps at
+    /// most its `max_hot_streams`).
+    pub fn hot_streams(&self) -> usize {
+        self.tenants.hot_streams()
+            + self.platform.hot_streams()
+            + self.datasets.hot_streams()
+            + self.presets.hot_streams()
+            + self.usage.hot_streams()
+            + self.billing_accounts.hot_streams()
+            + self.invoices.hot_streams()
+            + self.audit_log.hot_streams()
+            + self.onboarding.hot_streams()
+            + self.feedback.hot_streams()
+            + self.feedback_settings.hot_streams()
+    }
+
     pub fn ctx(&self, meta: store::Metadata) -> Ctx {
         Ctx {
             id_seed: meta.event_id_seed,

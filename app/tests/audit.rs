@@ -22,6 +22,7 @@ fn config() -> app::Config {
         query_max_rows: 1000,
         export_max_rows: 1000,
         sandbox_cache_bytes: 1 << 20,
+        sandbox_dir: None,
         concurrency_per_tenant: 4,
         concurrency_global: 16,
         refusal_timer: false,

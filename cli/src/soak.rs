@@ -199,6 +199,31 @@ pub struct Sample {
     pub rss_bytes: Vec<Option<u64>>,
     /// The largest projection lag of any instance (events), from `/readyz`.
     pub projection_lag: Option<u64>,
+    /// What each instance's dataset cache holds (bytes; ADR 040), where `/metrics` tells it.
+    pub dataset_cache_bytes: Vec<Option<u64>>,
+    /// Streams each instance's executors keep hot, where `/metrics` tells it.
+    pub hot_streams: Vec<Option<u64>>,
+}
+
+/// One instance's readings.
+struct Reading {
+    rss: Option<u64>,
+    lag: Option<u64>,
+    dataset_cache_bytes: Option<u64>,
+    hot_streams: Option<u64>,
+}
+
+/// A gauge's value in a Prometheus exposition (`tenantry_` prefix or none).
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l
+            .strip_prefix("tenantry_")
+            .unwrap_or(l)
+            .strip_prefix(name)?
+            .strip_prefix(' ')?;
+        rest.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -979,17 +1004,11 @@ async fn setup_tenant(
     })
 }
 
-/// The resident memory an instance's `/metrics` reports, and `/readyz`'s largest lag.
-async fn sample_instance(pool: &Pool, metrics_token: Option<&str>) -> (Option<u64>, Option<u64>) {
-    let rss = match pool.send("GET", "/metrics", metrics_token, &[], None).await {
-        Ok(a) if a.status == 200 => String::from_utf8_lossy(&a.body).lines().find_map(|l| {
-            let l = l.trim();
-            let rest = l
-                .strip_prefix("tenantry_process_resident_memory_bytes ")
-                .or_else(|| l.strip_prefix("process_resident_memory_bytes "))?;
-            rest.trim().parse::<f64>().ok().map(|v| v as u64)
-        }),
-        _ => None,
+/// The resident memory and caches an instance's `/metrics` reports, and `/readyz`'s largest lag.
+async fn sample_instance(pool: &Pool, metrics_token: Option<&str>) -> Reading {
+    let metrics = match pool.send("GET", "/metrics", metrics_token, &[], None).await {
+        Ok(a) if a.status == 200 => String::from_utf8_lossy(&a.body).into_owned(),
+        _ => String::new(),
     };
     let lag = match pool.send("GET", "/readyz", None, &[], None).await {
         Ok(a) => serde_json::from_slice::<Value>(&a.body).ok().and_then(|v| {
@@ -1002,7 +1021,12 @@ async fn sample_instance(pool: &Pool, metrics_token: Option<&str>) -> (Option<u6
         }),
         Err(_) => None,
     };
-    (rss, lag)
+    Reading {
+        rss: gauge(&metrics, "process_resident_memory_bytes"),
+        lag,
+        dataset_cache_bytes: gauge(&metrics, "dataset_cache_bytes"),
+        hot_streams: gauge(&metrics, "executor_hot_streams"),
+    }
 }
 
 fn median(mut v: Vec<u64>) -> Option<u64> {
@@ -1233,11 +1257,15 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
             let mut samples = Vec::new();
             loop {
                 let mut rss = Vec::new();
+                let mut cache = Vec::new();
+                let mut hot = Vec::new();
                 let mut lag: Option<u64> = None;
                 for p in &shared.pools {
-                    let (r, l) = sample_instance(p, token.as_deref()).await;
-                    rss.push(r);
-                    lag = match (lag, l) {
+                    let r = sample_instance(p, token.as_deref()).await;
+                    rss.push(r.rss);
+                    cache.push(r.dataset_cache_bytes);
+                    hot.push(r.hot_streams);
+                    lag = match (lag, r.lag) {
                         (Some(a), Some(b)) => Some(a.max(b)),
                         (a, b) => a.or(b),
                     };
@@ -1246,6 +1274,8 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
                     at_s: start.elapsed().as_secs_f64(),
                     rss_bytes: rss,
                     projection_lag: lag,
+                    dataset_cache_bytes: cache,
+                    hot_streams: hot,
                 });
                 if Instant::now() >= end {
                     break samples;
@@ -1536,19 +1566,25 @@ pub fn markdown(r: &SoakReport) -> String {
     for e in &r.loss.examples {
         md.push_str(&format!("- {e}\n"));
     }
-    md.push_str("\n## Memory (resident, MiB, per instance)\n\n| s | RSS | projection lag |\n|---:|---|---:|\n");
+    md.push_str(
+        "\n## Memory (per instance)\n\n| s | RSS, MiB | projection lag | dataset cache, MiB | hot streams |\n|---:|---|---:|---|---|\n",
+    );
     let step = (r.memory.len() / 30).max(1);
-    for m in r.memory.iter().step_by(step) {
-        let rss = m
-            .rss_bytes
-            .iter()
-            .map(|b| b.map_or("?".into(), |b| format!("{:.1}", b as f64 / 1_048_576.0)))
+    let per = |v: &[Option<u64>], f: &dyn Fn(u64) -> String| {
+        v.iter()
+            .map(|b| b.map_or("?".into(), f))
             .collect::<Vec<_>>()
-            .join(" / ");
+            .join(" / ")
+    };
+    let mib = |b: u64| format!("{:.1}", b as f64 / 1_048_576.0);
+    for m in r.memory.iter().step_by(step) {
         md.push_str(&format!(
-            "| {:.0} | {rss} | {} |\n",
+            "| {:.0} | {} | {} | {} | {} |\n",
             m.at_s,
-            m.projection_lag.map_or("?".into(), |l| l.to_string())
+            per(&m.rss_bytes, &mib),
+            m.projection_lag.map_or("?".into(), |l| l.to_string()),
+            per(&m.dataset_cache_bytes, &mib),
+            per(&m.hot_streams, &|n| n.to_string()),
         ));
     }
     md.push_str(&format!(

@@ -1,13 +1,17 @@
-//! The query sandbox: one dataset loaded as table `data` into an in-memory SQLite database that
-//! can only be read. An authorizer allows reading and nothing else (no ATTACH, no PRAGMA, no
-//! writes, no temporary tables, no extensions); a progress handler stops a query at its time
-//! budget; results stop at a row cap and a memory cap (the memory the rows take in this process,
-//! not their serialized size); SQLite's own limits bound string sizes and expression depth, and
-//! its temporary storage (sorts, intermediate tables) is kept in memory under the sandbox's memory
-//! budget instead of in unbounded temporary files (a budget of its own, apart from the event
-//! store's SQLite memory: ADR 034). Rows can also be streamed one at a time
-//! (`Table::for_each_row`), which is how exports are written. Loaded tables are cached per
-//! dataset, within a memory budget.
+//! The query sandbox: one dataset loaded as table `data` into a SQLite database that can only be
+//! read. An authorizer allows reading and nothing else (no ATTACH, no PRAGMA, no writes, no
+//! temporary tables, no extensions); a progress handler stops a query at its time budget; results
+//! stop at a row cap and a memory cap (the memory the rows take in this process, not their
+//! serialized size); SQLite's own limits bound string sizes and expression depth, and its temporary
+//! storage (sorts, intermediate tables) is kept in memory under the sandbox's memory budget instead
+//! of in unbounded temporary files (a budget of its own, apart from the event store's SQLite
+//! memory: ADR 034). Rows can also be streamed one at a time (`Table::for_each_row`), which is how
+//! exports are written.
+//!
+//! Loaded tables are cached per dataset, within a budget. A cache with a directory keeps each table
+//! in a file of its own and opens a read-only connection per query, so that between queries a
+//! cached table holds no memory at all and the budget is of disk (ADR 040); a cache without one
+//! keeps tables in memory (tools and tests).
 
 use crate::ingest::{self, Column, ColumnType};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
@@ -16,6 +20,7 @@ use rusqlite::{Connection, types::ValueRef};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,10 +118,22 @@ const DENIED_FUNCTIONS: &[&str] = &[
 
 /// A dataset loaded for querying.
 pub struct Table {
-    conn: Mutex<Connection>,
+    pages: Pages,
     pub columns: Vec<Column>,
-    /// An estimate of the memory the loaded table holds.
+    /// What the table takes in its cache: the SQLite memory it holds when it is in memory, the
+    /// bytes of its file when it is in a file.
     pub approx_bytes: usize,
+}
+
+/// Where a loaded table's pages are.
+enum Pages {
+    /// In this process's memory, on one connection that its queries take in turn.
+    Memory(Mutex<Connection>),
+    /// In a file, removed when the table is dropped. Each query opens a read-only connection of
+    /// its own and closes it when done: queries of one dataset run side by side, and between
+    /// queries the table holds no memory (the kernel's page cache keeps the file's pages warm,
+    /// and gives them back under pressure).
+    File(tempfile::TempPath),
 }
 
 impl std::fmt::Debug for Table {
@@ -124,6 +141,13 @@ impl std::fmt::Debug for Table {
         f.debug_struct("Table")
             .field("columns", &self.columns)
             .field("approx_bytes", &self.approx_bytes)
+            .field(
+                "file",
+                &match &self.pages {
+                    Pages::Memory(_) => None,
+                    Pages::File(path) => Some(path.to_path_buf()),
+                },
+            )
             .finish()
     }
 }
@@ -145,13 +169,14 @@ pub fn quote_identifier(name: &str) -> String {
 }
 
 impl Table {
-    /// Load a CSV file (already validated by `ingest`) with its inferred columns.
+    /// Load a CSV file (already validated by `ingest`) with its inferred columns, in memory.
     pub fn load(csv: &[u8], columns: &[Column]) -> Result<Self, QueryError> {
-        let _sandbox = sqlite_budget::SandboxScope::enter();
-        let held_before = sqlite_budget::thread_net();
-        let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
-        let mut conn = Connection::open_in_memory().map_err(load)?;
-        sqlite_budget::without_lookaside(&conn);
+        Self::load_in(None, csv, columns)
+    }
+
+    /// Load a CSV file (already validated by `ingest`) with its inferred columns: into a file of
+    /// `dir` when one is given, in memory otherwise.
+    pub fn load_in(dir: Option<&Path>, csv: &[u8], columns: &[Column]) -> Result<Self, QueryError> {
         let defs: Vec<String> = columns
             .iter()
             .map(|c| {
@@ -163,16 +188,16 @@ impl Table {
                 format!("{} {ty}", quote_identifier(&c.name))
             })
             .collect();
-        conn.execute_batch(&format!("CREATE TABLE data ({})", defs.join(", ")))
-            .map_err(load)?;
         let (_, records) = ingest::parse(csv).map_err(|e| QueryError::Load(e.to_string()))?;
-        {
-            let tx = conn.transaction().map_err(load)?;
+        let fill = |conn: &mut Connection| -> Result<(), QueryError> {
+            conn.execute_batch(&format!("CREATE TABLE data ({})", defs.join(", ")))
+                .map_err(load_error)?;
+            let tx = conn.transaction().map_err(load_error)?;
             {
                 let placeholders = vec!["?"; columns.len()].join(", ");
                 let mut insert = tx
                     .prepare(&format!("INSERT INTO data VALUES ({placeholders})"))
-                    .map_err(load)?;
+                    .map_err(load_error)?;
                 for record in records {
                     let record = record.map_err(|e| QueryError::Load(e.to_string()))?;
                     for (i, (field, col)) in record.iter().zip(columns).enumerate() {
@@ -197,45 +222,41 @@ impl Table {
                                 _ => insert.raw_bind_parameter(idx, field),
                             }
                         };
-                        bound.map_err(load)?;
+                        bound.map_err(load_error)?;
                     }
-                    insert.raw_execute().map_err(load)?;
+                    insert.raw_execute().map_err(load_error)?;
                 }
             }
-            tx.commit().map_err(load)?;
-        }
-        lock_down(&conn).map_err(load)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-            columns: columns.to_vec(),
-            approx_bytes: held_since(held_before, csv.len() * 3 + 64 * 1024),
-        })
+            tx.commit().map_err(load_error)
+        };
+        Self::build(dir, columns.to_vec(), csv.len() * 3 + 64 * 1024, fill)
     }
 
     /// A table made from rows already in memory (a redacted copy of a dataset), columns
-    /// untyped: SQLite keeps each value's own type.
+    /// untyped: SQLite keeps each value's own type. In memory: it lives for one export.
     pub fn from_result(result: &QueryResult) -> Result<Self, QueryError> {
-        let _sandbox = sqlite_budget::SandboxScope::enter();
-        let held_before = sqlite_budget::thread_net();
-        let load = |e: rusqlite::Error| QueryError::Load(e.to_string());
-        let mut conn = Connection::open_in_memory().map_err(load)?;
-        sqlite_budget::without_lookaside(&conn);
         let defs: Vec<String> = result.columns.iter().map(|c| quote_identifier(c)).collect();
         if defs.is_empty() {
             return Err(QueryError::Invalid(
                 "every column was dropped by the preset".into(),
             ));
         }
-        conn.execute_batch(&format!("CREATE TABLE data ({})", defs.join(", ")))
-            .map_err(load)?;
-        let mut approx = 64 * 1024;
-        {
-            let tx = conn.transaction().map_err(load)?;
+        let approx = 64 * 1024
+            + result
+                .rows
+                .iter()
+                .flatten()
+                .map(|v| v.as_str().map_or(0, str::len))
+                .sum::<usize>();
+        let fill = |conn: &mut Connection| -> Result<(), QueryError> {
+            conn.execute_batch(&format!("CREATE TABLE data ({})", defs.join(", ")))
+                .map_err(load_error)?;
+            let tx = conn.transaction().map_err(load_error)?;
             {
                 let placeholders = vec!["?"; defs.len()].join(", ");
                 let mut insert = tx
                     .prepare(&format!("INSERT INTO data VALUES ({placeholders})"))
-                    .map_err(load)?;
+                    .map_err(load_error)?;
                 for row in &result.rows {
                     for (i, v) in row.iter().enumerate() {
                         let idx = i + 1;
@@ -246,25 +267,67 @@ impl Table {
                                 Some(i) => insert.raw_bind_parameter(idx, i),
                                 None => insert.raw_bind_parameter(idx, n.as_f64().unwrap_or(0.0)),
                             },
-                            Value::String(s) => {
-                                approx += s.len();
-                                insert.raw_bind_parameter(idx, s.as_str())
-                            }
+                            Value::String(s) => insert.raw_bind_parameter(idx, s.as_str()),
                             other => insert.raw_bind_parameter(idx, other.to_string()),
                         };
-                        bound.map_err(load)?;
+                        bound.map_err(load_error)?;
                     }
-                    insert.raw_execute().map_err(load)?;
+                    insert.raw_execute().map_err(load_error)?;
                 }
             }
-            tx.commit().map_err(load)?;
+            tx.commit().map_err(load_error)
+        };
+        Self::build(None, Vec::new(), approx * 2, fill)
+    }
+
+    /// Make a table with `fill`: in a new file of `dir`, or in memory (counted as the SQLite
+    /// memory it holds, or `estimate` when the sandbox's allocator is not in place).
+    fn build(
+        dir: Option<&Path>,
+        columns: Vec<Column>,
+        estimate: usize,
+        fill: impl FnOnce(&mut Connection) -> Result<(), QueryError>,
+    ) -> Result<Self, QueryError> {
+        let _sandbox = sqlite_budget::SandboxScope::enter();
+        match dir {
+            None => {
+                let held_before = sqlite_budget::thread_net();
+                let mut conn = Connection::open_in_memory().map_err(load_error)?;
+                sqlite_budget::without_lookaside(&conn);
+                fill(&mut conn)?;
+                lock_down(&conn).map_err(load_error)?;
+                Ok(Self {
+                    pages: Pages::Memory(Mutex::new(conn)),
+                    columns,
+                    approx_bytes: held_since(held_before, estimate),
+                })
+            }
+            Some(dir) => {
+                let io = |e: std::io::Error| QueryError::Load(e.to_string());
+                let path = tempfile::Builder::new()
+                    .prefix("dataset-")
+                    .suffix(".db")
+                    .tempfile_in(dir)
+                    .map_err(io)?
+                    .into_temp_path();
+                {
+                    let mut conn = Connection::open(&path).map_err(load_error)?;
+                    sqlite_budget::without_lookaside(&conn);
+                    // A cache file: nothing to recover after a crash, nothing to make durable.
+                    conn.pragma_update(None, "journal_mode", "OFF")
+                        .map_err(load_error)?;
+                    conn.pragma_update(None, "synchronous", "OFF")
+                        .map_err(load_error)?;
+                    fill(&mut conn)?;
+                }
+                let bytes = std::fs::metadata(&path).map_err(io)?.len();
+                Ok(Self {
+                    pages: Pages::File(path),
+                    columns,
+                    approx_bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+                })
+            }
         }
-        lock_down(&conn).map_err(load)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-            columns: Vec::new(),
-            approx_bytes: held_since(held_before, approx * 2),
-        })
     }
 
     /// Run one read-only statement and collect its rows, within the row and memory caps.
@@ -305,23 +368,67 @@ impl Table {
         columns: impl FnOnce(&[String]),
         row: impl FnMut(Vec<Value>) -> std::ops::ControlFlow<()>,
     ) -> Result<Streamed, QueryError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| QueryError::Load("poisoned".into()))?;
         let deadline = limits.since.unwrap_or_else(Instant::now) + limits.time;
-        if Instant::now() >= deadline {
-            // The budget went by waiting for the connection: do not start.
-            return Err(QueryError::Expired(limits.time));
+        let expired = || Instant::now() >= deadline;
+        match &self.pages {
+            Pages::Memory(conn) => {
+                let conn = conn
+                    .lock()
+                    .map_err(|_| QueryError::Load("poisoned".into()))?;
+                if expired() {
+                    // The budget went by waiting for the connection: do not start.
+                    return Err(QueryError::Expired(limits.time));
+                }
+                let result = {
+                    let _sandbox = sqlite_budget::SandboxScope::enter();
+                    run_until(&conn, deadline, sql, limits, columns, row)
+                };
+                result.map_err(|e| classify(e, limits.time, deadline))
+            }
+            Pages::File(path) => {
+                if expired() {
+                    return Err(QueryError::Expired(limits.time));
+                }
+                // Opened, used and closed in the sandbox's scope: its page cache and its sorts
+                // are tenants' SQL memory, given back when the query is done.
+                let _sandbox = sqlite_budget::SandboxScope::enter();
+                let conn = open_read_only(path).map_err(load_error)?;
+                run_until(&conn, deadline, sql, limits, columns, row)
+                    .map_err(|e| classify(e, limits.time, deadline))
+            }
         }
-        conn.progress_handler(1_000, Some(move || Instant::now() >= deadline));
-        let result = {
-            let _sandbox = sqlite_budget::SandboxScope::enter();
-            run(&conn, sql, limits, columns, row)
-        };
-        conn.progress_handler(0, None::<fn() -> bool>);
-        result.map_err(|e| classify(e, limits.time, deadline))
     }
+}
+
+fn load_error(e: rusqlite::Error) -> QueryError {
+    QueryError::Load(e.to_string())
+}
+
+/// A read-only connection to a table's file, locked down as a loaded table is.
+fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    sqlite_budget::without_lookaside(&conn);
+    lock_down(&conn)?;
+    Ok(conn)
+}
+
+/// `run` on `conn`, stopped at `deadline`.
+fn run_until(
+    conn: &Connection,
+    deadline: Instant,
+    sql: &str,
+    limits: Limits,
+    columns: impl FnOnce(&[String]),
+    row: impl FnMut(Vec<Value>) -> std::ops::ControlFlow<()>,
+) -> rusqlite::Result<Streamed> {
+    conn.progress_handler(1_000, Some(move || Instant::now() >= deadline));
+    let result = run(conn, sql, limits, columns, row);
+    conn.progress_handler(0, None::<fn() -> bool>);
+    result
 }
 
 /// Give SQLite's memory its two budgets (ADR 034): call first thing in a process, before any
@@ -514,43 +621,100 @@ fn classify(e: rusqlite::Error, budget: Duration, deadline: Instant) -> QueryErr
     }
 }
 
-/// Loaded tables by dataset id, within a memory budget (least recently used leave first).
+/// Loaded tables by dataset id, within a budget (least recently used leave first): of memory when
+/// the tables are in memory, of disk when they are in the cache's directory; and at most
+/// [`MAX_TABLES`] of them.
 #[derive(Debug)]
 pub struct Cache {
     budget: usize,
-    entries: Mutex<HashMap<String, (Arc<Table>, u64)>>,
+    /// The cache's own directory of table files (removed with the cache), if it has one.
+    dir: Option<tempfile::TempDir>,
+    entries: Mutex<Entries>,
     clock: std::sync::atomic::AtomicU64,
 }
 
+#[derive(Debug, Default)]
+struct Entries {
+    tables: HashMap<String, (Arc<Table>, u64)>,
+    /// The sum of the tables' `approx_bytes`.
+    bytes: usize,
+}
+
+impl Entries {
+    fn remove(&mut self, key: &str) {
+        if let Some((t, _)) = self.tables.remove(key) {
+            self.bytes -= t.approx_bytes;
+        }
+    }
+}
+
+/// The most tables a cache keeps, whatever its budget: each costs its index entry in memory
+/// (its key, columns and path) and, in files, an open-able file; thousands of tiny datasets would
+/// otherwise fill a disk budget with entries for minutes.
+pub const MAX_TABLES: usize = 2_048;
+
+/// The name every cache directory starts with, then the process id that made it.
+const DIR_PREFIX: &str = "tenantry-sandbox-";
+
 impl Cache {
+    /// A cache of tables in memory.
     pub fn new(budget_bytes: usize) -> Self {
         Self {
             budget: budget_bytes,
-            entries: Mutex::new(HashMap::new()),
+            dir: None,
+            entries: Mutex::new(Entries::default()),
             clock: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// The loaded table of `key`, loading it with `load` when absent.
+    /// A cache of tables in files, in a directory of its own made in `parent` (created if
+    /// missing), removed with the cache; `budget_bytes` is then of disk. Directories that caches
+    /// of processes no longer running left in `parent` (a crash, a kill) are removed first.
+    pub fn in_dir(budget_bytes: usize, parent: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(parent)?;
+        remove_abandoned(parent);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+            .tempdir_in(parent)?;
+        Ok(Self {
+            dir: Some(dir),
+            ..Self::new(budget_bytes)
+        })
+    }
+
+    /// The directory the tables' files are in, if they are in files.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(tempfile::TempDir::path)
+    }
+
+    /// The budget, in bytes (of disk when [`Cache::dir`] is some).
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// The loaded table of `key`, loading it with `load` when absent. `load` is given the
+    /// directory its table's file goes in (`None`: in memory), as [`Table::load_in`] takes it.
     pub fn get_or_load(
         &self,
         key: &str,
-        load: impl FnOnce() -> Result<Table, QueryError>,
+        load: impl FnOnce(Option<&Path>) -> Result<Table, QueryError>,
     ) -> Result<Arc<Table>, QueryError> {
+        if let Some(t) = self.get(key) {
+            return Ok(t);
+        }
         let tick = self
             .clock
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some((t, used)) = self.entries.lock().expect("cache lock").get_mut(key) {
-            *used = tick;
-            return Ok(t.clone());
-        }
-        let table = Arc::new(load()?);
+        let table = Arc::new(load(self.dir())?);
         let mut entries = self.entries.lock().expect("cache lock");
-        entries.insert(key.to_owned(), (table.clone(), tick));
-        while entries.values().map(|(t, _)| t.approx_bytes).sum::<usize>() > self.budget
-            && entries.len() > 1
+        entries.remove(key);
+        entries.bytes += table.approx_bytes;
+        entries.tables.insert(key.to_owned(), (table.clone(), tick));
+        while (entries.bytes > self.budget || entries.tables.len() > MAX_TABLES)
+            && entries.tables.len() > 1
         {
             let oldest = entries
+                .tables
                 .iter()
                 .filter(|(k, _)| k.as_str() != key)
                 .min_by_key(|(_, (_, used))| *used)
@@ -569,7 +733,7 @@ impl Cache {
             .clock
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut entries = self.entries.lock().expect("cache lock");
-        let (t, used) = entries.get_mut(key)?;
+        let (t, used) = entries.tables.get_mut(key)?;
         *used = tick;
         Some(t.clone())
     }
@@ -578,13 +742,43 @@ impl Cache {
         self.entries.lock().expect("cache lock").remove(key);
     }
 
+    /// What the cached tables take (memory, or disk when they are in files).
     pub fn loaded_bytes(&self) -> usize {
-        self.entries
-            .lock()
-            .expect("cache lock")
-            .values()
-            .map(|(t, _)| t.approx_bytes)
-            .sum()
+        self.entries.lock().expect("cache lock").bytes
+    }
+
+    /// How many tables are cached.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("cache lock").tables.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Remove the cache directories in `parent` whose process is gone (Linux: no `/proc/<pid>`).
+/// Where processes cannot be looked up, nothing is removed.
+fn remove_abandoned(parent: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(list) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in list.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -746,9 +940,33 @@ mod tests {
         let cache = Cache::new(400 * 1024);
         for k in 0..5 {
             let key = format!("d{k}");
-            cache.get_or_load(&key, || Ok(table(CSV))).unwrap();
+            cache.get_or_load(&key, |_| Ok(table(CSV))).unwrap();
         }
         assert!(cache.loaded_bytes() <= 400 * 1024);
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_max_tables_whatever_its_budget() {
+        let cache = Cache::new(usize::MAX);
+        let t = Arc::new(table(CSV));
+        for k in 0..MAX_TABLES + 10 {
+            cache
+                .get_or_load(&format!("d{k}"), |_| {
+                    Ok(Table {
+                        pages: Pages::Memory(Mutex::new(Connection::open_in_memory().unwrap())),
+                        columns: t.columns.clone(),
+                        approx_bytes: 1,
+                    })
+                })
+                .unwrap();
+        }
+        assert_eq!(cache.len(), MAX_TABLES);
+        assert_eq!(cache.loaded_bytes(), MAX_TABLES);
+        assert!(
+            cache.get("d0").is_none(),
+            "the least recently used left first"
+        );
+        assert!(cache.get(&format!("d{}", MAX_TABLES + 9)).is_some());
     }
 
     #[test]
